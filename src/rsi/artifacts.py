@@ -1,0 +1,72 @@
+"""Where every stage's outputs live, and the file contract between stages.
+
+All paths are relative to the repository root (the DVC working directory) unless ``root`` is given.
+
+* fz        ``outputs/fz/<layerL_K>/<tap>.npz``: ``images`` (C, 3, H, W) uint8 (value·255 truncated) or
+            float32 in [0, 1]; ``channels`` (C,) int64; ``objective`` and ``initial_objective`` (C,)
+            float32, the target center-neuron activation at the end and the start of optimisation.
+            ``outputs/fz/<layerL_K>/settings.json``: the exact settings used.
+* eval      ``outputs/eval/images.npy`` (N, 256, 256, 3) uint8, ``labels.npy`` (N,) int64,
+            ``index.json`` (files, class ids, skipped files).
+* activations ``outputs/activations/<layerL_K>.npz``: ``acts`` (len(FZ_IMAGES), 3, C) float32 with
+            acts[i, t, c] = center neuron of tap TAP_KINDS[t], channel c, to image FZ_IMAGES[i] of c;
+            ``channels`` (C,).
+* criteria  ``outputs/criteria/<layerL_K>.csv`` (one row per channel), ``outputs/criteria/passing.json``
+            ({block: [channels]}), ``metrics/criteria.json`` (counts and percentages).
+* natural   ``outputs/natural/<layerL_K>.npz``: ``mean`` (3, C), ``topk`` (3, C, k) eval indices,
+            ``topk_values`` (3, C, k).
+* ablate    ``metrics/ablation.json``, ``plots/ablation_<layerL_K>.csv``, ``outputs/ablation/trials.json``.
+* figures   ``outputs/figures/*.png``;  report ``outputs/report.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rsi.taps import Tap, block_key, has_downsample, previous_block
+
+OUTPUTS = Path("outputs")
+METRICS = Path("metrics")
+PLOTS = Path("plots")
+
+# The images whose responses `rsi activations` records, per channel c of a block:
+#   in_fz: X̂_In_c; scaled_in_fz: S(X̂_In_c); pre_fz: X̂_Pre_c; shrunk_pre_fz: X̂_Pre_c resized to half
+#   and reflect-padded (the authors' optional mirror test); post_fz: X̂_Post_c.
+FZ_IMAGES: tuple[str, ...] = ("in_fz", "scaled_in_fz", "pre_fz", "shrunk_pre_fz", "post_fz")
+
+
+def fz_dir(block: str, root: Path = OUTPUTS) -> Path:
+    return root / "fz" / block_key(block)
+
+
+def fz_file(tap: Tap, root: Path = OUTPUTS) -> Path:
+    return fz_dir(tap.block, root) / f"{tap.kind}.npz"
+
+
+def in_fz_source(block: str) -> Tap:
+    """The FZ that serves as X̂_In of a block: its own In where the block has a downsample (or is
+    1.0), else the previous block's Post FZ (the same activation, rendered once)."""
+    previous = previous_block(block)
+    if has_downsample(block) or previous is None:
+        return Tap(block, "in")
+    return Tap(previous, "post")
+
+
+def eval_dir(root: Path = OUTPUTS) -> Path:
+    return root / "eval"
+
+
+def activations_file(block: str, root: Path = OUTPUTS) -> Path:
+    return root / "activations" / f"{block_key(block)}.npz"
+
+
+def criteria_table(block: str, root: Path = OUTPUTS) -> Path:
+    return root / "criteria" / f"{block_key(block)}.csv"
+
+
+def passing_file(root: Path = OUTPUTS) -> Path:
+    return root / "criteria" / "passing.json"
+
+
+def natural_file(block: str, root: Path = OUTPUTS) -> Path:
+    return root / "natural" / f"{block_key(block)}.npz"

@@ -1,0 +1,58 @@
+"""`rsi <stage>`: one subcommand per DVC stage. Each stage module provides ``add_arguments(parser)``
+and ``run(args) -> None``; it is imported only when called, so `rsi --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from rsi.config import ParamsError
+from rsi.model import WeightsError
+
+# subcommand → (module, one-line help). The order is the pipeline's.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "fetch-weights": ("rsi.weights_cli", "download and check resnet18-f37072fd.pth into data/"),
+    "prepare-data": ("rsi.data", "decode the evaluation images once into a 256 px uint8 cache"),
+    "fz": ("rsi.fz", "center-neuron feature visualizations for one block's taps"),
+    "activations": ("rsi.activations", "center-neuron responses of In/Pre/Post to the FZs"),
+    "criteria": ("rsi.criteria", "Eq. 1 and Eq. 2 per channel; metrics/criteria.json"),
+    "natural": ("rsi.natural", "natural-image pass: per-channel means and top-k images"),
+    "ablate": ("rsi.ablate", "mean ablation under the scale sweep; metrics/ablation.json"),
+    "figures": ("rsi.figures", "the paper's Fig. 1-4 as PNG"),
+    "report": ("rsi.report", "outputs/report.md: reproduced numbers beside the paper's"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rsi", description="Scale invariance in the residual stream of ResNet18, reproduced."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="<stage>")
+    for name, (module_name, help_text) in COMMANDS.items():
+        stage_parser = sub.add_parser(name, help=help_text, description=help_text)
+        stage_parser.add_argument(
+            "--params", default="params.yaml", help="params file (default: params.yaml)"
+        )
+        if name in sys.argv[1:2]:
+            importlib.import_module(module_name).add_arguments(stage_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    if argv is not None:
+        sys.argv = [sys.argv[0], *argv]
+    parser = build_parser()
+    args = parser.parse_args()
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        module.run(args)
+    except (ParamsError, WeightsError, FileNotFoundError) as error:
+        print(f"rsi {args.command}: error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,187 @@
+"""params.yaml into typed, validated, frozen dataclasses.
+
+Each stage module declares its own section as a dataclass (``FZParams`` in ``rsi.fz`` …); this module only
+validates. Every error names the file, the key path, the value, and what is allowed.
+
+Field metadata understood: ``min``, ``max`` (inclusive bounds), ``check`` (a callable that returns the
+normalised value or raises ValueError with a message), ``help`` (documentation, shown in errors).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
+
+import yaml
+
+T = TypeVar("T")
+
+
+class ParamsError(ValueError):
+    """A bad params file: the message names the file, key, value and what would fix it."""
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The raw params mapping; a missing or malformed file is a ParamsError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ParamsError(f"{path}: no such params file (run from the repository root or pass --params)")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise ParamsError(f"{path}: not valid YAML: {error}") from error
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")
+    return raw
+
+
+def load_section(raw: Mapping[str, Any], name: str, cls: type[T], *, source: str = "params.yaml") -> T:
+    """Section ``name`` of ``raw`` as a ``cls`` instance (missing section: all defaults)."""
+    value = raw.get(name, {})
+    return _convert(value, cls, f"{name}", source)
+
+
+def _describe(kind: Any) -> str:
+    origin = get_origin(kind)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in get_args(kind))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in get_args(kind))
+    if origin in (list, tuple):
+        return f"a list of {_describe(get_args(kind)[0])}"
+    if origin in (dict, Mapping):
+        return f"a mapping of {_describe(get_args(kind)[1])}"
+    if dataclasses.is_dataclass(kind):
+        return "a mapping with keys " + ", ".join(f.name for f in dataclasses.fields(kind))
+    if kind is type(None):
+        return "null"
+    return getattr(kind, "__name__", str(kind))
+
+
+def _fail(source: str, key: str, value: Any, expected: str) -> ParamsError:
+    return ParamsError(f"{source}: {key} = {value!r} is not allowed: expected {expected}")
+
+
+def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
+    origin = get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return _convert_dataclass(value, kind, key, source)
+    if origin is Literal:
+        if value not in get_args(kind):
+            raise _fail(source, key, value, _describe(kind))
+        return value
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in get_args(kind):
+            try:
+                return _convert(value, option, key, source)
+            except ParamsError as error:
+                errors.append(error)
+        raise _fail(source, key, value, _describe(kind))
+    if origin in (list, tuple):
+        if not isinstance(value, list | tuple):
+            raise _fail(source, key, value, _describe(kind))
+        item_kind = get_args(kind)[0]
+        items = [_convert(v, item_kind, f"{key}[{i}]", source) for i, v in enumerate(value)]
+        return tuple(items)
+    if origin in (dict, Mapping):
+        if not isinstance(value, Mapping):
+            raise _fail(source, key, value, _describe(kind))
+        key_kind, value_kind = get_args(kind)
+        return {
+            _convert(k, key_kind, f"{key} key", source): _convert(v, value_kind, f"{key}.{k}", source)
+            for k, v in value.items()
+        }
+    if kind is type(None):
+        if value is not None:
+            raise _fail(source, key, value, "null")
+        return None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise _fail(source, key, value, "true or false")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise _fail(source, key, value, "an integer")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise _fail(source, key, value, "a number")
+        return float(value)
+    if kind is str:
+        if not isinstance(value, str):
+            raise _fail(source, key, value, "a string")
+        return value
+    if kind is Any:
+        return value
+    raise TypeError(f"config type {kind!r} of {key} is not supported")
+
+
+def _convert_dataclass(value: Any, cls: type[T], key: str, source: str) -> T:
+    if value is None:
+        value = {}
+    if not isinstance(value, Mapping):
+        raise _fail(source, key, value, _describe(cls))
+    hints = get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        raise ParamsError(
+            f"{source}: unknown key {key}.{unknown[0]}; allowed keys of {key}: {', '.join(fields)}"
+        )
+    kwargs = {}
+    for name, field in fields.items():
+        if name not in value:
+            if (
+                field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING  # type: ignore[misc]
+            ):
+                raise ParamsError(f"{source}: missing key {key}.{name} ({_describe(hints[name])})")
+            continue
+        converted = _convert(value[name], hints[name], f"{key}.{name}", source)
+        kwargs[name] = _check_metadata(converted, field, f"{key}.{name}", source)
+    return cls(**kwargs)
+
+
+def _check_metadata(value: Any, field: dataclasses.Field, key: str, source: str) -> Any:
+    meta = field.metadata
+    values = value if isinstance(value, tuple) else (value,)
+    for item in values:
+        if not isinstance(item, int | float) or isinstance(item, bool):
+            continue
+        if "min" in meta and item < meta["min"]:
+            raise _fail(source, key, value, f"a value >= {meta['min']}")
+        if "max" in meta and item > meta["max"]:
+            raise _fail(source, key, value, f"a value <= {meta['max']}")
+    if "check" in meta:
+        try:
+            return meta["check"](value)
+        except ValueError as error:
+            raise ParamsError(f"{source}: {key} = {value!r} is not allowed: {error}") from error
+    return value
+
+
+def check_blocks(blocks: tuple[str, ...]) -> tuple[str, ...]:
+    """A ``check`` for block lists: normalise to ``2.1`` form, reject unknown and repeated names."""
+    from rsi.taps import parse_block
+
+    names = tuple(parse_block(b) for b in blocks)
+    if len(set(names)) != len(names):
+        raise ValueError("a block is listed twice")
+    return names
+
+
+def as_dict(obj: Any) -> dict[str, Any]:
+    """A dataclass as plain JSON-able data (tuples become lists), for settings files."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple | list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {str(k): plain(v) for k, v in value.items()}
+        return value
+
+    return plain(dataclasses.asdict(obj))

@@ -1,0 +1,51 @@
+"""torch.distributed for sharding work across `torchrun` ranks; a no-op in one process.
+
+Work is split by position (item i goes to rank i % world), every rank writes its own results, and
+rank 0 assembles after a barrier, so results never depend on the number of processes.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import TypeVar
+
+import torch
+import torch.distributed as dist
+
+T = TypeVar("T")
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) from torchrun's environment; (0, 1) outside torchrun."""
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def init() -> None:
+    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
+    _, size = world()
+    if size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+
+
+def shard(items: Sequence[T]) -> list[T]:
+    """This rank's share of ``items``: every world-th item, starting at the rank."""
+    rank, size = world()
+    return list(items[rank::size])
+
+
+def barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def is_main() -> bool:
+    return world()[0] == 0
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (identity in one process)."""
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor

@@ -1,0 +1,102 @@
+"""Shared plumbing for stages: the model section of params.yaml, device choice, keyed random
+generators, and atomic file writes (a killed stage never leaves a half-written output).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+
+def _check_device(value: str) -> str:
+    if value in ("auto", "cpu") or value.startswith("cuda"):
+        return value
+    raise ValueError("expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
+
+
+@dataclass(frozen=True)
+class ModelParams:
+    """params.yaml ``model``: where the weights come from and where to run."""
+
+    weights: str = field(
+        default="torchvision",
+        metadata={"help": "'torchvision' (cache), a path to resnet18-f37072fd.pth, or random:<seed>"},
+    )
+    device: str = field(default="auto", metadata={"check": _check_device})
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto`` is the local CUDA device when there is one (per torchrun rank), else the CPU."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"model.device = {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    return device
+
+
+def key_seed(*parts: Any) -> int:
+    """A 63-bit seed from any values (seed, block, tap, channel …): stable across runs and machines."""
+    text = "\x1f".join(str(p) for p in parts).encode()
+    return int.from_bytes(hashlib.sha256(text).digest()[:8], "little") >> 1
+
+
+def keyed_generator(*parts: Any) -> torch.Generator:
+    """A CPU generator seeded by :func:`key_seed` (draws are then moved to the device)."""
+    generator = torch.Generator()
+    generator.manual_seed(key_seed(*parts))
+    return generator
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``path``, renamed onto it only when the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def save_npz(path: str | Path, **arrays: np.ndarray) -> None:
+    """Write an uncompressed .npz atomically."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as handle:
+        np.savez(handle, **arrays)
+
+
+def load_npz(path: str | Path) -> dict[str, np.ndarray]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage that makes it (see dvc.yaml)")
+    with np.load(path, allow_pickle=False) as data:
+        return {k: data[k] for k in data.files}
+
+
+def write_json(path: str | Path, data: Any) -> None:
+    """Pretty JSON, written atomically (metrics files are diffed by `dvc metrics diff`)."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing: run the stage that makes it (see dvc.yaml)")
+    return json.loads(path.read_text())
