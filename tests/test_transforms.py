@@ -1,0 +1,100 @@
+"""S(X), the ablation crop rules, and normalisation, on images whose content says where it came from."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from rsi.transforms import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    ablation_crop,
+    ablation_view,
+    center_crop,
+    normalize,
+    scale_crop,
+    shrink_pad,
+)
+
+
+def coordinate_image(side: int) -> torch.Tensor:
+    """Channel 0 holds the row index, channel 1 the column index, channel 2 a constant."""
+    rows = torch.arange(side, dtype=torch.float32)[:, None].expand(side, side)
+    cols = torch.arange(side, dtype=torch.float32)[None, :].expand(side, side)
+    return torch.stack([rows, cols, torch.full((side, side), 7.0)])[None]
+
+
+def test_scale_crop_keeps_the_central_half_and_returns_full_size():
+    image = coordinate_image(224)
+    out = scale_crop(image, 0.5)
+    assert out.shape == (1, 3, 224, 224)
+    # the central 112 px are rows/cols 56..167; bilinear upsampling keeps values inside that range
+    assert out[0, 0].min() >= 56 - 1e-4 and out[0, 0].max() <= 167 + 1e-4
+    assert out[0, 1].min() >= 56 - 1e-4 and out[0, 1].max() <= 167 + 1e-4
+    torch.testing.assert_close(out[0, 2], torch.full((224, 224), 7.0))
+    # a 2x upsample with half-pixel centers: output pixel 1 sits at source 56 + (1 + 0.5) / 2 - 0.5
+    assert out[0, 0, 1, 100].item() == pytest.approx(56.25, abs=1e-4)
+
+
+def test_scale_crop_of_a_patch_centered_image_magnifies_the_patch():
+    image = torch.zeros(1, 3, 224, 224)
+    image[..., 104:120, 104:120] = 1.0  # 16 px square at the center
+    out = scale_crop(image, 0.5)
+    side = int((out[0, 0, 112] > 0.5).sum())
+    assert side == 32  # twice as large
+
+
+def test_center_crop_offsets_follow_torchvision():
+    image = coordinate_image(256)
+    crop = center_crop(image, 201)
+    assert crop.shape[-2:] == (201, 201)
+    assert crop[0, 0, 0, 0].item() == 28 and crop[0, 1, 0, 0].item() == 28  # round(55 / 2) = 28
+    with pytest.raises(ValueError, match="cannot center-crop 300"):
+        center_crop(image, 300)
+
+
+@pytest.mark.parametrize(
+    ("rule", "crops"),
+    [("authors_code", [201, 179, 156, 134, 112]), ("paper_text", [231, 205, 180, 154, 128])],
+)
+def test_ablation_crop_rules(rule, crops):
+    assert [ablation_crop(p, rule) for p in (10, 20, 30, 40, 50)] == crops
+    assert ablation_crop(0, rule) == 224
+
+
+def test_ablation_crop_rejects_bad_input():
+    with pytest.raises(ValueError, match="unknown crop rule 'text'"):
+        ablation_crop(10, "text")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"\[0, 100\)"):
+        ablation_crop(120)
+
+
+def test_ablation_view_crops_the_center_and_resizes():
+    image = torch.zeros(2, 3, 256, 256, dtype=torch.uint8)
+    image[..., 28:229, 28:229] = 255  # exactly the 201 px center crop is white
+    out = ablation_view(image, 201, 224)
+    assert out.shape == (2, 3, 224, 224) and out.dtype == torch.float32
+    white = normalize(torch.ones(1, 3, 1, 1))[0, :, 0, 0]
+    torch.testing.assert_close(out[0, :, 0, 0], white)
+    torch.testing.assert_close(out[1, :, 223, 223], white)
+    no_scale = ablation_view(image, 224, 224)
+    black = normalize(torch.zeros(1, 3, 1, 1))[0, :, 0, 0]
+    torch.testing.assert_close(no_scale[0, :, 0, 0], black)  # the 224 crop starts at 16 < 28
+
+
+def test_normalize_uses_imagenet_statistics():
+    image = torch.tensor(IMAGENET_MEAN)[None, :, None, None].expand(1, 3, 2, 2)
+    torch.testing.assert_close(normalize(image), torch.zeros(1, 3, 2, 2))
+    ones = normalize(torch.ones(1, 3, 1, 1))[0, :, 0, 0]
+    expected = torch.tensor([(1 - m) / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD, strict=True)])
+    torch.testing.assert_close(ones, expected)
+
+
+def test_shrink_pad_halves_and_reflects_back_to_size():
+    image = coordinate_image(224)
+    out = shrink_pad(image, 112)
+    assert out.shape == (1, 3, 224, 224)
+    # the middle 112 px hold the whole image, shrunk: columns span 0..223 there
+    middle = out[0, 1, 112, 56:168]
+    assert middle[0] < 2 and middle[-1] > 221
+    torch.testing.assert_close(out[0, 1, 112, 55], out[0, 1, 112, 57])  # reflection about col 56
