@@ -1,0 +1,751 @@
+"""`rsi prepare-data`: the evaluation images, decoded once into a 256 px uint8 cache.
+
+Every image is read with PIL, converted to RGB (grayscale, CMYK, palette and RGBA alike, as torchvision's
+``pil_loader`` does), resized so its short side is 256 (bilinear, antialiased: torchvision's ``Resize(256)``
+on a PIL image), center-cropped to 256 x 256 and stored as uint8 in ``outputs/eval/images.npy``
+(N, 256, 256, 3), a memory-mappable .npy written under a temporary name and renamed when complete. Labels go
+to ``labels.npy`` (N,) int64 and the file list, class map and skipped files to ``index.json``. Later stages
+(``rsi natural``, ``rsi ablate``) crop and resize on the device from this cache (``transforms.ablation_view``).
+
+Sources (``data.source``):
+
+* ``folders``: torchvision's ImageFolder / ImageNet layout, ``<root>/<wnid>/*.JPEG``. Files are listed in
+  ImageFolder's order (classes sorted, then ``os.walk`` with sorted names) and filtered by its image
+  extensions; other files are listed in index.json as ``ignored``. The class index is the position of the
+  wnid among the sorted folders (for the 1000 ImageNet-1k folders that *is* the ImageNet-1k index, as
+  torchvision's ImageNet class and the authors' ImageFolder use), unless ``class_index`` says otherwise.
+* ``flat``: the official validation folder (``ILSVRC2012_val_00000001.JPEG`` ...) and a ground-truth file,
+  ``ground_truth``: one label per line for the sorted image files (the devkit's
+  ``ILSVRC2012_validation_ground_truth.txt``), or ``<file name> <label>`` per line. A label is a wnid
+  (``n01440764``) or an integer. Integers are translated by ``label_map`` when it is given: a text file of
+  ``<label> <wnid>`` lines, or the devkit's ``meta.mat`` (its ILSVRC2012_ID → WNID table, which is *not* the
+  sorted-wnid order). Integers without a ``label_map`` are class indices already (0-based).
+* ``generated``: a small synthetic labelled set for the offline demo, deterministic from the top-level
+  ``seed``: oriented colour gratings, one orientation and tint per class, with random phase, a blob and
+  noise. It is not ImageNet: index.json says ``"generated": true`` and every later output repeats it.
+
+``class_index`` (wnid → class index): null (sorted order of the wnids present, see above), ``imagenette``
+(the ImageNet-1k indices of Imagenette's 10 wnids, built in), or a file of ``<wnid>`` lines (line number =
+index, e.g. a 1000-line synset list) or ``<wnid> <index>`` lines or ``<wnid> <words>`` lines
+(``LOC_synset_mapping.txt``: line number = index).
+
+Bad files: a file that cannot be opened or decoded as an image (unreadable, truncated, not an image) stops
+the stage with an error naming it, or, with ``on_bad_file: skip``, is left out, listed in index.json under
+``skipped`` and counted in ``metrics/data.json``.
+
+Subsets for quick runs: ``per_class`` keeps the first N files of every class (in the order above), then
+``random_subset`` keeps a seeded random N of those (kept in their original order).
+
+Imagenette demo plan (a small, real, labelled set a newcomer can fetch): ``data.download`` names a pinned
+archive and its SHA-256 (default below: fast.ai's imagenette2-320.tgz, 341,663,724 bytes, 3,925 validation
+images of 10 ImageNet classes, short side 320 so ``Resize(256)`` shrinks as it does for ImageNet).
+``rsi prepare-data --download-only`` (or prepare-data itself when ``root`` is missing) fetches it with
+:func:`download_archive`, which streams to a temporary file, checks the SHA-256 and only then renames it
+(exactly as torchvision fetches and checks the weights), and :func:`extract_archive` unpacks it under
+``download.into`` (tar's "data" filter: no absolute paths, links or devices). Then ``root:
+data/imagenette2-320/val`` with ``class_index: imagenette``. Tests exercise this with a file:// URL and a
+local HTTP server on 127.0.0.1; they never reach the internet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import tarfile
+import urllib.request
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
+from torchvision.transforms import InterpolationMode
+from torchvision.transforms import functional as TF
+from tqdm import tqdm
+
+from rsi import artifacts, distributed
+from rsi.config import ParamsError, load_section, read_params
+from rsi.runtime import atomic_path, key_seed, write_json
+
+CACHE_SIZE = 256
+
+IMAGENETTE_URL = "https://s3.amazonaws.com/fast-ai-imageclas/imagenette2-320.tgz"
+IMAGENETTE_SHA256 = "569b4497c98db6dd29f335d1f109cf315fe127053cedf69010d047f0188e158c"
+# Imagenette's wnids and their ImageNet-1k class indices (sorted-wnid order of the 1000 classes).
+IMAGENETTE_CLASSES: dict[str, int] = {
+    "n01440764": 0,  # tench
+    "n02102040": 217,  # English springer
+    "n02979186": 482,  # cassette player
+    "n03000684": 491,  # chain saw
+    "n03028079": 497,  # church
+    "n03394916": 566,  # French horn
+    "n03417042": 569,  # garbage truck
+    "n03425413": 571,  # gas pump
+    "n03445777": 574,  # golf ball
+    "n03888257": 701,  # parachute
+}
+
+
+class DataError(ValueError):
+    """Bad evaluation data: the message names the file and what to do."""
+
+
+# ----------------------------------------------------------------------------------------------- params
+
+
+@dataclass(frozen=True)
+class GeneratedParams:
+    """``data.generated``: size of the synthetic offline set."""
+
+    classes: int = field(default=10, metadata={"min": 1, "max": 1000})
+    per_class: int = field(default=8, metadata={"min": 1})
+    size: int = field(default=288, metadata={"min": 8, "help": "short side of the generated images (px)"})
+
+
+@dataclass(frozen=True)
+class DownloadParams:
+    """``data.download``: a pinned archive fetched when ``root`` is missing."""
+
+    url: str = IMAGENETTE_URL
+    sha256: str = IMAGENETTE_SHA256
+    into: str = "data"
+
+
+def _check_sha(value: str) -> str:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower()):
+        raise ValueError("expected 64 hex digits (a SHA-256)")
+    return value.lower()
+
+
+@dataclass(frozen=True)
+class DataParams:
+    """params.yaml ``data``."""
+
+    source: Literal["folders", "flat", "generated"] = "folders"
+    root: str = "data/imagenet/val"
+    ground_truth: str | None = None
+    label_map: str | None = None
+    class_index: str | None = None
+    per_class: int | None = field(default=None, metadata={"min": 1})
+    random_subset: int | None = field(default=None, metadata={"min": 1})
+    on_bad_file: Literal["error", "skip"] = "error"
+    workers: int = field(default=0, metadata={"min": 0})
+    generated: GeneratedParams = field(default_factory=GeneratedParams)
+    download: DownloadParams | None = None
+
+    def __post_init__(self) -> None:
+        if self.download is not None:
+            _check_sha(self.download.sha256)
+
+
+# ----------------------------------------------------------------------------------------------- listing
+
+
+@dataclass
+class Listing:
+    """What to decode: files (or generated ids) with their class indices, in evaluation order."""
+
+    items: list[str]
+    labels: list[int]
+    classes: dict[str, int]
+    root: str = ""
+    ignored: list[str] = field(default_factory=list)
+
+
+def read_class_index(spec: str | None) -> dict[str, int] | None:
+    """wnid → class index from ``data.class_index`` (None: sorted order of the wnids present)."""
+    if spec is None:
+        return None
+    if spec == "imagenette":
+        return dict(IMAGENETTE_CLASSES)
+    path = Path(spec)
+    if not path.is_file():
+        raise DataError(
+            f"data.class_index = {spec!r}: no such file (give 'imagenette', a wnid list file, or null)"
+        )
+    mapping: dict[str, int] = {}
+    for number, line in enumerate(_content_lines(path)):
+        parts = line.split(maxsplit=1)
+        wnid = parts[0]
+        index = int(parts[1]) if len(parts) == 2 and parts[1].strip().isdigit() else number
+        if wnid in mapping:
+            raise DataError(f"{path}: wnid {wnid} is listed twice")
+        mapping[wnid] = index
+    if not mapping:
+        raise DataError(f"{path}: no wnids in the class index file")
+    return mapping
+
+
+def _content_lines(path: Path) -> list[str]:
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _class_to_idx(wnids: Sequence[str], class_index: dict[str, int] | None, where: str) -> dict[str, int]:
+    ordered = sorted(set(wnids))
+    if class_index is None:
+        return {wnid: i for i, wnid in enumerate(ordered)}
+    missing = [w for w in ordered if w not in class_index]
+    if missing:
+        raise DataError(
+            f"{where}: class {missing[0]} is not in data.class_index ({len(missing)} missing); "
+            "give a class index file that lists every class, or class_index: null for sorted order"
+        )
+    return {wnid: class_index[wnid] for wnid in ordered}
+
+
+def list_folders(root: str | Path, class_index: dict[str, int] | None = None) -> Listing:
+    """ImageFolder's files and order under ``root/<class>/``; class indices as documented above."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root = {str(root)!r}: no such folder (class folders <root>/<wnid>/*.JPEG)")
+    wnids = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
+    if not wnids:
+        raise DataError(f"{root}: no class folders (expected <root>/<wnid>/*.JPEG)")
+    class_to_idx = _class_to_idx(wnids, class_index, str(root))
+    items: list[str] = []
+    labels: list[int] = []
+    ignored: list[str] = []
+    empty: list[str] = []
+    for wnid in wnids:
+        count = 0
+        for folder, _, names in sorted(os.walk(root / wnid, followlinks=True)):
+            for name in sorted(names):
+                relative = os.path.relpath(os.path.join(folder, name), root)
+                if has_file_allowed_extension(name, IMG_EXTENSIONS):
+                    items.append(relative)
+                    labels.append(class_to_idx[wnid])
+                    count += 1
+                else:
+                    ignored.append(relative)
+        if not count:
+            empty.append(wnid)
+    if empty:
+        raise DataError(
+            f"{root}: no image files ({', '.join(IMG_EXTENSIONS)}) in class folder(s) {', '.join(empty)}"
+        )
+    return Listing(items, labels, class_to_idx, str(root), ignored)
+
+
+def read_label_map(path: str | Path) -> dict[int, str]:
+    """Integer label → wnid: ``<label> <wnid>`` lines, or the ImageNet devkit's ``meta.mat``."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"data.label_map = {str(path)!r}: no such file")
+    if path.suffix == ".mat":
+        from scipy.io import loadmat
+
+        synsets = loadmat(str(path), squeeze_me=True)["synsets"]
+        ids = np.atleast_1d(synsets["ILSVRC2012_ID"])
+        wnids = np.atleast_1d(synsets["WNID"])
+        children = np.atleast_1d(synsets["num_children"])
+        return {int(i): str(w) for i, w, n in zip(ids, wnids, children, strict=True) if int(n) == 0}
+    mapping: dict[int, str] = {}
+    for line in _content_lines(path):
+        parts = line.split()
+        if len(parts) < 2 or not parts[0].lstrip("-").isdigit():
+            raise DataError(f"{path}: line {line!r} is not '<integer label> <wnid>'")
+        mapping[int(parts[0])] = parts[1]
+    return mapping
+
+
+def list_flat(
+    root: str | Path,
+    ground_truth: str | Path,
+    label_map: str | Path | None = None,
+    class_index: dict[str, int] | None = None,
+) -> Listing:
+    """The official flat validation folder with its ground-truth file (see the module docstring)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.root = {str(root)!r}: no such folder (the flat validation folder)")
+    gt_path = Path(ground_truth)
+    if not gt_path.is_file():
+        raise DataError(f"data.ground_truth = {str(gt_path)!r}: no such file (one label per line)")
+    names = sorted(entry.name for entry in os.scandir(root) if entry.is_file())
+    images = [n for n in names if has_file_allowed_extension(n, IMG_EXTENSIONS)]
+    ignored = [n for n in names if n not in set(images)]
+    lines = [line.split() for line in _content_lines(gt_path)]
+    if lines and all(len(parts) >= 2 for parts in lines):
+        by_name = {parts[0]: parts[1] for parts in lines}
+        unknown = [n for n in images if n not in by_name]
+        if unknown:
+            raise DataError(f"{gt_path}: no label for {root / unknown[0]} ({len(unknown)} files unlabelled)")
+        raw = [by_name[n] for n in images]
+    else:
+        if len(lines) != len(images):
+            raise DataError(
+                f"{gt_path} has {len(lines)} labels but {root} has {len(images)} image files; the i-th "
+                "line labels the i-th file in sorted order (or write '<file name> <label>' lines)"
+            )
+        raw = [parts[0] for parts in lines]
+    mapping = read_label_map(label_map) if label_map is not None else None
+    if all(token.lstrip("-").isdigit() for token in raw):
+        numbers = [int(token) for token in raw]
+        if mapping is None:
+            return Listing(images, numbers, {}, str(root), ignored)
+        unknown_ids = sorted({n for n in numbers if n not in mapping})
+        if unknown_ids:
+            raise DataError(f"{gt_path}: label {unknown_ids[0]} is not in the label map {label_map}")
+        wnids = [mapping[n] for n in numbers]
+        class_to_idx = _class_to_idx(list(mapping.values()), class_index, str(label_map))
+    else:
+        wnids = raw
+        class_to_idx = _class_to_idx(wnids, class_index, str(gt_path))
+    return Listing(images, [class_to_idx[w] for w in wnids], class_to_idx, str(root), ignored)
+
+
+def select_subset(
+    listing: Listing, per_class: int | None = None, random_subset: int | None = None, seed: int = 0
+) -> Listing:
+    """First ``per_class`` items of every class, then a seeded random ``random_subset`` of those."""
+    keep = list(range(len(listing.items)))
+    if per_class is not None:
+        seen: dict[int, int] = {}
+        kept = []
+        for i in keep:
+            label = listing.labels[i]
+            if seen.get(label, 0) < per_class:
+                kept.append(i)
+                seen[label] = seen.get(label, 0) + 1
+        keep = kept
+    if random_subset is not None and random_subset < len(keep):
+        generator = np.random.default_rng(key_seed(seed, "data", "random_subset"))
+        chosen = np.sort(generator.choice(len(keep), size=random_subset, replace=False))
+        keep = [keep[i] for i in chosen]
+    return Listing(
+        [listing.items[i] for i in keep],
+        [listing.labels[i] for i in keep],
+        listing.classes,
+        listing.root,
+        listing.ignored,
+    )
+
+
+# ----------------------------------------------------------------------------------------------- decoding
+
+
+def to_cache_image(image: Image.Image, size: int = CACHE_SIZE) -> np.ndarray:
+    """RGB, short side ``size`` (torchvision's bilinear antialiased Resize), center crop: (size, size, 3)."""
+    image = image.convert("RGB")
+    image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    image = TF.center_crop(image, [size, size])
+    return np.array(image, dtype=np.uint8)
+
+
+def decode_file(path: str | Path, size: int = CACHE_SIZE) -> np.ndarray:
+    """One image file into the cache format; any failure is a DataError naming the file."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return to_cache_image(image, size)
+    except DataError:
+        raise
+    except Exception as error:  # PIL raises many types: UnidentifiedImageError, OSError, SyntaxError...
+        raise DataError(f"{path}: cannot decode as an image ({type(error).__name__}: {error})") from error
+
+
+def generated_image(label: int, number: int, seed: int, params: GeneratedParams) -> Image.Image:
+    """A deterministic synthetic image of class ``label`` (oriented colour grating + blob + noise)."""
+    rng = np.random.default_rng(key_seed(seed, "data", "generated", label, number))
+    height, width = params.size, params.size * 5 // 4
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    y, x = y / height, x / height
+    angle = np.pi * label / params.classes
+    frequency = 3.0 + 5.0 * ((label * 7919) % params.classes) / max(params.classes, 1)
+    phase = rng.uniform(0, 2 * np.pi)
+    grating = np.sin(2 * np.pi * frequency * (x * np.cos(angle) + y * np.sin(angle)) + phase)
+    tint = np.array([np.cos(angle), np.cos(angle + 2.1), np.cos(angle + 4.2)]) * 0.35
+    cy, cx, radius = rng.uniform(0.3, 0.7), rng.uniform(0.3, 0.9), rng.uniform(0.08, 0.2)
+    blob = np.exp(-((y - cy) ** 2 + (x - cx) ** 2) / (2 * radius**2))
+    image = 0.5 + 0.25 * grating[..., None] + tint * (0.5 + 0.5 * grating[..., None])
+    image = image + 0.3 * blob[..., None] * rng.uniform(-1, 1, size=3)
+    image = image + rng.normal(0, 0.03, size=image.shape)
+    return Image.fromarray((np.clip(image, 0, 1) * 255).astype(np.uint8), mode="RGB")
+
+
+def list_generated(params: GeneratedParams) -> Listing:
+    items, labels = [], []
+    for label in range(params.classes):
+        for number in range(params.per_class):
+            items.append(f"generated/{label:03d}/{number:04d}")
+            labels.append(label)
+    classes = {f"generated_{label:03d}": label for label in range(params.classes)}
+    return Listing(items, labels, classes, "generated")
+
+
+class _DecodeSet(Dataset):
+    """Decodes listing item i; a failure is returned (not raised) so the main process decides."""
+
+    def __init__(
+        self, listing: Listing, source: str, seed: int, generated: GeneratedParams, size: int = CACHE_SIZE
+    ) -> None:
+        self.listing, self.source, self.seed, self.generated = listing, source, seed, generated
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.listing.items)
+
+    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+        if self.source == "generated":
+            _, label, number = self.listing.items[i].split("/")
+            image = generated_image(int(label), int(number), self.seed, self.generated)
+            return i, to_cache_image(image, self.size), ""
+        path = Path(self.listing.root) / self.listing.items[i]
+        try:
+            return i, decode_file(path, self.size), ""
+        except DataError as error:
+            return i, None, str(error)
+
+
+def _keep_items(batch: list) -> list:
+    return batch
+
+
+def decode_to_cache(
+    listing: Listing,
+    out_dir: str | Path,
+    *,
+    source: str = "folders",
+    on_bad_file: str = "error",
+    workers: int = 0,
+    seed: int = 0,
+    generated: GeneratedParams | None = None,
+    size: int = CACHE_SIZE,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decode every listed image once into ``out_dir``/{images.npy, labels.npy, index.json}; returns the
+    index (also written). Bad files raise a DataError naming them, or are skipped with ``on_bad_file='skip'``.
+    ``size`` is the cache side: 256 in the pipeline (tests use smaller caches to run fast).
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generated = generated or GeneratedParams()
+    total = len(listing.items)
+    if total == 0:
+        raise DataError(f"{listing.root}: no images to decode")
+    if size % 8:
+        raise ValueError(f"cache size {size} must be a multiple of 8 (the no-scale view is 7/8 of it)")
+    dataset = _DecodeSet(listing, source, seed, generated, size)
+    loader = DataLoader(
+        dataset, batch_size=8, shuffle=False, num_workers=workers, collate_fn=_keep_items, drop_last=False
+    )
+    kept: list[int] = []
+    skipped: list[dict[str, str]] = []
+    images_path = out_dir / "images.npy"
+    with atomic_path(images_path) as temporary:
+        cache = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(total, size, size, 3))
+        bar = tqdm(total=total, desc="prepare-data: decode", unit="img", disable=not progress)
+        for batch in loader:
+            for i, array, error in batch:
+                if array is None:
+                    if on_bad_file != "skip":
+                        raise DataError(
+                            f"{error}. Fix or remove the file, or set data.on_bad_file: skip to leave "
+                            "such files out (they are then counted in index.json and metrics/data.json)"
+                        )
+                    warnings.warn(f"skipping {error}", stacklevel=2)
+                    skipped.append({"file": listing.items[i], "error": error})
+                else:
+                    cache[len(kept)] = array
+                    kept.append(i)
+            bar.update(len(batch))
+        bar.close()
+        cache.flush()
+        del cache
+        if skipped:
+            _compact(temporary, len(kept))
+    labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
+    with atomic_path(out_dir / "labels.npy") as temporary, open(temporary, "wb") as handle:
+        np.save(handle, labels)
+    index = {
+        "source": source,
+        "generated": source == "generated",
+        "root": listing.root,
+        "count": len(kept),
+        "size": size,
+        "classes": listing.classes,
+        "files": [listing.items[i] for i in kept],
+        "skipped_count": len(skipped),
+        "skipped": skipped,
+        "ignored_count": len(listing.ignored),
+        "ignored": listing.ignored,
+    }
+    write_json(out_dir / "index.json", index)
+    return index
+
+
+def _compact(path: Path, rows: int) -> None:
+    """Shrink a cache .npy to its first ``rows`` rows (only after skipped files), in place via a copy."""
+    source = np.load(path, mmap_mode="r")
+    target_path = path.with_name(path.name + ".compact")
+    target = np.lib.format.open_memmap(
+        target_path, mode="w+", dtype=np.uint8, shape=(rows, *source.shape[1:])
+    )
+    for start in range(0, rows, 256):
+        stop = min(start + 256, rows)
+        target[start:stop] = source[start:stop]
+    target.flush()
+    del target, source
+    os.replace(target_path, path)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class EvalSet:
+    """The decoded evaluation cache: ``images`` (N, 256, 256, 3) uint8 memmap, ``labels`` (N,) int64."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    index: dict[str, Any]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def size(self) -> int:
+        """The cache side (256 in the pipeline)."""
+        return int(self.images.shape[1])
+
+    @property
+    def view_size(self) -> int:
+        """The model input side: 224 for the 256 cache (the standard Resize(256) + CenterCrop(224))."""
+        return self.size * 7 // 8
+
+    @property
+    def generated(self) -> bool:
+        return bool(self.index.get("generated", False))
+
+    def batches(
+        self, indices: Sequence[int] | np.ndarray, batch_size: int, device: torch.device | str = "cpu"
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """(global indices, uint8 (B, 3, 256, 256) on device, labels on device) for ``indices`` in order;
+        the next batch is read from disk while the caller computes."""
+        indices = np.asarray(indices, dtype=np.int64)
+        device = torch.device(device)
+        chunks = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
+
+        def read(chunk: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            images = torch.from_numpy(np.ascontiguousarray(self.images[chunk]))
+            labels = torch.from_numpy(np.ascontiguousarray(self.labels[chunk]))
+            if device.type == "cuda":
+                images = images.pin_memory()
+            return torch.from_numpy(chunk), images, labels
+
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(read, chunks[0]) if chunks else None
+            for position in range(len(chunks)):
+                assert pending is not None
+                index, images, labels = pending.result()
+                pending = pool.submit(read, chunks[position + 1]) if position + 1 < len(chunks) else None
+                images = images.to(device, non_blocking=True).permute(0, 3, 1, 2)
+                yield index, images, labels.to(device, non_blocking=True)
+
+
+def load_eval(directory: str | Path | None = None) -> EvalSet:
+    """Open the cache written by :func:`decode_to_cache` (memory-mapped)."""
+    directory = Path(directory) if directory is not None else artifacts.eval_dir()
+    for name in ("images.npy", "labels.npy", "index.json"):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} is missing: run `rsi prepare-data` first")
+    images = np.load(directory / "images.npy", mmap_mode="r")
+    labels = np.load(directory / "labels.npy")
+    index = json.loads((directory / "index.json").read_text())
+    square = images.ndim == 4 and images.shape[1] == images.shape[2] and images.shape[3] == 3
+    if not square or images.shape[1] % 8 or len(images) != len(labels):
+        raise DataError(
+            f"{directory}: images {images.shape} and labels {labels.shape} do not match the cache format "
+            f"(N, {CACHE_SIZE}, {CACHE_SIZE}, 3) / (N,); run `rsi prepare-data` again"
+        )
+    return EvalSet(images, labels, index)
+
+
+# ----------------------------------------------------------------------------------------------- download
+
+
+def download_archive(url: str, sha256: str, dest: str | Path, *, progress: bool = True) -> Path:
+    """Fetch ``url`` to ``dest`` (a file path, or a folder to put the URL's file name in) and check its
+    SHA-256; an existing file with the right hash is kept. The file appears only once checked."""
+    dest = Path(dest)
+    if dest.is_dir() or str(dest).endswith(os.sep):
+        dest = dest / Path(urllib.request.url2pathname(url.rsplit("/", 1)[-1])).name
+    expected = _check_sha(sha256)
+    if dest.is_file() and _sha256_file(dest) == expected:
+        return dest
+    digest = hashlib.sha256()
+    with atomic_path(dest) as temporary:
+        try:
+            with urllib.request.urlopen(url, timeout=60) as response, open(temporary, "wb") as handle:
+                length = response.headers.get("Content-Length")
+                bar = tqdm(
+                    total=int(length) if length else None,
+                    unit="B",
+                    unit_scale=True,
+                    desc=f"download {dest.name}",
+                    disable=not progress,
+                )
+                while chunk := response.read(1 << 20):
+                    handle.write(chunk)
+                    digest.update(chunk)
+                    bar.update(len(chunk))
+                bar.close()
+        except OSError as error:
+            raise DataError(
+                f"could not download {url} ({error}); fetch it by hand into {dest} (SHA-256 {expected})"
+            ) from error
+        actual = digest.hexdigest()
+        if actual != expected:
+            raise DataError(
+                f"{url} downloaded with SHA-256 {actual}, expected {expected}: the download is corrupt or "
+                "the archive changed; nothing was kept. Retry, or pin the new hash in data.download.sha256 "
+                "after checking it"
+            )
+    return dest
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def extract_archive(archive: str | Path, into: str | Path) -> Path:
+    """Unpack a .tar(.gz/.tgz) or .zip under ``into`` (refusing absolute and escaping paths)."""
+    archive, into = Path(archive), Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as handle:
+            for name in handle.namelist():
+                if os.path.isabs(name) or ".." in Path(name).parts:
+                    raise DataError(f"{archive}: refusing to extract {name!r} outside {into}")
+            handle.extractall(into)
+    else:
+        with tarfile.open(archive) as handle:
+            handle.extractall(into, filter="data")
+    return into
+
+
+def fetch_download(params: DownloadParams, *, progress: bool = True) -> Path:
+    """Download the pinned archive into ``params.into`` (checked) and unpack it there."""
+    Path(params.into).mkdir(parents=True, exist_ok=True)
+    archive = download_archive(params.url, params.sha256, Path(params.into), progress=progress)
+    return extract_archive(archive, params.into)
+
+
+# ----------------------------------------------------------------------------------------------- stage
+
+
+def make_listing(params: DataParams, seed: int = 0) -> Listing:
+    class_index = read_class_index(params.class_index)
+    if params.source == "generated":
+        listing = list_generated(params.generated)
+    elif params.source == "folders":
+        listing = list_folders(params.root, class_index)
+    else:
+        if params.ground_truth is None:
+            raise ParamsError("data.source = 'flat' needs data.ground_truth (one label per line)")
+        listing = list_flat(params.root, params.ground_truth, params.label_map, class_index)
+    return select_subset(listing, params.per_class, params.random_subset, seed)
+
+
+def prepare(
+    params: DataParams,
+    out_dir: str | Path | None = None,
+    *,
+    seed: int = 0,
+    metrics: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """The whole stage: (download,) list, subset, decode, write the cache and (optionally) the metrics."""
+    out_dir = Path(out_dir) if out_dir is not None else artifacts.eval_dir()
+    if params.source != "generated" and not Path(params.root).exists() and params.download is not None:
+        fetch_download(params.download, progress=progress)
+    listing = make_listing(params, seed)
+    index = decode_to_cache(
+        listing,
+        out_dir,
+        source=params.source,
+        on_bad_file=params.on_bad_file,
+        workers=params.workers,
+        seed=seed,
+        generated=params.generated,
+        progress=progress,
+    )
+    if metrics is not None:
+        write_json(
+            metrics,
+            {
+                "images": index["count"],
+                "skipped": index["skipped_count"],
+                "ignored": index["ignored_count"],
+                "classes": len({int(v) for v in np.load(out_dir / "labels.npy")}),
+                "generated": int(index["generated"]),
+            },
+        )
+    return index
+
+
+def top_level_seed(raw: dict[str, Any], source: str = "params.yaml") -> int:
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ParamsError(f"{source}: seed = {seed!r} is not allowed: expected an integer")
+    return seed
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--out", default=str(artifacts.eval_dir()), help="cache folder (default outputs/eval)"
+    )
+    parser.add_argument("--metrics", default="metrics/data.json", help="image and skipped-file counts")
+    parser.add_argument(
+        "--download-only",
+        action="store_true",
+        help="fetch and unpack data.download (pinned URL, SHA-256 checked) and stop",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    params = load_section(raw, "data", DataParams, source=args.params)
+    if args.download_only:
+        if params.download is None:
+            raise ParamsError(f"{args.params}: data.download is null; nothing to download")
+        print(f"unpacked into {fetch_download(params.download)}")
+        return
+    if not distributed.is_main():
+        return
+    index = prepare(params, args.out, seed=top_level_seed(raw, args.params), metrics=args.metrics)
+    label = " (GENERATED images, not ImageNet)" if index["generated"] else ""
+    print(
+        f"{args.out}: {index['count']} images{label}, {index['skipped_count']} skipped, "
+        f"{index['ignored_count']} non-image files ignored"
+    )
+
+
+def write_generated_folders(
+    dest: str | Path, params: GeneratedParams, seed: int = 0, fmt: str = "JPEG"
+) -> Path:
+    """The generated set as image files in the ImageFolder layout ``dest/<class>/<n>.jpg`` (benchmarks and
+    demos of the folder path)."""
+    dest = Path(dest)
+    suffix = ".jpg" if fmt == "JPEG" else f".{fmt.lower()}"
+    for label in range(params.classes):
+        folder = dest / f"generated_{label:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for number in range(params.per_class):
+            generated_image(label, number, seed, params).save(
+                folder / f"{number:04d}{suffix}", fmt, quality=90
+            )
+    return dest

@@ -1,0 +1,398 @@
+"""rsi.data: both ImageNet layouts, class maps, bad files, subsets, the decode-once cache and its scale views,
+the generated offline set, and the pinned-archive download (file:// and a 127.0.0.1 HTTP server only)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import shutil
+import tarfile
+import threading
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from rsi import cli, data
+from rsi.config import ParamsError, load_section
+from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD, ablation_crop, ablation_view
+
+WNIDS = ("n01440764", "n02102040", "n03888257")  # Imagenette wnids (ImageNet 0, 217, 701)
+
+
+def make_folders(root: Path, per_class: int = 3, size: int = 40, wnids=WNIDS) -> Path:
+    """A tiny ImageFolder layout root/<wnid>/<wnid>_<n>.JPEG of generated images (distinct per file)."""
+    params = data.GeneratedParams(classes=len(wnids), per_class=per_class, size=size)
+    for label, wnid in enumerate(wnids):
+        (root / wnid).mkdir(parents=True, exist_ok=True)
+        for n in range(per_class):
+            image = data.generated_image(label, n, 0, params)
+            image.save(root / wnid / f"{wnid}_{n}.JPEG", "JPEG", quality=92)
+    return root
+
+
+def smooth_image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return data.generated_image(seed % 3, seed, 1, data.GeneratedParams(classes=3, size=40)).resize(
+        (width, height), Image.BICUBIC
+    )
+
+
+# ----------------------------------------------------------------------------------------------- layouts
+
+
+def test_folder_layout_order_and_classes(tmp_path):
+    root = make_folders(tmp_path / "val")
+    (root / WNIDS[0] / "notes.txt").write_text("not an image")
+    listing = data.list_folders(root)
+    assert listing.items[:3] == [f"{WNIDS[0]}/{WNIDS[0]}_{n}.JPEG" for n in range(3)]
+    assert listing.labels == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # sorted-folder order without a class index
+    assert listing.ignored == [f"{WNIDS[0]}/notes.txt"]
+    imagenette = data.list_folders(root, data.read_class_index("imagenette"))
+    assert sorted(set(imagenette.labels)) == [0, 217, 701]
+    # a class index file: "<wnid> <words>" lines in index order (LOC_synset_mapping.txt style)
+    synsets = tmp_path / "synsets.txt"
+    synsets.write_text("n00000001 something\n" + "".join(f"{w} words, more\n" for w in WNIDS))
+    assert data.list_folders(root, data.read_class_index(str(synsets))).labels[::3] == [1, 2, 3]
+    explicit = tmp_path / "explicit.txt"
+    explicit.write_text("".join(f"{w} {i * 10}\n" for i, w in enumerate(WNIDS)))
+    assert data.list_folders(root, data.read_class_index(str(explicit))).labels[::3] == [0, 10, 20]
+    partial_index = tmp_path / "partial.txt"
+    partial_index.write_text(f"{WNIDS[0]}\n")
+    with pytest.raises(data.DataError, match=WNIDS[1]):
+        data.list_folders(root, data.read_class_index(str(partial_index)))
+
+
+def _flat_copy(folders: Path, flat: Path, rng: np.random.Generator) -> dict[str, str]:
+    """Copy folder images into one flat folder under shuffled official-style names; name → original."""
+    flat.mkdir()
+    originals = sorted(p for p in folders.rglob("*.JPEG"))
+    order = rng.permutation(len(originals))
+    mapping = {}
+    for number, position in enumerate(order, start=1):
+        name = f"ILSVRC2012_val_{number:08d}.JPEG"
+        shutil.copy(originals[position], flat / name)
+        mapping[name] = str(originals[position].relative_to(folders))
+    return mapping
+
+
+def test_both_layouts_give_the_same_labels(tmp_path):
+    folders = make_folders(tmp_path / "val", per_class=2)
+    by_folder = data.list_folders(folders)
+    folder_label = dict(zip(by_folder.items, by_folder.labels, strict=True))
+    flat = tmp_path / "flat"
+    original = _flat_copy(folders, flat, np.random.default_rng(0))
+    names = sorted(original)
+    # devkit style: 1-based ILSVRC2012_IDs whose order is not the sorted-wnid order, and a map ID → wnid
+    devkit_id = {WNIDS[0]: 3, WNIDS[1]: 1, WNIDS[2]: 2}
+    wnid_of = {name: original[name].split("/")[0] for name in names}
+    ground_truth = tmp_path / "ILSVRC2012_validation_ground_truth.txt"
+    ground_truth.write_text("".join(f"{devkit_id[wnid_of[n]]}\n" for n in names))
+    label_map = tmp_path / "map.txt"
+    label_map.write_text("".join(f"{i} {w}\n" for w, i in devkit_id.items()))
+    listing = data.list_flat(flat, ground_truth, label_map)
+    assert listing.items == names
+    assert listing.labels == [folder_label[original[n]] for n in names]
+    # the same with wnid labels, and with "<file> <label>" lines in another order
+    by_wnid = tmp_path / "gt_wnid.txt"
+    by_wnid.write_text("".join(f"{wnid_of[n]}\n" for n in names))
+    assert data.list_flat(flat, by_wnid).labels == listing.labels
+    by_name = tmp_path / "gt_named.txt"
+    by_name.write_text("".join(f"{n} {devkit_id[wnid_of[n]]}\n" for n in reversed(names)))
+    assert data.list_flat(flat, by_name, label_map).labels == listing.labels
+    # the devkit's meta.mat as label map (leaf synsets only)
+    from scipy.io import savemat
+
+    synsets = np.zeros(4, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    for row, (wnid, number) in enumerate([*devkit_id.items(), ("n99999999", 9)]):
+        synsets[row] = (number, wnid, 0 if number != 9 else 2)
+    savemat(tmp_path / "meta.mat", {"synsets": synsets})
+    assert data.list_flat(flat, ground_truth, tmp_path / "meta.mat").labels == listing.labels
+    # decoding both layouts gives the same pixels per file
+    data.decode_to_cache(by_folder, tmp_path / "a", size=64, progress=False)
+    data.decode_to_cache(listing, tmp_path / "b", source="flat", size=64, progress=False)
+    a, b = data.load_eval(tmp_path / "a"), data.load_eval(tmp_path / "b")
+    position = {item: i for i, item in enumerate(by_folder.items)}
+    for j, name in enumerate(names):
+        i = position[original[name]]
+        np.testing.assert_array_equal(a.images[i], b.images[j])
+        assert a.labels[i] == b.labels[j]
+
+
+def test_flat_layout_errors(tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for n in range(2):
+        smooth_image(40, 40, n).save(flat / f"ILSVRC2012_val_{n + 1:08d}.JPEG")
+    short = tmp_path / "gt.txt"
+    short.write_text("1\n")
+    with pytest.raises(data.DataError, match="has 1 labels but .* 2 image files"):
+        data.list_flat(flat, short)
+    label_map = tmp_path / "map.txt"
+    label_map.write_text("1 n01440764\n")
+    full = tmp_path / "gt2.txt"
+    full.write_text("1\n2\n")
+    with pytest.raises(data.DataError, match="label 2 is not in the label map"):
+        data.list_flat(flat, full, label_map)
+
+
+# ----------------------------------------------------------------------------------------------- bad files
+
+
+def _corrupt(root: Path) -> tuple[Path, Path]:
+    good = root / WNIDS[1] / f"{WNIDS[1]}_0.JPEG"
+    truncated = root / WNIDS[1] / "truncated.JPEG"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    not_image = root / WNIDS[2] / "text.JPEG"
+    not_image.write_text("this is not a JPEG")
+    return truncated, not_image
+
+
+def test_corrupt_jpeg_is_an_error_naming_the_file(tmp_path):
+    root = make_folders(tmp_path / "val", per_class=2)
+    truncated, _ = _corrupt(root)
+    listing = data.list_folders(root)
+    with pytest.raises(data.DataError) as error:
+        data.decode_to_cache(listing, tmp_path / "cache", size=64, progress=False)
+    assert str(truncated) in str(error.value)
+    assert "on_bad_file: skip" in str(error.value)
+    assert not (tmp_path / "cache" / "images.npy").exists()  # nothing half-written
+
+
+def test_skip_counts_bad_files(tmp_path):
+    root = make_folders(tmp_path / "val", per_class=2)
+    truncated, not_image = _corrupt(root)
+    params = data.DataParams(source="folders", root=str(root), on_bad_file="skip")
+    with pytest.warns(UserWarning, match="skipping"):
+        index = data.prepare(params, tmp_path / "cache", metrics=tmp_path / "data.json", progress=False)
+    assert index["skipped_count"] == 2
+    assert {s["file"] for s in index["skipped"]} == {
+        str(truncated.relative_to(root)),
+        str(not_image.relative_to(root)),
+    }
+    metrics = json.loads((tmp_path / "data.json").read_text())
+    assert metrics == {"images": 6, "skipped": 2, "ignored": 0, "classes": 3, "generated": 0}
+    cache = data.load_eval(tmp_path / "cache")
+    assert cache.images.shape == (6, 256, 256, 3)
+    for i, item in enumerate(index["files"]):  # rows stay aligned with files and labels after the skips
+        np.testing.assert_array_equal(cache.images[i], data.decode_file(root / item))
+    assert cache.labels.tolist() == [0, 0, 1, 1, 2, 2]
+
+
+def test_modes_are_converted_to_rgb(tmp_path):
+    rgb = smooth_image(50, 40)
+    root = tmp_path / "val" / WNIDS[0]
+    root.mkdir(parents=True)
+    variants = {
+        "gray.JPEG": rgb.convert("L"),
+        "cmyk.JPEG": rgb.convert("CMYK"),
+        "rgba.png": rgb.convert("RGBA"),
+        "palette.png": rgb.convert("P"),
+    }
+    for name, image in variants.items():
+        image.save(root / name)
+    for name in variants:
+        cached = data.decode_file(root / name)
+        assert cached.shape == (256, 256, 3) and cached.dtype == np.uint8
+        expected = T.CenterCrop(256)(T.Resize(256)(Image.open(root / name).convert("RGB")))
+        np.testing.assert_array_equal(cached, np.asarray(expected))
+        if name.startswith("gray"):
+            assert (cached[..., 0] == cached[..., 1]).all()
+
+
+# ----------------------------------------------------------------------------------------------- cache
+
+
+def _authors_view(image: Image.Image, crop: int, left: int | None = None) -> torch.Tensor:
+    """The authors' PIL pipeline: Resize(256), CenterCrop(crop) (or a crop box at ``left``), Resize(224)."""
+    resized = T.Resize(256)(image.convert("RGB"))
+    if left is None:
+        cropped = T.CenterCrop(crop)(resized)
+    else:
+        top = round((resized.height - crop) / 2)
+        cropped = resized.crop((left, top, left + crop, top + crop))
+    return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.Resize(224)(cropped)))
+
+
+@pytest.mark.parametrize("rule", ["authors_code", "paper_text"])
+def test_cached_scale_view_matches_pil_pipeline(rule):
+    # sizes whose two-step center crop (256, then crop) lands on the same pixels as the direct one
+    images = [smooth_image(w, h, i) for i, (w, h) in enumerate([(40, 40), (72, 48), (300, 450), (512, 341)])]
+    cache = torch.from_numpy(np.stack([data.to_cache_image(im) for im in images])).permute(0, 3, 1, 2)
+    level = 1 / 255 / min(IMAGENET_STD)  # one uint8 level in normalised units
+    for percent in (0, 10, 20, 30, 40, 50):
+        crop = ablation_crop(percent, rule)
+        ours = ablation_view(cache, crop)
+        theirs = torch.stack([_authors_view(im, crop) for im in images])
+        difference = (ours - theirs).abs()
+        assert ours.shape == (4, 3, 224, 224)
+        if percent == 0:
+            assert difference.max() < 1e-5  # no resize at no scale: the same pixels
+        else:  # PIL rounds its resize to uint8, we keep float: at most one level apart
+            assert difference.max() <= 1.05 * level, (percent, crop)
+            assert difference.mean() <= 0.45 * level, (percent, crop)
+
+
+def test_odd_long_side_gives_at_most_one_pixel_offset():
+    """343x256: the 256 cache sits at round(87/2) = 44, so crops with an odd margin (201 px) land one pixel
+    off the direct center crop; against a crop box at our offset the views agree to one level."""
+    image = smooth_image(343, 256, 5)
+    cache = torch.from_numpy(data.to_cache_image(image)[None]).permute(0, 3, 1, 2)
+    crop = ablation_crop(10, "authors_code")
+    ours_left = round((343 - 256) / 2) + round((256 - crop) / 2)
+    assert abs(ours_left - round((343 - crop) / 2)) == 1
+    ours = ablation_view(cache, crop)[0]
+    assert (ours - _authors_view(image, crop, ours_left)).abs().max() <= 1.05 / 255 / min(IMAGENET_STD)
+
+
+def test_cache_is_torchvision_resize_and_crop():
+    image = smooth_image(333, 500, 2)
+    expected = np.asarray(T.CenterCrop(256)(T.Resize(256)(image)))
+    np.testing.assert_array_equal(data.to_cache_image(image), expected)
+
+
+def test_subsets_are_first_per_class_and_seeded_random(tmp_path):
+    listing = data.list_folders(make_folders(tmp_path / "val", per_class=3))
+    first = data.select_subset(listing, per_class=2)
+    assert first.items == [i for i in listing.items if not i.endswith("_2.JPEG")]
+    a = data.select_subset(listing, random_subset=4, seed=0)
+    assert a.items == data.select_subset(listing, random_subset=4, seed=0).items
+    assert len(a.items) == 4 and a.items == [i for i in listing.items if i in set(a.items)]  # order kept
+    seeds = {tuple(data.select_subset(listing, random_subset=4, seed=s).items) for s in range(5)}
+    assert len(seeds) > 1
+    both = data.select_subset(listing, per_class=1, random_subset=2, seed=0)
+    assert len(both.items) == 2 and all(i.endswith("_0.JPEG") for i in both.items)
+
+
+def test_generated_set_is_deterministic_and_labelled(tmp_path):
+    params = data.DataParams(
+        source="generated", generated=data.GeneratedParams(classes=2, per_class=2, size=32)
+    )
+    a = data.prepare(params, tmp_path / "a", seed=3, progress=False)
+    data.prepare(params, tmp_path / "b", seed=3, progress=False)
+    data.prepare(params, tmp_path / "c", seed=4, progress=False)
+    assert a["generated"] is True and a["count"] == 4
+    images = {k: np.load(tmp_path / k / "images.npy") for k in "abc"}
+    np.testing.assert_array_equal(images["a"], images["b"])
+    assert not np.array_equal(images["a"], images["c"])
+    assert np.load(tmp_path / "a" / "labels.npy").tolist() == [0, 0, 1, 1]
+    assert data.load_eval(tmp_path / "a").generated
+
+
+def test_workers_decode_the_same(tmp_path):
+    listing = data.list_folders(make_folders(tmp_path / "val", per_class=2))
+    data.decode_to_cache(listing, tmp_path / "serial", size=64, progress=False)
+    data.decode_to_cache(listing, tmp_path / "workers", size=64, workers=2, progress=False)
+    np.testing.assert_array_equal(
+        np.load(tmp_path / "serial" / "images.npy"), np.load(tmp_path / "workers" / "images.npy")
+    )
+
+
+def test_eval_batches_and_missing_cache(tmp_path):
+    listing = data.list_folders(make_folders(tmp_path / "val", per_class=2))
+    data.decode_to_cache(listing, tmp_path / "cache", size=64, progress=False)
+    cache = data.load_eval(tmp_path / "cache")
+    assert (cache.size, cache.view_size) == (64, 56)
+    seen = []
+    for index, images, labels in cache.batches([5, 1, 3], batch_size=2):
+        assert images.dtype == torch.uint8 and images.shape[1:] == (3, 64, 64)
+        for i, image, label in zip(index.tolist(), images, labels.tolist(), strict=True):
+            np.testing.assert_array_equal(image.permute(1, 2, 0).numpy(), cache.images[i])
+            assert label == cache.labels[i]
+            seen.append(i)
+    assert seen == [5, 1, 3]
+    with pytest.raises(FileNotFoundError, match="rsi prepare-data"):
+        data.load_eval(tmp_path / "nowhere")
+
+
+# ----------------------------------------------------------------------------------------------- download
+
+
+def _archive(tmp_path: Path) -> tuple[Path, str]:
+    make_folders(tmp_path / "src" / "tiny" / "val", per_class=1, size=32)
+    archive = tmp_path / "tiny.tgz"
+    with tarfile.open(archive, "w:gz") as handle:
+        handle.add(tmp_path / "src" / "tiny", arcname="tiny")
+    return archive, hashlib.sha256(archive.read_bytes()).hexdigest()
+
+
+def test_download_archive_checks_sha256(tmp_path):
+    archive, sha = _archive(tmp_path)
+    (tmp_path / "dl").mkdir()
+    got = data.download_archive(archive.as_uri(), sha, tmp_path / "dl", progress=False)
+    assert got == tmp_path / "dl" / "tiny.tgz" and got.read_bytes() == archive.read_bytes()
+    with pytest.raises(data.DataError, match="expected " + "0" * 64):
+        data.download_archive(archive.as_uri(), "0" * 64, tmp_path / "bad.tgz", progress=False)
+    assert not (tmp_path / "bad.tgz").exists()
+    assert not list(tmp_path.glob(".bad.tgz*"))  # the temporary file is gone too
+    with pytest.raises(data.DataError, match="could not download"):
+        data.download_archive((tmp_path / "absent.tgz").as_uri(), sha, tmp_path / "x.tgz", progress=False)
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+
+def test_download_from_local_http_server_then_prepare(tmp_path):
+    archive, sha = _archive(tmp_path)
+    handler = partial(_QuietHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/{archive.name}"
+        params = data.DataParams(
+            source="folders",
+            root=str(tmp_path / "data" / "tiny" / "val"),
+            class_index="imagenette",
+            download=data.DownloadParams(url=url, sha256=sha, into=str(tmp_path / "data")),
+        )
+        index = data.prepare(params, tmp_path / "cache", progress=False)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert index["count"] == 3
+    assert np.load(tmp_path / "cache" / "labels.npy").tolist() == [0, 217, 701]
+    assert (tmp_path / "data" / "tiny.tgz").is_file()
+
+
+def test_extract_refuses_escaping_paths(tmp_path):
+    archive = tmp_path / "evil.tar"
+    with tarfile.open(archive, "w") as handle:
+        info = tarfile.TarInfo("../escape.txt")
+        payload = b"x"
+        info.size = len(payload)
+        handle.addfile(info, io.BytesIO(payload))
+    with pytest.raises(tarfile.TarError):
+        data.extract_archive(archive, tmp_path / "into")
+    assert not (tmp_path / "escape.txt").exists()
+
+
+# ----------------------------------------------------------------------------------------------- CLI, params
+
+
+def test_prepare_data_cli(tmp_path, monkeypatch):
+    root = make_folders(tmp_path / "val", per_class=1)
+    (tmp_path / "params.yaml").write_text(f"seed: 1\ndata: {{source: folders, root: {root}}}\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare-data", "--out", "outputs/eval", "--metrics", "metrics/data.json"]) == 0
+    assert data.load_eval("outputs/eval").images.shape == (3, 256, 256, 3)
+    assert json.loads(Path("metrics/data.json").read_text())["images"] == 3
+    with pytest.raises(data.DataError, match="nowhere"):
+        data.prepare(data.DataParams(root="nowhere"), tmp_path / "x", progress=False)
+
+
+def test_params_validation():
+    assert load_section({}, "data", data.DataParams).source == "folders"
+    with pytest.raises(ParamsError, match="on_bad_file"):
+        load_section({"data": {"on_bad_file": "ignore"}}, "data", data.DataParams)
+    with pytest.raises(ParamsError, match="per_class"):
+        load_section({"data": {"per_class": 0}}, "data", data.DataParams)
+    with pytest.raises(ParamsError, match="unknown key data.subset"):
+        load_section({"data": {"subset": 3}}, "data", data.DataParams)
