@@ -1,0 +1,332 @@
+"""`rsi activations`: center-neuron responses of each probed block's In, Pre and Post to the FZs.
+
+For block b and channel c the stage records, for each image of :data:`rsi.artifacts.FZ_IMAGES`,
+
+* ``in_fz``: X̂_In_c, the FZ named by :func:`rsi.artifacts.in_fz_source` (for an L.1 block, the Post FZ of
+  block L.0: the same activation, rendered once);
+* ``scaled_in_fz``: S(X̂_In_c), S = :func:`rsi.transforms.scale_crop` (center-crop half, bilinear resize
+  back), applied to the normalised image as the authors did;
+* ``pre_fz``: X̂_Pre_c;
+* ``shrunk_pre_fz``: X̂_Pre_c resized to half and reflect-padded back (:func:`rsi.transforms.shrink_pad`,
+  the authors' unreported mirror test), also on the normalised image;
+* ``post_fz``: X̂_Post_c;
+
+the center neuron of channel c of each tap (In, Pre, Post) of b, into ``acts`` (len(FZ_IMAGES), 3, C) of
+``outputs/activations/<layerL_K>.npz``. FZ files store value·255 truncated to uint8 (as the authors' 8-bit
+PNGs) or float32 in [0, 1]; uint8 is read back as value/255, as ToTensor does.
+
+The extractor is thingsvision (``get_extractor_from_model``), as in the paper: its hook stores a clone of
+each module's output, so on ``layerL.K.bn2`` it holds the true Pre, before BasicBlock's in-place
+``out += identity`` and ReLU. ``activations.extractor: taps`` uses this package's copying taps instead;
+tests check that the two agree exactly. All three taps come from one forward per batch, and only the
+center neurons are kept.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from rsi import artifacts
+from rsi.artifacts import FZ_IMAGES, OUTPUTS
+from rsi.config import ParamsError, check_blocks, load_section, read_params
+from rsi.criteria import CriteriaParams
+from rsi.model import describe_weights, load_resnet18
+from rsi.runtime import ModelParams, resolve_device, save_npz
+from rsi.taps import TAP_KINDS, Tap, center, forward_taps, parse_block
+from rsi.transforms import normalize, scale_crop, shrink_pad
+
+Extractor = Literal["thingsvision", "taps"]
+# tap values for a batch of normalised images: {tap: (N, C, H, W)}
+TapReader = Callable[[Tensor, Sequence[Tap]], dict[Tap, Tensor]]
+
+
+def _check_fraction(value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ValueError("expected a fraction of the image side in (0, 1]")
+    return value
+
+
+@dataclass(frozen=True)
+class ActivationsParams:
+    """params.yaml ``activations``."""
+
+    extractor: Extractor = field(
+        default="thingsvision",
+        metadata={"help": "thingsvision (as the paper) or taps (this package's copying hooks)"},
+    )
+    batch_size: int = field(default=64, metadata={"min": 1, "help": "images per forward"})
+    scale_fraction: float = field(
+        default=0.5, metadata={"check": _check_fraction, "help": "S(X): center-crop this fraction (112/224)"}
+    )
+    shrink_fraction: float = field(
+        default=0.5,
+        metadata={
+            "check": _check_fraction,
+            "help": "mirror test: resize to this fraction (112/224), pad back",
+        },
+    )
+
+
+# ------------------------------------------------------------------------------------------- FZ files
+
+
+@dataclass(frozen=True)
+class FZFile:
+    """One FZ file of the contract: raw ``images`` (C, 3, H, W) uint8 or float, and their ``channels``."""
+
+    tap: Tap
+    path: Path
+    images: np.ndarray
+    channels: np.ndarray
+
+    def floats(self, positions: np.ndarray) -> Tensor:
+        """Images at ``positions`` as float32 in [0, 1] (uint8 read back as value/255)."""
+        raw = torch.from_numpy(np.ascontiguousarray(self.images[positions]))
+        if raw.dtype == torch.uint8:
+            return raw.float().div_(255.0)
+        return raw.float()
+
+
+def require_fz(tap: Tap, root: Path = OUTPUTS, *, role: str = "") -> Path:
+    """The path of an FZ file, or a FileNotFoundError naming the file, its use and the command."""
+    path = artifacts.fz_file(tap, root)
+    if not path.is_file():
+        used = f", used as {role}" if role else ""
+        raise FileNotFoundError(
+            f"{path} is missing (the {tap.kind} FZ of block {tap.block}{used}): make it with the fz stage, "
+            f"`rsi fz` for block {tap.block} (or `dvc repro`)"
+        )
+    return path
+
+
+def read_fz(tap: Tap, root: Path = OUTPUTS, *, role: str = "") -> FZFile:
+    """Read and check ``outputs/fz/<layerL_K>/<tap>.npz``; a missing file names the command that makes it."""
+    path = require_fz(tap, root, role=role)
+    with np.load(path, allow_pickle=False) as data:
+        missing = [key for key in ("images", "channels") if key not in data.files]
+        if missing:
+            raise ValueError(f"{path}: no {missing[0]!r} array (the fz file contract: images, channels)")
+        images, channels = data["images"], data["channels"].astype(np.int64)
+    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != channels.shape[0]:
+        raise ValueError(
+            f"{path}: images of shape {images.shape} and {channels.shape[0]} channels; "
+            "expected images (C, 3, H, W) with one image per channel"
+        )
+    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
+        raise ValueError(f"{path}: images are {images.dtype}; expected uint8 or float32 in [0, 1]")
+    return FZFile(tap=tap, path=path, images=images, channels=channels)
+
+
+@dataclass(frozen=True)
+class BlockFZs:
+    """The three FZ files a block needs, aligned on the channels all of them hold."""
+
+    block: str
+    channels: np.ndarray
+    sources: dict[str, tuple[FZFile, np.ndarray]]  # "in" / "pre" / "post" → (file, positions of channels)
+
+
+def block_fz_taps(block: str) -> dict[str, Tap]:
+    """The FZs a block's images come from: X̂_In (:func:`rsi.artifacts.in_fz_source`), X̂_Pre, X̂_Post."""
+    return {"in": artifacts.in_fz_source(block), "pre": Tap(block, "pre"), "post": Tap(block, "post")}
+
+
+def _role(kind: str, block: str) -> str:
+    return f"X̂_{kind.capitalize()} of block {block}"
+
+
+def require_block_fzs(block: str, root: Path = OUTPUTS) -> None:
+    """Check that every FZ file of ``block`` exists, without loading any."""
+    for kind, tap in block_fz_taps(block).items():
+        require_fz(tap, root, role=_role(kind, block))
+
+
+def load_block_fzs(block: str, root: Path = OUTPUTS) -> BlockFZs:
+    """X̂_In (from :func:`rsi.artifacts.in_fz_source`), X̂_Pre and X̂_Post of ``block``."""
+    files = {kind: read_fz(tap, root, role=_role(kind, block)) for kind, tap in block_fz_taps(block).items()}
+    in_channels = files["in"].channels
+    common = [c for c in in_channels if all(c in f.channels for f in files.values())]
+    if not common:
+        raise ValueError(
+            f"block {block}: the FZ files {[str(f.path) for f in files.values()]} share no channel"
+        )
+    if any(len(f.channels) != len(common) for f in files.values()):
+        print(
+            f"rsi activations: block {block}: using the {len(common)} channels all three FZ files hold "
+            f"({', '.join(f'{f.path}: {len(f.channels)}' for f in files.values())})",
+            file=sys.stderr,
+        )
+    channels = np.asarray(common, dtype=np.int64)
+    sources = {}
+    for kind, fz in files.items():
+        index = {int(c): i for i, c in enumerate(fz.channels)}
+        sources[kind] = (fz, np.asarray([index[int(c)] for c in channels], dtype=np.int64))
+    return BlockFZs(block=block, channels=channels, sources=sources)
+
+
+def fz_inputs(
+    fzs: BlockFZs, image: str, batch: slice, *, scale_fraction: float = 0.5, shrink_fraction: float = 0.5
+) -> Tensor:
+    """Normalised model inputs for one of :data:`FZ_IMAGES`, for the channels ``fzs.channels[batch]``."""
+    source = {"in_fz": "in", "scaled_in_fz": "in", "pre_fz": "pre", "shrunk_pre_fz": "pre", "post_fz": "post"}
+    fz, positions = fzs.sources[source[image]]
+    images = normalize(fz.floats(positions[batch]))
+    if image == "scaled_in_fz":
+        return scale_crop(images, scale_fraction)
+    if image == "shrunk_pre_fz":
+        return shrink_pad(images, int(images.shape[-1] * shrink_fraction))
+    return images
+
+
+# ------------------------------------------------------------------------------------------ extractors
+
+
+def taps_reader(model: nn.Module, device: torch.device | str = "cpu") -> TapReader:
+    """Tap values from this package's copying hooks, forward truncated after the deepest tap."""
+
+    def read(images: Tensor, taps: Sequence[Tap]) -> dict[Tap, Tensor]:
+        with torch.no_grad():
+            values = forward_taps(model, images.to(device), list(taps), detach=True)
+        return {tap: value.cpu() for tap, value in values.items()}
+
+    return read
+
+
+def thingsvision_extractor(model: nn.Module, device: torch.device | str = "cpu") -> Any:
+    """thingsvision's extractor around ``model`` (``get_extractor_from_model``, PyTorch backend)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # thingsvision imports TensorFlow
+    from thingsvision import get_extractor_from_model  # slow import (~11 s): only when used
+
+    return get_extractor_from_model(model=model, device=str(device), backend="pt")
+
+
+def thingsvision_reader(extractor: Any) -> TapReader:
+    """Tap values from thingsvision: one forward per batch, a cloning hook on each tap's module."""
+
+    def read(images: Tensor, taps: Sequence[Tap]) -> dict[Tap, Tensor]:
+        modules = list(dict.fromkeys(tap.module for tap in taps))
+        with extractor.batch_extraction(module_names=modules, output_type="tensor") as batch_extractor:
+            features = batch_extractor.extract_batch(batch=images, flatten_acts=False)
+        return {tap: features[tap.module] for tap in taps}
+
+    return read
+
+
+def make_reader(name: Extractor, model: nn.Module, device: torch.device | str = "cpu") -> TapReader:
+    if name == "thingsvision":
+        return thingsvision_reader(thingsvision_extractor(model, device))
+    if name == "taps":
+        return taps_reader(model, device)
+    raise ValueError(f"unknown extractor {name!r}: choose thingsvision or taps")
+
+
+# -------------------------------------------------------------------------------------------- the work
+
+
+def block_activations(
+    read: TapReader,
+    fzs: BlockFZs,
+    *,
+    batch_size: int = 64,
+    scale_fraction: float = 0.5,
+    shrink_fraction: float = 0.5,
+    progress: bool = True,
+) -> np.ndarray:
+    """``acts`` (len(FZ_IMAGES), 3, C): acts[i, t, j] is the center neuron of tap TAP_KINDS[t], channel
+    fzs.channels[j], to image FZ_IMAGES[i] of that channel."""
+    taps = [Tap(fzs.block, kind) for kind in TAP_KINDS]
+    count = len(fzs.channels)
+    acts = np.zeros((len(FZ_IMAGES), len(TAP_KINDS), count), dtype=np.float32)
+    channels = torch.from_numpy(fzs.channels)
+    steps = [
+        (i, slice(s, min(s + batch_size, count)))
+        for i in range(len(FZ_IMAGES))
+        for s in range(0, count, batch_size)
+    ]
+    for i, batch in tqdm(steps, desc=f"activations {fzs.block}", unit="batch", disable=not progress):
+        inputs = fz_inputs(
+            fzs, FZ_IMAGES[i], batch, scale_fraction=scale_fraction, shrink_fraction=shrink_fraction
+        )
+        values = read(inputs, taps)
+        rows = torch.arange(batch.stop - batch.start)
+        for t, tap in enumerate(taps):
+            acts[i, t, batch] = center(values[tap])[rows, channels[batch]].numpy()
+    return acts
+
+
+def _block_argument(value: str) -> str:
+    try:
+        return parse_block(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from error
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--block",
+        action="extend",
+        nargs="+",
+        metavar="BLOCK",
+        type=_block_argument,
+        help="blocks to measure (2.1 or layer2_1; default: criteria.blocks)",
+    )
+    parser.add_argument(
+        "--root",
+        default=str(OUTPUTS),
+        help="outputs root: FZs from ROOT/fz, activations into ROOT/activations (default: outputs; "
+        "for one FZ seed of criteria.seeds: outputs/seed<k>)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    params = load_section(raw, "activations", ActivationsParams, source=args.params)
+    model_params = load_section(raw, "model", ModelParams, source=args.params)
+    if args.block:
+        try:
+            blocks = check_blocks(tuple(args.block))
+        except ValueError as error:
+            raise ParamsError(f"--block {' '.join(args.block)}: {error}") from error
+    else:
+        blocks = load_section(raw, "criteria", CriteriaParams, source=args.params).blocks
+    root = Path(args.root)
+    for block in blocks:  # every FZ file checked before any work
+        require_block_fzs(block, root)
+    model = load_resnet18(model_params.weights)
+    device = resolve_device(model_params.device)
+    model.to(device)
+    read = make_reader(params.extractor, model, device)
+    label = describe_weights(model_params.weights)
+    for block in blocks:
+        block_fzs = load_block_fzs(block, root)
+        acts = block_activations(
+            read,
+            block_fzs,
+            batch_size=params.batch_size,
+            scale_fraction=params.scale_fraction,
+            shrink_fraction=params.shrink_fraction,
+        )
+        path = artifacts.activations_file(block_fzs.block, root)
+        save_npz(
+            path,
+            acts=acts,
+            channels=block_fzs.channels,
+            fz_images=np.asarray(FZ_IMAGES),
+            taps=np.asarray(TAP_KINDS),
+            weights=np.asarray(label),
+            extractor=np.asarray(params.extractor),
+            scale_fraction=np.asarray(params.scale_fraction),
+            shrink_fraction=np.asarray(params.shrink_fraction),
+        )
+        print(f"block {block_fzs.block}: {len(block_fzs.channels)} channels → {path} ({label})")

@@ -1,0 +1,426 @@
+"""`rsi criteria`: the paper's scale-invariance test (section 3, Eq. 1 and Eq. 2) for every channel.
+
+For block b and channel c, with X̂ the center-neuron FZs and S the scale transform (center-crop to half,
+bilinear resize back), all activations center-neuron responses:
+
+* Eq. 1: ReLU(Pre_c(X̂_In_c)) < Pre_c(S(X̂_In_c))  (the Pre channel grows, in the positive domain, when the
+  In channel's preferred image is enlarged);
+* Eq. 2: 2/3 < Post_c(X̂_In_c) / Post_c(X̂_Pre_c) < 3/2  (Post responds about equally to both summands' FZs).
+
+A channel passes when both hold. The science is in the pure functions :func:`eq1_scale_gain`,
+:func:`eq2_post_ratio`, :func:`mirror_shrink_gain`, :func:`passing_channels` and :func:`jaccard`; the stage
+reads ``outputs/activations/<layerL_K>.npz`` (see :mod:`rsi.artifacts`) and writes one CSV per block,
+``outputs/criteria/passing.json``, ``outputs/criteria/stability.json``, ``outputs/criteria/settings.json``
+and ``metrics/criteria.json`` (numbers only, DVC-safe keys, for ``dvc metrics diff``).
+
+Criteria stability: FZs are stochastic ("results may vary", section 3). With ``criteria.seeds`` listing more
+than one seed, the activations of seed k are read from ``criteria.seed_root`` with ``{seed}`` = k (default
+``outputs/seed{seed}``: FZs in ``outputs/seed<k>/fz``, activations in ``outputs/seed<k>/activations``, made
+by ``rsi activations --root outputs/seed<k>``); the first seed is the primary run whose lists and tables
+the later stages use, and the metrics gain a ``stability`` section (passing count per seed and Jaccard
+overlap of the passing sets). With one seed (the default, as the paper) everything lives under ``outputs``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from rsi import artifacts
+from rsi.artifacts import FZ_IMAGES, OUTPUTS
+from rsi.config import ParamsError, as_dict, check_blocks, load_section, read_params
+from rsi.runtime import atomic_path, load_npz, write_json
+from rsi.taps import TAP_KINDS, block_key
+
+DEFAULT_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+METRICS_FILE = artifacts.METRICS / "criteria.json"
+
+
+# ----------------------------------------------------------------------------------------------- params
+
+
+def parse_fraction(value: Any) -> float:
+    """A positive number from a float, an int, or a string like ``"2/3"`` or ``"0.5"``."""
+    if isinstance(value, bool):
+        raise ValueError("expected a number or a fraction string like '2/3'")
+    try:
+        number = float(Fraction(str(value).strip())) if isinstance(value, str) else float(value)
+    except (ValueError, ZeroDivisionError) as error:
+        raise ValueError("expected a number or a fraction string like '2/3'") from error
+    if not number > 0:
+        raise ValueError("expected a positive bound (Eq. 2 compares a ratio of activations)")
+    return number
+
+
+def _check_blocks(blocks: tuple[Any, ...]) -> tuple[str, ...]:
+    # YAML reads an unquoted 2.1 as a float; str() gives back the block name.
+    if not blocks:
+        raise ValueError("list at least one block")
+    return check_blocks(tuple(str(b) for b in blocks))
+
+
+def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
+    if not seeds:
+        raise ValueError("list at least one seed")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError("a seed is listed twice")
+    return seeds
+
+
+def _check_seed_root(template: str) -> str:
+    if "{seed}" not in template:
+        raise ValueError("the template must contain '{seed}', e.g. outputs/seed{seed}")
+    return template
+
+
+@dataclass(frozen=True)
+class CriteriaParams:
+    """params.yaml ``criteria``."""
+
+    blocks: tuple[str | float, ...] = field(
+        default=DEFAULT_BLOCKS,
+        metadata={"check": _check_blocks, "help": "blocks probed (paper: 1.1 to 4.1); 2.1 or layer2_1"},
+    )
+    eq2_low: float | str = field(
+        default=2 / 3, metadata={"check": parse_fraction, "help": "Eq. 2 lower bound (paper: 2/3)"}
+    )
+    eq2_high: float | str = field(
+        default=3 / 2, metadata={"check": parse_fraction, "help": "Eq. 2 upper bound (paper: 3/2)"}
+    )
+    strict: bool = field(default=True, metadata={"help": "strict inequalities, as Eq. 1 and Eq. 2"})
+    mirror_criterion: bool = field(
+        default=False, metadata={"help": "also require the authors' unreported mirror test"}
+    )
+    seeds: tuple[int, ...] = field(
+        default=(0,), metadata={"check": _check_seeds, "help": "FZ seeds compared for stability"}
+    )
+    seed_root: str = field(
+        default="outputs/seed{seed}",
+        metadata={"check": _check_seed_root, "help": "outputs root of each seed when seeds > 1"},
+    )
+
+    def __post_init__(self) -> None:
+        low, high = parse_fraction(self.eq2_low), parse_fraction(self.eq2_high)
+        object.__setattr__(self, "eq2_low", low)
+        object.__setattr__(self, "eq2_high", high)
+        object.__setattr__(self, "blocks", _check_blocks(tuple(self.blocks)))
+        if not low < high:
+            raise ParamsError(f"criteria.eq2_low = {low:g} must be below criteria.eq2_high = {high:g}")
+
+    def roots(self) -> dict[int, Path]:
+        """The outputs root of every seed: ``outputs`` for a single seed, else ``seed_root`` per seed."""
+        if len(self.seeds) == 1:
+            return {self.seeds[0]: OUTPUTS}
+        return {seed: Path(self.seed_root.format(seed=seed)) for seed in self.seeds}
+
+
+# ------------------------------------------------------------------------------------ the paper's tests
+
+
+def _values(x: Any) -> np.ndarray:
+    """Float64 values of an array, a list, a scalar or a (CPU or device) torch tensor."""
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def eq1_scale_gain(pre_of_in_fz: Any, pre_of_scaled_in_fz: Any, strict: bool = True) -> np.ndarray:
+    """Eq. 1: ReLU(Pre_c(X̂_In_c)) < Pre_c(S(X̂_In_c)), elementwise; a boolean array.
+
+    ``strict=False`` tests ReLU(Pre_c(X̂_In_c)) <= Pre_c(S(X̂_In_c)) instead.
+
+    The authors' code (stream_inspect.py) computed mean(clip(Pre(S(X̂_In)), 0)) - mean(clip(Pre(X̂_In)),
+    0)) > 0 over one image, which is the same strict test: if clip(b, 0) > clip(a, 0) >= 0 then
+    b = clip(b, 0) > ReLU(a), and conversely. (They divided that difference by Pre_c(X̂_Pre_c) before
+    the sign test, which only matters where that response is negative.)
+    """
+    base = np.maximum(_values(pre_of_in_fz), 0.0)
+    scaled = _values(pre_of_scaled_in_fz)
+    return scaled > base if strict else scaled >= base
+
+
+class Eq2Result(NamedTuple):
+    """Eq. 2 per channel: ``passes`` (bool), ``ratio`` (Post_c(X̂_In_c) / Post_c(X̂_Pre_c), NaN where the
+    denominator is <= 0) and ``nonpositive`` (bool: numerator or denominator <= 0, a failure)."""
+
+    passes: np.ndarray
+    ratio: np.ndarray
+    nonpositive: np.ndarray
+
+
+def eq2_post_ratio(
+    post_of_in_fz: Any,
+    post_of_pre_fz: Any,
+    low: float = 2 / 3,
+    high: float = 3 / 2,
+    strict: bool = True,
+) -> Eq2Result:
+    """Eq. 2: low < Post_c(X̂_In_c) / Post_c(X̂_Pre_c) < high (``strict=False``: <= at both ends).
+
+    A numerator or denominator <= 0 fails and is flagged in ``nonpositive``, as in the authors' code
+    (a Post response <= 0 set their mix ratio to 0 or 10, outside the band). Post is post-ReLU here; the
+    authors measured the pre-ReLU sum, which gives the same verdicts: a value <= 0 fails either way.
+    The ratio is computed in float64, so exactly 2/3 or 3/2 sits on the boundary.
+    """
+    numerator, denominator = _values(post_of_in_fz), _values(post_of_pre_fz)
+    low, high = parse_fraction(low), parse_fraction(high)
+    nonpositive = (numerator <= 0) | (denominator <= 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(denominator > 0, numerator / np.where(denominator > 0, denominator, 1.0), np.nan)
+    inside = (low < ratio) & (ratio < high) if strict else (low <= ratio) & (ratio <= high)
+    return Eq2Result(passes=inside & ~nonpositive, ratio=ratio, nonpositive=nonpositive)
+
+
+def mirror_shrink_gain(in_of_pre_fz: Any, in_of_shrunk_pre_fz: Any, strict: bool = True) -> np.ndarray:
+    """The authors' unreported mirror test: ReLU(In_c(X̂_Pre_c)) < In_c(shrink(X̂_Pre_c)).
+
+    shrink = resize to half and reflect-pad back (stream_inspect.py: Resize(112), Pad(56, 'reflect')):
+    the In channel should prefer the Pre channel's feature at a smaller scale. Their code computes
+    mean(clip(In(shrink(X̂_Pre)), 0)) - mean(clip(In(X̂_Pre)), 0)) > 0, the same strict test; the paper does
+    not report it, so it is off by default (``criteria.mirror_criterion``).
+    """
+    return eq1_scale_gain(in_of_pre_fz, in_of_shrunk_pre_fz, strict=strict)
+
+
+def passing_channels(channels: Sequence[int] | np.ndarray, *masks: Any) -> list[int]:
+    """The channels where every mask holds, in the order given."""
+    channels = np.asarray(channels)
+    passes = np.ones(channels.shape, dtype=bool)
+    for mask in masks:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != channels.shape:
+            raise ValueError(f"mask of shape {mask.shape} does not match {channels.shape[0]} channels")
+        passes &= mask
+    return [int(c) for c in channels[passes]]
+
+
+def jaccard(a: Sequence[int] | set[int], b: Sequence[int] | set[int]) -> float:
+    """|A ∩ B| / |A ∪ B|; two empty sets agree perfectly (1.0)."""
+    a, b = set(a), set(b)
+    union = a | b
+    return len(a & b) / len(union) if union else 1.0
+
+
+def stability(passing_by_seed: Mapping[int, Mapping[str, Sequence[int]]]) -> dict[str, dict[str, float]]:
+    """Per block (``layerL_K`` keys): passing count per seed, pairwise Jaccard of the passing sets, their
+    mean and minimum, and how many channels pass under every seed. Numbers only."""
+    seeds = list(passing_by_seed)
+    blocks: list[str] = []
+    for lists in passing_by_seed.values():
+        blocks += [b for b in lists if b not in blocks]
+    out: dict[str, dict[str, float]] = {}
+    for block in blocks:
+        sets = {seed: set(passing_by_seed[seed].get(block, ())) for seed in seeds}
+        entry: dict[str, float] = {f"passing_seed{seed}": len(sets[seed]) for seed in seeds}
+        pairs = [(s, t, jaccard(sets[s], sets[t])) for s, t in itertools.combinations(seeds, 2)]
+        for s, t, value in pairs:
+            entry[f"jaccard_seed{s}_seed{t}"] = round(value, 6)
+        if pairs:
+            values = [value for _, _, value in pairs]
+            entry["jaccard_mean"] = round(float(np.mean(values)), 6)
+            entry["jaccard_min"] = round(min(values), 6)
+        entry["passing_all_seeds"] = len(set.intersection(*sets.values())) if sets else 0
+        out[block_key(block)] = entry
+    return out
+
+
+# ----------------------------------------------------------------------------------------- per block
+
+
+def _act(acts: np.ndarray, image: str, tap: str) -> np.ndarray:
+    return acts[FZ_IMAGES.index(image), TAP_KINDS.index(tap)]
+
+
+@dataclass(frozen=True)
+class BlockCriteria:
+    """Every channel's activations and verdicts for one block."""
+
+    block: str
+    channels: np.ndarray
+    columns: dict[str, np.ndarray]  # activations, in CSV order
+    ratio: np.ndarray
+    eq1: np.ndarray
+    eq2: np.ndarray
+    eq2_nonpositive: np.ndarray
+    mirror: np.ndarray
+    passes: np.ndarray
+
+    @property
+    def passing(self) -> list[int]:
+        return [int(c) for c in self.channels[self.passes]]
+
+    def summary(self) -> dict[str, float]:
+        """The metrics of the block: numbers only."""
+        channels = int(self.channels.size)
+        passing = int(self.passes.sum())
+        return {
+            "channels": channels,
+            "passing": passing,
+            "percent": round(100.0 * passing / channels, 4) if channels else 0.0,
+            "eq1_pass": int(self.eq1.sum()),
+            "eq2_pass": int(self.eq2.sum()),
+            "eq2_nonpositive": int(self.eq2_nonpositive.sum()),
+            "mirror_pass": int(self.mirror.sum()),
+        }
+
+
+def evaluate_block(
+    block: str,
+    acts: np.ndarray,
+    channels: Sequence[int] | np.ndarray,
+    *,
+    low: float = 2 / 3,
+    high: float = 3 / 2,
+    strict: bool = True,
+    mirror_criterion: bool = False,
+) -> BlockCriteria:
+    """Eq. 1, Eq. 2 (and the optional mirror test) on one block's ``acts`` (len(FZ_IMAGES), 3, C)."""
+    acts = np.asarray(acts)
+    channels = np.asarray(channels, dtype=np.int64)
+    expected = (len(FZ_IMAGES), len(TAP_KINDS), channels.size)
+    if acts.shape != expected:
+        raise ValueError(f"block {block}: activations of shape {acts.shape}, expected {expected}")
+    columns = {
+        "pre_of_in_fz": _act(acts, "in_fz", "pre"),
+        "pre_of_scaled_in_fz": _act(acts, "scaled_in_fz", "pre"),
+        "post_of_in_fz": _act(acts, "in_fz", "post"),
+        "post_of_pre_fz": _act(acts, "pre_fz", "post"),
+        "in_of_pre_fz": _act(acts, "pre_fz", "in"),
+        "in_of_shrunk_pre_fz": _act(acts, "shrunk_pre_fz", "in"),
+    }
+    eq1 = eq1_scale_gain(columns["pre_of_in_fz"], columns["pre_of_scaled_in_fz"], strict=strict)
+    eq2 = eq2_post_ratio(columns["post_of_in_fz"], columns["post_of_pre_fz"], low, high, strict=strict)
+    mirror = mirror_shrink_gain(columns["in_of_pre_fz"], columns["in_of_shrunk_pre_fz"], strict=strict)
+    passes = eq1 & eq2.passes & (mirror if mirror_criterion else True)
+    return BlockCriteria(
+        block=block,
+        channels=channels,
+        columns=columns,
+        ratio=eq2.ratio,
+        eq1=eq1,
+        eq2=eq2.passes,
+        eq2_nonpositive=eq2.nonpositive,
+        mirror=mirror,
+        passes=np.asarray(passes, dtype=bool),
+    )
+
+
+def metrics(results: Sequence[BlockCriteria]) -> dict[str, Any]:
+    """``metrics/criteria.json``: per block (``layerL_K``) and ``total``; numbers only."""
+    out: dict[str, Any] = {block_key(result.block): result.summary() for result in results}
+    total: dict[str, float] = {}
+    for summary in list(out.values()):
+        for key, value in summary.items():
+            if key != "percent":
+                total[key] = total.get(key, 0) + value
+    if total:
+        total["percent"] = (
+            round(100.0 * total["passing"] / total["channels"], 4) if total["channels"] else 0.0
+        )
+    out["total"] = total
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ I/O
+
+
+def load_activations(block: str, root: Path = OUTPUTS) -> dict[str, np.ndarray]:
+    """The activations file of a block; a missing one names the command that makes it."""
+    path = artifacts.activations_file(block, root)
+    if not path.is_file():
+        where = "" if root == OUTPUTS else f" --root {root}"
+        raise FileNotFoundError(
+            f"{path} is missing (activations of block {block}): make it with "
+            f"`rsi activations{where} --block {block}` or `dvc repro`"
+        )
+    return load_npz(path)
+
+
+def write_table(result: BlockCriteria, path: Path) -> None:
+    """One CSV row per channel: the activations, the Eq. 2 ratio and the verdicts."""
+    header = ["channel", *result.columns, "eq2_ratio", "eq1", "eq2", "eq2_nonpositive", "mirror", "passes"]
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(header)
+        for i, channel in enumerate(result.channels):
+            values = [f"{float(column[i]):.9g}" for column in result.columns.values()]
+            flags = [
+                result.eq1[i],
+                result.eq2[i],
+                result.eq2_nonpositive[i],
+                result.mirror[i],
+                result.passes[i],
+            ]
+            writer.writerow([int(channel), *values, repr(float(result.ratio[i])), *map(bool, flags)])
+
+
+def _label(data: Mapping[str, np.ndarray], key: str) -> str | None:
+    return str(data[key]) if key in data else None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Eq. 1 and Eq. 2 of the paper per channel of each block in criteria.blocks, from "
+        "outputs/activations; writes outputs/criteria/ and metrics/criteria.json."
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    params = load_section(raw, "criteria", CriteriaParams, source=args.params)
+    roots = params.roots()
+    primary = params.seeds[0]
+    results: dict[int, list[BlockCriteria]] = {}
+    provenance: dict[str, dict[str, Any]] = {}
+    for seed, root in roots.items():
+        results[seed] = []
+        for block in params.blocks:
+            data = load_activations(block, root)
+            result = evaluate_block(
+                block,
+                data["acts"],
+                data["channels"],
+                low=params.eq2_low,
+                high=params.eq2_high,
+                strict=params.strict,
+                mirror_criterion=params.mirror_criterion,
+            )
+            results[seed].append(result)
+            provenance.setdefault(f"seed{seed}", {})[block] = {
+                "root": str(root),
+                "weights": _label(data, "weights"),
+                "extractor": _label(data, "extractor"),
+                "scale_fraction": float(data["scale_fraction"]) if "scale_fraction" in data else None,
+            }
+    for result in results[primary]:
+        write_table(result, artifacts.criteria_table(result.block))
+    passing_by_seed = {seed: {r.block: r.passing for r in blocks} for seed, blocks in results.items()}
+    write_json(artifacts.passing_file(), passing_by_seed[primary])
+    out = metrics(results[primary])
+    if len(roots) > 1:
+        out["stability"] = stability(passing_by_seed)
+    write_json(METRICS_FILE, out)
+    write_json(
+        artifacts.passing_file().parent / "stability.json",
+        {"seeds": list(params.seeds), "passing": {f"seed{s}": p for s, p in passing_by_seed.items()}},
+    )
+    write_json(
+        artifacts.passing_file().parent / "settings.json",
+        {"criteria": as_dict(params), "primary_seed": primary, "activations": provenance},
+    )
+    for result in results[primary]:
+        summary = result.summary()
+        print(
+            f"block {result.block}: {summary['passing']}/{summary['channels']} channels pass "
+            f"({summary['percent']:.1f} %; Eq. 1 {summary['eq1_pass']}, Eq. 2 {summary['eq2_pass']}, "
+            f"Post <= 0 {summary['eq2_nonpositive']})"
+        )
+    print(f"wrote {METRICS_FILE} and {artifacts.passing_file()}")

@@ -1,0 +1,357 @@
+"""Eq. 1, Eq. 2, the mirror test and criteria stability on hand-made numbers; the criteria stage on
+hand-made activation files (no model)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from rsi import artifacts, cli, paper
+from rsi.artifacts import FZ_IMAGES
+from rsi.config import ParamsError, load_section
+from rsi.criteria import (
+    CriteriaParams,
+    eq1_scale_gain,
+    eq2_post_ratio,
+    evaluate_block,
+    jaccard,
+    metrics,
+    mirror_shrink_gain,
+    parse_fraction,
+    passing_channels,
+    stability,
+)
+from rsi.runtime import save_npz
+from rsi.taps import TAP_KINDS
+
+# ---------------------------------------------------------------------------------------------- Eq. 1
+
+
+def test_eq1_relu_of_pre_below_pre_of_scaled():
+    pre_of_in_fz = [1.0, 1.0, -2.0, -2.0, 0.0, 3.0, -3.0]
+    pre_of_scaled = [2.0, 1.0, 0.5, 0.0, 0.0, 2.0, -1.0]
+    #                 gain  equal ReLU  0>0  0>0   loss  both negative: -1 > ReLU(-3) = 0 is false
+    strict = [True, False, True, False, False, False, False]
+    loose = [True, True, True, True, True, False, False]
+    assert eq1_scale_gain(pre_of_in_fz, pre_of_scaled).tolist() == strict
+    assert eq1_scale_gain(pre_of_in_fz, pre_of_scaled, strict=False).tolist() == loose
+
+
+def test_eq1_negative_pre_is_clipped_not_compared_raw():
+    # Without the ReLU, -1 > -3 would pass: a gain in the negative domain is no gain.
+    assert not eq1_scale_gain(-3.0, -1.0)
+    assert eq1_scale_gain(-3.0, 0.01)
+
+
+def test_eq1_matches_the_authors_clipped_difference():
+    rng = np.random.default_rng(0)
+    base, scaled = rng.normal(size=(2, 1000))
+    authors = np.clip(scaled, 0, None) - np.clip(base, 0, None) > 0
+    np.testing.assert_array_equal(eq1_scale_gain(base, scaled), authors)
+
+
+def test_eq1_takes_tensors():
+    result = eq1_scale_gain(torch.tensor([0.5, -1.0]), torch.tensor([1.0, -0.5]))
+    assert result.tolist() == [True, False]
+
+
+# ---------------------------------------------------------------------------------------------- Eq. 2
+
+
+NUMERATOR = [2.0, 3.0, 1.0, 1.0, 0.0, 1.0, -1.0, -1.0]
+DENOMINATOR = [3.0, 2.0, 1.0, 0.0, 1.0, -1.0, 1.0, -1.0]
+#              =2/3 =3/2  1    /0   0/1  /neg  neg/  neg/neg (ratio 1, but both <= 0)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_eq2_boundaries_fail_strict_and_pass_loose(dtype):
+    num, den = np.asarray(NUMERATOR, dtype), np.asarray(DENOMINATOR, dtype)
+    strict = eq2_post_ratio(num, den)
+    loose = eq2_post_ratio(num, den, strict=False)
+    assert strict.passes.tolist() == [False, False, True, False, False, False, False, False]
+    assert loose.passes.tolist() == [True, True, True, False, False, False, False, False]
+    assert strict.ratio[0] == 2 / 3 and strict.ratio[1] == 3 / 2
+
+
+def test_eq2_nonpositive_post_fails_and_is_counted():
+    result = eq2_post_ratio(NUMERATOR, DENOMINATOR, strict=False)
+    assert result.nonpositive.tolist() == [False, False, False, True, True, True, True, True]
+    assert int(result.nonpositive.sum()) == 5
+    assert not result.passes[result.nonpositive].any()
+    # a denominator <= 0 gives no ratio; a numerator <= 0 over a positive denominator gives its ratio
+    assert np.isnan(result.ratio[[3, 5, 7]]).all()
+    assert result.ratio[4] == 0.0 and result.ratio[6] == -1.0
+
+
+def test_eq2_bounds_are_parameters_and_take_fractions():
+    result = eq2_post_ratio([1.0, 1.0, 1.0], [2.0, 1.9, 0.5], low="1/2", high="2")
+    assert result.passes.tolist() == [False, True, False]
+    assert eq2_post_ratio([1.0], [2.0], low="1/2", high="2", strict=False).passes.tolist() == [True]
+
+
+def test_parse_fraction():
+    assert parse_fraction("2/3") == 2 / 3
+    assert parse_fraction(" 3/2 ") == 1.5
+    assert parse_fraction(0.5) == 0.5
+    assert parse_fraction(1) == 1.0
+    for bad in ("two thirds", "1/0", 0, -1.0, "-2/3", True):
+        with pytest.raises(ValueError):
+            parse_fraction(bad)
+
+
+# ----------------------------------------------------------------------------- mirror test, sets, Jaccard
+
+
+def test_mirror_is_in_of_shrunk_pre_fz_above_relu_of_in_of_pre_fz():
+    in_of_pre_fz = [1.0, -1.0, 2.0, 1.0]
+    in_of_shrunk = [2.0, 0.1, 1.0, 1.0]
+    assert mirror_shrink_gain(in_of_pre_fz, in_of_shrunk).tolist() == [True, True, False, False]
+    assert mirror_shrink_gain(in_of_pre_fz, in_of_shrunk, strict=False).tolist() == [True, True, False, True]
+
+
+def test_passing_channels_needs_every_mask():
+    channels = np.array([4, 7, 9, 12])
+    assert passing_channels(channels, [True, True, False, True], [True, False, True, True]) == [4, 12]
+    assert passing_channels(channels) == [4, 7, 9, 12]
+    with pytest.raises(ValueError, match="does not match"):
+        passing_channels(channels, [True, False])
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "expected"),
+    [
+        ({1, 2, 3}, {2, 3, 4}, 0.5),
+        ([1, 2, 3], [3, 2, 1], 1.0),
+        ({1, 2}, {3, 4}, 0.0),
+        (set(), {1}, 0.0),
+        (set(), set(), 1.0),
+        ({5, 6, 7, 8}, {8}, 0.25),
+    ],
+)
+def test_jaccard(a, b, expected):
+    assert jaccard(a, b) == expected
+    assert jaccard(b, a) == expected
+
+
+def test_stability_counts_and_overlaps():
+    passing = {
+        0: {"2.1": [1, 2, 3], "3.1": []},
+        1: {"2.1": [2, 3, 4], "3.1": []},
+        2: {"2.1": [1, 2, 3, 4], "3.1": []},
+    }
+    out = stability(passing)
+    assert set(out) == {"layer2_1", "layer3_1"}
+    block = out["layer2_1"]
+    assert (block["passing_seed0"], block["passing_seed1"], block["passing_seed2"]) == (3, 3, 4)
+    assert block["jaccard_seed0_seed1"] == 0.5
+    assert block["jaccard_seed0_seed2"] == 0.75
+    assert block["jaccard_seed1_seed2"] == 0.75
+    assert block["jaccard_mean"] == round((0.5 + 0.75 + 0.75) / 3, 6)
+    assert block["jaccard_min"] == 0.5
+    assert block["passing_all_seeds"] == 2
+    assert out["layer3_1"]["jaccard_mean"] == 1.0 and out["layer3_1"]["passing_all_seeds"] == 0
+    assert all("." not in key for entry in out.values() for key in entry)
+
+
+# ------------------------------------------------------------------------------------ block evaluation
+
+
+def make_acts(pre_in, pre_scaled, post_in, post_pre, in_pre=None, in_shrunk=None) -> np.ndarray:
+    """A (len(FZ_IMAGES), 3, C) activations array holding the given criteria inputs and noise elsewhere."""
+    count = len(pre_in)
+    acts = np.random.default_rng(1).normal(size=(len(FZ_IMAGES), len(TAP_KINDS), count)).astype(np.float32)
+    pre, post, tap_in = TAP_KINDS.index("pre"), TAP_KINDS.index("post"), TAP_KINDS.index("in")
+    acts[FZ_IMAGES.index("in_fz"), pre] = pre_in
+    acts[FZ_IMAGES.index("scaled_in_fz"), pre] = pre_scaled
+    acts[FZ_IMAGES.index("in_fz"), post] = post_in
+    acts[FZ_IMAGES.index("pre_fz"), post] = post_pre
+    if in_pre is not None:
+        acts[FZ_IMAGES.index("pre_fz"), tap_in] = in_pre
+        acts[FZ_IMAGES.index("shrunk_pre_fz"), tap_in] = in_shrunk
+    return acts
+
+
+# channels 10..15:   passes   Eq.1 fails  Eq.2 boundary  Post 0   passes    negative Pre
+PRE_IN = [1.0, 1.0, 0.0, 0.0, 0.5, -1.0]
+PRE_SCALED = [2.0, 0.5, 1.0, 1.0, 0.6, 0.2]
+POST_IN = [1.0, 1.0, 2.0, 0.0, 1.2, 1.0]
+POST_PRE = [1.0, 1.0, 3.0, 1.0, 1.0, 1.2]
+IN_PRE = [0.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+IN_SHRUNK = [1.0, 1.0, 1.0, 1.0, 0.5, 1.0]
+CHANNELS = np.arange(10, 16)
+
+
+def test_evaluate_block_wires_the_activations_to_the_criteria():
+    acts = make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE, IN_PRE, IN_SHRUNK)
+    result = evaluate_block("2.1", acts, CHANNELS)
+    assert result.eq1.tolist() == [True, False, True, True, True, True]
+    assert result.eq2.tolist() == [True, True, False, False, True, True]
+    assert result.eq2_nonpositive.tolist() == [False, False, False, True, False, False]
+    assert result.mirror.tolist() == [True, True, True, True, False, True]
+    assert result.passing == [10, 14, 15]
+    assert result.summary() == {
+        "channels": 6,
+        "passing": 3,
+        "percent": 50.0,
+        "eq1_pass": 5,
+        "eq2_pass": 4,
+        "eq2_nonpositive": 1,
+        "mirror_pass": 5,
+    }
+    with_mirror = evaluate_block("2.1", acts, CHANNELS, mirror_criterion=True)
+    assert with_mirror.passing == [10, 15]
+    loose = evaluate_block("2.1", acts, CHANNELS, strict=False)
+    assert loose.passing == [10, 12, 14, 15]
+    with pytest.raises(ValueError, match="expected"):
+        evaluate_block("2.1", acts[:, :, :3], CHANNELS)
+
+
+def test_metrics_have_numbers_only_and_dvc_safe_keys():
+    acts = make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE)
+    results = [evaluate_block("2.1", acts, CHANNELS), evaluate_block("3.1", acts[:, :, :4], CHANNELS[:4])]
+    out = metrics(results)
+    assert list(out) == ["layer2_1", "layer3_1", "total"]
+    assert out["total"]["channels"] == 10 and out["total"]["passing"] == 3 + 1
+    assert out["total"]["percent"] == 40.0
+    for entry in out.values():
+        assert all("." not in key for key in entry)
+        assert all(isinstance(v, int | float) and not isinstance(v, bool) for v in entry.values())
+
+
+# ------------------------------------------------------------------------------------------------ params
+
+
+def test_criteria_params_defaults_match_the_paper():
+    params = CriteriaParams()
+    assert params.blocks == paper.PROBED_BLOCKS
+    assert (params.eq2_low, params.eq2_high, params.strict, params.mirror_criterion) == (
+        2 / 3,
+        3 / 2,
+        True,
+        False,
+    )
+    assert params.roots() == {0: artifacts.OUTPUTS}
+
+
+def test_criteria_params_from_yaml_values():
+    raw = {
+        "criteria": {
+            "blocks": ["layer2_1", "3.1", 2.0],
+            "eq2_low": "2/3",
+            "eq2_high": 1.5,
+            "seeds": [3, 4],
+            "seed_root": "runs/s{seed}",
+        }
+    }
+    params = load_section(raw, "criteria", CriteriaParams)
+    assert params.blocks == ("2.1", "3.1", "2.0")
+    assert params.eq2_low == 2 / 3 and params.eq2_high == 1.5
+    assert params.roots() == {3: Path("runs/s3"), 4: Path("runs/s4")}
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"blocks": ["5.1"]}, "unknown block"),
+        ({"blocks": ["2.1", "layer2_1"]}, "listed twice"),
+        ({"eq2_low": "a lot"}, "fraction"),
+        ({"eq2_low": 1.5, "eq2_high": "2/3"}, "must be below"),
+        ({"seeds": [1, 1]}, "listed twice"),
+        ({"seeds": []}, "at least one seed"),
+        ({"seed_root": "outputs/seed"}, "{seed}"),
+        ({"strict": "yes"}, "true or false"),
+        ({"mirror": True}, "unknown key"),
+    ],
+)
+def test_criteria_params_errors(section, message):
+    with pytest.raises(ParamsError, match=message.replace("{", r"\{").replace("}", r"\}")):
+        load_section({"criteria": section}, "criteria", CriteriaParams)
+
+
+# ---------------------------------------------------------------------------- the stage, no model needed
+
+
+def write_acts(root: Path, block: str, acts: np.ndarray, channels: np.ndarray) -> None:
+    save_npz(
+        artifacts.activations_file(block, root),
+        acts=acts,
+        channels=channels,
+        weights=np.asarray("RANDOM WEIGHTS (not the paper's model)"),
+        extractor=np.asarray("taps"),
+    )
+
+
+def run_cli(monkeypatch, *argv: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["rsi"])
+    return cli.main(list(argv))
+
+
+def test_criteria_stage_writes_tables_lists_and_metrics(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("criteria:\n  blocks: [layer2_1]\n")
+    write_acts(artifacts.OUTPUTS, "2.1", make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE), CHANNELS)
+    assert run_cli(monkeypatch, "criteria") == 0
+    assert json.loads(Path("outputs/criteria/passing.json").read_text()) == {"2.1": [10, 14, 15]}
+    data = json.loads(Path("metrics/criteria.json").read_text())
+    assert data["layer2_1"]["passing"] == 3 and data["total"]["passing"] == 3
+    assert "stability" not in data
+    with open("outputs/criteria/layer2_1.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["channel"]) for r in rows] == list(CHANNELS)
+    assert [r["passes"] for r in rows] == ["True", "False", "False", "False", "True", "True"]
+    assert rows[2]["eq2_ratio"] == repr(2 / 3) and float(rows[3]["post_of_in_fz"]) == 0.0
+    assert {"pre_of_in_fz", "pre_of_scaled_in_fz", "post_of_in_fz", "post_of_pre_fz", "eq1", "eq2"} <= set(
+        rows[0]
+    )
+    settings = json.loads(Path("outputs/criteria/settings.json").read_text())
+    assert settings["activations"]["seed0"]["2.1"]["weights"].startswith("RANDOM")
+
+
+def test_criteria_stage_across_seeds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(
+        "criteria:\n  blocks: ['2.1']\n  seeds: [0, 1]\n  seed_root: runs/seed{seed}\n"
+    )
+    acts = make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE)
+    write_acts(Path("runs/seed0"), "2.1", acts, CHANNELS)
+    other = acts.copy()
+    other[FZ_IMAGES.index("in_fz"), TAP_KINDS.index("post"), 0] = 5.0  # channel 10 fails Eq. 2 in seed 1
+    write_acts(Path("runs/seed1"), "2.1", other, CHANNELS)
+    assert run_cli(monkeypatch, "criteria") == 0
+    data = json.loads(Path("metrics/criteria.json").read_text())
+    assert data["stability"]["layer2_1"]["passing_seed0"] == 3
+    assert data["stability"]["layer2_1"]["passing_seed1"] == 2
+    assert data["stability"]["layer2_1"]["jaccard_mean"] == round(2 / 3, 6)
+    assert json.loads(Path("outputs/criteria/passing.json").read_text()) == {"2.1": [10, 14, 15]}
+    lists = json.loads(Path("outputs/criteria/stability.json").read_text())
+    assert lists["passing"]["seed1"] == {"2.1": [14, 15]}
+
+
+def test_criteria_stage_names_the_missing_activations(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("criteria:\n  blocks: ['2.1']\n")
+    assert run_cli(monkeypatch, "criteria") == 2
+    error = capsys.readouterr().err
+    assert "outputs/activations/layer2_1.npz is missing" in error
+    assert "rsi activations --block 2.1" in error
+
+
+def test_paper_reference_values_are_consistent():
+    assert set(paper.PASSING_COUNTS) == set(paper.PROBED_BLOCKS)
+    for block, channels in paper.PUBLISHED_PASSING.items():
+        assert len(channels) == len(set(channels)) == paper.PASSING_COUNTS[block]
+        assert all(0 <= c < paper.BLOCK_CHANNELS[block] for c in channels)
+        assert abs(paper.passing_percent_exact(block) - paper.PASSING_PERCENT[block]) < 0.5
+    assert set(paper.EXEMPLARY_CHANNELS["3.1"]) <= set(paper.PUBLISHED_PASSING["3.1"])
+    assert set(paper.FIGURE3_LABELS["2.1"]) <= set(paper.PUBLISHED_PASSING["2.1"])
+    for block in ("2.1", "3.1"):
+        accuracy = paper.PASSING_ABLATION_ACCURACY[block]
+        assert len(accuracy["scaled"]) == len(paper.ABLATION_SCALES)
+        assert list(accuracy["scaled"]) == sorted(accuracy["scaled"], reverse=True)
+        assert max(accuracy["scaled"]) < accuracy["no_scale"]
