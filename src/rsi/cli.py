@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from rsi.config import ParamsError
@@ -48,7 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         module.run(args)
-    except (ParamsError, WeightsError, FileNotFoundError) as error:
+    except (ParamsError, WeightsError, FileNotFoundError, ValueError) as error:
+        # Bad input (params, weights, files, data): one line naming what to fix. RSI_DEBUG=1 re-raises.
+        if os.environ.get("RSI_DEBUG"):
+            raise
         print(f"rsi {args.command}: error: {error}", file=sys.stderr)
         return 2
     return 0
