@@ -1,0 +1,202 @@
+"""`rsi natural`: the natural-image pass over the evaluation cache.
+
+One streamed pass, the standard no-scale view (center crop 224 of the 256 px cache, which is torchvision's
+``Resize(256)`` + ``CenterCrop(224)``, normalised). Every block's In, Pre and Post taps come from one truncated
+forward per batch (``taps.forward_taps`` with all the taps). For each tap and channel, of the center neuron:
+
+* ``mean``: the mean over the evaluation set. For Post this is the mean-ablation value of ``rsi ablate``:
+  the authors measured the block's pre-ReLU sum and took the mean after clamping at 0, which equals the mean
+  of the post-ReLU value measured here (the clamp is kept explicitly). Pre is ``bn2``'s output as is (it can
+  be negative); In is what the block adds on its skip path.
+* ``topk`` / ``topk_values``: the ``k`` evaluation-set indices with the largest activations (figures use
+  k = 9), largest first; ties go to the lower index, so the order never depends on batches or ranks.
+
+Under ``torchrun`` the evaluation set is sharded across ranks (image i on rank i % world); sums (float64) are
+all-reduced and the top-k lists gathered and merged on rank 0, so the result is that of one process (the
+means up to float64 summation order, far below float32 precision). Output per block:
+``outputs/natural/<layerL_K>.npz`` with ``mean`` (3, C) float32, ``topk`` (3, C, k) int64, ``topk_values``
+(3, C, k) float32 (rows In, Pre, Post as ``taps.TAP_KINDS``), plus ``count`` (images), ``weights`` (what
+produced them) and ``generated`` (true when the images are the synthetic offline set).
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from rsi import artifacts, distributed
+from rsi.config import check_blocks, load_section, read_params
+from rsi.data import EvalSet, load_eval
+from rsi.model import describe_weights, load_resnet18
+from rsi.runtime import ModelParams, resolve_device, save_npz
+from rsi.taps import TAP_KINDS, Tap, center, forward_taps, num_channels
+from rsi.transforms import ablation_view
+
+PROBED_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+_NO_INDEX = torch.iinfo(torch.int64).max
+
+
+@dataclass(frozen=True)
+class NaturalParams:
+    """params.yaml ``natural``."""
+
+    blocks: tuple[str, ...] = field(default=PROBED_BLOCKS, metadata={"check": check_blocks})
+    k: int = field(default=9, metadata={"min": 1})
+    batch_size: int = field(default=256, metadata={"min": 1})
+
+
+@dataclass
+class NaturalStats:
+    """One block's result: arrays as written to ``outputs/natural/<layerL_K>.npz``."""
+
+    mean: np.ndarray  # (3, C) float32
+    topk: np.ndarray  # (3, C, k) int64
+    topk_values: np.ndarray  # (3, C, k) float32
+    count: int
+
+
+def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` largest entries per row of (R, M) values with their indices; ties go to the lower index."""
+    order = torch.argsort(indices, dim=1, stable=True)
+    values, indices = values.gather(1, order), indices.gather(1, order)
+    order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
+    return values.gather(1, order), indices.gather(1, order)
+
+
+def center_values(values: dict[Tap, torch.Tensor], tap: Tap) -> torch.Tensor:
+    """(B, C) center-neuron values of a tap; Post clamped at 0 (the authors' pre-ReLU sum, clamped)."""
+    result = center(values[tap])
+    return result.clamp(min=0) if tap.kind == "post" else result
+
+
+def natural_pass(
+    model: torch.nn.Module,
+    eval_set: EvalSet,
+    blocks: Sequence[str] = PROBED_BLOCKS,
+    *,
+    k: int = 9,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, NaturalStats]:
+    """Means and top-k of the center neurons of every block's In/Pre/Post (see the module docstring).
+    Every rank returns the same merged result."""
+    device = torch.device(device)
+    blocks = check_blocks(tuple(blocks))
+    taps = [Tap(block, kind) for block in blocks for kind in TAP_KINDS]
+    total = len(eval_set)
+    if total == 0:
+        raise ValueError("the evaluation set is empty")
+    k_eff = min(k, total)
+    rank, world = distributed.world()
+    indices = np.arange(total)[rank::world]
+    sums = {tap: torch.zeros(num_channels(tap.block), dtype=torch.float64, device=device) for tap in taps}
+    top_values = {tap: torch.empty(num_channels(tap.block), 0, device=device) for tap in taps}
+    top_index = {
+        tap: torch.empty(num_channels(tap.block), 0, dtype=torch.int64, device=device) for tap in taps
+    }
+    bar = tqdm(total=total, desc="natural", unit="img", disable=not (progress and distributed.is_main()))
+    with torch.inference_mode():
+        for index, images, _ in eval_set.batches(indices, batch_size, device):
+            view = ablation_view(images, eval_set.view_size, eval_set.view_size)
+            values = forward_taps(model, view, taps, detach=True)
+            index = index.to(device)
+            for tap in taps:
+                neuron = center_values(values, tap).float()
+                sums[tap] += neuron.double().sum(0)
+                candidates = torch.cat([top_values[tap], neuron.T], dim=1)
+                candidate_index = torch.cat([top_index[tap], index.expand(neuron.shape[1], -1)], dim=1)
+                top_values[tap], top_index[tap] = merge_topk(candidates, candidate_index, k_eff)
+            bar.update(len(index) * world)
+    bar.close()
+    results = {}
+    for block in blocks:
+        block_taps = [Tap(block, kind) for kind in TAP_KINDS]
+        mean = torch.stack([distributed.all_reduce_sum(sums[tap]) for tap in block_taps]) / total
+        values = torch.stack([_pad(top_values[tap], k_eff, float("-inf")) for tap in block_taps])
+        index = torch.stack([_pad(top_index[tap], k_eff, _NO_INDEX) for tap in block_taps])
+        values, index = _gather_topk(values, index, k_eff)
+        results[block] = NaturalStats(
+            mean=mean.float().cpu().numpy(),
+            topk=index.cpu().numpy(),
+            topk_values=values.float().cpu().numpy(),
+            count=total,
+        )
+    return results
+
+
+def _pad(tensor: torch.Tensor, k: int, fill: float) -> torch.Tensor:
+    """Pad (C, m) to (C, k) with ``fill`` (a rank may hold fewer than k images)."""
+    missing = k - tensor.shape[1]
+    if missing <= 0:
+        return tensor
+    return torch.cat(
+        [tensor, torch.full((tensor.shape[0], missing), fill, dtype=tensor.dtype, device=tensor.device)], 1
+    )
+
+
+def _gather_topk(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge (3, C, k) top-k lists over ranks (identity in one process)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        gathered_values = [torch.empty_like(values) for _ in range(dist.get_world_size())]
+        gathered_index = [torch.empty_like(index) for _ in range(dist.get_world_size())]
+        dist.all_gather(gathered_values, values.contiguous())
+        dist.all_gather(gathered_index, index.contiguous())
+        values, index = torch.cat(gathered_values, dim=-1), torch.cat(gathered_index, dim=-1)
+    shape = values.shape
+    flat_values, flat_index = merge_topk(values.reshape(-1, shape[-1]), index.reshape(-1, shape[-1]), k)
+    return flat_values.reshape(*shape[:-1], k), flat_index.reshape(*shape[:-1], k)
+
+
+def write_natural(
+    results: dict[str, NaturalStats], root: str | Path, *, weights: str, generated: bool
+) -> None:
+    for block, stats in results.items():
+        save_npz(
+            artifacts.natural_file(block, Path(root)),
+            mean=stats.mean,
+            topk=stats.topk,
+            topk_values=stats.topk_values,
+            count=np.int64(stats.count),
+            weights=np.str_(weights),
+            generated=np.bool_(generated),
+        )
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--outputs",
+        default=str(artifacts.OUTPUTS),
+        help="outputs root: reads <outputs>/eval, writes <outputs>/natural (default outputs)",
+    )
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    params = load_section(raw, "natural", NaturalParams, source=args.params)
+    model_params = load_section(raw, "model", ModelParams, source=args.params)
+    device = resolve_device(model_params.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    distributed.init()
+    eval_set = load_eval(artifacts.eval_dir(Path(args.outputs)))
+    model = load_resnet18(model_params.weights).to(device)
+    results = natural_pass(
+        model, eval_set, params.blocks, k=params.k, batch_size=params.batch_size, device=device
+    )
+    if distributed.is_main():
+        write_natural(
+            results,
+            args.outputs,
+            weights=describe_weights(model_params.weights),
+            generated=eval_set.generated,
+        )
+        print(f"natural: {len(eval_set)} images, blocks {', '.join(params.blocks)} → {args.outputs}/natural")
+    distributed.barrier()

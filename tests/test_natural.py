@@ -1,0 +1,120 @@
+"""rsi.natural: per-channel center-neuron means and top-k of In/Pre/Post against a direct per-image
+computation, rank sharding merged to the one-process result, and the CLI's output files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms as T
+
+from rsi import artifacts, cli, data, natural
+from rsi.runtime import load_npz
+from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+CACHE, VIEW = 64, 56  # a small cache keeps the tests fast; the pipeline uses 256 / 224
+
+
+@pytest.fixture(scope="module")
+def tiny_cache(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("natural")
+    params = data.GeneratedParams(classes=3, per_class=4, size=40)
+    listing = data.list_folders(data.write_generated_folders(directory / "val", params))
+    data.decode_to_cache(listing, directory / "outputs" / "eval", size=CACHE, progress=False)
+    return directory
+
+
+def direct_center_values(model, root: Path, items: list[str], block: str) -> np.ndarray:
+    """(3, C, N) center neurons of In, Pre, Post for each image, one image at a time through the PIL
+    pipeline (Resize, CenterCrop, ToTensor, Normalize) and plain copying forward hooks."""
+    layer, index = (int(x) for x in block.split("."))
+    module = getattr(model, f"layer{layer}")[index]
+    if index == 0 and layer > 1:
+        in_module = module.downsample
+    elif index == 1:
+        in_module = getattr(model, f"layer{layer}")[0]
+    else:
+        in_module = model.maxpool
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        in_module.register_forward_hook(lambda m, i, o: seen.__setitem__("in", o.clone())),
+        module.bn2.register_forward_hook(lambda m, i, o: seen.__setitem__("pre", o.clone())),
+        module.register_forward_hook(lambda m, i, o: seen.__setitem__("post", o.clone())),
+    ]
+    transform = T.Compose(
+        [T.Resize(CACHE), T.CenterCrop(VIEW), T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    )
+    columns = []
+    try:
+        for item in items:
+            with torch.no_grad():
+                model(transform(Image.open(root / item).convert("RGB"))[None])
+            h, w = seen["post"].shape[-2:]
+            columns.append(torch.stack([seen[k][0, :, h // 2, w // 2] for k in ("in", "pre", "post")]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return torch.stack(columns, dim=-1).numpy()
+
+
+def test_means_and_topk_equal_direct_computation(random_model, tiny_cache):
+    eval_set = data.load_eval(tiny_cache / "outputs" / "eval")
+    results = natural.natural_pass(random_model, eval_set, ["1.1", "2.0"], k=3, batch_size=5, progress=False)
+    for block, stats in results.items():
+        channels = 64 if block == "1.1" else 128
+        assert stats.mean.shape == (3, channels) and stats.topk.shape == (3, channels, 3)
+        direct = direct_center_values(random_model, tiny_cache / "val", eval_set.index["files"], block)
+        direct[2] = np.maximum(direct[2], 0)  # Post is post-ReLU already; the clamp is a no-op
+        np.testing.assert_allclose(stats.mean, direct.mean(-1), rtol=1e-4, atol=1e-5)
+        expected = -np.sort(-direct, axis=-1)[..., :3]
+        np.testing.assert_allclose(stats.topk_values, expected, rtol=1e-4, atol=1e-5)
+        chosen = np.take_along_axis(direct, stats.topk, axis=-1)  # the indices point at those values
+        np.testing.assert_allclose(chosen, stats.topk_values, rtol=1e-4, atol=1e-5)
+        assert (stats.mean[2] >= 0).all()
+        assert (stats.mean[1] < 0).any()  # Pre is bn2's output: it can be negative, unlike Post
+        assert not np.allclose(stats.mean[1], stats.mean[2])
+
+
+def test_ties_go_to_the_lower_index():
+    values = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
+    index = torch.tensor([[9, 7, 2, 1, 5]])
+    top_values, top_index = natural.merge_topk(values, index, 3)
+    assert top_values.tolist() == [[3.0, 3.0, 3.0]] and top_index.tolist() == [[2, 5, 7]]
+
+
+def test_rank_shards_merge_to_the_one_process_result(random_model, tiny_cache, monkeypatch):
+    eval_set = data.load_eval(tiny_cache / "outputs" / "eval")
+    whole = natural.natural_pass(random_model, eval_set, ["2.1"], k=4, batch_size=3, progress=False)["2.1"]
+    shards = []
+    for rank in range(3):  # each rank alone (no process group: sums and lists stay local), merged here
+        monkeypatch.setenv("RANK", str(rank))
+        monkeypatch.setenv("WORLD_SIZE", "3")
+        shards.append(
+            natural.natural_pass(random_model, eval_set, ["2.1"], k=4, batch_size=2, progress=False)
+        )
+    merged_mean = sum(s["2.1"].mean.astype(np.float64) for s in shards)
+    np.testing.assert_allclose(merged_mean, whole.mean, rtol=1e-6, atol=1e-7)
+    values = torch.from_numpy(np.concatenate([s["2.1"].topk_values for s in shards], -1)).reshape(-1, 12)
+    index = torch.from_numpy(np.concatenate([s["2.1"].topk for s in shards], -1)).reshape(-1, 12)
+    top_values, top_index = natural.merge_topk(values, index, 4)
+    np.testing.assert_array_equal(top_index.reshape(whole.topk.shape).numpy(), whole.topk)
+    np.testing.assert_allclose(top_values.reshape(whole.topk.shape).numpy(), whole.topk_values, atol=1e-6)
+
+
+def test_cli_writes_one_file_per_block(tiny_cache, monkeypatch):
+    monkeypatch.chdir(tiny_cache)
+    Path("params.yaml").write_text(
+        "model: {weights: 'random:0', device: cpu}\nnatural: {blocks: [layer2_1, '3.1'], k: 20, batch_size: 8}\n"
+    )
+    assert cli.main(["natural"]) == 0
+    for block, channels in (("2.1", 128), ("3.1", 256)):
+        stored = load_npz(artifacts.natural_file(block))
+        assert stored["mean"].shape == (3, channels) and stored["mean"].dtype == np.float32
+        assert stored["topk"].shape == (3, channels, 12)  # k is capped at the 12 images
+        assert stored["topk"].dtype == np.int64 and stored["topk_values"].shape == (3, channels, 12)
+        assert int(stored["count"]) == 12 and "RANDOM" in str(stored["weights"])
+        assert not bool(stored["generated"])
+        assert sorted(stored["topk"][0, 0].tolist()) == list(range(12))
