@@ -24,9 +24,25 @@ PASSING = {"2.1": [1, 3, 5], "3.1": [2]}
 
 
 def _ablation_block(no_scale: float, scaled: list[float]) -> dict:
-    block = {"scale_0": {"passing_acc": 60.0, "ratio": no_scale, "sem": 0.002}}
-    for percent, ratio in zip((10, 20, 30, 40, 50), scaled, strict=True):
-        block[f"scale_{percent}"] = {"passing_acc": 60.0 - percent / 5, "ratio": ratio, "sem": 0.003}
+    """One block of metrics/ablation.json as rsi.ablate writes it."""
+
+    def entry(crop: int, passing: float, ratio: float, sem: float) -> dict:
+        randoms = {"trial_0": passing / ratio - 0.1, "trial_1": passing / ratio + 0.1}
+        return {
+            "crop": crop,
+            "baseline_acc": 70.0,
+            "passing_acc": passing,
+            "random_acc": randoms,
+            "random_acc_mean": passing / ratio,
+            "ratio": ratio,
+            "sem": sem,
+        }
+
+    block = {"n_passing": 3, "n_channels": 128, "trials": 2, "attempts": 3}
+    block["no_scale"] = entry(224, 60.0, no_scale, 0.002)
+    crops = (201, 179, 156, 134, 112)
+    for percent, crop, ratio in zip((10, 20, 30, 40, 50), crops, scaled, strict=True):
+        block[f"scale_{percent}"] = entry(crop, 60.0 - percent / 5, ratio, 0.003)
     block["no_scale_ratio"] = no_scale
     return block
 
@@ -86,23 +102,24 @@ def write_fake_outputs(
     passing.parent.mkdir(parents=True, exist_ok=True)
     passing.write_text(json.dumps(PASSING))
     metrics.mkdir(parents=True, exist_ok=True)
-    criteria = {
-        "blocks": {
-            block_key(block): {
-                "channels": width,
-                "passing": len(PASSING[block]),
-                "percent": round(100 * len(PASSING[block]) / width, 2),
-                "eq1_pass": 5,
-                "eq2_pass": 4,
-                "eq2_nonpositive": 1,
-            }
-            for block, width in PROBED.items()
+    criteria = {  # as rsi.criteria writes it: blocks by layerL_K, a total
+        block_key(block): {
+            "channels": width,
+            "passing": len(PASSING[block]),
+            "percent": round(100 * len(PASSING[block]) / width, 4),
+            "eq1_pass": 5,
+            "eq2_pass": 4,
+            "eq2_nonpositive": 1,
+            "mirror_pass": 0,
         }
+        for block, width in PROBED.items()
     }
+    criteria["total"] = {"channels": 14, "passing": 4, "percent": 28.5714}
     (metrics / "criteria.json").write_text(json.dumps(criteria))
     ablation = {
         "layer2_1": _ablation_block(0.99, [0.985, 0.98, 0.975, 0.97, 0.96]),
         "layer3_1": _ablation_block(0.995, [0.99, 0.998, 0.98, 0.97, 0.965]),
+        "layer1_1": {"n_passing": 0, "n_channels": 64},  # skipped by the ablate stage
     }
     (metrics / "ablation.json").write_text(json.dumps(ablation))
 

@@ -50,6 +50,9 @@ def test_report_puts_paper_numbers_beside_reproduced_ones(fake_repo):
     assert "4 of 5 scaled ratios lie below it: the paper's claim does not hold" in text
     assert "**no**" in text
     assert "Block 3.1: 1 of 5 scaled ablation ratios are not below the no-scale ratio" in text
+    assert "random sets accepted by the screening: 2 of 3 drawn" in text
+    assert "| No Scale | 224 | 60.000 | 63.750 | 60.606 | 0.9900 ± 0.0020 |" in text
+    assert "not ablated (no scale entries, e.g. no passing channel): 1.1." in text
 
     # settings, differences in plain words, figures section absent (no figures made)
     assert "| FZ steps | 16 | 2560" in text
@@ -75,7 +78,7 @@ def test_no_banner_for_the_paper_weights(tmp_path, monkeypatch):
 
 def test_lucent_reference_counts_side_by_side(fake_repo):
     reference = json.loads(Path("metrics/criteria.json").read_text())
-    reference["blocks"]["layer2_1"].update(passing=5, percent=62.5)
+    reference["layer2_1"].update(passing=5, percent=62.5)
     Path("metrics/criteria_lucent_reference.json").write_text(json.dumps(reference))
     assert main(["report"]) == 0
     text = REPORT.read_text()
@@ -117,13 +120,23 @@ def test_ablation_json_is_read_tolerantly(tmp_path):
             }
         )
     )
-    series = read_ablation(path)["3.1"]
+    series = read_ablation(path)["3.1"]  # "scale_0" is no scale too
     assert series.scales == (0, 20) and series.ratio == (1.0, 0.9) and series.sem == (0.0, 0.1)
     assert series.no_scale_ratio == 1.0 and series.extra == {"n": 3}
 
     criteria = tmp_path / "criteria.json"
-    criteria.write_text(json.dumps({"layer2_1": {"channels": 4, "passing": 1}}))
+    criteria.write_text(json.dumps({"blocks": {"layer2_1": {"channels": 4, "passing": 1}}}))
     assert read_criteria_metrics(criteria)["2.1"]["percent"] == 25.0
+
+
+def test_stability_across_seeds_is_shown(fake_repo):
+    criteria = json.loads(Path("metrics/criteria.json").read_text())
+    criteria["stability"] = {"layer2_1": {"passing_seed0": 3, "passing_seed1": 4, "jaccard_mean": 0.5}}
+    Path("metrics/criteria.json").write_text(json.dumps(criteria))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "### Stability across FZ seeds" in text
+    assert "| 2.1 | 3 | 4 | 0.500 |" in text
 
 
 def test_paper_reference_prefers_rsi_paper(monkeypatch):

@@ -16,7 +16,7 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -162,6 +162,7 @@ class AblationSeries:
     sem: tuple[float, ...]
     passing_acc: tuple[float | None, ...]
     random_acc: tuple[float | None, ...]
+    baseline_acc: tuple[float | None, ...]
     crop: tuple[int | None, ...]
     no_scale_ratio: float
     extra: dict[str, Any]
@@ -174,9 +175,16 @@ def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
+def _nan(value: Any) -> float:
+    number = _number(value)
+    return math.nan if number is None else number
+
+
 def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, AblationSeries]:
-    """metrics/ablation.json: ``{"layer2_1": {"scale_0": {"passing_acc", "ratio", "sem"}, "scale_10":
-    {...}, ..., "no_scale_ratio": r}}`` → ``{"2.1": AblationSeries}``, blocks in pipeline order."""
+    """metrics/ablation.json: ``{"layer2_1": {"no_scale": {"crop", "passing_acc", "random_acc_mean",
+    "ratio", "sem", ...}, "scale_10": {...}, ..., "no_scale_ratio": r, "trials": n, ...}}`` (``scale_0``
+    is read as no scale too; a null ratio is NaN) → ``{"2.1": AblationSeries}``, blocks in pipeline
+    order. A block without any scale entry (skipped by the ablate stage) is left out."""
     data = _load_json(path, "ablate")
     if isinstance(data, Mapping) and "blocks" in data and isinstance(data["blocks"], Mapping):
         data = data["blocks"]
@@ -189,14 +197,14 @@ def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, AblationSeries]:
         extra = {}
         for sub, entry in value.items():
             match = _SCALE_KEY.match(str(sub))
-            if match and isinstance(entry, Mapping):
-                rows.append((int(match.group(1)), entry))
+            if isinstance(entry, Mapping) and (match or sub == "no_scale"):
+                rows.append((int(match.group(1)) if match else 0, entry))
             else:
                 extra[sub] = entry
         rows.sort(key=lambda row: row[0])
         if not rows:
             continue
-        ratio = tuple(float(entry.get("ratio", math.nan)) for _, entry in rows)
+        ratio = tuple(_nan(entry.get("ratio")) for _, entry in rows)
         scales = tuple(p for p, _ in rows)
         no_scale = _number(value.get("no_scale_ratio"))
         if no_scale is None:
@@ -207,8 +215,9 @@ def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, AblationSeries]:
             sem=tuple(_number(entry.get("sem")) or 0.0 for _, entry in rows),
             passing_acc=tuple(_number(entry.get("passing_acc")) for _, entry in rows),
             random_acc=tuple(
-                _number(entry.get("random_acc", entry.get("random_acc_mean"))) for _, entry in rows
+                _number(entry.get("random_acc_mean", entry.get("random_acc"))) for _, entry in rows
             ),
+            baseline_acc=tuple(_number(entry.get("baseline_acc")) for _, entry in rows),
             crop=tuple(
                 int(entry["crop"]) if _number(entry.get("crop")) is not None else None for _, entry in rows
             ),
@@ -480,6 +489,31 @@ def _criteria_section(
     return lines
 
 
+def _stability_section(path: Path) -> list[str]:
+    """The criteria stage's seed-to-seed stability of the passing sets, when it ran several FZ seeds."""
+    data = json.loads(path.read_text())
+    stability = data.get("stability") if isinstance(data, Mapping) else None
+    if not isinstance(stability, Mapping) or not stability:
+        return []
+    blocks = {
+        b: v
+        for b, v in ((_block_or_none(k), v) for k, v in stability.items())
+        if b and isinstance(v, Mapping)
+    }
+    keys: list[str] = []
+    for entry in blocks.values():
+        keys += [k for k in entry if k not in keys]
+    rows = [[block, *(_fmt(entry.get(k), 3) for k in keys)] for block, entry in blocks.items()]
+    return [
+        "### Stability across FZ seeds",
+        "",
+        'FZs are stochastic ("results may vary", section 3): the criteria were also run on FZs of other seeds.',
+        "",
+        *_table(["block", *keys], rows),
+        "",
+    ]
+
+
 def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> list[str]:
     published: dict[str, list[int]] = {
         parse_block(k): sorted(int(c) for c in v) for k, v in paper.get("channels", {}).items()
@@ -532,7 +566,11 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
 
 
 def _ablation_section(
-    ablation: dict[str, AblationSeries], paper: dict[str, Any], crop_rule: Any, decimals: int
+    ablation: dict[str, AblationSeries],
+    paper: dict[str, Any],
+    crop_rule: Any,
+    decimals: int,
+    skipped: Sequence[str] = (),
 ) -> tuple[list[str], dict[str, tuple[int, int]]]:
     from rsi.transforms import CROP_RULES, ablation_crop
 
@@ -594,14 +632,31 @@ def _ablation_section(
         lines += [f"### Block {block}", ""]
         lines += _table(header, rows)
         claim = "holds" if scaled and below == scaled else "does not hold"
+        counts = {key: series.extra.get(key) for key in ("n_passing", "n_channels", "trials", "attempts")}
+        if any(value is not None for value in counts.values()):
+            lines += [
+                "",
+                f"Ablated: {_fmt(counts['n_passing'])} passing channels of {_fmt(counts['n_channels'])}; random "
+                f"sets accepted by the screening: {_fmt(counts['trials'])} of {_fmt(counts['attempts'])} drawn.",
+            ]
+        if 0 in series.scales and series.baseline_acc[series.scales.index(0)] is not None:
+            baseline = series.baseline_acc[series.scales.index(0)]
+            lines += ["", f"Top-1 of the unablated model without scaling: {_fmt(baseline, 3)} %."]
         lines += [
             "",
             f"No-scale ratio (the blue line): {_fmt(line, decimals)}. {below} of {scaled} scaled ratios lie "
             f"below it: the paper's claim {claim} in this run.",
             "",
         ]
+    if skipped:
+        lines += [
+            "Listed in metrics/ablation.json but not ablated (no scale entries, e.g. no passing channel): "
+            + ", ".join(skipped)
+            + ".",
+            "",
+        ]
     if not ablation:
-        lines += ["metrics/ablation.json holds no block.", ""]
+        lines += ["metrics/ablation.json holds no ablated block.", ""]
     return lines, verdicts
 
 
@@ -751,7 +806,13 @@ def build_report(
     settings_lines, settings = _settings_section(raw, labels, fz_settings, index, n_images, n_classes)
     lines += _criteria_section(criteria, reference, paper)
     lines += _channels_section(passing, paper)
-    ablation_lines, verdicts = _ablation_section(ablation, paper, settings.get("crop_rule"), params.decimals)
+    raw_ablation = json.loads((metrics / "ablation.json").read_text())
+    listed = raw_ablation.get("blocks", raw_ablation) if isinstance(raw_ablation, Mapping) else {}
+    skipped = [b for b in (_block_or_none(k) for k in listed) if b is not None and b not in ablation]
+    lines += _stability_section(metrics / "criteria.json")
+    ablation_lines, verdicts = _ablation_section(
+        ablation, paper, settings.get("crop_rule"), params.decimals, skipped
+    )
     lines += ablation_lines
     lines += _differences(labels, settings, criteria, reference, paper, verdicts)
     lines += settings_lines
