@@ -1,0 +1,424 @@
+"""rsi.ablate: accuracies equal a naive per-image computation, the intervention touches exactly the chosen
+channels, the screening accepts and rejects as specified (boundaries, attempt order, the cap's message),
+Eq. 3 and its SEM, DVC-safe outputs, and torchrun sharding equal to one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from scipy import stats
+from torchvision import transforms as T
+from torchvision.transforms import functional as TF
+
+from rsi import ablate, cli, data, natural
+from rsi.ablate import AblateParams, AblationError, Condition, ScreenParams, eq3_ratio, screen
+from rsi.config import ParamsError, load_section
+from rsi.model import load_resnet18
+from rsi.taps import Tap, forward_from, forward_taps
+from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD, ablation_view
+
+CACHE, VIEW = 64, 56  # a small cache keeps the tests fast; the pipeline uses 256 / 224
+PASSING = list(range(0, 128, 4))[:24]
+
+
+# ----------------------------------------------------------------------------------------------- pure parts
+
+
+def test_screen_boundaries():
+    assert screen(50.0, 50.0, "no_higher")  # equal: no higher
+    assert screen(49.0, 50.0, "no_higher")
+    assert not screen(50.001, 50.0, "no_higher")
+    assert not screen(50.0, 50.0, "lower")  # the paper text's strict "more damage"
+    assert screen(49.999, 50.0, "lower")
+    assert screen(51.0, 50.0, "within", 1.0)  # exactly one point above: accepted (authors' 3.1 rule)
+    assert not screen(51.001, 50.0, "within", 1.0)
+    assert screen(10.0, 50.0, "within", 1.0)  # one-sided: any lower accuracy is accepted
+    assert screen(50.0, 50.0, "within", 0.0)
+    # one point above, as counts out of 50,000 (float rounding must not flip the boundary)
+    assert screen(100 * 32247 / 50000, 100 * 31747 / 50000, "within", 1.0)
+    assert not screen(100 * 32248 / 50000, 100 * 31747 / 50000, "within", 1.0)
+    with pytest.raises(ValueError, match="only 'within' takes a tolerance"):
+        screen(1.0, 2.0, "no_higher", 1.0)
+    with pytest.raises(ValueError, match="unknown screening rule"):
+        screen(1.0, 2.0, "below")
+
+
+def test_eq3_ratio_and_sem_on_known_numbers():
+    mean, sem = eq3_ratio(50.0, [40.0, 50.0, 100.0])  # ratios 1.25, 1.0, 0.5
+    assert mean == pytest.approx(2.75 / 3)
+    deviations = np.array([1.25, 1.0, 0.5]) - 2.75 / 3
+    assert sem == pytest.approx(np.sqrt((deviations**2).sum() / 2 / 3))  # ddof = 1
+    assert sem == pytest.approx(stats.sem([1.25, 1.0, 0.5]))
+    accs = [61.2, 60.9, 61.7, 62.0]
+    assert eq3_ratio(60.0, accs) == pytest.approx(
+        (np.mean(60.0 / np.array(accs)), stats.sem(60.0 / np.array(accs)))
+    )
+    assert eq3_ratio(50.0, [50.0, 50.0]) == (1.0, 0.0)
+    assert eq3_ratio(50.0, [0.0, 50.0])[0] == np.inf
+
+
+def test_random_sets_are_keyed_and_non_passing():
+    non_passing = [c for c in range(128) if c not in PASSING]
+    first = ablate.draw_random_set(non_passing, 24, 0, "2.1", 0)
+    assert first == ablate.draw_random_set(non_passing, 24, 0, "layer2_1", 0)
+    assert len(set(first)) == 24 and not set(first) & set(PASSING) and first == sorted(first)
+    others = [
+        ablate.draw_random_set(non_passing, 24, *key) for key in ((0, "2.1", 1), (1, "2.1", 0), (0, "3.1", 0))
+    ]
+    assert all(o != first for o in others)
+
+
+def test_params_defaults_and_validation():
+    params = load_section({}, "ablate", AblateParams)
+    assert params.blocks == ("2.1", "3.1") and params.crop_rule == "authors_code" and params.trials == 10
+    assert params.screening == {"2.1": ScreenParams("no_higher", 0.0), "3.1": ScreenParams("within", 1.0)}
+    custom = load_section(
+        {"ablate": {"screening": {"layer3_1": {"rule": "lower"}}, "percents": [25]}}, "ablate", AblateParams
+    )
+    assert custom.screening == {"3.1": ScreenParams("lower", 0.0)} and custom.percents == (25,)
+    with pytest.raises(ParamsError, match="takes no tolerance"):
+        load_section(
+            {"ablate": {"screening": {"layer2_1": {"rule": "no_higher", "tolerance": 1}}}},
+            "ablate",
+            AblateParams,
+        )
+    with pytest.raises(ParamsError, match="trials"):
+        load_section({"ablate": {"trials": 1}}, "ablate", AblateParams)
+    with pytest.raises(ParamsError, match="crop_rule"):
+        load_section({"ablate": {"crop_rule": "text"}}, "ablate", AblateParams)
+
+
+# ----------------------------------------------------------------------------------------------- screening
+
+
+class FakeSet:
+    """Stands in for an EvalSet when `evaluate` is faked."""
+
+    size, view_size, generated = 256, 224, False
+
+    def __len__(self) -> int:
+        return 1000
+
+
+def fake_accuracy(condition: Condition, crop: int) -> float:
+    """Baseline 70 %, passing 50 %, a random set 49.0 … 51.0 % by its channels; less at smaller crops."""
+    if condition.name == "baseline":
+        base = 70.0
+    elif condition.name == "passing":
+        base = 50.0
+    else:
+        base = 49.0 + 0.5 * (sum(condition.channels) % 5)
+    return base - (224 - crop) / 10
+
+
+@pytest.fixture
+def fake_evaluate(monkeypatch):
+    calls = []
+
+    def evaluate(model, eval_set, block, conditions, crops, **kwargs):
+        calls.append((tuple(c.name for c in conditions), tuple(crops)))
+        counts = [[round(fake_accuracy(c, crop) * 10) for c in conditions] for crop in crops]
+        return np.array(counts, dtype=np.int64), 1000
+
+    monkeypatch.setattr(ablate, "evaluate", evaluate)
+    return calls
+
+
+def run_fake(rule: str, tolerance: float = 0.0, **overrides):
+    params = AblateParams(
+        blocks=("2.1",),
+        trials=3,
+        screening={"2.1": ScreenParams(rule, tolerance)},
+        max_attempts=60,
+        **overrides,
+    )
+    return ablate.ablate_block(
+        None, FakeSet(), "2.1", PASSING, np.linspace(0, 1, 128), params, progress=False
+    )
+
+
+@pytest.mark.parametrize(
+    ("rule", "tolerance"), [("no_higher", 0.0), ("within", 1.0), ("within", 0.5), ("lower", 0.0)]
+)
+def test_screening_accepts_in_attempt_order(fake_evaluate, rule, tolerance):
+    record = run_fake(rule, tolerance, screen_batch=4)
+    attempts = record["attempts"]
+    assert [a["attempt"] for a in attempts] == list(range(len(attempts)))
+    for a in attempts:
+        assert a["accepted"] == screen(a["no_scale_acc"], 50.0, rule, tolerance)
+        assert a["no_scale_acc"] == pytest.approx(49.0 + 0.5 * (sum(a["channels"]) % 5))
+    accepted = [a for a in attempts if a["accepted"]]
+    assert len(accepted) == 3 and attempts[-1]["accepted"]  # stops at the third acceptance
+    assert [t["channels"] for t in record["trials"]] == [a["channels"] for a in accepted]
+    assert [t["attempt"] for t in record["trials"]] == [a["attempt"] for a in accepted]
+    if rule != "within" or tolerance < 1.0:
+        assert not all(a["accepted"] for a in attempts)  # something was rejected
+    means = np.linspace(0, 1, 128)
+    assert record["trials"][0]["means"] == pytest.approx(means[record["trials"][0]["channels"]].tolist())
+    assert record["no_scale"]["passing_acc"] == 50.0 and record["no_scale"]["baseline_acc"] == 70.0
+    assert {p: s["crop"] for p, s in record["scales"].items()} == {
+        "10": 201,
+        "20": 179,
+        "30": 156,
+        "40": 134,
+        "50": 112,
+    }
+
+
+def test_screen_batch_does_not_change_the_outcome(fake_evaluate):
+    records = [run_fake("no_higher", screen_batch=n) for n in (1, 3, 50)]
+    assert records[0] == records[1] == records[2]
+    # the prefix is shared: screening groups at no scale, then one sweep over all scales
+    sweeps = [names for names, crops in fake_evaluate if crops == (201, 179, 156, 134, 112)]
+    assert len(sweeps) == 3 and all(n[:2] == ("baseline", "passing") and len(n) == 5 for n in sweeps)
+    assert all(crops in ((224,), (201, 179, 156, 134, 112)) for _, crops in fake_evaluate)
+
+
+def test_attempt_cap_error_names_block_count_and_fix(fake_evaluate, monkeypatch):
+    params = AblateParams(
+        blocks=("2.1",), trials=3, screening={"2.1": ScreenParams("lower", 0.0)}, max_attempts=4
+    )
+    rejected = lambda c, crop: 50.0 if c.name != "baseline" else 70.0  # noqa: E731 - nothing is lower
+    monkeypatch.setattr(sys.modules[__name__], "fake_accuracy", rejected)
+    with pytest.raises(AblationError) as error:
+        ablate.ablate_block(None, FakeSet(), "2.1", PASSING, np.zeros(128), params, progress=False)
+    message = str(error.value)
+    for part in ("2.1", "only 0 of 3", "after 4 attempts", "'lower'", "ablate.max_attempts",
+                 "ablate.screening.layer2_1", "ablate.trials"):  # fmt: skip
+        assert part in message, part
+
+
+def test_blocks_without_passing_channels_are_skipped(fake_evaluate):
+    params = AblateParams(blocks=("2.1",), trials=2)
+    record = ablate.ablate_block(None, FakeSet(), "2.1", [], np.zeros(128), params, progress=False)
+    assert record["skipped"] == "no passing channels" and not fake_evaluate
+    assert ablate.block_metrics(record) == {"n_passing": 0, "n_channels": 128}
+    with pytest.raises(ParamsError, match="no entry for layer2_0"):
+        ablate.ablate_block(None, FakeSet(), "2.0", [1], np.zeros(128), params, progress=False)
+
+
+def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
+    record = run_fake("within", 1.0)
+    settings = {"images": 1000, "random_weights": True, "generated_data": False, "crop_rule": "authors_code"}
+    metrics = ablate.write_outputs(
+        [record],
+        settings,
+        metrics_path=tmp_path / "metrics" / "ablation.json",
+        plots_dir=tmp_path / "plots",
+        trials_path=tmp_path / "outputs" / "ablation" / "trials.json",
+    )
+    assert json.loads((tmp_path / "metrics" / "ablation.json").read_text()) == metrics
+
+    def leaves(tree, path=""):
+        for key, value in tree.items():
+            assert re.fullmatch(r"[A-Za-z0-9_]+", key), key  # no dots: DVC reads them as nesting
+            if isinstance(value, dict):
+                yield from leaves(value, f"{path}.{key}")
+            else:
+                yield f"{path}.{key}", value
+
+    for name, value in leaves(metrics):
+        assert isinstance(value, int | float) and not isinstance(value, bool), name
+    block = metrics["layer2_1"]
+    for key in ("no_scale", "scale_10", "scale_50"):
+        entry = block[key]
+        randoms = list(entry["random_acc"].values())
+        assert len(randoms) == 3
+        assert (entry["ratio"], entry["sem"]) == pytest.approx(eq3_ratio(entry["passing_acc"], randoms))
+    assert block["no_scale_ratio"] == block["no_scale"]["ratio"]
+    rows = (tmp_path / "plots" / "ablation_layer2_1.csv").read_text().splitlines()
+    assert rows[0] == "scale,ratio,sem,no_scale_ratio" and len(rows) == 7
+    assert [float(r.split(",")[0]) for r in rows[1:]] == [0, 10, 20, 30, 40, 50]
+    assert float(rows[2].split(",")[1]) == pytest.approx(block["scale_10"]["ratio"])
+    trials = json.loads((tmp_path / "outputs" / "ablation" / "trials.json").read_text())
+    assert trials["settings"]["random_weights"] is True
+    assert trials["blocks"]["layer2_1"]["trials"][0]["channels"] == record["trials"][0]["channels"]
+
+
+# ----------------------------------------------------------------------------------------------- the network
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """12 generated JPEGs (3 classes), a 64 px cache, and a seeded random ResNet18 whose BatchNorm statistics
+    are set from these images (so predictions differ between images and conditions; an uncalibrated random
+    net predicts one class for everything). Labels are set so that accuracies are far from 0."""
+    directory = tmp_path_factory.mktemp("ablate")
+    listing = data.list_folders(
+        data.write_generated_folders(directory / "val", data.GeneratedParams(classes=3, per_class=4, size=40))
+    )
+    data.decode_to_cache(listing, directory / "eval", size=CACHE, progress=False)
+    eval_set = data.load_eval(directory / "eval")
+    model = load_resnet18("random:0")
+    views = ablation_view(torch.from_numpy(np.array(eval_set.images)).permute(0, 3, 1, 2), VIEW, VIEW)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.reset_running_stats()
+            module.momentum = None
+    model.train()
+    with torch.no_grad():
+        model(views)
+    model.eval()
+    with torch.no_grad():
+        predictions = model(views).argmax(1).numpy()
+    labels = np.where(np.arange(12) % 3 == 0, 999, predictions)  # 8 of 12 right when unablated
+    np.save(directory / "eval" / "labels.npy", labels.astype(np.int64))
+    return directory, model, data.load_eval(directory / "eval")
+
+
+def naive_accuracy(model, root: Path, items, labels, block, channels, means, crop) -> float:
+    """The authors' way, one image at a time: PIL Resize(64) → CenterCrop(crop) → [Resize(56)] → ToTensor →
+    Normalize, the full torchvision forward, a forward hook replacing the block output's chosen channels.
+    The final resize is done on the float tensor (as the device path does): PIL would round it to uint8,
+    which test_data checks is within one level."""
+    layer, index = (int(x) for x in block.split("."))
+    chosen = torch.tensor(channels, dtype=torch.long)
+    values = torch.tensor([means[c] for c in channels], dtype=torch.float32)
+
+    def hook(module, inputs, output):
+        output = output.clone()
+        output[:, chosen] = values[None, :, None, None]
+        return output
+
+    handle = getattr(model, f"layer{layer}")[index].register_forward_hook(hook) if channels else None
+    correct = 0
+    try:
+        for item, label in zip(items, labels, strict=True):
+            image = T.CenterCrop(crop)(T.Resize(CACHE)(Image.open(root / item).convert("RGB")))
+            tensor = T.ToTensor()(image)
+            if crop != VIEW:
+                tensor = TF.resize(
+                    tensor, [VIEW, VIEW], interpolation=T.InterpolationMode.BILINEAR, antialias=True
+                )
+            tensor = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(tensor)
+            with torch.no_grad():
+                correct += int(model(tensor[None]).argmax(1).item() == label)
+    finally:
+        if handle is not None:
+            handle.remove()
+    return 100.0 * correct / len(items)
+
+
+def test_accuracies_equal_naive_computation(tiny):
+    directory, model, eval_set = tiny
+    means = natural.natural_pass(model, eval_set, ["2.1"], batch_size=5, progress=False)["2.1"].mean[2]
+    params = AblateParams(
+        blocks=("2.1",),
+        percents=(10, 50),
+        trials=2,
+        screening={"2.1": ScreenParams("within", 100.0)},
+        screen_batch=2,
+        batch_size=5,
+    )
+    record = ablate.ablate_block(model, eval_set, "2.1", PASSING, means, params, seed=0, progress=False)
+    items, labels = eval_set.index["files"], eval_set.labels
+
+    def naive(channels, crop):
+        return naive_accuracy(model, directory / "val", items, labels, "2.1", channels, means, crop)
+
+    scales = {"no_scale": record["no_scale"], **record["scales"]}
+    seen = set()
+    for entry in scales.values():
+        crop = entry["crop"]
+        assert entry["baseline_acc"] == naive([], crop)
+        assert entry["passing_acc"] == naive(PASSING, crop)
+        for trial, accuracy in zip(record["trials"], entry["random_accs"], strict=True):
+            assert accuracy == naive(trial["channels"], crop)
+        seen.update([entry["baseline_acc"], entry["passing_acc"], *entry["random_accs"]])
+    assert record["no_scale"]["baseline_acc"] == pytest.approx(100 * 8 / 12)
+    assert len(seen) >= 3  # the conditions and scales do change predictions: the comparison has teeth
+    assert [s["crop"] for s in scales.values()] == [56, 50, 28]
+
+
+def test_intervention_changes_exactly_the_chosen_channels(tiny):
+    _, model, eval_set = tiny
+    images = ablation_view(torch.from_numpy(np.array(eval_set.images[:4])).permute(0, 3, 1, 2), 50, VIEW)
+    tap = Tap("2.1", "post")
+    post = forward_taps(model, images, [tap], detach=True)[tap]
+    before = post.clone()
+    means = np.linspace(0.1, 2.0, 128)
+    chosen = [3, 17, 64, 127]
+    ablated = Condition.mean_ablation("x", chosen, means).apply(post)
+    assert torch.equal(post, before)  # the shared prefix output is not modified in place
+    changed = (ablated != post).flatten(2).any(-1).any(0)
+    assert changed.nonzero().flatten().tolist() == chosen
+    for c in chosen:
+        assert torch.all(ablated[:, c] == torch.tensor(means[c], dtype=torch.float32))
+    assert Condition("baseline").apply(post) is post
+    # what layer3 receives in a full forward with the hook is what the suffix receives
+    received = {}
+    hooks = [
+        model.layer2[1].register_forward_hook(lambda m, i, o: ablated),
+        model.layer3[0].register_forward_pre_hook(lambda m, i: received.__setitem__("x", i[0].clone())),
+    ]
+    try:
+        with torch.no_grad():
+            full = model(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert torch.equal(received["x"], ablated)
+    torch.testing.assert_close(forward_from(model, "2.1", ablated), full)
+
+
+# ----------------------------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.slow
+def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
+    """`rsi natural` and `rsi ablate` under torchrun with 2 CPU ranks (gloo) write what one process writes."""
+    directory, _, eval_set = tiny
+    # labels the plain random:0 model (which the CLI loads) gets right for 2 of 3 images
+    shared = tmp_path / "eval"
+    shared.mkdir()
+    for name in ("images.npy", "index.json"):
+        (shared / name).write_bytes((directory / "eval" / name).read_bytes())
+    views = ablation_view(torch.from_numpy(np.array(eval_set.images)).permute(0, 3, 1, 2), VIEW, VIEW)
+    with torch.no_grad():
+        predictions = load_resnet18("random:0")(views).argmax(1).numpy()
+    np.save(shared / "labels.npy", np.where(np.arange(12) % 3 == 0, 999, predictions).astype(np.int64))
+    params = (
+        "seed: 3\nmodel: {weights: 'random:0', device: cpu}\n"
+        "natural: {blocks: ['2.1'], k: 4, batch_size: 4}\n"
+        "ablate: {blocks: ['2.1'], percents: [30], trials: 2, screen_batch: 3, batch_size: 4, max_attempts: 9,"
+        " screening: {layer2_1: {rule: within, tolerance: 100.0}}}\n"
+    )
+    results = {}
+    for ranks in (1, 2):
+        work = tmp_path / f"ranks{ranks}"
+        (work / "outputs" / "criteria").mkdir(parents=True)
+        (work / "outputs" / "eval").symlink_to(shared, target_is_directory=True)
+        (work / "outputs" / "criteria" / "passing.json").write_text(json.dumps({"2.1": PASSING}))
+        (work / "params.yaml").write_text(params)
+        if ranks == 1:  # one process: in this interpreter
+            monkeypatch.chdir(work)
+            assert cli.main(["natural"]) == 0 and cli.main(["ablate"]) == 0
+        else:  # torchrun, once per stage (a process group is set up once per worker)
+            torchrun = str(Path(sys.executable).with_name("torchrun"))
+            env = {**os.environ, "OMP_NUM_THREADS": "1"}
+            for stage in ("natural", "ablate"):
+                command = [torchrun, "--standalone", f"--nproc_per_node={ranks}", "-m", "rsi.cli", stage]
+                done = subprocess.run(command, cwd=work, env=env, capture_output=True, text=True, timeout=300)
+                assert done.returncode == 0, done.stderr[-3000:]
+        stored = np.load(work / "outputs" / "natural" / "layer2_1.npz")
+        results[ranks] = (
+            {k: stored[k] for k in ("mean", "topk", "topk_values")},
+            json.loads((work / "metrics" / "ablation.json").read_text()),
+            json.loads((work / "outputs" / "ablation" / "trials.json").read_text())["blocks"],
+        )
+    (one_natural, one_metrics, one_trials), (two_natural, two_metrics, two_trials) = results[1], results[2]
+    np.testing.assert_allclose(two_natural["mean"], one_natural["mean"], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(two_natural["topk"], one_natural["topk"])
+    np.testing.assert_allclose(two_natural["topk_values"], one_natural["topk_values"], rtol=1e-6)
+    assert two_metrics == one_metrics  # counts all-reduced: a rank that saw everything would double them
+    assert two_trials == one_trials
+    assert one_metrics["layer2_1"]["no_scale"]["baseline_acc"] == pytest.approx(100 * 8 / 12)
