@@ -394,5 +394,9 @@ def test_params_validation():
         load_section({"data": {"on_bad_file": "ignore"}}, "data", data.DataParams)
     with pytest.raises(ParamsError, match="per_class"):
         load_section({"data": {"per_class": 0}}, "data", data.DataParams)
+    download = {"url": "file:///x.tgz", "sha256": "A" * 64}
+    assert load_section({"data": {"download": download}}, "data", data.DataParams).download.sha256 == "a" * 64
+    with pytest.raises(ParamsError, match="data.download"):
+        load_section({"data": {"download": {"sha256": "abc"}}}, "data", data.DataParams)
     with pytest.raises(ParamsError, match="unknown key data.subset"):
         load_section({"data": {"subset": 3}}, "data", data.DataParams)

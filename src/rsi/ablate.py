@@ -78,7 +78,7 @@ from rsi.taps import (
     overwrite_channels,
     parse_block,
 )
-from rsi.transforms import CROP_RULES, ablation_crop, ablation_view
+from rsi.transforms import ablation_crop, ablation_view
 
 Rule = Literal["no_higher", "within", "lower"]
 RULES: tuple[str, ...] = ("no_higher", "within", "lower")
@@ -521,7 +521,6 @@ def run(args: argparse.Namespace) -> None:
             "random_weights": is_random(model_params.weights),
             "generated_data": eval_set.generated,
             "images": len(eval_set),
-            "crop_rules": list(CROP_RULES),
         }
         write_outputs(
             records,

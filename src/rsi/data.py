@@ -33,6 +33,12 @@ Bad files: a file that cannot be opened or decoded as an image (unreadable, trun
 the stage with an error naming it, or, with ``on_bad_file: skip``, is left out, listed in index.json under
 ``skipped`` and counted in ``metrics/data.json``.
 
+The later stages crop the 256 px cache on the device. For no scale that is exactly the authors'
+``Resize(256)`` + ``CenterCrop(224)``. For a scale crop c it is center-crop 256, then c, where the authors
+center-crop c directly from the resized image: when the long side's margin and 256 - c are both odd the two
+offsets differ by one source pixel along the long side (torchvision rounds each half-margin); and PIL rounds
+its final resize to uint8 where the device keeps float. Both are tested to stay within one pixel / one level.
+
 Subsets for quick runs: ``per_class`` keeps the first N files of every class (in the order above), then
 ``random_subset`` keeps a seeded random N of those (kept in their original order).
 
@@ -111,19 +117,19 @@ class GeneratedParams:
     size: int = field(default=288, metadata={"min": 8, "help": "short side of the generated images (px)"})
 
 
+def _check_sha(value: str) -> str:
+    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower()):
+        raise ValueError("expected 64 hex digits (a SHA-256)")
+    return value.lower()
+
+
 @dataclass(frozen=True)
 class DownloadParams:
     """``data.download``: a pinned archive fetched when ``root`` is missing."""
 
     url: str = IMAGENETTE_URL
-    sha256: str = IMAGENETTE_SHA256
+    sha256: str = field(default=IMAGENETTE_SHA256, metadata={"check": _check_sha})
     into: str = "data"
-
-
-def _check_sha(value: str) -> str:
-    if len(value) != 64 or any(c not in "0123456789abcdef" for c in value.lower()):
-        raise ValueError("expected 64 hex digits (a SHA-256)")
-    return value.lower()
 
 
 @dataclass(frozen=True)
@@ -141,10 +147,6 @@ class DataParams:
     workers: int = field(default=0, metadata={"min": 0})
     generated: GeneratedParams = field(default_factory=GeneratedParams)
     download: DownloadParams | None = None
-
-    def __post_init__(self) -> None:
-        if self.download is not None:
-            _check_sha(self.download.sha256)
 
 
 # ----------------------------------------------------------------------------------------------- listing
