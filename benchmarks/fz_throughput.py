@@ -1,0 +1,162 @@
+"""FZ throughput: channels per second of `rsi fz` (batched, truncated forward) versus torch-lucent's
+``render_vis`` called once per channel, as the authors did, with the same steps, size and transforms.
+
+    python benchmarks/fz_throughput.py --device cpu --steps 20 --size 112 --channels 8 --tap 2.1/pre
+
+Both run in this one process on the same model. lucent's render_vis leaves its forward hooks on the model
+(67 on ResNet18 per call), so they are removed after each call. For sizes under 224 px render_vis appends
+a resize to 224 unless given ``fixed_image_size``; we pass the size itself, which after the authors' final
+center crop (jitter >= 4) is a same-size resize, so both sides optimise the same image size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def clear_hooks(model: torch.nn.Module) -> None:
+    for module in model.modules():
+        module._forward_hooks.clear()
+
+
+def lucent_per_channel(model, spec, channels, device) -> float:
+    """Seconds for lucent's render_vis, one call per channel (the paper's way)."""
+    from lucent.optvis import objectives, param, render
+
+    from rsi.fz_transforms import lucent_chain, lucent_device
+
+    module = spec.objective_tap.module.replace(".", "_")
+    model.to(device)
+    with lucent_device(device):
+        _sync(device)
+        start = time.perf_counter()
+        for channel in channels:
+            render.render_vis(
+                model,
+                objectives.neuron(module, channel),
+                param_f=lambda: param.image(spec.image_size, decorrelate=True),
+                transforms=lucent_chain(spec.ops()),
+                thresholds=(spec.steps,),
+                show_image=False,
+                progress=False,
+                fixed_image_size=spec.image_size if spec.image_size < 224 else None,
+            )
+            clear_hooks(model)
+        _sync(device)
+    return time.perf_counter() - start
+
+
+def ours(model, spec, channels, device, batch_size, channels_last) -> float:
+    from rsi.fz import render_channels
+
+    _sync(device)
+    start = time.perf_counter()
+    render_channels(model, spec, channels, device=device, batch_size=batch_size, channels_last=channels_last)
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    from rsi.fz import DEFAULT_BLOCKS, FZParams, TapSpec
+    from rsi.model import load_resnet18
+    from rsi.runtime import resolve_device
+    from rsi.taps import Tap, block_key
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 …")
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--size", type=int, default=112, help="image side (px)")
+    parser.add_argument("--channels", type=int, default=8, help="channels rendered by rsi fz (batched)")
+    parser.add_argument(
+        "--lucent-channels", type=int, default=0, help="channels rendered by lucent (0: as --channels)"
+    )
+    parser.add_argument("--tap", default="2.1/pre", help="block/tap, e.g. 4.1/post")
+    parser.add_argument("--jitter", type=int, default=None, help="default: the block's (DESIGN)")
+    parser.add_argument("--transforms", default="authors_code", choices=["authors_code", "lucent_standard"])
+    parser.add_argument("--batch-size", type=int, default=0, help="ours: 0 = automatic")
+    parser.add_argument("--channels-last", choices=["on", "off"], default="off")
+    parser.add_argument("--tf32", action="store_true", help="ours: allow TF32 (CUDA)")
+    parser.add_argument("--skip-lucent", action="store_true")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median)")
+    parser.add_argument("--weights", default="random:0", help="model.weights (speed does not depend on it)")
+    parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    args = parser.parse_args()
+
+    device = resolve_device(args.device)
+    tap = Tap.parse(args.tap)
+    jitter = args.jitter if args.jitter is not None else DEFAULT_BLOCKS[block_key(tap.block)].jitter
+    fz = FZParams(steps=args.steps, image_size=args.size, transforms=args.transforms, tf32=args.tf32)
+    spec = TapSpec.of(tap, fz, seed=0, weights=args.weights, jitter=jitter)
+    channels_last = {"on": True, "off": False}[args.channels_last]
+    n_lucent = args.lucent_channels or args.channels
+
+    # warm-up (kernel selection, lazy initialisation) outside the timings
+    warm = TapSpec.of(
+        tap,
+        FZParams(steps=2, image_size=args.size, transforms=args.transforms),
+        seed=0,
+        weights=args.weights,
+        jitter=jitter,
+    )
+    # every channel, so that the timed batches find cuDNN already tuned for their shapes
+    ours(
+        load_resnet18(args.weights), warm, list(range(args.channels)), device, args.batch_size, channels_last
+    )
+
+    model = load_resnet18(args.weights)
+    lucent_model = None if args.skip_lucent else load_resnet18(args.weights)
+    if lucent_model is not None:
+        lucent_per_channel(lucent_model, warm, [0], device)  # warm-up
+    # Rounds alternate ours and lucent so that a change in machine load hits both; medians are reported.
+    ours_rates, lucent_rates = [], []
+    for _ in range(args.rounds):
+        seconds = ours(model, spec, list(range(args.channels)), device, args.batch_size, channels_last)
+        ours_rates.append(args.channels / seconds)
+        if lucent_model is not None:
+            lucent_rates.append(
+                n_lucent / lucent_per_channel(lucent_model, spec, list(range(n_lucent)), device)
+            )
+    ours_rate = statistics.median(ours_rates)
+    result = {
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "tap": str(tap),
+        "jitter": jitter,
+        "transforms": args.transforms,
+        "steps": args.steps,
+        "size": args.size,
+        "rounds": args.rounds,
+        "channels_ours": args.channels,
+        "ours_channels_per_s": ours_rate,
+        "batch_size": args.batch_size,
+        "channels_last": args.channels_last,
+        "tf32": args.tf32,
+    }
+    print(f"device {result['device']}, {tap} (jitter {jitter}), {args.steps} steps, {args.size} px")
+    print(
+        f"rsi fz (batched):     {args.channels:4d} channels: {ours_rate:9.3f} ch/s (median of {args.rounds})"
+    )
+    if lucent_model is not None:
+        lucent_rate = statistics.median(lucent_rates)
+        ratio = ours_rate / lucent_rate
+        result.update(channels_lucent=n_lucent, lucent_channels_per_s=lucent_rate, ratio=ratio)
+        print(
+            f"lucent render_vis x1: {n_lucent:4d} channels: {lucent_rate:9.3f} ch/s (median of {args.rounds})"
+        )
+        print(f"speed-up: {ratio:.2f}x")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

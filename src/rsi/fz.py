@@ -1,0 +1,650 @@
+"""`rsi fz --block 2.1`: center-neuron feature visualizations (FZs) of every channel of a block's taps.
+
+Paper section 2.2 and appendix 7.1; the defaults are what the authors' code ran (DESIGN.md, last section):
+torch-lucent's FFT / decorrelated-colour image parameterisation at 224 px, Adam lr 0.05 for 2,560 steps,
+the objective ``objectives.neuron(module, c)`` (the center neuron (H//2, W//2) of channel c), their
+transform chain with a per-block jitter, and 8-bit storage (value·255 truncated, as their PNGs).
+
+How it is fast and reproducible:
+
+* Many channels per forward/backward: image i of a batch is channel c_i's FZ and the loss is minus the
+  sum over i of c_i's center neuron in image i. The network is in eval mode (BatchNorm uses its running
+  statistics, so images do not interact) and Adam is elementwise, so every image is optimised exactly as
+  if it were alone. The forward stops at the target tap (rsi.taps.forward_taps).
+* Every random draw is per image, from generators keyed on (seed, block, tap, channel): the initial
+  spectrum and a table of transform draws per step (rsi.fz_transforms says why lucent's batch-wide draw
+  would not do). An FZ therefore depends only on (seed, block, tap, channel, params), never on the batch
+  size, the order, or the number of processes; only float rounding differs between batchings.
+* Resumable: channels are rendered in chunks of ``chunk_channels``, each written atomically to
+  ``outputs/.resume/fz/<layerL_K>/<tap>/<settings hash>/chunk_<first>.npz`` (outside the DVC output,
+  which DVC deletes before a run); a rerun skips finished chunks. The chunks are then assembled
+  atomically into ``outputs/fz/<layerL_K>/<tap>.npz`` (see rsi.artifacts). ``outputs/.resume`` can be
+  deleted at any time; it only saves work.
+* Under torchrun every rank renders its share of the chunks (rsi.distributed.shard) and rank 0 waits
+  for all chunk files, then assembles. Ranks share the output folder (one machine, or a shared disk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from rsi import distributed
+from rsi.artifacts import OUTPUTS, fz_dir, fz_file, in_fz_source
+from rsi.config import ParamsError, as_dict, load_section, read_params
+from rsi.fz_param import from_storage, image_batch, initial_spectrum, to_storage
+from rsi.fz_transforms import apply_ops, by_shape, draw_table, n_draw_columns, transform_ops
+from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device, save_npz, write_json
+from rsi.taps import BLOCKS, Tap, block_key, forward_taps, num_channels, parse_block
+from rsi.transforms import normalize
+
+TapKind = Literal["in", "pre", "post"]
+CPU_BATCH_SIZE = 16  # batch_size 0 on the CPU
+CUDA_FIRST_BATCH_SIZE = 512  # batch_size 0 on CUDA: the first try, halved on out-of-memory
+
+
+# ----------------------------------------------------------------------------------------- params
+
+
+def _check_jitter(value: int) -> int:
+    if value == 0 or value >= 4:
+        return value
+    raise ValueError(
+        "use 0 for no jitter (lucent's jitter(d) asserts d > 1, so 'no jitter' leaves both jitter "
+        "transforms out, as the authors' code does) or a J >= 4 (the second jitter is J//2, which must be > 1)"
+    )
+
+
+def _check_taps(taps: tuple[str, ...]) -> tuple[str, ...]:
+    if not taps:
+        raise ValueError("list at least one of in, pre, post")
+    if len(set(taps)) != len(taps):
+        raise ValueError("a tap is listed twice")
+    return taps
+
+
+@dataclass(frozen=True)
+class BlockFZParams:
+    """fz.blocks.<layerL_K>: which taps to render and the jitter J of the transforms."""
+
+    taps: tuple[TapKind, ...] = field(metadata={"check": _check_taps})
+    jitter: int = field(metadata={"min": 0, "check": _check_jitter})
+
+
+# DESIGN.md (authors' batch_process.sh): jitter 0 for 1.0, 1.1 and all of 2.0; 4 for 2.1 and all of 3.0;
+# 16 for 3.1 and block 4. The In of an L.1 block is block L.0's Post FZ (artifacts.in_fz_source).
+DEFAULT_BLOCKS: dict[str, BlockFZParams] = {
+    "layer1_0": BlockFZParams(taps=("post",), jitter=0),
+    "layer1_1": BlockFZParams(taps=("pre", "post"), jitter=0),
+    "layer2_0": BlockFZParams(taps=("in", "pre", "post"), jitter=0),
+    "layer2_1": BlockFZParams(taps=("pre", "post"), jitter=4),
+    "layer3_0": BlockFZParams(taps=("in", "pre", "post"), jitter=4),
+    "layer3_1": BlockFZParams(taps=("pre", "post"), jitter=16),
+    "layer4_0": BlockFZParams(taps=("in", "pre", "post"), jitter=16),
+    "layer4_1": BlockFZParams(taps=("pre", "post"), jitter=16),
+}
+
+
+def _check_blocks(blocks: dict[str, BlockFZParams]) -> dict[str, BlockFZParams]:
+    checked: dict[str, BlockFZParams] = {}
+    for key, settings in blocks.items():
+        try:
+            block = parse_block(key)
+        except ValueError:
+            raise ValueError(
+                f"unknown block key {key!r}: keys are {', '.join(block_key(b) for b in BLOCKS)}"
+            ) from None
+        if block_key(block) in checked:
+            raise ValueError(f"block {block} is listed twice")
+        source = in_fz_source(block)
+        if "in" in settings.taps and source != Tap(block, "in"):
+            raise ValueError(
+                f"{key}: the In of block {block} is block {source.block}'s Post (its FZ is rendered once, "
+                f"as {source}); list post under {block_key(source.block)} instead of in under {key}"
+            )
+        checked[block_key(block)] = settings
+    return checked
+
+
+def _check_lr(value: float) -> float:
+    if value > 0 and math.isfinite(value):
+        return value
+    raise ValueError("the learning rate must be a positive number")
+
+
+@dataclass(frozen=True)
+class FZParams:
+    """params.yaml ``fz``."""
+
+    steps: int = field(default=2560, metadata={"min": 1, "help": "optimisation steps (authors: 2560)"})
+    lr: float = field(default=0.05, metadata={"check": _check_lr, "help": "Adam learning rate (lucent)"})
+    image_size: int = field(default=224, metadata={"min": 32, "help": "image side in px (paper: 224)"})
+    batch_size: int = field(default=0, metadata={"min": 0, "help": "channels per batch; 0 = automatic"})
+    transforms: Literal["authors_code", "lucent_standard"] = "authors_code"
+    pre_reading: Literal["exact", "lucent_reference"] = "exact"
+    storage: Literal["uint8", "float32"] = "uint8"
+    tf32: bool = field(default=False, metadata={"help": "allow TF32 convolutions on CUDA (not float32)"})
+    max_channels: int = field(default=0, metadata={"min": 0, "help": "first N channels only; 0 = all"})
+    chunk_channels: int = field(default=128, metadata={"min": 1, "help": "channels per resumable chunk"})
+    blocks: dict[str, BlockFZParams] = field(
+        default_factory=lambda: dict(DEFAULT_BLOCKS), metadata={"check": _check_blocks}
+    )
+
+    def block(self, block: str) -> BlockFZParams:
+        """The settings of ``block`` (any spelling); a ParamsError when fz.blocks lacks it."""
+        key = block_key(block)
+        if key not in self.blocks:
+            raise ParamsError(
+                f"params.yaml: fz.blocks has no key {key} (block {parse_block(block)}); configured: "
+                f"{', '.join(self.blocks) or 'none'}"
+            )
+        return self.blocks[key]
+
+
+def load_fz_params(raw: dict[str, Any], *, source: str = "params.yaml") -> FZParams:
+    """Section ``fz`` of a params mapping, validated."""
+    return load_section(raw, "fz", FZParams, source=source)
+
+
+def load_seed(raw: dict[str, Any], *, source: str = "params.yaml") -> int:
+    """The top-level ``seed`` (default 0)."""
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParamsError(f"{source}: seed = {seed!r} is not allowed: expected an integer >= 0")
+    return seed
+
+
+# ------------------------------------------------------------------------------- what a tap renders
+
+
+@dataclass(frozen=True)
+class TapSpec:
+    """Everything that decides one tap's FZ pixels (with the channel): its settings hash keys resume."""
+
+    block: str
+    kind: str
+    seed: int
+    weights: str
+    steps: int
+    lr: float
+    image_size: int
+    transforms: str
+    jitter: int
+    pre_reading: str
+    storage: str
+    tf32: bool
+
+    @classmethod
+    def of(cls, tap: Tap, fz: FZParams, *, seed: int, weights: str, jitter: int | None = None) -> TapSpec:
+        if jitter is None:
+            jitter = fz.block(tap.block).jitter
+        return cls(
+            block=tap.block,
+            kind=tap.kind,
+            seed=seed,
+            weights=weights,
+            steps=fz.steps,
+            lr=fz.lr,
+            image_size=fz.image_size,
+            transforms=fz.transforms,
+            jitter=jitter,
+            pre_reading=fz.pre_reading,
+            storage=fz.storage,
+            tf32=fz.tf32,
+        )
+
+    @property
+    def tap(self) -> Tap:
+        return Tap(self.block, self.kind)
+
+    @property
+    def objective_tap(self) -> Tap:
+        """The activation the objective reads. ``exact``: the tap itself (Pre is a copy of bn2's output).
+        ``lucent_reference``, for Pre: lucent's ModuleHook keeps a *reference* to bn2's output tensor;
+        torchvision's BasicBlock then adds the skip into that very tensor (``out += identity``) and
+        applies an in-place ReLU, so when the objective reads it, it holds the block output Post, and
+        autograd differentiates Post. The authors' "Pre" FZs were therefore optimised for Post."""
+        if self.kind == "pre" and self.pre_reading == "lucent_reference":
+            return Tap(self.block, "post")
+        return self.tap
+
+    def ops(self):
+        return transform_ops(self.transforms, self.jitter, self.image_size)
+
+    def describe(self) -> dict[str, Any]:
+        data = as_dict(self)
+        data["objective"] = f"center neuron of {self.objective_tap} (module {self.objective_tap.module})"
+        data["transform_chain"] = [op.describe() for op in self.ops()] + ["normalize(ImageNet)"]
+        data["versions"] = _versions()
+        return data
+
+    def hash(self) -> str:
+        text = json.dumps({**as_dict(self), "versions": _versions()}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _versions() -> dict[str, str]:
+    from importlib.metadata import version
+
+    import kornia
+
+    return {"torch": torch.__version__, "kornia": kornia.__version__, "torch-lucent": version("torch-lucent")}
+
+
+# ---------------------------------------------------------------------------------- optimisation
+
+
+@dataclass
+class FZResult:
+    """FZs of some channels of one tap: images float32 (C, 3, H, W) in [0, 1] and the center-neuron
+    activation of the untransformed image before the first and after the last step."""
+
+    channels: np.ndarray
+    images: np.ndarray
+    objective: np.ndarray
+    initial_objective: np.ndarray
+
+
+@contextmanager
+def _numerics(device: torch.device, tf32: bool, autotune: bool) -> Iterator[None]:
+    """TF32 only when asked (PyTorch allows it for convolutions by default); cuDNN autotuning when
+    the model sees one input shape. (Without the final crop the random scale gives each step size
+    groups of varying batch sizes: autotuning every new shape would cost more than it saves.)"""
+    saved = (
+        torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.allow_tf32,
+        torch.backends.cuda.matmul.allow_tf32,
+    )
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = autotune
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        yield
+    finally:
+        (
+            torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.allow_tf32,
+            torch.backends.cuda.matmul.allow_tf32,
+        ) = saved
+
+
+def _center_values(model: nn.Module, images: Tensor, target: Tap, channels: Tensor, channels_last: bool):
+    """Center neuron of each image's own channel at ``target``, for unnormalised images in [0, 1]."""
+    inputs = normalize(images)
+    if channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    acts = forward_taps(model, inputs, [target])[target]
+    height, width = acts.shape[-2:]
+    rows = torch.arange(acts.shape[0], device=acts.device)
+    return acts[rows, channels, height // 2, width // 2]
+
+
+def _optimise_batch(
+    model: nn.Module,
+    spec: TapSpec,
+    channels: Sequence[int],
+    device: torch.device,
+    *,
+    channels_last: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Optimise one batch, image i for channel channels[i]: (images, initial, final) on the CPU."""
+    ops = spec.ops()
+    target = spec.objective_tap
+    spectra = torch.stack(
+        [initial_spectrum(spec.seed, spec.block, spec.kind, c, spec.image_size) for c in channels]
+    )
+    draws = torch.stack(
+        [
+            draw_table(ops, spec.steps, keyed_generator(spec.seed, spec.block, spec.kind, c, "transforms"))
+            for c in channels
+        ]
+    )  # (B, steps, columns)
+    assert draws.shape[-1] == n_draw_columns(ops)
+    device_draws = draws.to(device)  # one copy per batch, none per step
+    spectrum, image = image_batch(spectra, spec.image_size, device)
+    channel_index = torch.as_tensor(list(channels), dtype=torch.int64, device=device)
+
+    with torch.no_grad():
+        initial = _center_values(model, image(), target, channel_index, channels_last)
+    optimizer = torch.optim.Adam([spectrum], lr=spec.lr)
+    for step in range(spec.steps):
+        optimizer.zero_grad(set_to_none=True)
+        groups = by_shape(apply_ops(ops, image(), device_draws[:, step], draws[:, step]))
+        loss = torch.zeros((), device=device)
+        for index, transformed in groups:
+            values = _center_values(model, transformed, target, channel_index[index], channels_last)
+            loss = loss - values.sum()
+        loss.backward()
+        optimizer.step()
+        if on_step is not None:
+            on_step(step + 1)
+    with torch.no_grad():
+        final_images = image().detach()
+        final = _center_values(model, final_images, target, channel_index, channels_last)
+    return final_images.float().cpu(), initial.float().cpu(), final.float().cpu()
+
+
+@dataclass
+class BatchSize:
+    """Channels per forward/backward. ``automatic``: halved on CUDA out-of-memory, and the halved
+    size is kept for later calls that share this object."""
+
+    size: int
+    automatic: bool
+
+    @classmethod
+    def of(cls, requested: int, device: torch.device) -> BatchSize:
+        if requested:
+            return cls(requested, automatic=False)
+        return cls(CUDA_FIRST_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE, automatic=True)
+
+
+def render_channels(
+    model: nn.Module,
+    spec: TapSpec,
+    channels: Sequence[int],
+    *,
+    device: torch.device | str = "cpu",
+    batch_size: int | BatchSize = 0,
+    channels_last: bool = False,
+    progress: Callable[[float], None] | None = None,
+) -> FZResult:
+    """FZs of ``channels`` of ``spec.tap``, in batches (no files). ``batch_size`` 0: automatic (on CUDA
+    halved on out-of-memory). ``progress(channels)`` is called with the fractional channels done at
+    each step. ``channels_last`` (CUDA) measured 2-7 % slower on an H100 for ResNet18 in float32, so
+    it is off by default."""
+    device = torch.device(device)
+    model.to(device)
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    sizer = batch_size if isinstance(batch_size, BatchSize) else BatchSize.of(batch_size, device)
+    done: list[FZResult] = []
+    position = 0
+    ops = spec.ops()
+    one_shape = ops[-1].kind == "crop" or all(op.kind != "scale" for op in ops)
+    with _numerics(device, spec.tf32, autotune=one_shape):
+        while position < len(channels):
+            batch = list(channels[position : position + sizer.size])
+            fraction = len(batch) / spec.steps
+            last = [0]
+
+            def on_step(step: int, fraction=fraction, last=last) -> None:
+                if progress is not None:
+                    progress(fraction * (step - last[0]))
+                    last[0] = step
+
+            try:
+                images, initial, final = _optimise_batch(
+                    model, spec, batch, device, channels_last=channels_last, on_step=on_step
+                )
+            except torch.cuda.OutOfMemoryError:
+                if not sizer.automatic or sizer.size == 1:
+                    raise
+                sizer.size //= 2
+                torch.cuda.empty_cache()
+                if progress is not None:
+                    progress(-fraction * last[0])
+                continue
+            done.append(
+                FZResult(
+                    channels=np.asarray(batch, dtype=np.int64),
+                    images=images.numpy(),
+                    objective=final.numpy(),
+                    initial_objective=initial.numpy(),
+                )
+            )
+            position += len(batch)
+    return _concat(done)
+
+
+def _concat(results: Sequence[FZResult]) -> FZResult:
+    if not results:
+        return FZResult(
+            np.zeros(0, np.int64),
+            np.zeros((0, 3, 0, 0), np.float32),
+            np.zeros(0, np.float32),
+            np.zeros(0, np.float32),
+        )
+    return FZResult(
+        channels=np.concatenate([r.channels for r in results]),
+        images=np.concatenate([r.images for r in results]),
+        objective=np.concatenate([r.objective for r in results]),
+        initial_objective=np.concatenate([r.initial_objective for r in results]),
+    )
+
+
+# ------------------------------------------------------------------------------- chunks and files
+
+
+def resume_dir(spec: TapSpec, resume_root: Path) -> Path:
+    return resume_root / "fz" / block_key(spec.block) / spec.kind / spec.hash()
+
+
+def tap_channels(block: str, fz: FZParams) -> list[int]:
+    total = num_channels(block)
+    return list(range(min(total, fz.max_channels) if fz.max_channels else total))
+
+
+def chunks_of(channels: Sequence[int], size: int) -> list[list[int]]:
+    return [list(channels[i : i + size]) for i in range(0, len(channels), size)]
+
+
+def chunk_path(directory: Path, chunk: Sequence[int]) -> Path:
+    return directory / f"chunk_{chunk[0]:04d}.npz"
+
+
+def _chunk_done(path: Path, chunk: Sequence[int]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        data = load_npz(path)
+    except (OSError, ValueError):
+        return False
+    return data["channels"].tolist() == list(chunk)
+
+
+def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) -> None:
+    save_npz(
+        path,
+        images=to_storage(result.images, storage),
+        channels=result.channels.astype(np.int64),
+        objective=result.objective.astype(np.float32),
+        initial_objective=result.initial_objective.astype(np.float32),
+        settings_hash=np.array(settings_hash),
+    )
+
+
+def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], poll_s: float = 2.0) -> None:
+    """Rank 0 waits for the other ranks' chunk files. (A file wait rather than a process-group barrier:
+    ranks may finish hours apart on a full run, longer than NCCL's barrier timeout; torchrun ends every
+    rank when one fails, so this never waits for a dead rank.)"""
+    announced = False
+    while missing := [p for p, chunk in paths if not _chunk_done(p, chunk)]:
+        if distributed.world()[1] == 1:
+            raise RuntimeError(f"chunk files missing after rendering: {', '.join(map(str, missing))}")
+        if not announced:
+            print(f"rsi fz: rank 0 waits for {len(missing)} chunk(s) of other ranks", flush=True)
+            announced = True
+        time.sleep(poll_s)
+
+
+def assemble(spec: TapSpec, chunks: Sequence[Sequence[int]], resume_root: Path, root: Path) -> Path:
+    """Concatenate a tap's chunk files into ``outputs/fz/<layerL_K>/<tap>.npz`` (atomically)."""
+    directory = resume_dir(spec, resume_root)
+    parts = [load_npz(chunk_path(directory, chunk)) for chunk in chunks]
+    out = fz_file(spec.tap, root)
+    save_npz(
+        out,
+        images=np.concatenate([p["images"] for p in parts]),
+        channels=np.concatenate([p["channels"] for p in parts]).astype(np.int64),
+        objective=np.concatenate([p["objective"] for p in parts]).astype(np.float32),
+        initial_objective=np.concatenate([p["initial_objective"] for p in parts]).astype(np.float32),
+    )
+    return out
+
+
+def load_fz_images(tap: Tap, root: Path = OUTPUTS) -> tuple[Tensor, np.ndarray]:
+    """A saved FZ file as (images float32 (C, 3, H, W) in [0, 1], channels int64 (C,)). 8-bit files
+    come back as value / 255, i.e. what the authors measured after saving and reloading their PNGs."""
+    data = load_npz(fz_file(tap, Path(root)))
+    images = torch.from_numpy(from_storage(data["images"]))
+    return images, data["channels"].astype(np.int64)
+
+
+def render_block(
+    model: nn.Module,
+    block: str,
+    fz: FZParams,
+    *,
+    seed: int,
+    weights: str,
+    device: torch.device | str = "cpu",
+    root: Path = OUTPUTS,
+    resume_root: Path | None = None,
+    progress: bool = True,
+    on_chunk_saved: Callable[[Tap, Path], None] | None = None,
+) -> dict[Tap, Path]:
+    """Render (this rank's share of) every configured tap of ``block`` and, on rank 0, assemble
+    ``outputs/fz/<layerL_K>/<tap>.npz`` and ``settings.json``. Returns the files written (rank 0)."""
+    from tqdm.auto import tqdm
+
+    from rsi.model import describe_weights
+
+    block = parse_block(block)
+    settings = fz.block(block)
+    root = Path(root)
+    resume_root = Path(resume_root) if resume_root is not None else root / ".resume"
+    device = torch.device(device)
+    channels = tap_channels(block, fz)
+    chunks = chunks_of(channels, fz.chunk_channels)
+    specs = [TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights) for kind in settings.taps]
+
+    # The work items are (tap, chunk) pairs, sharded over ranks. A batch never spans chunks, so a
+    # chunk's batches (and their float rounding) are the same whatever the number of processes.
+    work = [(spec, chunk) for spec in specs for chunk in chunks]
+    pending = [
+        (spec, chunk)
+        for spec, chunk in distributed.shard(work)
+        if not _chunk_done(chunk_path(resume_dir(spec, resume_root), chunk), chunk)
+    ]
+    rank, world = distributed.world()
+    bar = tqdm(
+        total=sum(len(chunk) for _, chunk in pending),
+        desc=f"fz {block}" + (f" rank {rank}" if world > 1 else ""),
+        unit="ch",
+        disable=not progress or not distributed.is_main(),
+        mininterval=1.0,
+        bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} ch "
+        "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
+    )
+    sizer = BatchSize.of(fz.batch_size, device)
+    with bar:
+        for spec, chunk in pending:
+            bar.set_postfix_str(f"{spec.kind} {chunk[0]}-{chunk[-1]}")
+            result = render_channels(model, spec, chunk, device=device, batch_size=sizer, progress=bar.update)
+            path = chunk_path(resume_dir(spec, resume_root), chunk)
+            _save_chunk(path, result, spec.storage, spec.hash())
+            if on_chunk_saved is not None:
+                on_chunk_saved(spec.tap, path)
+
+    written: dict[Tap, Path] = {}
+    if not distributed.is_main():
+        return written
+    for spec in specs:
+        directory = resume_dir(spec, resume_root)
+        _wait_for([(chunk_path(directory, chunk), chunk) for chunk in chunks])
+        written[spec.tap] = assemble(spec, chunks, resume_root, root)
+        data = load_npz(written[spec.tap])
+        print(
+            f"rsi fz: {spec.tap}: {len(data['channels'])} channels, center neuron mean "
+            f"{data['initial_objective'].mean():.3f} -> {data['objective'].mean():.3f} "
+            f"(higher in {int((data['objective'] > data['initial_objective']).sum())})",
+            flush=True,
+        )
+    write_json(
+        fz_dir(block, root) / "settings.json",
+        {
+            "block": block,
+            "weights": weights,
+            "weights_label": describe_weights(weights),
+            "seed": seed,
+            "channels": len(channels),
+            "taps": {spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
+        },
+    )
+    return written
+
+
+# ------------------------------------------------------------------------------------------- CLI
+
+
+def _block_argument(value: str) -> str:
+    try:
+        return parse_block(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--block", required=True, type=_block_argument, help="block to render: 2.1, layer2_1 …"
+    )
+    parser.add_argument("--out", default=str(OUTPUTS), help="outputs folder (default: outputs)")
+    parser.add_argument(
+        "--resume-dir", default=None, help="finished chunks (default: <out>/.resume; safe to delete)"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run_device(name: str) -> torch.device:
+    """The params' device; a bare 'cuda' under torchrun means this rank's local GPU."""
+    import os
+
+    device = resolve_device(name)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
+
+
+def run(args: argparse.Namespace) -> None:
+    from rsi.model import load_resnet18
+
+    raw = read_params(args.params)
+    fz = load_fz_params(raw, source=args.params)
+    seed = load_seed(raw, source=args.params)
+    model_params = load_section(raw, "model", ModelParams, source=args.params)
+    fz.block(args.block)  # unknown block: a ParamsError before any work
+    distributed.init()
+    try:
+        device = run_device(model_params.device)
+        model = load_resnet18(model_params.weights)
+        render_block(
+            model,
+            args.block,
+            fz,
+            seed=seed,
+            weights=model_params.weights,
+            device=device,
+            root=Path(args.out),
+            resume_root=Path(args.resume_dir) if args.resume_dir else None,
+            progress=not args.no_progress,
+        )
+    finally:
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.destroy_process_group()

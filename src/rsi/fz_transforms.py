@@ -1,0 +1,288 @@
+"""The regularising transforms of the FZ optimisation: torch-lucent 0.1.8's ``pad``, ``jitter``,
+``random_scale`` and ``random_rotate`` (plus the authors' final center crop), batched, with one random
+draw per image.
+
+Lucent draws ONE random value per transform call (``np.random.choice``) for the whole batch. We draw per
+image instead, from a table of draws that a generator keyed on (seed, block, tap, channel) fills before the
+optimisation starts: row ``step`` holds that image's draws at that step. An FZ then depends only on (seed,
+block, tap, channel, params), never on which other channels share its batch, their order, the batch size,
+or the number of processes; with lucent's batch-wide draw, the same channel would see other transforms in
+another batch. (The paper rendered one channel per call, batch 1, where both are the same distribution.)
+
+Each transform calls the same kornia / torch functions lucent calls, with the same arguments, so a single
+image with a given draw goes through exactly lucent's arithmetic (tests/test_fz.py checks it against
+lucent's own transforms). In particular lucent's ``jitter`` is kornia 0.4.1's ``translate`` by an integer
+(dx, dy) in [0, d), which resamples bilinearly (kornia normalises with corner-aligned pixels and then
+samples with ``align_corners=False``): not an exact shift and not a crop, and we keep it so.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import kornia
+import numpy as np
+import torch
+import torch.nn.functional as F
+from kornia.geometry.transform import translate
+from torch import Tensor
+
+from rsi.transforms import center_crop
+
+TransformSet = Literal["authors_code", "lucent_standard"]
+TRANSFORM_SETS: tuple[str, ...] = ("authors_code", "lucent_standard")
+
+# center_lucent_optimize.py (the authors' code): random_scale / random_rotate arguments.
+AUTHORS_SCALES: tuple[float, ...] = (1, 0.975, 1.025, 0.95, 1.05)
+AUTHORS_ANGLES: tuple[float, ...] = tuple(range(-5, 6))
+# lucent.optvis.transform.standard_transforms (lucid's, the Distill article's [14]).
+STANDARD_PAD = 12
+STANDARD_SCALES: tuple[float, ...] = tuple(1 + (i - 5) / 50.0 for i in range(11))
+STANDARD_ANGLES: tuple[float, ...] = (*range(-10, 11), *(5 * [0]))
+
+
+@dataclass(frozen=True)
+class Op:
+    """One transform: ``pad`` (size, mode, value), ``jitter`` (size = d), ``scale`` / ``rotate``
+    (choices), ``crop`` (size, torchvision's center crop)."""
+
+    kind: Literal["pad", "jitter", "scale", "rotate", "crop"]
+    size: int = 0
+    mode: str = "reflect"
+    value: float = 0.0
+    choices: tuple[float, ...] = ()
+
+    @property
+    def n_draws(self) -> int:
+        return {"jitter": 2, "scale": 1, "rotate": 1}.get(self.kind, 0)
+
+    def draw_ranges(self) -> list[int]:
+        """How many values each of this op's draws chooses from (dx, dy for jitter)."""
+        if self.kind == "jitter":
+            return [self.size, self.size]
+        if self.kind in ("scale", "rotate"):
+            return [len(self.choices)]
+        return []
+
+    def describe(self) -> str:
+        if self.kind == "pad":
+            extra = f", constant {self.value}" if self.mode == "constant" else f", {self.mode}"
+            return f"pad({self.size}{extra})"
+        if self.kind == "jitter":
+            return f"jitter({self.size})"
+        if self.kind in ("scale", "rotate"):
+            name = "random_scale" if self.kind == "scale" else "random_rotate"
+            return f"{name}([{', '.join(f'{c:g}' for c in self.choices)}])"
+        return f"center_crop({self.size})"
+
+
+def transform_ops(kind: str, jitter: int, image_size: int) -> tuple[Op, ...]:
+    """The transform chain for a transform set, a block's jitter J (0 = none) and the image side.
+
+    ``authors_code`` (center_lucent_optimize.py): with J >= 4 reflect-pad J, jitter J, random scale,
+    random rotate, jitter J//2, center-crop ``image_size``; with J = 0 (their "jitter < 4") only the
+    random scale and rotate, so the model sees 224, 225, 230 or 236 px.
+    ``lucent_standard`` (the paper text: "identical regularization as [14]", with the depth-dependent
+    jitter of its appendix 7.1 and "half the initial jitter value for the second jitter transform"):
+    lucent's standard_transforms, pad 12 (constant 0.5), jitter J, scale 0.9 … 1.1, rotate −10 … 10
+    (with 5 extra zeros), jitter J//2; J = 0 leaves both jitters out. No crop: lucent's render_vis
+    feeds the 224 px image's transforms to the model at whatever size they come out.
+    """
+    if jitter and (jitter < 4):
+        raise ValueError(f"jitter must be 0 (none) or >= 4, got {jitter}")
+    if kind == "authors_code":
+        if not jitter:
+            return (Op("scale", choices=AUTHORS_SCALES), Op("rotate", choices=AUTHORS_ANGLES))
+        return (
+            Op("pad", jitter, mode="reflect"),
+            Op("jitter", jitter),
+            Op("scale", choices=AUTHORS_SCALES),
+            Op("rotate", choices=AUTHORS_ANGLES),
+            Op("jitter", jitter // 2),
+            Op("crop", image_size),
+        )
+    if kind == "lucent_standard":
+        ops = [Op("pad", STANDARD_PAD, mode="constant", value=0.5)]
+        ops += [Op("jitter", jitter)] if jitter else []
+        ops += [Op("scale", choices=STANDARD_SCALES), Op("rotate", choices=STANDARD_ANGLES)]
+        ops += [Op("jitter", jitter // 2)] if jitter else []
+        return tuple(ops)
+    raise ValueError(f"unknown transform set {kind!r}: choose one of {TRANSFORM_SETS}")
+
+
+def n_draw_columns(ops: Sequence[Op]) -> int:
+    return sum(op.n_draws for op in ops)
+
+
+def draw_table(ops: Sequence[Op], steps: int, generator: torch.Generator) -> Tensor:
+    """(steps, n_draw_columns) int64 choice indices for one image, column by column in op order
+    (jitter: dx then dy in [0, d); scale, rotate: an index into the op's choices)."""
+    columns = [
+        torch.randint(0, high, (steps,), generator=generator) for op in ops for high in op.draw_ranges()
+    ]
+    if not columns:
+        return torch.zeros(steps, 0, dtype=torch.int64)
+    return torch.stack(columns, dim=1)
+
+
+def _roundup(value: float) -> int:
+    # lucent's _roundup: np.ceil(value).astype(int), on the same float64 products.
+    return int(np.ceil(value).astype(int))
+
+
+def _jitter(images: Tensor, draws: Tensor) -> Tensor:
+    translation = draws.to(device=images.device, dtype=torch.float32)
+    return translate(images, translation)
+
+
+def _scaled(images: Tensor, scale: float) -> Tensor:
+    """lucent's random_scale for one drawn scale: bilinear Upsample (align_corners=True) to
+    ceil(scale * side), then zero padding of ceil((side - new) / 2) on each side when it shrank."""
+    height, width = images.shape[2:]
+    scale = np.float64(scale)
+    new_shape = [_roundup(scale * height), _roundup(scale * width)]
+    pad_x = max(0, _roundup((width - new_shape[1]) / 2))
+    pad_y = max(0, _roundup((height - new_shape[0]) / 2))
+    resized = F.interpolate(images, size=new_shape, mode="bilinear", align_corners=True)
+    # lucent pads [pad_y, pad_x] * 2, i.e. left=pad_y, right=pad_x, top=pad_y, bottom=pad_x.
+    return F.pad(resized, [pad_y, pad_x] * 2)
+
+
+def _rotate(images: Tensor, angles: Tensor) -> Tensor:
+    """lucent's random_rotate with a per-image angle (degrees): kornia's rotation about the center
+    (lucent builds center and scale on the CPU and moves the matrix; we build them on the device)."""
+    batch, _, height, width = images.shape
+    angle = angles.to(torch.float32)
+    scale = torch.ones(batch, 2, device=angle.device)
+    center = torch.empty(batch, 2, device=angle.device)
+    center[..., 0] = (width - 1) / 2
+    center[..., 1] = (height - 1) / 2
+    matrix = kornia.get_rotation_matrix2d(center, angle, scale).to(images.device)
+    return kornia.warp_affine(images.float(), matrix, dsize=(height, width))
+
+
+@functools.lru_cache(maxsize=32)
+def _choices_on(choices: tuple[float, ...], device: str) -> Tensor:
+    return torch.tensor(choices, dtype=torch.float32, device=device)
+
+
+def apply_ops(
+    ops: Sequence[Op], images: Tensor, draws: Tensor, host_draws: Tensor | None = None
+) -> list[tuple[Tensor, Tensor]]:
+    """Transform a batch, each image with its own draws (``draws``: (B, n_draw_columns) int64).
+
+    Returns (indices into the batch, transformed images) groups: the random scale splits the batch by
+    its drawn scale (lucent's resize takes one output size per call), and each group carries on alone.
+    ``host_draws`` is a CPU copy of ``draws`` (the group sizes are read from it), so that draws and
+    indices can stay on the device without a synchronising copy per step.
+    """
+    device = images.device
+    if host_draws is None:
+        host_draws = draws.cpu()
+    draws = draws.to(device)
+    index = torch.arange(images.shape[0], device=device)
+    groups: list[tuple[Tensor, Tensor, Tensor, Tensor]] = [(index, images, draws, host_draws)]
+    column = 0
+    for op in ops:
+        updated: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        for idx, x, d, h in groups:
+            if op.kind == "pad":
+                if op.mode == "constant":
+                    x = F.pad(x, [op.size] * 4, mode="constant", value=op.value)
+                else:
+                    x = F.pad(x, [op.size] * 4, mode=op.mode)
+                updated.append((idx, x, d, h))
+            elif op.kind == "jitter":
+                updated.append((idx, _jitter(x, d[:, column : column + 2]), d, h))
+            elif op.kind == "rotate":
+                angles = _choices_on(tuple(op.choices), str(device))[d[:, column]]
+                updated.append((idx, _rotate(x, angles), d, h))
+            elif op.kind == "crop":
+                updated.append((idx, center_crop(x, op.size), d, h))
+            elif op.kind == "scale":
+                # the same stable sort of the same keys on host and device: equal permutations
+                host_order = torch.argsort(h[:, column], stable=True)
+                order = torch.argsort(d[:, column], stable=True)
+                choices, counts = torch.unique(h[:, column], return_counts=True)
+                start = 0
+                for choice, count in zip(choices.tolist(), counts.tolist(), strict=True):
+                    rows, host_rows = order[start : start + count], host_order[start : start + count]
+                    subset = x if count == x.shape[0] else x[rows]
+                    updated.append((idx[rows], _scaled(subset, op.choices[choice]), d[rows], h[host_rows]))
+                    start += count
+            else:  # pragma: no cover - Op.kind is a closed set
+                raise ValueError(f"unknown transform {op.kind!r}")
+        groups = updated
+        column += op.n_draws
+    return [(idx, x) for idx, x, _, _ in groups]
+
+
+def by_shape(groups: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
+    """Concatenate groups whose images have the same size (one forward per size)."""
+    shapes: dict[tuple[int, ...], list[tuple[Tensor, Tensor]]] = {}
+    for idx, x in groups:
+        shapes.setdefault(tuple(x.shape[1:]), []).append((idx, x))
+    merged = []
+    for members in shapes.values():
+        if len(members) == 1:
+            merged.append(members[0])
+        else:
+            merged.append((torch.cat([i for i, _ in members]), torch.cat([x for _, x in members])))
+    return merged
+
+
+def lucent_chain(ops: Sequence[Op]) -> list:
+    """lucent's own transform callables for ``ops`` (crop, which lucent 0.1.8 lacks, as ours): the
+    reference the tests compare :func:`apply_ops` with. Draws come from ``np.random``, as in lucent."""
+    from lucent.optvis import transform
+
+    chain = []
+    for op in ops:
+        if op.kind == "pad":
+            chain.append(transform.pad(op.size, mode=op.mode, constant_value=op.value))
+        elif op.kind == "jitter":
+            chain.append(transform.jitter(op.size))
+        elif op.kind == "scale":
+            chain.append(transform.random_scale(list(op.choices)))
+        elif op.kind == "rotate":
+            chain.append(transform.random_rotate(list(op.choices)))
+        else:
+            chain.append(lambda x, size=op.size: center_crop(x, size))
+    return chain
+
+
+def replay_lucent_draws(ops: Sequence[Op], seed: int) -> Tensor:
+    """The choice indices lucent's chain draws from ``np.random.seed(seed)`` at one step.
+
+    ``np.random.choice(seq)`` draws ``randint(len(seq))`` and indexes, so drawing ``choice(len(seq))``
+    from the same state yields the index it chose.
+    """
+    state = np.random.get_state()
+    try:
+        np.random.seed(seed)
+        values = [int(np.random.choice(high)) for op in ops for high in op.draw_ranges()]
+    finally:
+        np.random.set_state(state)
+    return torch.tensor([values], dtype=torch.int64).reshape(1, -1)
+
+
+@contextmanager
+def lucent_device(device: torch.device):
+    """Point lucent's module-level ``device`` globals (param.spatial, transform) at ``device``.
+
+    (param.color has none in 0.1.8: its decorrelation hard-codes cuda:0 when CUDA exists, which is why
+    rsi.fz_param does the colour step itself.)
+    """
+    from lucent.optvis import transform
+    from lucent.optvis.param import spatial
+
+    saved = (spatial.device, transform.device)
+    spatial.device = transform.device = torch.device(device)
+    try:
+        yield
+    finally:
+        spatial.device, transform.device = saved

@@ -1,0 +1,340 @@
+"""rsi fz: lucent-exact transforms and parameterisation, batch invariance, resume, torchrun sharding,
+storage, and params validation. All on the CPU with the seeded random ResNet18 and tiny settings."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from rsi import fz as fzmod
+from rsi.artifacts import fz_file
+from rsi.config import ParamsError
+from rsi.fz import (
+    DEFAULT_BLOCKS,
+    BlockFZParams,
+    FZParams,
+    TapSpec,
+    load_fz_images,
+    load_fz_params,
+    render_block,
+    render_channels,
+)
+from rsi.fz_param import image_batch, initial_spectrum
+from rsi.fz_transforms import (
+    apply_ops,
+    lucent_chain,
+    lucent_device,
+    replay_lucent_draws,
+    transform_ops,
+)
+from rsi.runtime import load_npz
+from rsi.taps import Tap, forward_taps
+from rsi.transforms import normalize
+
+VENV_BIN = Path(sys.executable).parent
+
+
+def tiny(**overrides) -> FZParams:
+    settings = dict(steps=4, image_size=32, max_channels=4, chunk_channels=2)
+    settings.update(overrides)
+    settings.setdefault("blocks", {"layer2_1": BlockFZParams(taps=("pre",), jitter=4)})
+    return FZParams(**settings)
+
+
+# ------------------------------------------------------------------------------ lucent equivalence
+
+
+@pytest.mark.parametrize(
+    ("kind", "jitter", "size"),
+    [("authors_code", 4, 32), ("authors_code", 0, 32), ("authors_code", 16, 48), ("lucent_standard", 8, 32)],
+)
+def test_transforms_equal_lucents_own_chain(kind, jitter, size):
+    """One image with a fixed draw goes through exactly lucent 0.1.8's transforms (np.random seeded;
+    the draw replayed from the same seed)."""
+    ops = transform_ops(kind, jitter, size)
+    chain = lucent_chain(ops)
+    image = torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1))
+    scale_column = sum(op.n_draws for op in ops[: [op.kind for op in ops].index("scale")])
+    scales_seen = set()
+    with lucent_device(torch.device("cpu")):
+        for seed in range(25):
+            draws = replay_lucent_draws(ops, seed)
+            scales_seen.add(int(draws[0, scale_column]))
+            np.random.seed(seed)
+            expected = image
+            for transform in chain:
+                expected = transform(expected)
+            [(index, ours)] = apply_ops(ops, image, draws)
+            assert index.tolist() == [0]
+            assert ours.shape == expected.shape
+            torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+    assert len(scales_seen) >= 3  # the comparison covered shrinking, growing and unit scales
+
+
+def test_per_image_draws_in_one_batch_equal_single_image_transforms():
+    ops = transform_ops("authors_code", 0, 32)
+    images = torch.rand(5, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    draws = torch.tensor([[0, 0], [1, 3], [4, 10], [2, 5], [1, 0]])
+    groups = apply_ops(ops, images, draws)
+    assert len(groups) == 4  # four distinct scales: four interpolation groups
+    for index, batch in groups:
+        for row, i in enumerate(index.tolist()):
+            [(_, alone)] = apply_ops(ops, images[i : i + 1], draws[i : i + 1])
+            torch.testing.assert_close(batch[row : row + 1], alone, rtol=0, atol=1e-6)
+
+
+def test_parameterisation_equals_lucent_param_image():
+    from lucent.optvis import param
+
+    size = 33  # odd: lucent keeps one extra frequency column
+    spectra = torch.stack([initial_spectrum(0, "2.1", "pre", c, size) for c in range(2)])
+    ours_param, ours_image = image_batch(spectra, size, torch.device("cpu"))
+    with lucent_device(torch.device("cpu")):
+        params, lucent_image = param.image(size, batch=2, decorrelate=True)
+    assert params[0].shape == ours_param.shape
+    with torch.no_grad():
+        params[0].copy_(spectra)
+    torch.testing.assert_close(ours_image(), lucent_image(), rtol=0, atol=1e-7)
+    # keyed init: a channel's spectrum does not depend on which others are drawn
+    torch.testing.assert_close(spectra[1], initial_spectrum(0, "2.1", "pre", 1, size))
+    assert not torch.equal(spectra[0], spectra[1])
+
+
+# -------------------------------------------------------------------------------- optimisation
+
+
+@pytest.mark.parametrize(("tap", "jitter"), [(Tap("2.1", "pre"), 4), (Tap("2.0", "in"), 0)])
+def test_channel_alone_equals_channel_in_batch_of_four(random_model, tap, jitter):
+    spec = TapSpec.of(tap, tiny(steps=5), seed=0, weights="random:0", jitter=jitter)
+    alone = render_channels(random_model, spec, [2], batch_size=1)
+    batch = render_channels(random_model, spec, [0, 1, 2, 3], batch_size=4)
+    assert batch.channels.tolist() == [0, 1, 2, 3]
+    np.testing.assert_allclose(batch.images[2], alone.images[0], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(batch.objective[2], alone.objective[0], rtol=1e-4, atol=1e-5)
+    assert not np.allclose(batch.images[1], batch.images[2], atol=1e-3)  # channels differ
+
+
+@pytest.mark.parametrize("tap", [Tap("2.1", "pre"), Tap("2.0", "in")])
+def test_optimisation_raises_the_center_neuron(random_model, tap):
+    # Pre and In have no ReLU: a Post channel whose center starts at 0 has no gradient (also in lucent).
+    spec = TapSpec.of(tap, tiny(steps=10, image_size=48), seed=0, weights="random:0", jitter=4)
+    result = render_channels(random_model, spec, [0, 1, 2, 3])
+    assert (result.objective > result.initial_objective + 1e-3).all(), (
+        result.initial_objective,
+        result.objective,
+    )
+    assert result.images.min() >= 0 and result.images.max() <= 1
+
+
+def test_pre_reading_exact_reads_bn2_and_lucent_reference_reads_post(random_model):
+    tap = Tap("2.1", "pre")
+    initial = {}
+    for reading in ("exact", "lucent_reference"):
+        spec = TapSpec.of(tap, tiny(steps=1, pre_reading=reading), seed=0, weights="random:0")
+        initial[reading] = render_channels(random_model, spec, range(8)).initial_objective
+    spectra = torch.stack([initial_spectrum(0, "2.1", "pre", c, 32) for c in range(8)])
+    _, image = image_batch(spectra, 32, torch.device("cpu"))
+    with torch.no_grad():
+        acts = forward_taps(random_model, normalize(image()), [tap, Tap("2.1", "post")], detach=True)
+    centers = {t.kind: acts[t][range(8), range(8), 2, 2].numpy() for t in acts}  # 4x4 maps: (H//2, W//2)
+    np.testing.assert_allclose(initial["exact"], centers["pre"], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(initial["lucent_reference"], centers["post"], rtol=1e-5, atol=1e-6)
+    assert (centers["pre"] < 0).any() and not np.allclose(centers["pre"], centers["post"])
+
+
+# ------------------------------------------------------------------------------ files and resume
+
+
+def test_interrupted_run_resumes_without_redoing_chunks(random_model, tmp_path, monkeypatch):
+    rendered: list[int] = []
+    optimise = fzmod._optimise_batch
+
+    def counting(model, spec, channels, *args, **kwargs):
+        rendered.extend(channels)
+        return optimise(model, spec, channels, *args, **kwargs)
+
+    monkeypatch.setattr(fzmod, "_optimise_batch", counting)
+    params = tiny(steps=3, max_channels=6, chunk_channels=2, batch_size=2)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_first(tap, path):
+        assert path.is_file()
+        raise Killed
+
+    kwargs = dict(seed=0, weights="random:0", progress=False)
+    with pytest.raises(Killed):
+        render_block(
+            random_model, "2.1", params, root=tmp_path / "a", on_chunk_saved=kill_after_first, **kwargs
+        )
+    assert rendered == [0, 1]
+    assert not fz_file(Tap("2.1", "pre"), tmp_path / "a").exists()
+
+    rendered.clear()
+    render_block(random_model, "2.1", params, root=tmp_path / "a", **kwargs)
+    assert rendered == [2, 3, 4, 5]  # the finished chunk is not rendered again
+
+    rendered.clear()
+    render_block(random_model, "2.1", params, root=tmp_path / "b", **kwargs)
+    assert rendered == [0, 1, 2, 3, 4, 5]
+    resumed = load_npz(fz_file(Tap("2.1", "pre"), tmp_path / "a"))
+    straight = load_npz(fz_file(Tap("2.1", "pre"), tmp_path / "b"))
+    assert resumed.keys() == straight.keys() == {"images", "channels", "objective", "initial_objective"}
+    for key in straight:
+        np.testing.assert_array_equal(resumed[key], straight[key])
+    assert straight["channels"].tolist() == list(range(6))
+
+
+def test_changed_settings_do_not_reuse_chunks(random_model, tmp_path, monkeypatch):
+    rendered: list[int] = []
+    optimise = fzmod._optimise_batch
+    monkeypatch.setattr(
+        fzmod, "_optimise_batch", lambda m, s, c, *a, **k: rendered.extend(c) or optimise(m, s, c, *a, **k)
+    )
+    kwargs = dict(seed=0, weights="random:0", progress=False, root=tmp_path)
+    render_block(random_model, "2.1", tiny(steps=2, max_channels=2), **kwargs)
+    render_block(random_model, "2.1", tiny(steps=3, max_channels=2), **kwargs)
+    render_block(random_model, "2.1", tiny(steps=3, max_channels=2), **{**kwargs, "seed": 1})
+    assert rendered == [0, 1] * 3
+
+
+def test_uint8_storage_is_value_times_255_truncated(random_model, tmp_path):
+    kwargs = dict(seed=0, weights="random:0", progress=False)
+    render_block(random_model, "2.1", tiny(storage="float32", max_channels=2), root=tmp_path / "f", **kwargs)
+    render_block(random_model, "2.1", tiny(storage="uint8", max_channels=2), root=tmp_path / "u", **kwargs)
+    tap = Tap("2.1", "pre")
+    full = load_npz(fz_file(tap, tmp_path / "f"))["images"]
+    stored = load_npz(fz_file(tap, tmp_path / "u"))["images"]
+    assert full.dtype == np.float32 and stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, np.floor(full * np.float32(255)).astype(np.uint8))
+    assert (np.floor(full * 255) != np.round(full * 255)).any()  # truncation, not rounding, matters here
+    images, channels = load_fz_images(tap, tmp_path / "u")
+    assert images.dtype == torch.float32 and images.shape == (2, 3, 32, 32)
+    assert channels.dtype == np.int64 and channels.tolist() == [0, 1]
+    torch.testing.assert_close(images, torch.from_numpy(stored.astype(np.float32) / 255))
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
+    params = {
+        "seed": 3,
+        "model": {"weights": "random:0", "device": "cpu"},
+        "fz": {
+            "steps": 3,
+            "image_size": 32,
+            "max_channels": 4,
+            "chunk_channels": 1,
+            "storage": "float32",
+            "blocks": {"layer2_1": {"taps": ["pre", "post"], "jitter": 4}},
+        },
+    }
+    for folder in ("one", "two"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rsi.cli", "fz"]
+    done = subprocess.run(
+        [*command, "--block", "2.1", "--no-progress"],
+        cwd=tmp_path / "two",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    done = subprocess.run(
+        [str(VENV_BIN / "rsi"), "fz", "--block", "layer2_1", "--no-progress"],
+        cwd=tmp_path / "one",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    for kind in ("pre", "post"):
+        one = load_npz(fz_file(Tap("2.1", kind), tmp_path / "one" / "outputs"))
+        two = load_npz(fz_file(Tap("2.1", kind), tmp_path / "two" / "outputs"))
+        assert one["channels"].tolist() == two["channels"].tolist() == [0, 1, 2, 3]
+        np.testing.assert_allclose(two["images"], one["images"], rtol=0, atol=1e-5)
+        np.testing.assert_allclose(two["objective"], one["objective"], rtol=1e-4, atol=1e-5)
+    # each rank rendered its own chunks: four chunk files per tap, one settings.json per block
+    chunks = list(
+        (tmp_path / "two" / "outputs" / ".resume" / "fz" / "layer2_1" / "pre").glob("*/chunk_*.npz")
+    )
+    assert len(chunks) == 4
+    assert (tmp_path / "two" / "outputs" / "fz" / "layer2_1" / "settings.json").is_file()
+
+
+# ---------------------------------------------------------------------------------------- params
+
+
+def test_defaults_are_the_authors_run():
+    params = load_fz_params({})
+    assert (params.steps, params.lr, params.image_size) == (2560, 0.05, 224)
+    assert (params.transforms, params.pre_reading, params.storage) == ("authors_code", "exact", "uint8")
+    jitters = {key: block.jitter for key, block in params.blocks.items()}
+    assert jitters == {
+        "layer1_0": 0,
+        "layer1_1": 0,
+        "layer2_0": 0,
+        "layer2_1": 4,
+        "layer3_0": 4,
+        "layer3_1": 16,
+        "layer4_0": 16,
+        "layer4_1": 16,
+    }
+    assert params.blocks == DEFAULT_BLOCKS
+    assert [op.describe() for op in transform_ops("authors_code", 16, 224)] == [
+        "pad(16, reflect)",
+        "jitter(16)",
+        "random_scale([1, 0.975, 1.025, 0.95, 1.05])",
+        "random_rotate([-5, -4, -3, -2, -1, 0, 1, 2, 3, 4, 5])",
+        "jitter(8)",
+        "center_crop(224)",
+    ]
+    assert [op.kind for op in transform_ops("authors_code", 0, 224)] == ["scale", "rotate"]
+
+
+@pytest.mark.parametrize("jitter", [1, 2, 3, -4])
+def test_jitter_between_1_and_3_is_rejected(jitter):
+    with pytest.raises(ParamsError, match=r"fz\.blocks\.layer2_1\.jitter"):
+        load_fz_params({"fz": {"blocks": {"layer2_1": {"taps": ["pre"], "jitter": jitter}}}})
+
+
+@pytest.mark.parametrize("jitter", [0, 4, 16])
+def test_jitter_zero_or_at_least_four_is_accepted(jitter):
+    params = load_fz_params({"fz": {"blocks": {"layer2_1": {"taps": ["pre"], "jitter": jitter}}}})
+    assert params.block("2.1").jitter == jitter
+    kinds = [op.kind for op in TapSpec.of(Tap("2.1", "pre"), params, seed=0, weights="x").ops()]
+    assert ("jitter" in kinds) == (jitter > 0)
+
+
+def test_unknown_block_and_tap_errors_name_the_key(tmp_path, capsys):
+    with pytest.raises(ParamsError, match="layer5_0"):
+        load_fz_params({"fz": {"blocks": {"layer5_0": {"taps": ["pre"], "jitter": 4}}}})
+    with pytest.raises(ParamsError, match="'side'"):
+        load_fz_params({"fz": {"blocks": {"layer2_1": {"taps": ["side"], "jitter": 4}}}})
+    with pytest.raises(ParamsError, match=r"In of block 2\.1 is block 2\.0's Post"):
+        load_fz_params({"fz": {"blocks": {"layer2_1": {"taps": ["in"], "jitter": 4}}}})
+    params = load_fz_params({"fz": {"blocks": {"layer2_1": {"taps": ["pre"], "jitter": 4}}}})
+    with pytest.raises(ParamsError, match=r"no key layer3_1 .*configured: layer2_1"):
+        params.block("3.1")
+
+    from rsi.cli import main
+
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({"model": {"weights": "random:0", "device": "cpu"}, "fz": {"blocks": {}}})
+    )
+    assert main(["fz", "--block", "3.1", "--params", str(tmp_path / "params.yaml")]) == 2
+    assert "layer3_1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["fz", "--block", "5.0", "--params", str(tmp_path / "params.yaml")])
+    assert "unknown block '5.0'" in capsys.readouterr().err
