@@ -149,6 +149,29 @@ def test_pre_reading_exact_reads_bn2_and_lucent_reference_reads_post(random_mode
     assert (centers["pre"] < 0).any() and not np.allclose(centers["pre"], centers["post"])
 
 
+def test_automatic_batch_size_halves_on_out_of_memory(random_model, monkeypatch):
+    tried: list[int] = []
+    optimise = fzmod._optimise_batch
+
+    def small_memory(model, spec, channels, *args, **kwargs):
+        tried.append(len(channels))
+        if len(channels) > 2:
+            raise torch.cuda.OutOfMemoryError("simulated")
+        return optimise(model, spec, channels, *args, **kwargs)
+
+    monkeypatch.setattr(fzmod, "_optimise_batch", small_memory)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=1), seed=0, weights="random:0")
+    sizer = fzmod.BatchSize(size=512, automatic=True)
+    result = render_channels(random_model, spec, range(5), batch_size=sizer)
+    assert tried == [5, 2, 2, 1]  # halved from the batch that failed, then kept
+    assert result.channels.tolist() == list(range(5)) and sizer.size == 2
+    tried.clear()
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # an explicit batch size is not changed
+        render_channels(random_model, spec, range(6), batch_size=4)
+    assert tried == [4]
+
+
 # ------------------------------------------------------------------------------ files and resume
 
 
@@ -161,7 +184,7 @@ def test_interrupted_run_resumes_without_redoing_chunks(random_model, tmp_path, 
         return optimise(model, spec, channels, *args, **kwargs)
 
     monkeypatch.setattr(fzmod, "_optimise_batch", counting)
-    params = tiny(steps=3, max_channels=6, chunk_channels=2, batch_size=2)
+    params = tiny(steps=3, max_channels=4, chunk_channels=2, batch_size=2)
 
     class Killed(Exception):
         pass
@@ -180,17 +203,17 @@ def test_interrupted_run_resumes_without_redoing_chunks(random_model, tmp_path, 
 
     rendered.clear()
     render_block(random_model, "2.1", params, root=tmp_path / "a", **kwargs)
-    assert rendered == [2, 3, 4, 5]  # the finished chunk is not rendered again
+    assert rendered == [2, 3]  # the finished chunk is not rendered again
 
     rendered.clear()
     render_block(random_model, "2.1", params, root=tmp_path / "b", **kwargs)
-    assert rendered == [0, 1, 2, 3, 4, 5]
+    assert rendered == [0, 1, 2, 3]
     resumed = load_npz(fz_file(Tap("2.1", "pre"), tmp_path / "a"))
     straight = load_npz(fz_file(Tap("2.1", "pre"), tmp_path / "b"))
     assert resumed.keys() == straight.keys() == {"images", "channels", "objective", "initial_objective"}
     for key in straight:
         np.testing.assert_array_equal(resumed[key], straight[key])
-    assert straight["channels"].tolist() == list(range(6))
+    assert straight["channels"].tolist() == list(range(4))
 
 
 def test_changed_settings_do_not_reuse_chunks(random_model, tmp_path, monkeypatch):
