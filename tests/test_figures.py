@@ -181,7 +181,7 @@ def test_figures_are_labelled_random_weights(tmp_path, monkeypatch):
 def test_whole_channel_fzs_come_from_rsi_fz(fake_repo, monkeypatch):
     calls = []
 
-    def render_channel_fz(model, tap, channels, params):
+    def render_channel_fz(model, tap, channels, params, *, seed=0, weights=""):
         calls.append((tap, list(channels), params))
         return np.random.default_rng(1).random((len(channels), 3, FZ_SIDE, FZ_SIDE), dtype=np.float32)
 

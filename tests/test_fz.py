@@ -361,3 +361,19 @@ def test_unknown_block_and_tap_errors_name_the_key(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["fz", "--block", "5.0", "--params", str(tmp_path / "params.yaml")])
     assert "unknown block '5.0'" in capsys.readouterr().err
+
+
+def test_whole_channel_fz_raises_the_channel_mean_not_only_the_center(random_model):
+    from rsi.fz import TapSpec, render_channel_fz, render_channels
+
+    fz = load_fz_params(
+        {"fz": {"steps": 6, "image_size": 32, "blocks": {"layer2_1": {"taps": ["pre"], "jitter": 0}}}}
+    )
+    images = render_channel_fz(random_model, Tap("2.1", "pre"), [3, 5], fz, seed=1)
+    assert images.shape == (2, 3, 32, 32) and images.dtype == np.float32
+    spec = TapSpec.of(Tap("2.1", "pre"), fz, seed=1, weights="", objective="channel")
+    result = render_channels(random_model, spec, [3, 5])
+    np.testing.assert_array_equal(result.images, images)  # keyed: the same call gives the same images
+    assert (result.objective > result.initial_objective).all()  # the whole-channel mean went up
+    center = render_channels(random_model, TapSpec.of(Tap("2.1", "pre"), fz, seed=1, weights=""), [3, 5])
+    assert not np.allclose(center.images, images)  # a different objective, a different image

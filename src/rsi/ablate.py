@@ -85,7 +85,7 @@ RULES: tuple[str, ...] = ("no_higher", "within", "lower")
 TIE = 1e-9  # accuracies (percentage points) closer than this are equal in screening
 
 
-class AblationError(RuntimeError):
+class AblationError(ValueError):
     """The ablation cannot go on (e.g. too few random sets pass the screening); the message says why."""
 
 

@@ -262,6 +262,7 @@ def render_whole_channel(
     from rsi.runtime import resolve_device
 
     model_params = load_section(raw, "model", ModelParams)
+    seed = fz.load_seed(dict(raw)) if hasattr(fz, "load_seed") else int(raw.get("seed", 0))
     model = load_resnet18(model_params.weights).to(resolve_device(model_params.device))
     rendered: dict[str, dict[str, dict[int, np.ndarray]]] = {}
     for block, channels in plan.items():
@@ -269,7 +270,14 @@ def render_whole_channel(
         per_kind: dict[str, dict[int, np.ndarray]] = {}
         stacked = []
         for kind in TAP_KINDS:
-            images = render(model, column_tap(block, kind), list(channels), fz_params)
+            images = render(
+                model,
+                column_tap(block, kind),
+                list(channels),
+                fz_params,
+                seed=seed,
+                weights=model_params.weights,
+            )
             if len(images) != len(channels):
                 raise RuntimeError(
                     f"rsi.fz.render_channel_fz returned {len(images)} images for {len(channels)} channels"

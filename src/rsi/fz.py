@@ -187,9 +187,19 @@ class TapSpec:
     pre_reading: str
     storage: str
     tf32: bool
+    objective: str = "center"  # "center": the center neuron (the paper's FZs); "channel": the whole map
 
     @classmethod
-    def of(cls, tap: Tap, fz: FZParams, *, seed: int, weights: str, jitter: int | None = None) -> TapSpec:
+    def of(
+        cls,
+        tap: Tap,
+        fz: FZParams,
+        *,
+        seed: int,
+        weights: str,
+        jitter: int | None = None,
+        objective: str = "center",
+    ) -> TapSpec:
         if jitter is None:
             jitter = fz.block(tap.block).jitter
         return cls(
@@ -205,6 +215,7 @@ class TapSpec:
             pre_reading=fz.pre_reading,
             storage=fz.storage,
             tf32=fz.tf32,
+            objective=objective,
         )
 
     @property
@@ -227,7 +238,8 @@ class TapSpec:
 
     def describe(self) -> dict[str, Any]:
         data = as_dict(self)
-        data["objective"] = f"center neuron of {self.objective_tap} (module {self.objective_tap.module})"
+        what = "center neuron" if self.objective == "center" else "whole-channel mean"
+        data["objective"] = f"{what} of {self.objective_tap} (module {self.objective_tap.module})"
         data["transform_chain"] = [op.describe() for op in self.ops()] + ["normalize(ImageNet)"]
         data["versions"] = _versions()
         return data
@@ -283,14 +295,24 @@ def _numerics(device: torch.device, tf32: bool, autotune: bool) -> Iterator[None
         ) = saved
 
 
-def _center_values(model: nn.Module, images: Tensor, target: Tap, channels: Tensor, channels_last: bool):
-    """Center neuron of each image's own channel at ``target``, for unnormalised images in [0, 1]."""
+def _center_values(
+    model: nn.Module,
+    images: Tensor,
+    target: Tap,
+    channels: Tensor,
+    channels_last: bool,
+    objective: str = "center",
+):
+    """Center neuron of each image's own channel at ``target``, for unnormalised images in [0, 1]
+    (``objective="channel"``: the mean of the channel's whole map, lucent's ``objectives.channel``)."""
     inputs = normalize(images)
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     acts = forward_taps(model, inputs, [target])[target]
     height, width = acts.shape[-2:]
     rows = torch.arange(acts.shape[0], device=acts.device)
+    if objective == "channel":
+        return acts[rows, channels].mean(dim=(-2, -1))
     return acts[rows, channels, height // 2, width // 2]
 
 
@@ -321,14 +343,16 @@ def _optimise_batch(
     channel_index = torch.as_tensor(list(channels), dtype=torch.int64, device=device)
 
     with torch.no_grad():
-        initial = _center_values(model, image(), target, channel_index, channels_last)
+        initial = _center_values(model, image(), target, channel_index, channels_last, spec.objective)
     optimizer = torch.optim.Adam([spectrum], lr=spec.lr)
     for step in range(spec.steps):
         optimizer.zero_grad(set_to_none=True)
         groups = by_shape(apply_ops(ops, image(), device_draws[:, step], draws[:, step]))
         loss = torch.zeros((), device=device)
         for index, transformed in groups:
-            values = _center_values(model, transformed, target, channel_index[index], channels_last)
+            values = _center_values(
+                model, transformed, target, channel_index[index], channels_last, spec.objective
+            )
             loss = loss - values.sum()
         loss.backward()
         optimizer.step()
@@ -336,7 +360,7 @@ def _optimise_batch(
             on_step(step + 1)
     with torch.no_grad():
         final_images = image().detach()
-        final = _center_values(model, final_images, target, channel_index, channels_last)
+        final = _center_values(model, final_images, target, channel_index, channels_last, spec.objective)
     return final_images.float().cpu(), initial.float().cpu(), final.float().cpu()
 
 
@@ -411,6 +435,16 @@ def render_channels(
             )
             position += len(batch)
     return _concat(done)
+
+
+def render_channel_fz(
+    model: nn.Module, tap: Tap, channels: Sequence[int], fz: FZParams, *, seed: int = 0, weights: str = ""
+) -> np.ndarray:
+    """Whole-channel FZs (paper Fig. 1, second row) of ``channels`` of ``tap``: float32 (C, 3, H, W) in
+    [0, 1], with the block's transforms and jitter; keyed like center-neuron FZs, so reproducible."""
+    spec = TapSpec.of(tap, fz, seed=seed, weights=weights, objective="channel")
+    device = next(model.parameters()).device
+    return render_channels(model, spec, list(channels), device=device, batch_size=fz.batch_size).images
 
 
 def _concat(results: Sequence[FZResult]) -> FZResult:
