@@ -1,0 +1,158 @@
+"""The artifact end to end: `dvc repro` in a temporary copy of the repository (demo profile, offline, tiny
+sizes), incremental re-runs, `dvc metrics diff`, figures and report, and the demo's params."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from rsi.demo_params import demo_params
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def run(args: list[str], cwd: Path) -> str:
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "DVC_NO_ANALYTICS": "1",
+        "GIT_AUTHOR_NAME": "t",
+        "GIT_AUTHOR_EMAIL": "t@t",
+        "GIT_COMMITTER_NAME": "t",
+        "GIT_COMMITTER_EMAIL": "t@t",
+        "TQDM_DISABLE": "1",
+    }
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
+    return done.stdout + done.stderr
+
+
+def ran_stages(log: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", log))
+
+
+def tiny_params() -> dict:
+    params = demo_params(REPO / "params.demo.yaml", base_file=REPO / "params.yaml", offline=True)
+    params["fz"].update(steps=3, image_size=32, max_channels=6, batch_size=6)
+    params["data"]["generated"] = {"classes": 3, "per_class": 2, "size": 64}
+    params["activations"]["extractor"] = "taps"  # thingsvision is checked against the taps elsewhere
+    params["ablate"].update(trials=2, batch_size=8)
+    params["figures"]["channels"] = {"layer2_1": [0]}
+    return params
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A git clone-like copy of the tracked files, with the tiny offline profile as params.yaml."""
+    root = tmp_path_factory.mktemp("repo")
+    files = subprocess.run(
+        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split("\0")
+    for name in filter(None, files):
+        source = REPO / name
+        if source.is_file():
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, root / name)
+    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    run(["git", "init", "-q"], root)
+    run(["git", "add", "-A"], root)
+    run(["git", "commit", "-qm", "start"], root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def first_run(workspace) -> str:
+    return run(["dvc", "repro"], workspace)
+
+
+def test_dvc_repro_runs_every_stage(workspace, first_run):
+    expected = {"prepare-data", "fz@layer2_0", "fz@layer2_1", "activations", "criteria", "natural"}
+    expected |= {"ablate", "figures", "report"}
+    assert ran_stages(first_run) == expected
+    for path in ("metrics/criteria.json", "metrics/ablation.json", "metrics/data.json", "outputs/report.md"):
+        assert (workspace / path).is_file(), path
+    assert "Data and pipelines are up to date" in run(["dvc", "repro"], workspace)
+
+
+def test_figures_and_report_come_out_of_the_run_labelled(workspace, first_run):
+    pngs = sorted((workspace / "outputs/figures").glob("*.png"))
+    assert pngs, "no figure was drawn"
+    for png in pngs:
+        with Image.open(png) as image:
+            width, height = image.size
+            assert width >= 300 and height >= 300, (png.name, image.size)
+            assert len(set(image.convert("L").getdata())) > 10, f"{png.name} is blank"
+    report = (workspace / "outputs/report.md").read_text()
+    assert "RANDOM WEIGHTS" in report and "GENERATED" in report.upper()
+
+
+def test_changing_a_criteria_bound_reruns_only_criteria_and_downstream(workspace, first_run):
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-qm", "first run"], workspace)
+    before = json.loads((workspace / "metrics/criteria.json").read_text())
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["criteria"].update(eq2_low=1e-9, eq2_high=1e9, strict=False)
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    log = run(["dvc", "repro"], workspace)
+    stages = ran_stages(log)
+    assert "criteria" in stages and "report" in stages
+    assert not stages & {"prepare-data", "fz@layer2_0", "fz@layer2_1", "activations", "natural"}
+    after = json.loads((workspace / "metrics/criteria.json").read_text())
+    assert after != before
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], workspace))
+    changed = diff["metrics/criteria.json"]
+    assert any(key.endswith("eq2_pass") for key in changed), changed
+
+
+def test_changing_one_blocks_jitter_rerenders_only_that_block(workspace, first_run):
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["fz"]["blocks"]["layer2_1"]["jitter"] = 8
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ran_stages(run(["dvc", "repro"], workspace))
+    assert "fz@layer2_1" in stages and "activations" in stages
+    assert "fz@layer2_0" not in stages and "prepare-data" not in stages and "natural" not in stages
+
+
+def test_speed_only_keys_rerun_nothing(workspace, first_run):
+    run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["fz"]["batch_size"] = 2
+    params["natural"]["batch_size"] = 3
+    params["ablate"]["batch_size"] = 5
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(["dvc", "repro"], workspace)) == set()
+
+
+def test_dvc_yaml_declares_only_existing_params():
+    """Every params key a stage declares exists in params.yaml (DVC fails on missing ones)."""
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    for name, stage in stages.items():
+        body = stage.get("do", stage)
+        for key in body.get("params", []):
+            node = params
+            for part in str(key).replace("${key}", "layer2_1").split("."):
+                assert isinstance(node, dict) and part in node, f"stage {name}: params key {key} missing"
+                node = node[part]
+
+
+def test_demo_params_overlay_the_paper_settings():
+    online = demo_params(REPO / "params.demo.yaml", base_file=REPO / "params.yaml", weights="w.pth")
+    assert online["model"]["weights"] == "w.pth"
+    assert online["fz"]["lr"] == 0.05 and online["fz"]["transforms"] == "authors_code"  # from params.yaml
+    assert set(online["fz"]["blocks"]) == {"layer2_0", "layer2_1"}  # replaced whole, not merged
+    assert online["criteria"]["eq2_low"] == "2/3"
+    offline = demo_params(REPO / "params.demo.yaml", base_file=REPO / "params.yaml", offline=True)
+    assert offline["model"]["weights"] == "random:0"
+    assert offline["data"]["source"] == "generated" and offline["data"]["download"] is None
