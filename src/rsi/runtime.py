@@ -44,6 +44,8 @@ def resolve_device(name: str = "auto") -> torch.device:
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(f"model.device = {name!r} but CUDA is not available; use 'auto' or 'cpu'")
+    if device.type == "cuda" and device.index is None:  # some CUDA calls need an explicit index
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", torch.cuda.current_device())))
     return device
 
 
