@@ -252,7 +252,7 @@ def test_criteria_params_from_yaml_values():
     params = load_section(raw, "criteria", CriteriaParams)
     assert params.blocks == ("2.1", "3.1", "2.0")
     assert params.eq2_low == 2 / 3 and params.eq2_high == 1.5
-    assert params.roots() == {3: Path("runs/s3"), 4: Path("runs/s4")}
+    assert params.roots() == {3: Path("outputs"), 4: Path("runs/s4")}  # the first seed is the main run
 
 
 @pytest.mark.parametrize(
@@ -319,7 +319,7 @@ def test_criteria_stage_across_seeds(tmp_path, monkeypatch):
         "criteria:\n  blocks: ['2.1']\n  seeds: [0, 1]\n  seed_root: runs/seed{seed}\n"
     )
     acts = make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE)
-    write_acts(Path("runs/seed0"), "2.1", acts, CHANNELS)
+    write_acts(Path("outputs"), "2.1", acts, CHANNELS)  # the main run
     other = acts.copy()
     other[FZ_IMAGES.index("in_fz"), TAP_KINDS.index("post"), 0] = 5.0  # channel 10 fails Eq. 2 in seed 1
     write_acts(Path("runs/seed1"), "2.1", other, CHANNELS)

@@ -78,7 +78,7 @@ def first_run(workspace) -> str:
 
 def test_dvc_repro_runs_every_stage(workspace, first_run):
     expected = {"prepare-data", "fz@layer2_0", "fz@layer2_1", "activations", "criteria", "natural"}
-    expected |= {"ablate", "figures", "report"}
+    expected |= {"ablate", "figures", "report", "stability@0"}
     assert ran_stages(first_run) == expected
     for path in ("metrics/criteria.json", "metrics/ablation.json", "metrics/data.json", "outputs/report.md"):
         assert (workspace / path).is_file(), path
@@ -122,6 +122,19 @@ def test_changing_one_blocks_jitter_rerenders_only_that_block(workspace, first_r
     stages = ran_stages(run(["dvc", "repro"], workspace))
     assert "fz@layer2_1" in stages and "activations" in stages
     assert "fz@layer2_0" not in stages and "prepare-data" not in stages and "natural" not in stages
+
+
+def test_a_second_fz_seed_reports_stability_without_rerendering_the_main_run(workspace, first_run):
+    run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["criteria"]["seeds"] = [0, 1]
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ran_stages(run(["dvc", "repro"], workspace))
+    assert {"stability@1", "criteria"} <= stages
+    assert not stages & {"fz@layer2_0", "fz@layer2_1", "activations", "stability@0"}
+    assert (workspace / "stability/seed1/fz/layer2_1/pre.npz").is_file()
+    stability = json.loads((workspace / "metrics/criteria.json").read_text())["stability"]["layer2_1"]
+    assert {"passing_seed0", "passing_seed1", "jaccard_seed0_seed1"} <= set(stability)
 
 
 def test_speed_only_keys_rerun_nothing(workspace, first_run):

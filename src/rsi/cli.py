@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("rsi.data", "decode the evaluation images once into a 256 px uint8 cache"),
     "fz": ("rsi.fz", "center-neuron feature visualizations for one block's taps"),
     "activations": ("rsi.activations", "center-neuron responses of In/Pre/Post to the FZs"),
+    "stability": ("rsi.stability", "FZs and activations of one extra FZ seed (criteria stability)"),
     "criteria": ("rsi.criteria", "Eq. 1 and Eq. 2 per channel; metrics/criteria.json"),
     "natural": ("rsi.natural", "natural-image pass: per-channel means and top-k images"),
     "ablate": ("rsi.ablate", "mean ablation under the scale sweep; metrics/ablation.json"),

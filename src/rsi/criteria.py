@@ -14,9 +14,9 @@ reads ``outputs/activations/<layerL_K>.npz`` (see :mod:`rsi.artifacts`) and writ
 and ``metrics/criteria.json`` (numbers only, DVC-safe keys, for ``dvc metrics diff``).
 
 Criteria stability: FZs are stochastic ("results may vary", section 3). With ``criteria.seeds`` listing more
-than one seed, the activations of seed k are read from ``criteria.seed_root`` with ``{seed}`` = k (default
-``outputs/seed{seed}``: FZs in ``outputs/seed<k>/fz``, activations in ``outputs/seed<k>/activations``, made
-by ``rsi activations --root outputs/seed<k>``); the first seed is the primary run whose lists and tables
+than one seed, the first is the main run (``outputs/``, the top-level ``seed``), and the activations of each
+further seed k are read from ``criteria.seed_root`` with ``{seed}`` = k (default ``stability/seed{seed}``,
+made by the ``stability`` stage, ``rsi stability --seed k``); the main run's lists and tables are the ones
 the later stages use, and the metrics gain a ``stability`` section (passing count per seed and Jaccard
 overlap of the passing sets). With one seed (the default, as the paper) everything lives under ``outputs``.
 """
@@ -77,7 +77,7 @@ def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
 
 def _check_seed_root(template: str) -> str:
     if "{seed}" not in template:
-        raise ValueError("the template must contain '{seed}', e.g. outputs/seed{seed}")
+        raise ValueError("the template must contain '{seed}', e.g. stability/seed{seed}")
     return template
 
 
@@ -103,7 +103,7 @@ class CriteriaParams:
         default=(0,), metadata={"check": _check_seeds, "help": "FZ seeds compared for stability"}
     )
     seed_root: str = field(
-        default="outputs/seed{seed}",
+        default="stability/seed{seed}",
         metadata={"check": _check_seed_root, "help": "outputs root of each seed when seeds > 1"},
     )
 
@@ -116,10 +116,12 @@ class CriteriaParams:
             raise ParamsError(f"criteria.eq2_low = {low:g} must be below criteria.eq2_high = {high:g}")
 
     def roots(self) -> dict[int, Path]:
-        """The outputs root of every seed: ``outputs`` for a single seed, else ``seed_root`` per seed."""
-        if len(self.seeds) == 1:
-            return {self.seeds[0]: OUTPUTS}
-        return {seed: Path(self.seed_root.format(seed=seed)) for seed in self.seeds}
+        """The outputs root of every seed: ``outputs`` for the first (the main run, whose FZs every
+        later stage uses), ``seed_root`` for each further seed (made by the ``stability`` stage)."""
+        return {
+            seed: OUTPUTS if i == 0 else Path(self.seed_root.format(seed=seed))
+            for i, seed in enumerate(self.seeds)
+        }
 
 
 # ------------------------------------------------------------------------------------ the paper's tests

@@ -644,6 +644,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resume-dir", default=None, help="finished chunks (default: <out>/.resume; safe to delete)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--seed", type=int, default=None, help="override params.yaml's seed (criteria stability runs)"
+    )
 
 
 def run_device(name: str) -> torch.device:
@@ -664,6 +667,8 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     fz = load_fz_params(raw, source=args.params)
     seed = load_seed(raw, source=args.params)
+    if getattr(args, "seed", None) is not None:
+        seed = args.seed
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     fz.block(args.block)  # unknown block: a ParamsError before any work
     distributed.init()

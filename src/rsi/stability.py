@@ -1,0 +1,57 @@
+"""`rsi stability --seed K`: the FZs and activations of one extra FZ seed, for criteria stability.
+
+FZs are stochastic (paper §3: "results may vary"). With ``criteria.seeds: [s0, s1, …]`` the first seed is
+the main run (``outputs/``, which must be params.yaml's top-level ``seed``); this stage renders every
+``fz.blocks`` block with seed K and measures its activations under ``criteria.seed_root`` (default
+``stability/seed<K>``); `rsi criteria` then reports per-seed passing counts and Jaccard overlaps. For the
+main seed it only writes a note, so the default one-seed pipeline renders nothing twice.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rsi import activations, fz
+from rsi.artifacts import OUTPUTS
+from rsi.config import ParamsError, load_section, read_params
+from rsi.criteria import CriteriaParams
+from rsi.taps import parse_block
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--seed", type=int, required=True, help="one of criteria.seeds")
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
+    main_seed = fz.load_seed(raw, source=args.params)
+    if criteria.seeds[0] != main_seed:
+        raise ParamsError(
+            f"{args.params}: criteria.seeds[0] = {criteria.seeds[0]} must be the main run's seed "
+            f"(seed: {main_seed}); list the main seed first"
+        )
+    if args.seed not in criteria.seeds:
+        raise ParamsError(f"--seed {args.seed} is not in criteria.seeds {list(criteria.seeds)}")
+    root = criteria.roots()[args.seed]
+    if args.seed == main_seed:
+        out = Path(criteria.seed_root.format(seed=args.seed))
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "main_run.txt").write_text(
+            f"seed {args.seed} is the main run: its FZs and activations are under {OUTPUTS}/\n"
+        )
+        print(f"seed {args.seed}: the main run (outputs/), nothing to render")
+        return
+    for key in load_section(raw, "fz", fz.FZParams, source=args.params).blocks:
+        fz.run(
+            argparse.Namespace(
+                params=args.params,
+                block=parse_block(key),
+                out=str(root),
+                resume_dir=str(OUTPUTS / ".resume"),  # keyed by settings incl. the seed: no clash
+                no_progress=False,
+                seed=args.seed,
+            )
+        )
+    activations.run(argparse.Namespace(params=args.params, block=None, root=str(root)))
