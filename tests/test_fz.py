@@ -377,3 +377,21 @@ def test_whole_channel_fz_raises_the_channel_mean_not_only_the_center(random_mod
     assert (result.objective > result.initial_objective).all()  # the whole-channel mean went up
     center = render_channels(random_model, TapSpec.of(Tap("2.1", "pre"), fz, seed=1, weights=""), [3, 5])
     assert not np.allclose(center.images, images)  # a different objective, a different image
+
+
+def test_tap_jitter_overrides_the_block_jitter_for_one_tap():
+    from rsi.fz import TapSpec
+
+    fz = load_fz_params(
+        {"fz": {"blocks": {"layer2_1": {"taps": ["pre", "post"], "jitter": 4, "tap_jitter": {"post": 16}}}}}
+    )
+    assert TapSpec.of(Tap("2.1", "pre"), fz, seed=0, weights="").jitter == 4
+    assert TapSpec.of(Tap("2.1", "post"), fz, seed=0, weights="").jitter == 16
+    with pytest.raises(ParamsError, match="tap_jitter"):
+        load_fz_params(
+            {"fz": {"blocks": {"layer2_1": {"taps": ["pre"], "jitter": 4, "tap_jitter": {"post": 2}}}}}
+        )
+    with pytest.raises(ParamsError, match="tap_jitter"):
+        load_fz_params(
+            {"fz": {"blocks": {"layer2_1": {"taps": ["pre"], "jitter": 4, "tap_jitter": {"mid": 8}}}}}
+        )

@@ -67,6 +67,12 @@ def _check_jitter(value: int) -> int:
     )
 
 
+def _check_tap_jitter(value: dict[str, int]) -> dict[str, int]:
+    for jitter in value.values():
+        _check_jitter(jitter)
+    return value
+
+
 def _check_taps(taps: tuple[str, ...]) -> tuple[str, ...]:
     if not taps:
         raise ValueError("list at least one of in, pre, post")
@@ -77,10 +83,18 @@ def _check_taps(taps: tuple[str, ...]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class BlockFZParams:
-    """fz.blocks.<layerL_K>: which taps to render and the jitter J of the transforms."""
+    """fz.blocks.<layerL_K>: which taps to render and the jitter J of the transforms.
+
+    ``tap_jitter`` overrides J for single taps: the paper text's reading of §7.1 ("jitter=4 for 2.1 Pre
+    … the default jitter=16 for the remainder") gives 2.1 Post J=16, where the authors' code ran 4
+    (the default): ``layer2_1: {taps: [pre, post], jitter: 4, tap_jitter: {post: 16}}``."""
 
     taps: tuple[TapKind, ...] = field(metadata={"check": _check_taps})
     jitter: int = field(metadata={"min": 0, "check": _check_jitter})
+    tap_jitter: dict[TapKind, int] = field(default_factory=dict, metadata={"check": _check_tap_jitter})
+
+    def jitter_of(self, kind: str) -> int:
+        return self.tap_jitter.get(kind, self.jitter)
 
 
 # DESIGN.md (authors' batch_process.sh): jitter 0 for 1.0, 1.1 and all of 2.0; 4 for 2.1 and all of 3.0;
@@ -201,7 +215,7 @@ class TapSpec:
         objective: str = "center",
     ) -> TapSpec:
         if jitter is None:
-            jitter = fz.block(tap.block).jitter
+            jitter = fz.block(tap.block).jitter_of(tap.kind)
         return cls(
             block=tap.block,
             kind=tap.kind,
