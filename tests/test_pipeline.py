@@ -78,7 +78,7 @@ def first_run(workspace) -> str:
 
 def test_dvc_repro_runs_every_stage(workspace, first_run):
     expected = {"prepare-data", "fz@layer2_0", "fz@layer2_1", "activations", "criteria", "natural"}
-    expected |= {"ablate", "figures", "report", "stability@0"}
+    expected |= {"ablate", "figures", "report", "stability@0", "pre-reading"}
     assert ran_stages(first_run) == expected
     for path in ("metrics/criteria.json", "metrics/ablation.json", "metrics/data.json", "outputs/report.md"):
         assert (workspace / path).is_file(), path
@@ -138,6 +138,21 @@ def test_a_second_fz_seed_reports_stability_without_rerendering_the_main_run(wor
     assert (workspace / "stability/seed1/fz/layer2_1/pre.npz").is_file()
     stability = json.loads((workspace / "metrics/criteria.json").read_text())["stability"]["layer2_1"]
     assert {"passing_seed0", "passing_seed1", "jaccard_seed0_seed1"} <= set(stability)
+
+
+def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(workspace, first_run):
+    run(["dvc", "repro"], workspace)
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["criteria"]["compare_pre_readings"] = True
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ran_stages(run(["dvc", "repro"], workspace))
+    assert {"pre-reading", "report"} <= stages
+    assert not stages & {"fz@layer2_0", "fz@layer2_1", "activations", "natural", "ablate"}
+    reference = json.loads((workspace / "metrics/criteria_lucent_reference.json").read_text())
+    assert reference["layer2_1"]["channels"] == 6
+    settings = json.loads((workspace / "reference/fz/layer2_1/settings.json").read_text())
+    assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
+    assert "lucent_reference passing" in (workspace / "outputs/report.md").read_text()
 
 
 def test_speed_only_keys_rerun_nothing(workspace, first_run):

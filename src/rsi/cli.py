@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "activations": ("rsi.activations", "center-neuron responses of In/Pre/Post to the FZs"),
     "stability": ("rsi.stability", "FZs and activations of one extra FZ seed (criteria stability)"),
     "criteria": ("rsi.criteria", "Eq. 1 and Eq. 2 per channel; metrics/criteria.json"),
+    "pre-reading": ("rsi.pre_reading", "criteria counts with Pre FZs rendered as lucent read bn2 (optional)"),
     "natural": ("rsi.natural", "natural-image pass: per-channel means and top-k images"),
     "ablate": ("rsi.ablate", "mean ablation under the scale sweep; metrics/ablation.json"),
     "figures": ("rsi.figures", "the paper's Fig. 1-4 as PNG"),

@@ -102,6 +102,12 @@ class CriteriaParams:
     seeds: tuple[int, ...] = field(
         default=(0,), metadata={"check": _check_seeds, "help": "FZ seeds compared for stability"}
     )
+    compare_pre_readings: bool = field(
+        default=False,
+        metadata={
+            "help": "also count passing channels with Pre FZs rendered as lucent read bn2 (stage pre-reading)"
+        },
+    )
     seed_root: str = field(
         default="stability/seed{seed}",
         metadata={"check": _check_seed_root, "help": "outputs root of each seed when seeds > 1"},

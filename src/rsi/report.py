@@ -773,6 +773,7 @@ def build_report(
     ablation = read_ablation(metrics / "ablation.json")
     reference_path = Path(params.reference_criteria)
     reference = read_criteria_metrics(reference_path) if reference_path.is_file() else None
+    reference = reference or None  # the pre-reading stage writes {} when the comparison is off
     paper = paper_reference()
     index = read_eval_index(root)
     fz_settings = read_fz_settings(root)
