@@ -602,10 +602,18 @@ def render_block(
         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
     )
     sizer = BatchSize.of(fz.batch_size, device)
+
+    def advance(channels: float) -> None:  # fractional steps add up with rounding: never past the total
+        bar.update(min(channels, bar.total - bar.n))
+
+    finished = 0
     with bar:
         for spec, chunk in pending:
             bar.set_postfix_str(f"{spec.kind} {chunk[0]}-{chunk[-1]}")
-            result = render_channels(model, spec, chunk, device=device, batch_size=sizer, progress=bar.update)
+            result = render_channels(model, spec, chunk, device=device, batch_size=sizer, progress=advance)
+            finished += len(chunk)
+            bar.n = finished  # exact at each chunk's end
+            bar.refresh()
             path = chunk_path(resume_dir(spec, resume_root), chunk)
             _save_chunk(path, result, spec.storage, spec.hash())
             if on_chunk_saved is not None:
