@@ -381,6 +381,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def evaluate_stored(block: str, data: dict[str, np.ndarray], params: CriteriaParams) -> BlockCriteria:
+    """The criteria of one block's stored activations (``load_activations``) under ``params``."""
+    return evaluate_block(
+        block,
+        data["acts"],
+        data["channels"],
+        low=params.eq2_low,
+        high=params.eq2_high,
+        strict=params.strict,
+        mirror_criterion=params.mirror_criterion,
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "criteria", CriteriaParams, source=args.params)
@@ -392,16 +405,7 @@ def run(args: argparse.Namespace) -> None:
         results[seed] = []
         for block in params.blocks:
             data = load_activations(block, root)
-            result = evaluate_block(
-                block,
-                data["acts"],
-                data["channels"],
-                low=params.eq2_low,
-                high=params.eq2_high,
-                strict=params.strict,
-                mirror_criterion=params.mirror_criterion,
-            )
-            results[seed].append(result)
+            results[seed].append(evaluate_stored(block, data, params))
             provenance.setdefault(f"seed{seed}", {})[block] = {
                 "root": str(root),
                 "weights": _label(data, "weights"),

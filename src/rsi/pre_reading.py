@@ -19,7 +19,7 @@ from pathlib import Path
 from rsi import activations, fz
 from rsi.artifacts import OUTPUTS, fz_file, in_fz_source
 from rsi.config import ParamsError, load_section, read_params
-from rsi.criteria import CriteriaParams, evaluate_block, load_activations, metrics
+from rsi.criteria import CriteriaParams, evaluate_stored, load_activations, metrics
 from rsi.model import load_resnet18
 from rsi.runtime import ModelParams, write_json
 from rsi.taps import Tap, block_key
@@ -87,18 +87,7 @@ def run(args: argparse.Namespace) -> None:
             _link(fz_file(tap), fz_file(tap, root))
     activations.run(argparse.Namespace(params=args.params, block=None, root=str(root)))
     for block in criteria.blocks:
-        data = load_activations(block, root)
-        results.append(
-            evaluate_block(
-                block,
-                data["acts"],
-                data["channels"],
-                low=criteria.eq2_low,
-                high=criteria.eq2_high,
-                strict=criteria.strict,
-                mirror_criterion=criteria.mirror_criterion,
-            )
-        )
+        results.append(evaluate_stored(block, load_activations(block, root), criteria))
     write_json(METRICS, metrics(results))
     for result in results:
         print(f"block {result.block} (Pre read as lucent did): {len(result.passing)} channels pass")
