@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only ``command``'s module is imported to add its own options."""
     parser = argparse.ArgumentParser(
         prog="rsi", description="Scale invariance in the residual stream of ResNet18, reproduced."
     )
@@ -38,16 +39,14 @@ def build_parser() -> argparse.ArgumentParser:
         stage_parser.add_argument(
             "--params", default="params.yaml", help="params file (default: params.yaml)"
         )
-        if name in sys.argv[1:2]:
+        if name == command:
             importlib.import_module(module_name).add_arguments(stage_parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    if argv is not None:
-        sys.argv = [sys.argv[0], *argv]
-    parser = build_parser()
-    args = parser.parse_args()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
         module.run(args)

@@ -672,12 +672,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_device(name: str) -> torch.device:
-    """The params' device; a bare 'cuda' under torchrun means this rank's local GPU."""
-    import os
-
+    """The params' device (resolve_device gives a bare 'cuda' this rank's index), made current."""
     device = resolve_device(name)
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if device.type == "cuda":
         torch.cuda.set_device(device)
     return device
