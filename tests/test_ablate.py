@@ -380,7 +380,7 @@ def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
     # labels the plain random:0 model (which the CLI loads) gets right for 2 of 3 images
     shared = tmp_path / "eval"
     shared.mkdir()
-    for name in ("images.npy", "index.json"):
+    for name in ("images.npy", "resized.npy", "index.json"):
         (shared / name).write_bytes((directory / "eval" / name).read_bytes())
     views = ablation_view(torch.from_numpy(np.array(eval_set.images)).permute(0, 3, 1, 2), VIEW, VIEW)
     with torch.no_grad():

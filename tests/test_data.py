@@ -180,7 +180,7 @@ def test_skip_counts_bad_files(tmp_path):
     cache = data.load_eval(tmp_path / "cache")
     assert cache.images.shape == (6, 256, 256, 3)
     for i, item in enumerate(index["files"]):  # rows stay aligned with files and labels after the skips
-        np.testing.assert_array_equal(cache.images[i], data.decode_file(root / item))
+        np.testing.assert_array_equal(cache.images[i], data.decode_file(root / item)[0])
     assert cache.labels.tolist() == [0, 0, 1, 1, 2, 2]
 
 
@@ -197,7 +197,7 @@ def test_modes_are_converted_to_rgb(tmp_path):
     for name, image in variants.items():
         image.save(root / name)
     for name in variants:
-        cached = data.decode_file(root / name)
+        cached, _ = data.decode_file(root / name)
         assert cached.shape == (256, 256, 3) and cached.dtype == np.uint8
         expected = T.CenterCrop(256)(T.Resize(256)(Image.open(root / name).convert("RGB")))
         np.testing.assert_array_equal(cached, np.asarray(expected))
@@ -219,35 +219,65 @@ def _authors_view(image: Image.Image, crop: int, left: int | None = None) -> tor
     return T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(T.Resize(224)(cropped)))
 
 
+def _cache(images: list[Image.Image]) -> tuple[torch.Tensor, torch.Tensor]:
+    entries = [data.cache_entry(im) for im in images]
+    cache = torch.from_numpy(np.stack([array for array, _ in entries])).permute(0, 3, 1, 2)
+    return cache, torch.tensor([shape for _, shape in entries])
+
+
+# odd long sides (343, 513, 301 after the resize) put the direct 201 and 179 px crops one pixel off the
+# cache's center; 256 x 256 and even long sides put them on it
+SIZES = [(40, 40), (72, 48), (300, 450), (512, 341), (343, 256), (256, 513), (301, 256)]
+
+
 @pytest.mark.parametrize("rule", ["authors_code", "paper_text"])
-def test_cached_scale_view_matches_pil_pipeline(rule):
-    # sizes whose two-step center crop (256, then crop) lands on the same pixels as the direct one
-    images = [smooth_image(w, h, i) for i, (w, h) in enumerate([(40, 40), (72, 48), (300, 450), (512, 341)])]
-    cache = torch.from_numpy(np.stack([data.to_cache_image(im) for im in images])).permute(0, 3, 1, 2)
-    level = 1 / 255 / min(IMAGENET_STD)  # one uint8 level in normalised units
+def test_cached_scale_view_is_the_pil_pipeline(rule):
+    images = [smooth_image(w, h, i) for i, (w, h) in enumerate(SIZES)]
+    cache, resized = _cache(images)
     for percent in (0, 10, 20, 30, 40, 50):
         crop = ablation_crop(percent, rule)
-        ours = ablation_view(cache, crop)
+        ours = ablation_view(cache, crop, 224, resized)
         theirs = torch.stack([_authors_view(im, crop) for im in images])
-        difference = (ours - theirs).abs()
-        assert ours.shape == (4, 3, 224, 224)
-        if percent == 0:
-            assert difference.max() < 1e-5  # no resize at no scale: the same pixels
-        else:  # PIL rounds its resize to uint8, we keep float: at most one level apart
-            assert difference.max() <= 1.05 * level, (percent, crop)
-            assert difference.mean() <= 0.45 * level, (percent, crop)
+        assert ours.shape == (len(SIZES), 3, 224, 224)
+        # the same pixels, resized bit-exactly as PIL: equal up to float rounding in the normalisation
+        assert (ours - theirs).abs().max() < 1e-5, (percent, crop)
 
 
-def test_odd_long_side_gives_at_most_one_pixel_offset():
-    """343x256: the 256 cache sits at round(87/2) = 44, so crops with an odd margin (201 px) land one pixel
-    off the direct center crop; against a crop box at our offset the views agree to one level."""
+def test_odd_long_side_crop_lands_where_the_direct_crop_does():
+    """343x256: the 256 cache sits at round(87/2) = 44 and the direct 201 px crop at round(142/2) = 71,
+    27 into the cache, where the centered crop of the cache starts at round(55/2) = 28."""
     image = smooth_image(343, 256, 5)
-    cache = torch.from_numpy(data.to_cache_image(image)[None]).permute(0, 3, 1, 2)
+    cache, resized = _cache([image])
+    assert resized.tolist() == [[256, 343]]
     crop = ablation_crop(10, "authors_code")
-    ours_left = round((343 - 256) / 2) + round((256 - crop) / 2)
-    assert abs(ours_left - round((343 - crop) / 2)) == 1
-    ours = ablation_view(cache, crop)[0]
-    assert (ours - _authors_view(image, crop, ours_left)).abs().max() <= 1.05 / 255 / min(IMAGENET_STD)
+    theirs = _authors_view(image, crop)
+    exact = ablation_view(cache, crop, 224, resized)[0]
+    centered = ablation_view(cache, crop)[0]  # without the resized sizes: the cache's center
+    level = 1 / 255 / min(IMAGENET_STD)
+    assert (exact - theirs).abs().max() < 1e-5
+    assert (exact - _authors_view(image, crop, 44 + 28)).abs().max() > 5 * level  # one pixel matters
+    assert (centered - _authors_view(image, crop, 44 + 28)).abs().max() < 1e-5
+
+
+def test_decoded_cache_keeps_the_resized_sizes(tmp_path):
+    root = tmp_path / "val"
+    for i, (w, h) in enumerate([(343, 256), (200, 300)]):
+        (root / "n0000000").mkdir(parents=True, exist_ok=True)
+        smooth_image(w, h, i).save(root / "n0000000" / f"img_{i}.png")
+    data.decode_to_cache(data.list_folders(root), tmp_path / "eval", progress=False)
+    cache = data.load_eval(tmp_path / "eval")
+    assert cache.resized.tolist() == [[256, 343], [384, 256]]
+    assert cache.resized_of(torch.tensor([1, 0])).tolist() == [[384, 256], [256, 343]]
+
+
+def test_cache_without_resized_sizes_asks_for_prepare_data(tmp_path):
+    root = tmp_path / "val" / "n0000000"
+    root.mkdir(parents=True)
+    smooth_image(40, 40, 0).save(root / "a.png")
+    data.decode_to_cache(data.list_folders(tmp_path / "val"), tmp_path / "eval", progress=False)
+    (tmp_path / "eval" / "resized.npy").unlink()
+    with pytest.raises(FileNotFoundError, match=r"resized\.npy is missing: run `rsi prepare-data`"):
+        data.load_eval(tmp_path / "eval")
 
 
 def test_cache_is_torchvision_resize_and_crop():

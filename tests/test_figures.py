@@ -92,6 +92,7 @@ def write_fake_outputs(
     eval_dir.mkdir(parents=True, exist_ok=True)
     np.save(eval_dir / "images.npy", rng.integers(0, 256, (N_EVAL, EVAL_SIDE, EVAL_SIDE, 3), dtype=np.uint8))
     np.save(eval_dir / "labels.npy", np.arange(N_EVAL, dtype=np.int64) % 4)
+    np.save(eval_dir / "resized.npy", np.full((N_EVAL, 2), EVAL_SIDE, dtype=np.int32))
     (eval_dir / "index.json").write_text(
         json.dumps(
             {"files": [f"img{i}.png" for i in range(N_EVAL)], "class_ids": ["n01", "n02", "n03", "n04"]}

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from rsi.transforms import (
     IMAGENET_MEAN,
@@ -11,7 +13,11 @@ from rsi.transforms import (
     ablation_crop,
     ablation_view,
     center_crop,
+    center_offset,
+    crop_offsets,
     normalize,
+    pil_bilinear_weights,
+    pil_resize,
     scale_crop,
     shrink_pad,
 )
@@ -69,6 +75,43 @@ def test_ablation_crop_rejects_bad_input():
         ablation_crop(120)
 
 
+@pytest.mark.parametrize(
+    ("source", "size"), [(201, 224), (112, 224), (231, 224), (256, 100), (37, 53), (9, 9)]
+)
+def test_pil_resize_is_bit_exact(source, size):
+    rng = np.random.default_rng(source * 1000 + size)
+    pixels = rng.integers(0, 256, size=(source, source + 3, 3), dtype=np.uint8)
+    pixels[: source // 2] = pixels[: source // 2] // 64 * 64  # flat runs as well as noise: ties happen
+    expected = np.asarray(Image.fromarray(pixels).resize((size, size), Image.Resampling.BILINEAR))
+    ours = pil_resize(torch.from_numpy(pixels).permute(2, 0, 1)[None], size)[0].permute(1, 2, 0)
+    np.testing.assert_array_equal(ours.numpy().astype(np.uint8), expected)
+    assert ours.dtype == torch.float32
+
+
+def test_pil_weights_sum_to_one_in_fixed_point_and_stretch_when_shrinking():
+    enlarge = pil_bilinear_weights(112, 224)
+    assert enlarge.shape == (224, 112)
+    assert ((enlarge > 0).sum(1) <= 2).all()  # two taps when enlarging
+    torch.testing.assert_close(enlarge.sum(1).double() / 2**22, torch.ones(224, dtype=torch.float64))
+    # output 1 of a 2x enlargement is centred at input 0.75: weights 0.75 (pixel 0) and 0.25 (pixel 1)
+    assert enlarge[1, :2].tolist() == [3 * 2**20, 2**20]
+    shrink = pil_bilinear_weights(224, 112)
+    assert (shrink > 0).sum(1).max() == 4  # the triangle stretched over 4 pixels when halving
+
+
+def test_center_offset_rounds_halves_to_even_like_torchvision():
+    lengths = torch.arange(200, 600)
+    for crop in (112, 179, 201, 224, 256):
+        assert center_offset(lengths, crop).tolist() == [round((n - crop) / 2.0) for n in range(200, 600)]
+
+
+def test_crop_offsets_place_the_direct_crop_in_the_cache():
+    resized = torch.tensor([[256, 256], [256, 343], [345, 256], [256, 344]])
+    # 343: cache at round(87/2) = 44, direct crop at round(142/2) = 71 -> 27; 345: 44 and 72 -> 28
+    assert crop_offsets(resized, 201).tolist() == [[28, 28], [28, 27], [28, 28], [28, 28]]
+    assert crop_offsets(resized, 224).tolist() == [[16, 16]] * 4
+
+
 def test_ablation_view_crops_the_center_and_resizes():
     image = torch.zeros(2, 3, 256, 256, dtype=torch.uint8)
     image[..., 28:229, 28:229] = 255  # exactly the 201 px center crop is white
@@ -98,3 +141,17 @@ def test_shrink_pad_halves_and_reflects_back_to_size():
     middle = out[0, 1, 112, 56:168]
     assert middle[0] < 2 and middle[-1] > 221
     torch.testing.assert_close(out[0, 1, 112, 55], out[0, 1, 112, 57])  # reflection about col 56
+
+
+def test_shrink_pad_samples_without_antialiasing_as_the_authors_torchvision():
+    # halving with half-pixel centers: output i samples input x = 2i + 0.5, the mean of pixels 2i, 2i+1.
+    # 2-px stripes [1, 1, 0, 0, ...] therefore become [1, 0, 1, 0, ...] without antialiasing ...
+    stripes = torch.tensor([1.0, 1.0, 0.0, 0.0] * 56)[None, None, None, :].expand(1, 3, 224, 224)
+    plain = shrink_pad(stripes, 112)[0, 0, 112, 56:168]
+    torch.testing.assert_close(plain, torch.tensor([1.0, 0.0] * 56))
+    # ... and a blur of them with it (PIL's triangle filter spans 4 input pixels when halving)
+    smooth = shrink_pad(stripes, 112, antialias=True)[0, 0, 112, 60:164]
+    assert smooth.max() < 0.8 and smooth.min() > 0.2
+    # a ramp is sampled exactly at 2i + 0.5
+    ramp = torch.arange(224.0)[None, None, None, :].expand(1, 3, 224, 224)
+    torch.testing.assert_close(shrink_pad(ramp, 112)[0, 0, 0, 56:168], torch.arange(112.0) * 2 + 0.5)

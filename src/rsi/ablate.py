@@ -8,8 +8,9 @@ Post map of each chosen channel to that channel's own mean center-neuron Post ac
 set (``outputs/natural/<layerL_K>.npz``, ``mean[2]``; the authors' pre-ReLU sum clamped at 0).
 
 Scale sweep: no scale (center crop 224 of the 256 px cache = ``Resize(256)`` + ``CenterCrop(224)``) and
-``percents`` (10 … 50): center crop ``transforms.ablation_crop(p, crop_rule)`` from the 256 px cache, then
-bilinear (antialiased) resize to 224. ``authors_code`` (default; what produced the paper's numbers) crops
+``percents`` (10 … 50): center crop ``transforms.ablation_crop(p, crop_rule)`` of the resized image (placed in
+the 256 px cache where the authors' direct crop lies), then PIL's bilinear resize to 224, each pass rounded
+to uint8 as PIL does (``transforms.ablation_view``). ``authors_code`` (default; what produced the paper's numbers) crops
 201, 179, 156, 134, 112 px; ``paper_text`` crops 231, 205, 180, 154, 128 px.
 
 Screening (paper section 4 and the authors' ``scale_robust.py``): a random set is accepted by its no-scale
@@ -227,9 +228,10 @@ def evaluate(
     correct = torch.zeros(len(crops), len(conditions), dtype=torch.int64, device=device)
     bar = tqdm(total=len(eval_set), desc=desc, unit="img", disable=not (progress and distributed.is_main()))
     with torch.inference_mode():
-        for _, images, labels in eval_set.batches(indices, batch_size, device):
+        for index, images, labels in eval_set.batches(indices, batch_size, device):
+            resized = eval_set.resized_of(index)
             for s, crop in enumerate(crops):
-                view = ablation_view(images, crop, eval_set.view_size)
+                view = ablation_view(images, crop, eval_set.view_size, resized)
                 post = forward_taps(model, view, [tap], detach=True)[tap]
                 for j, condition in enumerate(conditions):
                     logits = forward_from(model, block, condition.apply(post))

@@ -7,7 +7,8 @@ All paths are relative to the repository root (the DVC working directory) unless
             float32, the target center-neuron activation at the end and the start of optimisation.
             ``outputs/fz/<layerL_K>/settings.json``: the exact settings used.
 * eval      ``outputs/eval/images.npy`` (N, 256, 256, 3) uint8, ``labels.npy`` (N,) int64,
-            ``index.json`` (files, class ids, skipped files).
+            ``resized.npy`` (N, 2) int32 (height, width after ``Resize(256)``), ``index.json`` (files,
+            class ids, skipped files).
 * activations ``outputs/activations/<layerL_K>.npz``: ``acts`` (len(FZ_IMAGES), 3, C) float32 with
             acts[i, t, c] = center neuron of tap TAP_KINDS[t], channel c, to image FZ_IMAGES[i] of c;
             ``channels`` (C,).

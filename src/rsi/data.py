@@ -4,7 +4,8 @@ Every image is read with PIL, converted to RGB (grayscale, CMYK, palette and RGB
 ``pil_loader`` does), resized so its short side is 256 (bilinear, antialiased: torchvision's ``Resize(256)``
 on a PIL image), center-cropped to 256 x 256 and stored as uint8 in ``outputs/eval/images.npy``
 (N, 256, 256, 3), a memory-mappable .npy written under a temporary name and renamed when complete. Labels go
-to ``labels.npy`` (N,) int64 and the file list, class map and skipped files to ``index.json``. Later stages
+to ``labels.npy`` (N,) int64, each image's (height, width) after the resize to ``resized.npy`` (N, 2) int32,
+and the file list, class map and skipped files to ``index.json``. Later stages
 (``rsi natural``, ``rsi ablate``) crop and resize on the device from this cache (``transforms.ablation_view``).
 
 Sources (``data.source``):
@@ -33,11 +34,12 @@ Bad files: a file that cannot be opened or decoded as an image (unreadable, trun
 the stage with an error naming it, or, with ``on_bad_file: skip``, is left out, listed in index.json under
 ``skipped`` and counted in ``metrics/data.json``.
 
-The later stages crop the 256 px cache on the device. For no scale that is exactly the authors'
-``Resize(256)`` + ``CenterCrop(224)``. For a scale crop c it is center-crop 256, then c, where the authors
-center-crop c directly from the resized image: when the long side's margin and 256 - c are both odd the two
-offsets differ by one source pixel along the long side (torchvision rounds each half-margin); and PIL rounds
-its final resize to uint8 where the device keeps float. Both are tested to stay within one pixel / one level.
+The later stages crop the 256 px cache on the device, exactly as the authors' PIL pipeline
+``Resize(256)``, ``CenterCrop(c)``, ``Resize(224)``: ``resized.npy`` (N, 2) keeps each image's size after
+``Resize(256)``, so a crop c < 256 is placed where the direct center crop of the resized image lies (the
+two-step crop, 256 then c, rounds two half-margins and can land one pixel off along an odd long side), and
+the resize to 224 rounds each of PIL's two passes to uint8 (``transforms.ablation_view``). Tested against
+the PIL pipeline itself.
 
 Subsets for quick runs: ``per_class`` keeps the first N files of every class (in the order above), then
 ``random_subset`` keeps a seeded random N of those (kept in their original order).
@@ -335,20 +337,27 @@ def select_subset(
 # ----------------------------------------------------------------------------------------------- decoding
 
 
-def to_cache_image(image: Image.Image, size: int = CACHE_SIZE) -> np.ndarray:
-    """RGB, short side ``size`` (torchvision's bilinear antialiased Resize), center crop: (size, size, 3)."""
+def cache_entry(image: Image.Image, size: int = CACHE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """RGB, short side ``size`` (torchvision's bilinear antialiased Resize), center crop: (size, size, 3);
+    and the (height, width) after the resize, where the later stages' direct center crops are placed."""
     image = image.convert("RGB")
     image = TF.resize(image, size, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    resized = (image.height, image.width)
     image = TF.center_crop(image, [size, size])
-    return np.array(image, dtype=np.uint8)
+    return np.array(image, dtype=np.uint8), resized
 
 
-def decode_file(path: str | Path, size: int = CACHE_SIZE) -> np.ndarray:
-    """One image file into the cache format; any failure is a DataError naming the file."""
+def to_cache_image(image: Image.Image, size: int = CACHE_SIZE) -> np.ndarray:
+    """The cache pixels of :func:`cache_entry`."""
+    return cache_entry(image, size)[0]
+
+
+def decode_file(path: str | Path, size: int = CACHE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
+    """One image file into the cache format (:func:`cache_entry`); any failure is a DataError naming it."""
     try:
         with Image.open(path) as image:
             image.load()
-            return to_cache_image(image, size)
+            return cache_entry(image, size)
     except DataError:
         raise
     except Exception as error:  # PIL raises many types: UnidentifiedImageError, OSError, SyntaxError...
@@ -396,11 +405,11 @@ class _DecodeSet(Dataset):
     def __len__(self) -> int:
         return len(self.listing.items)
 
-    def __getitem__(self, i: int) -> tuple[int, np.ndarray | None, str]:
+    def __getitem__(self, i: int) -> tuple[int, tuple[np.ndarray, tuple[int, int]] | None, str]:
         if self.source == "generated":
             _, label, number = self.listing.items[i].split("/")
             image = generated_image(int(label), int(number), self.seed, self.generated)
-            return i, to_cache_image(image, self.size), ""
+            return i, cache_entry(image, self.size), ""
         path = Path(self.listing.root) / self.listing.items[i]
         try:
             return i, decode_file(path, self.size), ""
@@ -441,14 +450,15 @@ def decode_to_cache(
         dataset, batch_size=8, shuffle=False, num_workers=workers, collate_fn=_keep_items, drop_last=False
     )
     kept: list[int] = []
+    resized: list[tuple[int, int]] = []
     skipped: list[dict[str, str]] = []
     images_path = out_dir / "images.npy"
     with atomic_path(images_path) as temporary:
         cache = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(total, size, size, 3))
         bar = tqdm(total=total, desc="prepare-data: decode", unit="img", disable=not progress)
         for batch in loader:
-            for i, array, error in batch:
-                if array is None:
+            for i, entry, error in batch:
+                if entry is None:
                     if on_bad_file != "skip":
                         raise DataError(
                             f"{error}. Fix or remove the file, or set data.on_bad_file: skip to leave "
@@ -457,8 +467,9 @@ def decode_to_cache(
                     warnings.warn(f"skipping {error}", stacklevel=2)
                     skipped.append({"file": listing.items[i], "error": error})
                 else:
-                    cache[len(kept)] = array
+                    cache[len(kept)], shape = entry
                     kept.append(i)
+                    resized.append(shape)
             bar.update(len(batch))
         bar.close()
         cache.flush()
@@ -468,6 +479,8 @@ def decode_to_cache(
     labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
     with atomic_path(out_dir / "labels.npy") as temporary, open(temporary, "wb") as handle:
         np.save(handle, labels)
+    with atomic_path(out_dir / "resized.npy") as temporary, open(temporary, "wb") as handle:
+        np.save(handle, np.asarray(resized, dtype=np.int32).reshape(len(kept), 2))
     index = {
         "source": source,
         "generated": source == "generated",
@@ -505,11 +518,13 @@ def _compact(path: Path, rows: int) -> None:
 
 @dataclass
 class EvalSet:
-    """The decoded evaluation cache: ``images`` (N, 256, 256, 3) uint8 memmap, ``labels`` (N,) int64."""
+    """The decoded evaluation cache: ``images`` (N, 256, 256, 3) uint8 memmap, ``labels`` (N,) int64,
+    ``resized`` (N, 2) int32: each image's (height, width) after ``Resize(256)``, before the 256 crop."""
 
     images: np.ndarray
     labels: np.ndarray
     index: dict[str, Any]
+    resized: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -527,6 +542,10 @@ class EvalSet:
     @property
     def generated(self) -> bool:
         return bool(self.index.get("generated", False))
+
+    def resized_of(self, index: torch.Tensor) -> torch.Tensor:
+        """(B, 2) int64 resized (height, width) of the images at global ``index`` (as batches yields it)."""
+        return torch.from_numpy(self.resized[index.cpu().numpy()].astype(np.int64))
 
     def batches(
         self, indices: Sequence[int] | np.ndarray, batch_size: int, device: torch.device | str = "cpu"
@@ -557,19 +576,21 @@ class EvalSet:
 def load_eval(directory: str | Path | None = None) -> EvalSet:
     """Open the cache written by :func:`decode_to_cache` (memory-mapped)."""
     directory = Path(directory) if directory is not None else artifacts.eval_dir()
-    for name in ("images.npy", "labels.npy", "index.json"):
+    for name in ("images.npy", "labels.npy", "resized.npy", "index.json"):
         if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} is missing: run `rsi prepare-data` first")
+            raise FileNotFoundError(f"{directory / name} is missing: run `rsi prepare-data` (again)")
     images = np.load(directory / "images.npy", mmap_mode="r")
     labels = np.load(directory / "labels.npy")
+    resized = np.load(directory / "resized.npy")
     index = json.loads((directory / "index.json").read_text())
     square = images.ndim == 4 and images.shape[1] == images.shape[2] and images.shape[3] == 3
-    if not square or images.shape[1] % 8 or len(images) != len(labels):
+    if not square or images.shape[1] % 8 or not len(images) == len(labels) == len(resized):
         raise DataError(
-            f"{directory}: images {images.shape} and labels {labels.shape} do not match the cache format "
-            f"(N, {CACHE_SIZE}, {CACHE_SIZE}, 3) / (N,); run `rsi prepare-data` again"
+            f"{directory}: images {images.shape}, labels {labels.shape} and resized {resized.shape} do not "
+            f"match the cache format (N, {CACHE_SIZE}, {CACHE_SIZE}, 3) / (N,) / (N, 2); run "
+            "`rsi prepare-data` again"
         )
-    return EvalSet(images, labels, index)
+    return EvalSet(images, labels, index, resized)
 
 
 # ----------------------------------------------------------------------------------------------- download

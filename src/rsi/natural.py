@@ -105,7 +105,7 @@ def natural_pass(
     bar = tqdm(total=total, desc="natural", unit="img", disable=not (progress and distributed.is_main()))
     with torch.inference_mode():
         for index, images, _ in eval_set.batches(indices, batch_size, device):
-            view = ablation_view(images, eval_set.view_size, eval_set.view_size)
+            view = ablation_view(images, eval_set.view_size, eval_set.view_size, eval_set.resized_of(index))
             values = forward_taps(model, view, taps, detach=True)
             index = index.to(device)
             for tap in taps:
