@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import pytest
@@ -37,6 +38,32 @@ def test_defaults_and_conversion():
     assert got.blocks == ("3.1", "2.0")
     assert got.per_block == {"layer2_1": Inner(jitter=4)}
     assert as_dict(got)["blocks"] == ["3.1", "2.0"]
+
+
+@dataclass(frozen=True)
+class WithOptional:
+    download: Inner | None = None
+
+
+def test_explicit_null_of_an_optional_section_is_null_not_its_defaults():
+    # `data.download: null` in params.yaml once became the default download (Imagenette) instead of none
+    assert load_section({"s": {"download": None}}, "s", WithOptional).download is None
+    assert load_section({"s": {}}, "s", WithOptional).download is None
+    assert load_section({"s": {"download": {}}}, "s", WithOptional).download == Inner()
+    assert load_section({"s": {"download": {"jitter": 2}}}, "s", WithOptional).download == Inner(jitter=2)
+
+
+def test_paper_params_download_nothing_and_name_the_missing_imagenet(tmp_path, monkeypatch):
+    from rsi import data
+
+    repo_params = Path(__file__).resolve().parents[1] / "params.yaml"
+    params = load_section(read_params(repo_params), "data", data.DataParams)
+    assert params.download is None
+    monkeypatch.chdir(tmp_path)
+    missing = data.DataParams(root=str(tmp_path / "imagenet" / "val"))
+    monkeypatch.setattr(data, "fetch_download", lambda *a, **k: pytest.fail("nothing may be downloaded"))
+    with pytest.raises(data.DataError, match=r"data\.root = '.*imagenet/val': no such folder"):
+        data.prepare(missing, tmp_path / "eval", progress=False)
 
 
 @pytest.mark.parametrize(

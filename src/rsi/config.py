@@ -75,6 +75,8 @@ def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
             raise _fail(source, key, value, _describe(kind))
         return value
     if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in get_args(kind):
+            return None  # an explicit null is null, not an optional section's defaults
         errors = []
         for option in get_args(kind):
             try:
