@@ -392,16 +392,35 @@ def test_download_from_local_http_server_then_prepare(tmp_path):
     assert (tmp_path / "data" / "tiny.tgz").is_file()
 
 
-def test_extract_refuses_escaping_paths(tmp_path):
-    archive = tmp_path / "evil.tar"
-    with tarfile.open(archive, "w") as handle:
+@pytest.mark.parametrize("tar_filter", ["data", "none"], ids=["python>=3.11.4", "python<3.11.4"])
+def test_extract_refuses_escaping_paths_and_links(tmp_path, monkeypatch, tar_filter):
+    if tar_filter == "none":  # as on 3.11.0 - 3.11.3, which have no tarfile filters
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    elif not hasattr(tarfile, "data_filter"):
+        pytest.skip("this Python has no tarfile filters")
+    evil = tmp_path / "evil.tar"
+    with tarfile.open(evil, "w") as handle:
         info = tarfile.TarInfo("../escape.txt")
-        payload = b"x"
-        info.size = len(payload)
-        handle.addfile(info, io.BytesIO(payload))
-    with pytest.raises(tarfile.TarError):
-        data.extract_archive(archive, tmp_path / "into")
+        info.size = 1
+        handle.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(data.DataError, match=r"evil\.tar: refusing to extract.*escape\.txt"):
+        data.extract_archive(evil, tmp_path / "into")
     assert not (tmp_path / "escape.txt").exists()
+
+    linked = tmp_path / "linked.tar"
+    with tarfile.open(linked, "w") as handle:
+        link = tarfile.TarInfo("val/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        handle.addfile(link)
+    with pytest.raises(data.DataError, match=r"linked\.tar: refusing to extract"):
+        data.extract_archive(linked, tmp_path / "into2")
+
+    good = tmp_path / "good.tar"
+    with tarfile.open(good, "w") as handle:
+        info = tarfile.TarInfo("val/n01/a.txt")
+        info.size = 2
+        handle.addfile(info, io.BytesIO(b"ok"))
+    assert (data.extract_archive(good, tmp_path / "into3") / "val" / "n01" / "a.txt").read_bytes() == b"ok"
 
 
 # ----------------------------------------------------------------------------------------------- CLI, params

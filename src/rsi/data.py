@@ -644,19 +644,34 @@ def _sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def _unsafe_member(name: str) -> bool:
+    return os.path.isabs(name) or ".." in Path(name).parts
+
+
 def extract_archive(archive: str | Path, into: str | Path) -> Path:
-    """Unpack a .tar(.gz/.tgz) or .zip under ``into`` (refusing absolute and escaping paths)."""
+    """Unpack a .tar(.gz/.tgz) or .zip under ``into``, refusing absolute and escaping paths (and, in a
+    tar, links and device files): a DataError naming the archive and the member."""
     archive, into = Path(archive), Path(into)
     into.mkdir(parents=True, exist_ok=True)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as handle:
             for name in handle.namelist():
-                if os.path.isabs(name) or ".." in Path(name).parts:
+                if _unsafe_member(name):
                     raise DataError(f"{archive}: refusing to extract {name!r} outside {into}")
             handle.extractall(into)
-    else:
-        with tarfile.open(archive) as handle:
-            handle.extractall(into, filter="data")
+        return into
+    with tarfile.open(archive) as handle:
+        if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: tar's own "data" filter
+            try:
+                handle.extractall(into, filter="data")
+            except tarfile.FilterError as error:
+                raise DataError(f"{archive}: refusing to extract: {error}") from error
+        else:  # 3.11.0 - 3.11.3 (the Docker image's 3.11.2): the same refusals, checked first
+            for member in handle.getmembers():
+                if _unsafe_member(member.name) or not (member.isfile() or member.isdir()):
+                    kind = "a link or special file" if not (member.isfile() or member.isdir()) else "a path"
+                    raise DataError(f"{archive}: refusing to extract {kind} {member.name!r} outside {into}")
+            handle.extractall(into)
     return into
 
 
