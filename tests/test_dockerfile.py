@@ -38,10 +38,49 @@ def instructions(path: Path = DOCKERFILE) -> list[tuple[str, str]]:
     return out
 
 
-def run_commands() -> list[str]:
-    """The shell command of every RUN, without BuildKit flags (--mount=...)."""
-    commands = []
+def stages() -> dict[str, list[tuple[str, str]]]:
+    """Instructions per build stage, by stage name (``AS name``, else its position); the last is the image."""
+    out: dict[str, list[tuple[str, str]]] = {}
+    current: list[tuple[str, str]] | None = None
     for keyword, arguments in instructions():
+        if keyword == "FROM":
+            words = arguments.split(" ")
+            name = words[2] if len(words) == 3 and words[1].upper() == "AS" else str(len(out))
+            current = out.setdefault(name, [])
+        if current is not None:
+            current.append((keyword, arguments))
+    return out
+
+
+def image_instructions() -> list[tuple[str, str]]:
+    """The instructions that make the image: its stage and the stages it is built FROM, in order
+    (a builder stage only reached through ``COPY --from`` is not part of it)."""
+    built = stages()
+    chain: list[list[tuple[str, str]]] = []
+    stage = list(built)[-1]
+    while stage in built:
+        chain.insert(0, built[stage])
+        stage = built[stage][0][1].split(" ")[0]
+    return [instruction for part in chain for instruction in part]
+
+
+def base_image() -> str:
+    """The FROM image of the image's first stage, with ``ARG`` defaults substituted."""
+    defaults = {}
+    for keyword, arguments in instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG" and "=" in arguments:
+            name, _, value = arguments.partition("=")
+            defaults[name] = value
+    image = image_instructions()[0][1].split(" ")[0]
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: defaults[m.group(1) or m.group(2)], image)
+
+
+def run_commands(chain: list[tuple[str, str]] | None = None) -> list[str]:
+    """The shell command of every RUN of the image (or of ``chain``), without BuildKit flags."""
+    commands = []
+    for keyword, arguments in image_instructions() if chain is None else chain:
         if keyword == "RUN":
             words = arguments.split(" ")
             while words and words[0].startswith("--"):
@@ -77,13 +116,30 @@ def test_only_documented_lint_exceptions():
 
 
 def test_base_image_is_a_pinned_cuda_runtime():
-    froms = [arguments for keyword, arguments in instructions() if keyword == "FROM"]
-    assert len(froms) == 1
-    image = froms[0].split(" ")[0]
+    image = base_image()
     name, _, tag = image.partition(":")
     assert name == "nvidia/cuda"
     assert re.fullmatch(r"13\.0\.\d+-runtime-ubuntu22\.04", tag), f"{image}: pin an exact CUDA 13.0.x tag"
     assert "latest" not in image
+
+
+def test_every_stage_builds_on_the_pinned_base_or_an_earlier_stage():
+    built = stages()
+    for position, (name, chain) in enumerate(built.items()):
+        source = chain[0][1].split(" ")[0]
+        assert source == "${BASE_IMAGE}" or source in list(built)[:position], (name, source)
+
+
+def test_python_is_built_from_a_checksummed_final_release():
+    python = stages()["python"]
+    args = dict(a.partition("=")[::2] for k, a in python if k == "ARG" and "=" in a)
+    assert re.fullmatch(r"3\.11\.\d+", args["PYTHON_VERSION"]), "a 3.11 final release, not an rc"
+    assert re.fullmatch(r"[0-9a-f]{64}", args["PYTHON_SHA256"])
+    (build,) = [c for c in run_commands(python) if "PYTHON_SOURCE" in c]
+    assert build.index("sha256sum --check") < build.index("tar -x") < build.index("./configure")
+    assert "sys.get_int_max_str_digits()" in build  # what 3.11.0rc1 (Ubuntu 22.04's python3.11) lacks
+    copies = [a for k, a in image_instructions() if k == "COPY" and a.startswith("--from=")]
+    assert copies == ["--from=python /opt/python /opt/python"]
 
 
 def test_installs_exactly_the_lock_through_the_install_script():
@@ -112,9 +168,9 @@ def test_install_commands_are_the_ones_ci_runs():
 
 
 def test_venv_and_tools_on_path():
-    env = " ".join(arguments for keyword, arguments in instructions() if keyword == "ENV")
+    env = " ".join(arguments for keyword, arguments in image_instructions() if keyword == "ENV")
     assert "RSI_VENV=/opt/venv" in env
-    assert re.search(r"PATH=/opt/venv/bin:\$PATH", env)
+    assert re.search(r"PATH=/opt/venv/bin:/opt/python/bin:\$PATH", env)
 
 
 def test_weights_are_downloaded_and_checked_at_build_time():
@@ -125,16 +181,16 @@ def test_weights_are_downloaded_and_checked_at_build_time():
 
 
 def test_runs_as_a_non_root_user_in_the_repo():
-    users = [arguments for keyword, arguments in instructions() if keyword == "USER"]
+    users = [arguments for keyword, arguments in image_instructions() if keyword == "USER"]
     assert users, "no USER instruction: the container would run as root"
     user = users[-1].split(":")[0]
     assert user not in ("root", "0")
-    workdirs = [arguments for keyword, arguments in instructions() if keyword == "WORKDIR"]
+    workdirs = [arguments for keyword, arguments in image_instructions() if keyword == "WORKDIR"]
     assert workdirs[-1] == "/repo"
 
 
 def test_command_is_dvc_repro():
-    cmds = [arguments for keyword, arguments in instructions() if keyword == "CMD"]
+    cmds = [arguments for keyword, arguments in image_instructions() if keyword == "CMD"]
     assert len(cmds) == 1 and json.loads(cmds[0]) == ["dvc", "repro"]
 
 
@@ -162,6 +218,12 @@ def _dvc(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     return subprocess.run([dvc, *args], cwd=cwd, capture_output=True, text=True, check=False, env=env)
 
 
+needs_git = pytest.mark.skipif(
+    shutil.which("git") is None, reason="git is not installed (as in the image): these emulate a clone"
+)
+
+
+@needs_git
 def test_dvc_repro_works_without_git_after_the_dockerfile_config(tmp_path):
     project = tmp_path / "project"
     project.mkdir()
@@ -199,6 +261,7 @@ def _ignored(relative: str, patterns: list[str]) -> bool:
     return ignored
 
 
+@needs_git
 def test_dvc_opens_the_build_context_without_git(tmp_path):
     if not (REPO / "dvc.yaml").is_file() or not (REPO / ".dvc").is_dir():
         pytest.skip("the repository has no dvc.yaml / .dvc yet")
