@@ -68,6 +68,12 @@ def test_ablation_crop_rules(rule, crops):
     assert ablation_crop(0, rule) == 224
 
 
+def test_ablation_crop_of_any_percent_follows_the_rule_not_the_nearest_tenth():
+    # crop int(224 * (1 - p/100)): 15 % -> 190.4, 25 % -> 168, 99 % -> 2.24 (the scale is not rounded)
+    assert [ablation_crop(p) for p in (5, 15, 25, 99)] == [212, 190, 168, 2]
+    assert [ablation_crop(p, "paper_text") for p in (15, 25)] == [218, 192]
+
+
 def test_ablation_crop_rejects_bad_input():
     with pytest.raises(ValueError, match="unknown crop rule 'text'"):
         ablation_crop(10, "text")  # type: ignore[arg-type]
