@@ -53,6 +53,13 @@ def test_explicit_null_of_an_optional_section_is_null_not_its_defaults():
     assert load_section({"s": {"download": {"jitter": 2}}}, "s", WithOptional).download == Inner(jitter=2)
 
 
+def test_null_entry_of_a_mapping_of_sections_is_an_error_not_defaults():
+    with pytest.raises(
+        ParamsError, match=r"s\.per_block\.layer3_1 = None is not allowed: expected a mapping"
+    ):
+        load({"per_block": {"layer3_1": None}})
+
+
 def test_paper_params_download_nothing_and_name_the_missing_imagenet(tmp_path, monkeypatch):
     from rsi import data
 

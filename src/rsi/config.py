@@ -94,6 +94,9 @@ def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
         if not isinstance(value, Mapping):
             raise _fail(source, key, value, _describe(kind))
         key_kind, value_kind = get_args(kind)
+        for k, v in value.items():
+            if v is None and dataclasses.is_dataclass(value_kind):
+                raise _fail(source, f"{key}.{k}", v, _describe(value_kind))
         return {
             _convert(k, key_kind, f"{key} key", source): _convert(v, value_kind, f"{key}.{k}", source)
             for k, v in value.items()
