@@ -278,9 +278,11 @@ def test_activations_params():
         {"activations": {"extractor": "taps", "scale_fraction": 0.25}}, "activations", ActivationsParams
     )
     assert params.extractor == "taps" and params.scale_fraction == 0.25
+    assert load_section({"activations": {"shrink_fraction": 0.34}}, "activations", ActivationsParams)
     for bad, message in [
         ({"extractor": "lucent"}, "one of"),
         ({"scale_fraction": 0}, "fraction"),
+        ({"shrink_fraction": 0.33}, r"\(1/3, 1\]: the shrunk image is reflect-padded"),
         ({"batch_size": 0}, ">= 1"),
     ]:
         with pytest.raises(ParamsError, match=message):

@@ -57,6 +57,15 @@ def _check_fraction(value: float) -> float:
     return value
 
 
+def _check_shrink_fraction(value: float) -> float:
+    if not 1 / 3 < value <= 1.0:
+        raise ValueError(
+            "expected a fraction in (1/3, 1]: the shrunk image is reflect-padded back to full size, "
+            "which needs a pad smaller than the shrunk image (the authors: 0.5)"
+        )
+    return value
+
+
 @dataclass(frozen=True)
 class ActivationsParams:
     """params.yaml ``activations``."""
@@ -72,7 +81,7 @@ class ActivationsParams:
     shrink_fraction: float = field(
         default=0.5,
         metadata={
-            "check": _check_fraction,
+            "check": _check_shrink_fraction,
             "help": "mirror test: resize to this fraction (112/224), pad back",
         },
     )
