@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import sys
 import types
 from pathlib import Path
@@ -114,14 +115,19 @@ def test_ablation_json_is_read_tolerantly(tmp_path):
         json.dumps(
             {
                 "blocks": {
-                    "3.1": {"scale_20": {"ratio": 0.9, "sem": 0.1}, "scale_0": {"ratio": 1.0}, "n": 3},
+                    "3.1": {
+                        "scale_20": {"ratio": 0.9, "sem": 0.1},
+                        "scale_0": {"ratio": 1.0, "sem": None},
+                        "n": 3,
+                    },
                     "note": "not a block",
                 }
             }
         )
     )
     series = read_ablation(path)["3.1"]  # "scale_0" is no scale too
-    assert series.scales == (0, 20) and series.ratio == (1.0, 0.9) and series.sem == (0.0, 0.1)
+    assert series.scales == (0, 20) and series.ratio == (1.0, 0.9)
+    assert math.isnan(series.sem[0]) and series.sem[1] == 0.1  # unknown (one trial), not zero
     assert series.no_scale_ratio == 1.0 and series.extra == {"n": 3}
 
     criteria = tmp_path / "criteria.json"

@@ -449,7 +449,7 @@ def draw_ablation(series: Mapping[str, AblationSeries], labels: RunLabels, path:
     for ax, (block, data) in zip(axes[0], series.items(), strict=True):
         x = np.arange(len(data.scales))
         ratio = np.asarray(data.ratio, dtype=float)
-        sem = np.asarray(data.sem, dtype=float)
+        sem = np.nan_to_num(np.asarray(data.sem, dtype=float))  # unknown (one trial): no error bar
         ax.bar(x, ratio, width=0.7, color="#8c8cb4", yerr=sem, ecolor="black", capsize=4, zorder=2)
         ax.axhline(data.no_scale_ratio, color="tab:blue", linewidth=1.6, label="no-scale ratio", zorder=3)
         ax.set_xticks(x, ["No Scale" if p == 0 else f"{p} %" for p in data.scales])

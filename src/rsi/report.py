@@ -212,7 +212,7 @@ def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, AblationSeries]:
         out[block] = AblationSeries(
             scales=scales,
             ratio=ratio,
-            sem=tuple(_number(entry.get("sem")) or 0.0 for _, entry in rows),
+            sem=tuple(_nan(entry.get("sem")) for _, entry in rows),
             passing_acc=tuple(_number(entry.get("passing_acc")) for _, entry in rows),
             random_acc=tuple(
                 _number(entry.get("random_acc_mean", entry.get("random_acc"))) for _, entry in rows
