@@ -265,6 +265,7 @@ def test_criteria_params_from_yaml_values():
         ({"seeds": [1, 1]}, "listed twice"),
         ({"seeds": []}, "at least one seed"),
         ({"seed_root": "outputs/seed"}, "{seed}"),
+        ({"seed_root": "stab/{seed}/{run}"}, "only the placeholder '{seed}' may appear"),
         ({"strict": "yes"}, "true or false"),
         ({"mirror": True}, "unknown key"),
     ],

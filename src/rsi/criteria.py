@@ -78,6 +78,10 @@ def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
 def _check_seed_root(template: str) -> str:
     if "{seed}" not in template:
         raise ValueError("the template must contain '{seed}', e.g. stability/seed{seed}")
+    try:
+        template.format(seed=0)
+    except (KeyError, IndexError, ValueError) as error:
+        raise ValueError(f"only the placeholder '{{seed}}' may appear ({error!r})") from None
     return template
 
 
