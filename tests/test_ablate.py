@@ -206,6 +206,18 @@ def test_blocks_without_passing_channels_are_skipped(fake_evaluate):
         ablate.ablate_block(None, FakeSet(), "2.0", [1], np.zeros(128), params, progress=False)
 
 
+def test_a_block_the_criteria_never_probed_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("ablate: {blocks: ['2.1', '3.1']}\n")
+    passing = Path("outputs/criteria/passing.json")
+    passing.parent.mkdir(parents=True)
+    passing.write_text(json.dumps({"2.1": [1, 2]}))
+    assert cli.main(["ablate"]) == 2
+    message = capsys.readouterr().err
+    for part in ("ablate.blocks lists 3.1", "passing.json does not cover (probed: 2.1)", "criteria.blocks"):
+        assert part in message, message
+
+
 def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
     record = run_fake("within", 1.0)
     settings = {"images": 1000, "random_weights": True, "generated_data": False, "crop_rule": "authors_code"}

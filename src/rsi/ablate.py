@@ -499,6 +499,13 @@ def run(args: argparse.Namespace) -> None:
         )
     outputs = Path(args.outputs)
     passing = read_passing(artifacts.passing_file(outputs))
+    unprobed = [block for block in params.blocks if block not in passing]
+    if unprobed:
+        raise AblationError(
+            f"ablate.blocks lists {', '.join(unprobed)}, which {artifacts.passing_file(outputs)} does not "
+            f"cover (probed: {', '.join(passing) or 'none'}): add them to criteria.blocks and run "
+            "`dvc repro` (or `rsi criteria`), or remove them from ablate.blocks"
+        )
     means = {block: post_means_of(block, outputs) for block in params.blocks}
     device = resolve_device(model_params.device)
     if device.type == "cuda":
@@ -509,7 +516,7 @@ def run(args: argparse.Namespace) -> None:
     records = []
     for block in params.blocks:
         record = ablate_block(
-            model, eval_set, block, passing.get(block, []), means[block], params, seed=seed, device=device
+            model, eval_set, block, passing[block], means[block], params, seed=seed, device=device
         )
         if "skipped" in record and distributed.is_main():
             print(f"ablate {block}: skipped ({record['skipped']})")
