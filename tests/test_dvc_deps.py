@@ -70,3 +70,9 @@ def test_stage_declares_exactly_the_modules_it_runs(name):
 def test_the_scan_sees_lazy_and_importlib_imports():
     assert "fz" in imported_modules("figures")  # importlib.import_module("rsi.fz")
     assert "model" in imported_modules("figures")  # from rsi.model import ... inside a function
+
+
+def test_stability_outs_are_the_params_seed_root():
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    outs = stages()["stability"]["outs"]
+    assert outs == [params["criteria"]["seed_root"].format(seed="${item}")]
