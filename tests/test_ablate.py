@@ -218,6 +218,18 @@ def test_a_block_the_criteria_never_probed_is_an_error(tmp_path, monkeypatch, ca
         assert part in message, message
 
 
+def test_a_block_the_natural_pass_does_not_measure_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("ablate: {blocks: ['2.1', '3.1']}\nnatural: {blocks: ['2.1']}\n")
+    passing = Path("outputs/criteria/passing.json")
+    passing.parent.mkdir(parents=True)
+    passing.write_text(json.dumps({"2.1": [1], "3.1": [2]}))
+    assert cli.main(["ablate"]) == 2
+    message = capsys.readouterr().err
+    assert "ablate.blocks lists 3.1, whose mean activations the natural stage does not measure" in message
+    assert "add them to natural.blocks" in message
+
+
 def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
     record = run_fake("within", 1.0)
     settings = {"images": 1000, "random_weights": True, "generated_data": False, "crop_rule": "authors_code"}

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Literal
 
 import pytest
+import yaml
 
 from rsi.config import ParamsError, as_dict, check_blocks, load_section, read_params
 from rsi.runtime import ModelParams
@@ -53,6 +54,21 @@ def test_explicit_null_of_an_optional_section_is_null_not_its_defaults():
     assert load_section({"s": {"download": {"jitter": 2}}}, "s", WithOptional).download == Inner(jitter=2)
 
 
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_floats_must_be_finite(value):
+    with pytest.raises(ParamsError, match=r"s\.lr = (nan|inf) is not allowed: expected a finite number"):
+        load({"lr": value})
+
+
+def test_unquoted_block_numbers_are_block_names_everywhere():
+    from rsi.ablate import AblateParams
+    from rsi.natural import NaturalParams
+
+    raw = yaml.safe_load("ablate: {blocks: [2.1, 3.1]}\nnatural: {blocks: [3.0, layer4_1]}")
+    assert load_section(raw, "ablate", AblateParams).blocks == ("2.1", "3.1")
+    assert load_section(raw, "natural", NaturalParams).blocks == ("3.0", "4.1")
+
+
 def test_null_entry_of_a_mapping_of_sections_is_an_error_not_defaults():
     with pytest.raises(
         ParamsError, match=r"s\.per_block\.layer3_1 = None is not allowed: expected a mapping"
@@ -81,7 +97,7 @@ def test_paper_params_download_nothing_and_name_the_missing_imagenet(tmp_path, m
         ({"steps": 2.5}, "s.steps = 2.5 is not allowed: expected an integer"),
         ({"steps": True}, "s.steps = True is not allowed: expected an integer"),
         ({"steps": 0}, "s.steps = 0 is not allowed: expected a value >= 1"),
-        ({"lr": "fast"}, "s.lr = 'fast' is not allowed: expected a number"),
+        ({"lr": "fast"}, "s.lr = 'fast' is not allowed: expected a finite number"),
         ({"mode": "lucent"}, "s.mode = 'lucent' is not allowed: expected one of 'exact', 'lucent_reference'"),
         ({"blocks": ["2.1", "5.3"]}, "s.blocks = ('2.1', '5.3') is not allowed: unknown block '5.3'"),
         ({"blocks": ["2.1", "layer2_1"]}, "a block is listed twice"),

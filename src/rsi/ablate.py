@@ -60,6 +60,7 @@ from rsi import artifacts, distributed
 from rsi.config import ParamsError, as_dict, check_blocks, load_section, read_params
 from rsi.data import EvalSet, load_eval, top_level_seed
 from rsi.model import describe_weights, is_random, load_resnet18
+from rsi.natural import NaturalParams
 from rsi.runtime import (
     ModelParams,
     atomic_path,
@@ -127,7 +128,7 @@ def _check_percents(value: tuple[int, ...]) -> tuple[int, ...]:
 class AblateParams:
     """params.yaml ``ablate`` (the top-level ``seed`` and ``model`` sections are read too)."""
 
-    blocks: tuple[str, ...] = field(default=("2.1", "3.1"), metadata={"check": check_blocks})
+    blocks: tuple[str | float, ...] = field(default=("2.1", "3.1"), metadata={"check": check_blocks})
     crop_rule: Literal["authors_code", "paper_text"] = "authors_code"
     percents: tuple[int, ...] = field(
         default=(10, 20, 30, 40, 50), metadata={"min": 1, "max": 99, "check": _check_percents}
@@ -505,6 +506,13 @@ def run(args: argparse.Namespace) -> None:
             f"ablate.blocks lists {', '.join(unprobed)}, which {artifacts.passing_file(outputs)} does not "
             f"cover (probed: {', '.join(passing) or 'none'}): add them to criteria.blocks and run "
             "`dvc repro` (or `rsi criteria`), or remove them from ablate.blocks"
+        )
+    natural_blocks = load_section(raw, "natural", NaturalParams, source=args.params).blocks
+    unmeasured = [b for b in params.blocks if b not in natural_blocks]
+    if unmeasured:
+        raise AblationError(
+            f"ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage does not "
+            f"measure (natural.blocks: {', '.join(natural_blocks)}): add them to natural.blocks"
         )
     means = {block: post_means_of(block, outputs) for block in params.blocks}
     device = resolve_device(model_params.device)

@@ -10,6 +10,7 @@ normalised value or raises ValueError with a message), ``help`` (documentation, 
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -114,8 +115,8 @@ def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
             raise _fail(source, key, value, "an integer")
         return value
     if kind is float:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _fail(source, key, value, "a number")
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise _fail(source, key, value, "a finite number")
         return float(value)
     if kind is str:
         if not isinstance(value, str):
@@ -169,11 +170,12 @@ def _check_metadata(value: Any, field: dataclasses.Field, key: str, source: str)
     return value
 
 
-def check_blocks(blocks: tuple[str, ...]) -> tuple[str, ...]:
-    """A ``check`` for block lists: normalise to ``2.1`` form, reject unknown and repeated names."""
+def check_blocks(blocks: tuple[str | float, ...]) -> tuple[str, ...]:
+    """A ``check`` for block lists: normalise to ``2.1`` form, reject unknown and repeated names. YAML reads
+    an unquoted 2.1 as a float; str() gives the block name back."""
     from rsi.taps import parse_block
 
-    names = tuple(parse_block(b) for b in blocks)
+    names = tuple(parse_block(str(b)) for b in blocks)
     if len(set(names)) != len(names):
         raise ValueError("a block is listed twice")
     return names

@@ -69,7 +69,7 @@ def _check_channels(value: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, 
 class FiguresParams:
     """params.yaml ``figures``."""
 
-    blocks: tuple[str, ...] = field(
+    blocks: tuple[str | float, ...] = field(
         default=(),
         metadata={
             "check": check_blocks,

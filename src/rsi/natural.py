@@ -47,7 +47,7 @@ _NO_INDEX = torch.iinfo(torch.int64).max
 class NaturalParams:
     """params.yaml ``natural``."""
 
-    blocks: tuple[str, ...] = field(default=PROBED_BLOCKS, metadata={"check": check_blocks})
+    blocks: tuple[str | float, ...] = field(default=PROBED_BLOCKS, metadata={"check": check_blocks})
     k: int = field(default=9, metadata={"min": 1})
     batch_size: int = field(default=256, metadata={"min": 1})
 
