@@ -101,6 +101,18 @@ def test_channel_overlap_with_the_authors_lists(fake_repo):
     assert cells[3] == f"2 of {listed}" and cells[5] == "[13, 15]" and cells[6] == "[99]"
 
 
+def test_partial_author_lists_get_no_overlap_score(fake_repo):
+    # the paper names 2.0's channel 50 only as a figure label: no Jaccard, no "passing here only"
+    Path("outputs/criteria/passing.json").write_text(json.dumps({"2.0": [50, 7], "2.1": [13]}))
+    assert main(["report"]) == 0
+    (line,) = [
+        row for row in REPORT.read_text().splitlines() if row.startswith("| 2.0 |") and "partial" in row
+    ]
+    cells = [cell.strip() for cell in line.strip("|").split("|")]
+    assert cells[2] == "1 (partial)" and cells[3] == "1 of 1" and cells[5] == "[50]"
+    assert cells[4] == "—" and cells[6] == "—"
+
+
 def test_missing_input_names_the_file_and_the_stage(fake_repo, capsys):
     Path("metrics/criteria.json").unlink()
     assert main(["report"]) == 2

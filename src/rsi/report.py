@@ -539,6 +539,7 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
         ours_set, theirs_set = set(ours or []), set(theirs or [])
         shared = sorted(ours_set & theirs_set)
         union = ours_set | theirs_set
+        compared = bool(theirs) and ours is not None and block in complete_blocks
         rows.append(
             [
                 block,
@@ -547,9 +548,10 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
                 if theirs is not None
                 else "—",
                 f"{len(shared)} of {len(theirs_set)}" if theirs and ours is not None else "—",
-                f"{len(shared) / len(union):.2f}" if theirs and ours is not None and union else "—",
+                # against a partial list (a figure's labels) overlap and "here only" would mislead
+                f"{len(shared) / len(union):.2f}" if compared and union else "—",
                 _fmt(shared) if theirs and ours is not None else "—",
-                _fmt(sorted(ours_set - theirs_set)) if theirs and ours is not None else "—",
+                _fmt(sorted(ours_set - theirs_set)) if compared else "—",
             ]
         )
         details.append(
