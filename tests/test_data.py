@@ -283,7 +283,7 @@ def test_cache_without_resized_sizes_asks_for_prepare_data(tmp_path):
 def test_cache_is_torchvision_resize_and_crop():
     image = smooth_image(333, 500, 2)
     expected = np.asarray(T.CenterCrop(256)(T.Resize(256)(image)))
-    np.testing.assert_array_equal(data.to_cache_image(image), expected)
+    np.testing.assert_array_equal(data.cache_entry(image)[0], expected)
 
 
 def test_subsets_are_first_per_class_and_seeded_random(tmp_path):

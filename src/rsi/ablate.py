@@ -8,10 +8,10 @@ Post map of each chosen channel to that channel's own mean center-neuron Post ac
 set (``outputs/natural/<layerL_K>.npz``, ``mean[2]``; the authors' pre-ReLU sum clamped at 0).
 
 Scale sweep: no scale (center crop 224 of the 256 px cache = ``Resize(256)`` + ``CenterCrop(224)``) and
-``percents`` (10 … 50): center crop ``transforms.ablation_crop(p, crop_rule)`` of the resized image (placed in
-the 256 px cache where the authors' direct crop lies), then PIL's bilinear resize to 224, each pass rounded
-to uint8 as PIL does (``transforms.ablation_view``). ``authors_code`` (default; what produced the paper's numbers) crops
-201, 179, 156, 134, 112 px; ``paper_text`` crops 231, 205, 180, 154, 128 px.
+``percents`` (10 … 50): center crop ``transforms.ablation_crop(p, crop_rule)`` of the resized image (placed
+in the 256 px cache where the authors' direct crop lies), then PIL's bilinear resize to 224, each pass
+rounded to uint8 as PIL does (``transforms.ablation_view``). ``authors_code`` (default; what produced the
+paper's numbers) crops 201, 179, 156, 134, 112 px; ``paper_text`` crops 231, 205, 180, 154, 128 px.
 
 Screening (paper section 4 and the authors' ``scale_robust.py``): a random set is accepted by its no-scale
 accuracy, compared with the passing set's, by the block's rule in ``screening``:

@@ -61,10 +61,9 @@ def parse_fraction(value: Any) -> float:
 
 
 def _check_blocks(blocks: tuple[Any, ...]) -> tuple[str, ...]:
-    # YAML reads an unquoted 2.1 as a float; str() gives back the block name.
     if not blocks:
         raise ValueError("list at least one block")
-    return check_blocks(tuple(str(b) for b in blocks))
+    return check_blocks(blocks)
 
 
 def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:

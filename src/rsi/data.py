@@ -347,11 +347,6 @@ def cache_entry(image: Image.Image, size: int = CACHE_SIZE) -> tuple[np.ndarray,
     return np.array(image, dtype=np.uint8), resized
 
 
-def to_cache_image(image: Image.Image, size: int = CACHE_SIZE) -> np.ndarray:
-    """The cache pixels of :func:`cache_entry`."""
-    return cache_entry(image, size)[0]
-
-
 def decode_file(path: str | Path, size: int = CACHE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
     """One image file into the cache format (:func:`cache_entry`); any failure is a DataError naming it."""
     try:
