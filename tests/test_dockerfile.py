@@ -292,3 +292,15 @@ def test_dvc_opens_the_build_context_without_git(tmp_path):
     assert "not a git repository" not in status.stderr, status.stderr
     listing = _dvc(["stage", "list"], context)
     assert listing.returncode == 0 and listing.stdout.strip(), listing.stderr
+
+
+def test_image_check_builds_a_stage_the_dockerfile_has_and_the_image_builds_on_it():
+    script = (REPO / "scripts" / "image-check.sh").read_text()
+    (target,) = re.findall(r"--target (\w+)", script)
+    built = stages()
+    assert target in built
+    # the image is that stage plus the weights and the command: everything else is checked there
+    image = list(built)[-1]
+    assert built[image][0] == ("FROM", target)
+    assert [k for k, _ in built[image][1:]] == ["RUN", "CMD"]
+    assert "BASE_IMAGE=" in script  # the stand-in base goes in through the Dockerfile's argument
