@@ -57,7 +57,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
-from rsi.config import ParamsError, as_dict, check_blocks, load_section, read_params
+from rsi.config import ParamsError, as_dict, check_blocks, check_distinct, load_section, read_params
 from rsi.data import EvalSet, load_eval, top_level_seed
 from rsi.model import describe_weights, is_random, load_resnet18
 from rsi.natural import NaturalParams
@@ -117,11 +117,7 @@ def _default_screening() -> dict[str, ScreenParams]:
 
 
 def _check_percents(value: tuple[int, ...]) -> tuple[int, ...]:
-    if len(set(value)) != len(value):
-        raise ValueError("a percent is listed twice")
-    if not value:
-        raise ValueError("give at least one scale percent")
-    return value
+    return check_distinct(value, "percent", empty="give at least one scale percent")
 
 
 @dataclass(frozen=True)

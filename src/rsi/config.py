@@ -170,15 +170,22 @@ def _check_metadata(value: Any, field: dataclasses.Field, key: str, source: str)
     return value
 
 
+def check_distinct(values: tuple[T, ...], noun: str, *, empty: str | None = None) -> tuple[T, ...]:
+    """A list ``check``: no value twice ("a <noun> is listed twice"); with ``empty`` (the message), not
+    empty either."""
+    if empty is not None and not values:
+        raise ValueError(empty)
+    if len(set(values)) != len(values):
+        raise ValueError(f"a {noun} is listed twice")
+    return values
+
+
 def check_blocks(blocks: tuple[str | float, ...]) -> tuple[str, ...]:
     """A ``check`` for block lists: normalise to ``2.1`` form, reject unknown and repeated names. YAML reads
     an unquoted 2.1 as a float; str() gives the block name back."""
     from rsi.taps import parse_block
 
-    names = tuple(parse_block(str(b)) for b in blocks)
-    if len(set(names)) != len(names):
-        raise ValueError("a block is listed twice")
-    return names
+    return check_distinct(tuple(parse_block(str(b)) for b in blocks), "block")
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

@@ -36,7 +36,7 @@ import numpy as np
 
 from rsi import artifacts
 from rsi.artifacts import FZ_IMAGES, OUTPUTS
-from rsi.config import ParamsError, as_dict, check_blocks, load_section, read_params
+from rsi.config import ParamsError, as_dict, check_blocks, check_distinct, load_section, read_params
 from rsi.runtime import atomic_path, load_npz, write_json
 from rsi.taps import TAP_KINDS, block_key
 
@@ -67,11 +67,7 @@ def _check_blocks(blocks: tuple[Any, ...]) -> tuple[str, ...]:
 
 
 def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
-    if not seeds:
-        raise ValueError("list at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ValueError("a seed is listed twice")
-    return seeds
+    return check_distinct(seeds, "seed", empty="list at least one seed")
 
 
 def _check_seed_root(template: str) -> str:

@@ -43,7 +43,7 @@ from torch import Tensor, nn
 
 from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, in_fz_source
-from rsi.config import ParamsError, as_dict, load_section, read_params
+from rsi.config import ParamsError, as_dict, check_distinct, load_section, read_params
 from rsi.fz_param import from_storage, image_batch, initial_spectrum, to_storage
 from rsi.fz_transforms import apply_ops, by_shape, draw_table, n_draw_columns, transform_ops
 from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device, save_npz, write_json
@@ -74,11 +74,7 @@ def _check_tap_jitter(value: dict[str, int]) -> dict[str, int]:
 
 
 def _check_taps(taps: tuple[str, ...]) -> tuple[str, ...]:
-    if not taps:
-        raise ValueError("list at least one of in, pre, post")
-    if len(set(taps)) != len(taps):
-        raise ValueError("a tap is listed twice")
-    return taps
+    return check_distinct(taps, "tap", empty="list at least one of in, pre, post")
 
 
 @dataclass(frozen=True)
