@@ -263,25 +263,15 @@ def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
         (tmp_path / folder).mkdir()
         (tmp_path / folder / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
-    command = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rsi.cli", "fz"]
-    done = subprocess.run(
-        [*command, "--block", "2.1", "--no-progress"],
-        cwd=tmp_path / "two",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    done = subprocess.run(
-        [str(VENV_BIN / "rsi"), "fz", "--block", "layer2_1", "--no-progress"],
-        cwd=tmp_path / "one",
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rsi.cli"]
+    for folder, command in [
+        ("two", [*torchrun, "fz", "--block", "2.1", "--no-progress"]),
+        ("one", [str(VENV_BIN / "rsi"), "fz", "--block", "layer2_1", "--no-progress"]),
+    ]:
+        done = subprocess.run(
+            command, cwd=tmp_path / folder, env=env, capture_output=True, text=True, timeout=300
+        )
+        assert done.returncode == 0, done.stderr[-3000:]
     for kind in ("pre", "post"):
         one = load_npz(fz_file(Tap("2.1", kind), tmp_path / "one" / "outputs"))
         two = load_npz(fz_file(Tap("2.1", kind), tmp_path / "two" / "outputs"))
