@@ -159,6 +159,8 @@ def write_params(natural_images: bool) -> None:
 def test_off_state_writes_empty_metrics_and_needs_no_input(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_params(False)
+    Path("outputs/natural_criteria").mkdir(parents=True)
+    Path("outputs/natural_criteria/passing.json").write_text('{"both": {"layer2_1": [3]}}')  # an earlier run
     assert cli.main(["natural-criteria"]) == 0  # no eval cache, no natural or criteria outputs
     assert json.loads(Path("metrics/criteria_natural.json").read_text()) == {}
     assert sorted(p.name for p in Path("outputs/natural_criteria").iterdir()) == ["README.txt"]

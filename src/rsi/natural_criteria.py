@@ -273,6 +273,8 @@ def run(args: argparse.Namespace) -> None:
     root = Path(args.outputs)
     out_dir, metrics_file = root / "natural_criteria", METRICS_FILE
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob("*.npz"), *out_dir.glob("*.json"), *out_dir.glob("README.txt")]:
+        stale.unlink()  # outside DVC (which empties outs first) an earlier run's verdicts would linger
     if not criteria.natural_images:
         (out_dir / "README.txt").write_text("criteria.natural_images is false: nothing computed\n")
         write_json(metrics_file, {})
