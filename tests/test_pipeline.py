@@ -78,7 +78,7 @@ def first_run(workspace) -> str:
 
 def test_dvc_repro_runs_every_stage(workspace, first_run):
     expected = {"prepare-data", "fz@layer2_0", "fz@layer2_1", "activations", "criteria", "natural"}
-    expected |= {"ablate", "figures", "report", "stability@0", "pre-reading"}
+    expected |= {"ablate", "figures", "report", "stability@0", "pre-reading", "natural-criteria"}
     assert ran_stages(first_run) == expected
     for path in ("metrics/criteria.json", "metrics/ablation.json", "metrics/data.json", "outputs/report.md"):
         assert (workspace / path).is_file(), path
@@ -153,6 +153,23 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     settings = json.loads((workspace / "reference/fz/layer2_1/settings.json").read_text())
     assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
     assert "lucent_reference passing" in (workspace / "outputs/report.md").read_text()
+
+
+def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_run):
+    run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
+    assert json.loads((workspace / "metrics/criteria_natural.json").read_text()) == {}  # off: nothing
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    params["criteria"]["natural_images"] = True
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    stages = ran_stages(run(["dvc", "repro"], workspace))
+    assert {"natural-criteria", "figures", "report"} <= stages
+    # criteria (and pre-reading) declare the whole criteria section: they re-run, their outputs do not change
+    assert not stages & {"fz@layer2_0", "fz@layer2_1", "activations", "natural", "ablate"}
+    natural = json.loads((workspace / "metrics/criteria_natural.json").read_text())["layer2_1"]
+    assert natural["channels"] == 128 and natural["fz_probed"] == 6
+    report = (workspace / "outputs/report.md").read_text()
+    assert "## Natural-image criteria (ours, not the paper's)" in report
+    assert f"| 2.1 | {natural['fz_passing']} of 6 | {natural['passing']} of 128 |" in report
 
 
 def test_speed_only_keys_rerun_nothing(workspace, first_run):

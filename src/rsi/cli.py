@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "criteria": ("rsi.criteria", "Eq. 1 and Eq. 2 per channel; metrics/criteria.json"),
     "pre-reading": ("rsi.pre_reading", "criteria counts with Pre FZs rendered as lucent read bn2 (optional)"),
     "natural": ("rsi.natural", "natural-image pass: per-channel means and top-k images"),
+    "natural-criteria": ("rsi.natural_criteria", "Eq. 1 and 2 on top-k natural images (ours, optional)"),
     "ablate": ("rsi.ablate", "mean ablation under the scale sweep; metrics/ablation.json"),
     "figures": ("rsi.figures", "the paper's Fig. 1-4 as PNG"),
     "report": ("rsi.report", "outputs/report.md: reproduced numbers beside the paper's"),

@@ -107,6 +107,12 @@ class CriteriaParams:
             "help": "also count passing channels with Pre FZs rendered as lucent read bn2 (stage pre-reading)"
         },
     )
+    natural_images: bool = field(
+        default=False,
+        metadata={
+            "help": "also judge every channel on its top-k natural images (ours, stage natural-criteria)"
+        },
+    )
     seed_root: str = field(
         default="stability/seed{seed}",
         metadata={"check": _check_seed_root, "help": "outputs root of each seed when seeds > 1"},

@@ -558,6 +558,9 @@ def make_figures(
         written.append(path)
     else:
         print(f"{metrics / 'ablation.json'} holds no ablated block: Fig. 2 not drawn")
+    from rsi.natural_figures import draw_natural_both  # criteria.natural_images (ours), when on
+
+    written += draw_natural_both(root, labels, params.dpi)
     return written
 
 

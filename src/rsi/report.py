@@ -514,6 +514,47 @@ def _stability_section(path: Path) -> list[str]:
     ]
 
 
+def _natural_criteria_section(path: Path, root: Path) -> list[str]:
+    """``criteria.natural_images`` (ours, not the paper's): natural-image counts beside the FZ-based ones,
+    with their overlap per block; nothing when the natural-criteria stage was off."""
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    blocks = {
+        b: v for b, v in ((_block_or_none(k), v) for k, v in data.items()) if b and isinstance(v, Mapping)
+    }
+    if not blocks:
+        return []
+    header = ["block", "FZ passing", "natural passing", "natural Eq. 1", "natural Eq. 2"]
+    header += ["natural passing (FZ-probed)", "both", "Jaccard"]
+    rows = [
+        [
+            block,
+            f"{_fmt(entry.get('fz_passing'))} of {_fmt(entry.get('fz_probed'))}",
+            f"{_fmt(entry.get('passing'))} of {_fmt(entry.get('channels'))}",
+            _fmt(entry.get("eq1_pass")),
+            _fmt(entry.get("eq2_pass")),
+            _fmt(entry.get("natural_passing_probed")),
+            _fmt(entry.get("both")),
+            _fmt(_number(entry.get("jaccard")), 3),
+        ]
+        for block, entry in blocks.items()
+    ]
+    figures = sorted(p.name for p in (root / "figures").glob("natural_both_*.png"))
+    return [
+        "## Natural-image criteria (ours, not the paper's)",
+        "",
+        "`criteria.natural_images: true`: Eq. 1 and Eq. 2 with each channel's top-k natural images (stage",
+        "natural) in place of the FZs. Eq. 1: the mean of Pre_c(S(X)) over the In tap's top-k exceeds the mean",
+        "of ReLU(Pre_c(X)); Eq. 2: the mean Post_c over the In tap's top-k, over the mean Post_c over the Pre",
+        "tap's top-k, lies in the same band. Natural verdicts cover every channel; the overlap (both, Jaccard)",
+        "is over the channels the FZ criteria probed.",
+        "",
+        *_table(header, rows),
+        "",
+        *[f"- [{name}](figures/{name}) channels passing both" for name in figures],
+        *([""] if figures else []),
+    ]
+
+
 def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> list[str]:
     published: dict[str, list[int]] = {
         parse_block(k): sorted(int(c) for c in v) for k, v in paper.get("channels", {}).items()
@@ -813,6 +854,7 @@ def build_report(
     listed = raw_ablation.get("blocks", raw_ablation) if isinstance(raw_ablation, Mapping) else {}
     skipped = [b for b in (_block_or_none(k) for k in listed) if b is not None and b not in ablation]
     lines += _stability_section(metrics / "criteria.json")
+    lines += _natural_criteria_section(metrics / "criteria_natural.json", root)
     ablation_lines, verdicts = _ablation_section(
         ablation, paper, settings.get("crop_rule"), params.decimals, skipped
     )
