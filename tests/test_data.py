@@ -51,7 +51,9 @@ def test_folder_layout_order_and_classes(tmp_path):
     (root / WNIDS[0] / "notes.txt").write_text("not an image")
     listing = data.list_folders(root)
     assert listing.items[:3] == [f"{WNIDS[0]}/{WNIDS[0]}_{n}.JPEG" for n in range(3)]
-    assert listing.labels == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # sorted-folder order without a class index
+    # without a class index, each wnid's ImageNet-1k index: a subset of the classes keeps ImageNet's labels
+    assert listing.labels == [0, 0, 0, 217, 217, 217, 701, 701, 701]
+    assert listing.classes == {WNIDS[0]: 0, WNIDS[1]: 217, WNIDS[2]: 701}
     assert listing.ignored == [f"{WNIDS[0]}/notes.txt"]
     imagenette = data.list_folders(root, data.read_class_index("imagenette"))
     assert sorted(set(imagenette.labels)) == [0, 217, 701]
@@ -66,6 +68,38 @@ def test_folder_layout_order_and_classes(tmp_path):
     partial_index.write_text(f"{WNIDS[0]}\n")
     with pytest.raises(data.DataError, match=WNIDS[1]):
         data.list_folders(root, data.read_class_index(str(partial_index)))
+
+
+def test_the_shipped_wnid_list_is_imagenet_1k_in_index_order():
+    wnids = data.imagenet_wnids()
+    assert len(wnids) == len(set(wnids)) == 1000 and list(wnids) == sorted(wnids)
+    assert (wnids[0], wnids[217], wnids[999]) == ("n01440764", "n02102040", "n15075141")
+    assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in wnids)
+    assert all(data.imagenet_index()[w] == i for w, i in data.IMAGENETTE_CLASSES.items())
+    digest = hashlib.sha256(("\n".join(wnids) + "\n").encode()).hexdigest()
+    assert digest == "70002b0ff5de60a3a17a82dbfcff291931f96225ddf941ad2e182fc39e183d15"  # = timm's list
+
+
+def test_folders_that_are_not_imagenet_wnids_are_an_error(tmp_path):
+    root = make_folders(tmp_path / "val", per_class=1, wnids=("n01440764", "n99999999", "cats"))
+    with pytest.raises(
+        data.DataError, match=r"val: class 'cats' is not an ImageNet-1k wnid \(2 of 3 unknown"
+    ):
+        data.list_folders(root)
+    mapped = tmp_path / "map.txt"  # other names need an explicit map to ImageNet indices
+    mapped.write_text("n01440764 0\nn99999999 5\ncats 281\n")
+    assert data.list_folders(root, data.read_class_index(str(mapped))).labels == [281, 0, 5]
+    mapped.write_text("n01440764 0\nn99999999 5\ncats 1000\n")
+    with pytest.raises(
+        data.DataError, match=r"map\.txt: cats has class index 1000, outside the model's 0\.\.999"
+    ):
+        data.read_class_index(str(mapped))
+
+
+def test_generated_folders_list_with_the_generated_sets_labels(tmp_path):
+    params = data.GeneratedParams(classes=3, per_class=2, size=40)
+    listing = data.list_folders(data.write_generated_folders(tmp_path / "val", params))
+    assert listing.labels == data.list_generated(params).labels == [0, 0, 1, 1, 2, 2]
 
 
 def _flat_copy(folders: Path, flat: Path, rng: np.random.Generator) -> dict[str, str]:
@@ -139,6 +173,18 @@ def test_flat_layout_errors(tmp_path):
     full.write_text("1\n2\n")
     with pytest.raises(data.DataError, match="label 2 is not in the label map"):
         data.list_flat(flat, full, label_map)
+    for bad in (-1, 1000):  # class indices without a label map: stored silently before
+        indices = tmp_path / f"gt_{bad}.txt"
+        indices.write_text(f"0\n{bad}\n")
+        with pytest.raises(
+            data.DataError,
+            match=rf"gt_{bad}\.txt: label {bad} \(for ILSVRC2012_val_00000002\.JPEG\) is outside the "
+            r"ImageNet-1k class indices 0\.\.999 \(1 such labels\)",
+        ):
+            data.list_flat(flat, indices)
+    edges = tmp_path / "gt_edges.txt"
+    edges.write_text("0\n999\n")
+    assert data.list_flat(flat, edges).labels == [0, 999]
 
 
 # ----------------------------------------------------------------------------------------------- bad files

@@ -12,23 +12,27 @@ Sources (``data.source``):
 
 * ``folders``: torchvision's ImageFolder / ImageNet layout, ``<root>/<wnid>/*.JPEG``. Files are listed in
   ImageFolder's order (classes sorted, then ``os.walk`` with sorted names) and filtered by its image
-  extensions; other files are listed in index.json as ``ignored``. The class index is the position of the
-  wnid among the sorted folders (for the 1000 ImageNet-1k folders that *is* the ImageNet-1k index, as
-  torchvision's ImageNet class and the authors' ImageFolder use), unless ``class_index`` says otherwise.
+  extensions; other files are listed in index.json as ``ignored``. The class index is the wnid's ImageNet-1k
+  index, its position among the 1000 sorted ImageNet-1k wnids (``rsi/imagenet_wnids.txt``; with all 1000
+  folders that is ImageFolder's index, as torchvision's ImageNet class and the authors' ImageFolder use), so
+  a folder set with a subset of the classes keeps ImageNet's indices; a folder that is not an ImageNet-1k
+  wnid is an error, unless ``class_index`` says otherwise.
 * ``flat``: the official validation folder (``ILSVRC2012_val_00000001.JPEG`` ...) and a ground-truth file,
   ``ground_truth``: one label per line for the sorted image files (the devkit's
   ``ILSVRC2012_validation_ground_truth.txt``), or ``<file name> <label>`` per line. A label is a wnid
   (``n01440764``) or an integer. Integers are translated by ``label_map`` when it is given: a text file of
   ``<label> <wnid>`` lines, or the devkit's ``meta.mat`` (its ILSVRC2012_ID → WNID table, which is *not* the
-  sorted-wnid order). Integers without a ``label_map`` are class indices already (0-based).
+  sorted-wnid order). Integers without a ``label_map`` are class indices already (0-based, 0-999: anything
+  else is an error).
 * ``generated``: a small synthetic labelled set for the offline demo, deterministic from the top-level
   ``seed``: oriented colour gratings, one orientation and tint per class, with random phase, a blob and
   noise. It is not ImageNet: index.json says ``"generated": true`` and every later output repeats it.
 
-``class_index`` (wnid → class index): null (sorted order of the wnids present, see above), ``imagenette``
-(the ImageNet-1k indices of Imagenette's 10 wnids, built in), or a file of ``<wnid>`` lines (line number =
+``class_index`` (wnid → class index): null (the ImageNet-1k index, see above), ``imagenette`` (the
+ImageNet-1k indices of Imagenette's 10 wnids, built in), or a file of ``<wnid>`` lines (line number =
 index, e.g. a 1000-line synset list) or ``<wnid> <index>`` lines or ``<wnid> <words>`` lines
-(``LOC_synset_mapping.txt``: line number = index).
+(``LOC_synset_mapping.txt``: line number = index). Every index must be an ImageNet-1k class, 0-999: the
+model's outputs are scored against it.
 
 Bad files: a file that cannot be opened or decoded as an image (unreadable, truncated, not an image) stops
 the stage with an error naming it, or, with ``on_bad_file: skip``, is left out, listed in index.json under
@@ -58,7 +62,9 @@ local HTTP server on 127.0.0.1; they never reach the internet.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.resources
 import json
 import os
 import tarfile
@@ -101,6 +107,23 @@ IMAGENETTE_CLASSES: dict[str, int] = {
     "n03445777": 574,  # golf ball
     "n03888257": 701,  # parachute
 }
+
+
+IMAGENET_CLASSES = 1000
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k wnids in class-index order (sorted: n01440764 is 0, n15075141 is 999), from the
+    package's ``imagenet_wnids.txt`` (the same list as timm's imagenet_synsets.txt and the devkit's
+    LOC_synset_mapping.txt)."""
+    text = importlib.resources.files("rsi").joinpath("imagenet_wnids.txt").read_text()
+    return tuple(text.split())
+
+
+def imagenet_index() -> dict[str, int]:
+    """wnid → ImageNet-1k class index."""
+    return {wnid: i for i, wnid in enumerate(imagenet_wnids())}
 
 
 class DataError(ValueError):
@@ -166,7 +189,7 @@ class Listing:
 
 
 def read_class_index(spec: str | None) -> dict[str, int] | None:
-    """wnid → class index from ``data.class_index`` (None: sorted order of the wnids present)."""
+    """wnid → class index from ``data.class_index`` (None: the ImageNet-1k index, applied when listing)."""
     if spec is None:
         return None
     if spec == "imagenette":
@@ -183,6 +206,10 @@ def read_class_index(spec: str | None) -> dict[str, int] | None:
         index = int(parts[1]) if len(parts) == 2 and parts[1].strip().isdigit() else number
         if wnid in mapping:
             raise DataError(f"{path}: wnid {wnid} is listed twice")
+        if not 0 <= index < IMAGENET_CLASSES:
+            raise DataError(
+                f"{path}: {wnid} has class index {index}, outside the model's 0..{IMAGENET_CLASSES - 1}"
+            )
         mapping[wnid] = index
     if not mapping:
         raise DataError(f"{path}: no wnids in the class index file")
@@ -196,12 +223,20 @@ def _content_lines(path: Path) -> list[str]:
 def _class_to_idx(wnids: Sequence[str], class_index: dict[str, int] | None, where: str) -> dict[str, int]:
     ordered = sorted(set(wnids))
     if class_index is None:
-        return {wnid: i for i, wnid in enumerate(ordered)}
+        known = imagenet_index()
+        unknown = [w for w in ordered if w not in known]
+        if unknown:
+            raise DataError(
+                f"{where}: class {unknown[0]!r} is not an ImageNet-1k wnid ({len(unknown)} of {len(ordered)} "
+                "unknown; ImageNet-1k classes are n01440764 ... n15075141); rename it, or map the names with "
+                "data.class_index (a file of '<name> <ImageNet index>' lines)"
+            )
+        return {wnid: known[wnid] for wnid in ordered}
     missing = [w for w in ordered if w not in class_index]
     if missing:
         raise DataError(
             f"{where}: class {missing[0]} is not in data.class_index ({len(missing)} missing); "
-            "give a class index file that lists every class, or class_index: null for sorted order"
+            "give a class index file that lists every class, or class_index: null for ImageNet-1k wnids"
         )
     return {wnid: class_index[wnid] for wnid in ordered}
 
@@ -295,6 +330,14 @@ def list_flat(
     if all(token.lstrip("-").isdigit() for token in raw):
         numbers = [int(token) for token in raw]
         if mapping is None:
+            outside = [(i, n) for i, n in enumerate(numbers) if not 0 <= n < IMAGENET_CLASSES]
+            if outside:
+                line, label = outside[0]
+                raise DataError(
+                    f"{gt_path}: label {label} (for {images[line]}) is outside the ImageNet-1k class indices "
+                    f"0..{IMAGENET_CLASSES - 1} ({len(outside)} such labels); the devkit's 1-based "
+                    "ILSVRC2012_IDs need data.label_map (its meta.mat)"
+                )
             return Listing(images, numbers, {}, str(root), ignored)
         unknown_ids = sorted({n for n in numbers if n not in mapping})
         if unknown_ids:
@@ -770,12 +813,13 @@ def run(args: argparse.Namespace) -> None:
 def write_generated_folders(
     dest: str | Path, params: GeneratedParams, seed: int = 0, fmt: str = "JPEG"
 ) -> Path:
-    """The generated set as image files in the ImageFolder layout ``dest/<class>/<n>.jpg`` (benchmarks and
-    demos of the folder path)."""
+    """The generated set as image files in the ImageFolder layout ``dest/<wnid>/<n>.jpg`` (benchmarks and
+    tests of the folder path). Class ``label``'s folder is the ImageNet-1k wnid of index ``label``, so
+    :func:`list_folders` gives the same labels as the generated source (the images are not ImageNet's)."""
     dest = Path(dest)
     suffix = ".jpg" if fmt == "JPEG" else f".{fmt.lower()}"
     for label in range(params.classes):
-        folder = dest / f"generated_{label:03d}"
+        folder = dest / imagenet_wnids()[label]
         folder.mkdir(parents=True, exist_ok=True)
         for number in range(params.per_class):
             generated_image(label, number, seed, params).save(
