@@ -201,13 +201,26 @@ def _corrupt(root: Path) -> tuple[Path, Path]:
 
 def test_corrupt_jpeg_is_an_error_naming_the_file(tmp_path):
     root = make_folders(tmp_path / "val", per_class=2)
-    truncated, _ = _corrupt(root)
+    truncated, not_image = _corrupt(root)
     listing = data.list_folders(root)
     with pytest.raises(data.DataError) as error:
         data.decode_to_cache(listing, tmp_path / "cache", size=64, progress=False)
-    assert str(truncated) in str(error.value)
-    assert "on_bad_file: skip" in str(error.value)
+    message = str(error.value)
+    assert message.startswith("2 file(s) cannot be decoded: ") and "\n" not in message
+    assert str(truncated) in message and str(not_image) in message  # every bad file, not only the first
+    assert "on_bad_file: skip" in message
     assert not (tmp_path / "cache" / "images.npy").exists()  # nothing half-written
+
+
+def test_many_bad_files_are_listed_twenty_and_counted(tmp_path):
+    root = make_folders(tmp_path / "val", per_class=1)
+    for n in range(23):
+        (root / WNIDS[2] / f"bad_{n:02d}.JPEG").write_text("not a JPEG")
+    with pytest.raises(data.DataError) as error:
+        data.decode_to_cache(data.list_folders(root), tmp_path / "cache", size=64, progress=False)
+    message = str(error.value)
+    assert message.startswith("23 file(s) cannot be decoded: ")
+    assert "bad_19.JPEG" in message and "bad_20.JPEG" not in message and "; and 3 more." in message
 
 
 def test_skip_counts_bad_files(tmp_path):
@@ -227,7 +240,7 @@ def test_skip_counts_bad_files(tmp_path):
     assert cache.images.shape == (6, 256, 256, 3)
     for i, item in enumerate(index["files"]):  # rows stay aligned with files and labels after the skips
         np.testing.assert_array_equal(cache.images[i], data.decode_file(root / item)[0])
-    assert cache.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert cache.labels.tolist() == [0, 0, 217, 217, 701, 701]
 
 
 def test_modes_are_converted_to_rgb(tmp_path):

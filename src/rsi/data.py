@@ -497,12 +497,8 @@ def decode_to_cache(
         for batch in loader:
             for i, entry, error in batch:
                 if entry is None:
-                    if on_bad_file != "skip":
-                        raise DataError(
-                            f"{error}. Fix or remove the file, or set data.on_bad_file: skip to leave "
-                            "such files out (they are then counted in index.json and metrics/data.json)"
-                        )
-                    warnings.warn(f"skipping {error}", stacklevel=2)
+                    if on_bad_file == "skip":
+                        warnings.warn(f"skipping {error}", stacklevel=2)
                     skipped.append({"file": listing.items[i], "error": error})
                 else:
                     cache[len(kept)], shape = entry
@@ -512,6 +508,8 @@ def decode_to_cache(
         bar.close()
         cache.flush()
         del cache
+        if skipped and on_bad_file != "skip":
+            raise _bad_files_error(skipped)
         if skipped:
             _compact(temporary, len(kept))
     labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
@@ -534,6 +532,18 @@ def decode_to_cache(
     }
     write_json(out_dir / "index.json", index)
     return index
+
+
+def _bad_files_error(bad: list[dict[str, str]], shown: int = 20) -> DataError:
+    """One line naming every bad file (the first ``shown`` of them and a count): fixing them one per run
+    would cost a whole decode pass each."""
+    listed = "; ".join(entry["error"] for entry in bad[:shown])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    return DataError(
+        f"{len(bad)} file(s) cannot be decoded: {listed}{more}. Fix or remove them, or set "
+        "data.on_bad_file: skip to leave such files out (they are then counted in index.json and "
+        "metrics/data.json)"
+    )
 
 
 def _compact(path: Path, rows: int) -> None:
