@@ -10,6 +10,7 @@ import json
 import shutil
 import tarfile
 import threading
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -480,6 +481,90 @@ def test_extract_refuses_escaping_paths_and_links(tmp_path, monkeypatch, tar_fil
         info.size = 2
         handle.addfile(info, io.BytesIO(b"ok"))
     assert (data.extract_archive(good, tmp_path / "into3") / "val" / "n01" / "a.txt").read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize("tar_filter", ["data", "none"], ids=["python>=3.11.4", "python<3.11.4"])
+def test_absolute_member_paths_are_refused(tmp_path, monkeypatch, tar_filter):
+    if tar_filter == "none":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    absolute = tmp_path / "absolute.tar"  # tar's data filter alone would strip the "/" and unpack it
+    with tarfile.open(absolute, "w") as handle:
+        info = tarfile.TarInfo("/abs.txt")
+        info.size = 1
+        handle.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(data.DataError, match=r"absolute\.tar: refusing to extract '/abs\.txt': an absolute"):
+        data.extract_archive(absolute, tmp_path / "into")
+    zipped = tmp_path / "absolute.zip"
+    with zipfile.ZipFile(zipped, "w") as handle:
+        handle.writestr("/abs.txt", "x")
+    with pytest.raises(data.DataError, match=r"absolute\.zip: refusing to extract '/abs\.txt'"):
+        data.extract_archive(zipped, tmp_path / "into")
+    assert list((tmp_path / "into").iterdir()) == []
+
+
+def _tar_with_a_bad_last_member(tmp_path: Path) -> Path:
+    """tiny/val/... images, then a link tar's data filter refuses while unpacking (not in the name check)."""
+    make_folders(tmp_path / "src" / "tiny" / "val", per_class=1, size=32)
+    archive = tmp_path / "bad.tgz"
+    with tarfile.open(archive, "w:gz") as handle:
+        handle.add(tmp_path / "src" / "tiny", arcname="tiny")
+        link = tarfile.TarInfo("tiny/val/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        handle.addfile(link)
+    return archive
+
+
+def test_a_refused_archive_leaves_nothing_behind(tmp_path):
+    archive = _tar_with_a_bad_last_member(tmp_path)
+    into = tmp_path / "data"
+    with pytest.raises(data.DataError, match=r"bad\.tgz: refusing to extract"):
+        data.extract_archive(archive, into)
+    assert list(into.iterdir()) == []  # not the members before the bad one, no temporary folder either
+    params = data.DataParams(
+        root=str(into / "tiny" / "val"),
+        download=data.DownloadParams(
+            url=archive.as_uri(), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), into=str(into)
+        ),
+    )
+    for _ in range(2):  # the rerun refuses again instead of using a partial root
+        with pytest.raises(data.DataError, match="refusing to extract"):
+            data.prepare(params, tmp_path / "cache", progress=False)
+    assert sorted(p.name for p in into.iterdir()) == ["bad.tgz"]
+
+
+def test_a_root_without_the_marker_is_rechecked_against_the_archive(tmp_path, monkeypatch):
+    archive, sha = _archive(tmp_path)
+    into = tmp_path / "data"
+    download = data.DownloadParams(url=archive.as_uri(), sha256=sha, into=str(into))
+    params = data.DataParams(root=str(into / "tiny" / "val"), class_index="imagenette", download=download)
+    with tarfile.open(archive) as handle:  # what an interrupted or refused unpacking used to leave
+        handle.extractall(into, filter="data")
+    lost = into / "tiny" / "val" / WNIDS[2] / f"{WNIDS[2]}_0.JPEG"
+    kept = lost.read_bytes()
+    lost.unlink()
+    with pytest.raises(
+        data.DataError, match=rf"is not a complete unpacking of .*tiny\.tgz \(tiny/val/{WNIDS[2]}/"
+    ):
+        data.prepare(params, tmp_path / "cache", progress=False)
+    lost.write_bytes(kept[:-1])
+    with pytest.raises(data.DataError, match=f"_0.JPEG has {len(kept) - 1} bytes, the archive {len(kept)}"):
+        data.prepare(params, tmp_path / "cache", progress=False)
+    lost.write_bytes(kept)  # complete: checked once, then the marker vouches for it
+    assert data.prepare(params, tmp_path / "cache", progress=False)["count"] == 3
+    marker = json.loads((into / "tiny.tgz.unpacked.json").read_text())
+    assert marker == {"sha256": sha, "entries": ["tiny"]}
+    monkeypatch.setattr(data, "download_archive", lambda *a, **k: pytest.fail("checked again"))
+    assert data.prepare(params, tmp_path / "cache", progress=False)["count"] == 3
+
+
+def test_unpacking_writes_the_marker_and_never_overwrites(tmp_path):
+    archive, sha = _archive(tmp_path)
+    into = tmp_path / "data"
+    data.extract_archive(archive, into)
+    assert json.loads((into / "tiny.tgz.unpacked.json").read_text()) == {"sha256": sha, "entries": ["tiny"]}
+    with pytest.raises(data.DataError, match=r"tiny exists already, but not from a complete unpacking"):
+        data.extract_archive(archive, into)
+    assert sorted(p.name for p in into.iterdir()) == ["tiny", "tiny.tgz.unpacked.json"]
 
 
 # ----------------------------------------------------------------------------------------------- CLI, params

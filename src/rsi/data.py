@@ -54,7 +54,11 @@ images of 10 ImageNet classes, short side 320 so ``Resize(256)`` shrinks as it d
 ``rsi prepare-data --download-only`` (or prepare-data itself when ``root`` is missing) fetches it with
 :func:`download_archive`, which streams to a temporary file, checks the SHA-256 and only then renames it
 (exactly as torchvision fetches and checks the weights), and :func:`extract_archive` unpacks it under
-``download.into`` (tar's "data" filter: no absolute paths, links or devices). Then ``root:
+``download.into``: absolute and escaping member names are refused before anything is written, links and
+devices by tar's "data" filter; members go to a temporary folder beside the target and are renamed into
+place only when all passed, and a marker (``<archive>.unpacked.json``) records the archive's SHA-256. A
+present ``root`` without that marker (an older or interrupted unpacking) is re-checked against the archive
+member by member and refused if it differs (:func:`ensure_download`). Then ``root:
 data/imagenette2-320/val`` with ``class_index: imagenette``. Tests exercise this with a file:// URL and a
 local HTTP server on 127.0.0.1; they never reach the internet.
 """
@@ -67,7 +71,9 @@ import hashlib
 import importlib.resources
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 import urllib.request
 import warnings
 import zipfile
@@ -693,41 +699,133 @@ def _sha256_file(path: Path) -> str:
 
 
 def _unsafe_member(name: str) -> bool:
-    return os.path.isabs(name) or ".." in Path(name).parts
+    return os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in Path(name).parts
 
 
-def extract_archive(archive: str | Path, into: str | Path) -> Path:
-    """Unpack a .tar(.gz/.tgz) or .zip under ``into``, refusing absolute and escaping paths (and, in a
-    tar, links and device files): a DataError naming the archive and the member."""
-    archive, into = Path(archive), Path(into)
-    into.mkdir(parents=True, exist_ok=True)
+def archive_members(archive: str | Path) -> list[tuple[str, int | None]]:
+    """(name, size) of every file and folder (size None) in a .tar(.gz/.tgz) or .zip; an absolute or
+    escaping name is a DataError naming the archive and the member."""
+    archive = Path(archive)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as handle:
-            for name in handle.namelist():
-                if _unsafe_member(name):
-                    raise DataError(f"{archive}: refusing to extract {name!r} outside {into}")
-            handle.extractall(into)
-        return into
+            entries = [(i.filename, None if i.is_dir() else i.file_size) for i in handle.infolist()]
+    else:
+        with tarfile.open(archive) as handle:
+            entries = [(m.name, None if m.isdir() else m.size) for m in handle.getmembers()]
+    for name, _ in entries:
+        if _unsafe_member(name):
+            raise DataError(
+                f"{archive}: refusing to extract {name!r}: an absolute path or one outside its folder"
+            )
+    return entries
+
+
+def _top_level(entries: list[tuple[str, int | None]]) -> list[str]:
+    return sorted({Path(name).parts[0] for name, _ in entries if Path(name).parts})
+
+
+def _unpack_into(archive: Path, folder: Path) -> None:
+    """Every member of ``archive`` under ``folder``; in a tar, links and device files are refused too."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(folder)
+        return
     with tarfile.open(archive) as handle:
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: tar's own "data" filter
             try:
-                handle.extractall(into, filter="data")
+                handle.extractall(folder, filter="data")
             except tarfile.FilterError as error:
                 raise DataError(f"{archive}: refusing to extract: {error}") from error
         else:  # 3.11.0 - 3.11.3 (the Docker image's 3.11.2): the same refusals, checked first
             for member in handle.getmembers():
-                if _unsafe_member(member.name) or not (member.isfile() or member.isdir()):
-                    kind = "a link or special file" if not (member.isfile() or member.isdir()) else "a path"
-                    raise DataError(f"{archive}: refusing to extract {kind} {member.name!r} outside {into}")
-            handle.extractall(into)
+                if not (member.isfile() or member.isdir()):
+                    raise DataError(f"{archive}: refusing to extract a link or special file {member.name!r}")
+            handle.extractall(folder)
+
+
+def unpacked_marker(archive: str | Path, into: str | Path) -> Path:
+    """The file in ``into`` that records a complete unpacking of ``archive`` there (its SHA-256 and
+    top-level entries)."""
+    return Path(into) / f"{Path(archive).name}.unpacked.json"
+
+
+def extract_archive(archive: str | Path, into: str | Path, *, sha256: str | None = None) -> Path:
+    """Unpack a .tar(.gz/.tgz) or .zip under ``into``, refusing absolute and escaping paths (and, in a
+    tar, links and device files): a DataError naming the archive and the member. Members go to a
+    temporary folder inside ``into`` first and are renamed into place only when every one passed, then
+    :func:`unpacked_marker` records the archive's SHA-256: a refused or interrupted unpacking leaves
+    nothing that a rerun could mistake for the data."""
+    archive, into = Path(archive), Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    entries = _top_level(archive_members(archive))
+    temporary = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".partial", dir=into))
+    try:
+        _unpack_into(archive, temporary)
+        present = [name for name in entries if os.path.lexists(into / name)]
+        if present:
+            raise DataError(
+                f"{archive}: {into / present[0]} exists already, but not from a complete unpacking of this "
+                f"archive (no {unpacked_marker(archive, into).name}): delete it and rerun to unpack again"
+            )
+        for name in entries:
+            os.rename(temporary / name, into / name)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    write_json(
+        unpacked_marker(archive, into), {"sha256": sha256 or _sha256_file(archive), "entries": entries}
+    )
     return into
+
+
+def _unpacked_difference(archive: Path, into: Path) -> str | None:
+    """The first member of ``archive`` that ``into`` lacks or holds with another size; None if none."""
+    for name, size in archive_members(archive):
+        path = into / name
+        if not (path.is_dir() if size is None else path.is_file()):
+            return f"{name} is missing"
+        if size is not None and path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the archive {size}"
+    return None
+
+
+def ensure_download(params: DownloadParams, root: str | Path, *, progress: bool = True) -> None:
+    """``root`` from the pinned archive: downloaded and unpacked when missing. A present ``root`` inside
+    the archive's folders must come from a complete unpacking of this archive (its marker); without the
+    marker it is re-checked member by member against the archive (sizes), and refused if it differs."""
+    root, into = Path(root), Path(params.into)
+    if not os.path.lexists(root):
+        fetch_download(params, progress=progress)
+        return
+    archive = into / Path(urllib.request.url2pathname(params.url.rsplit("/", 1)[-1])).name
+    marker = unpacked_marker(archive, into)
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("sha256") == params.sha256 and _inside(root, into, record.get("entries", [])):
+            return
+    archive = download_archive(params.url, params.sha256, archive, progress=progress)
+    entries = _top_level(archive_members(archive))
+    if not _inside(root, into, entries):
+        return  # root is not the archive's: nothing to check
+    difference = _unpacked_difference(archive, into)
+    if difference is not None:
+        raise DataError(
+            f"data.root = {str(root)!r} is not a complete unpacking of {archive} ({difference}), e.g. left "
+            f"by an interrupted or refused unpacking: delete {into / entries[0]} and rerun to unpack it "
+            "again, or set data.download: null to use the folder as it is"
+        )
+    write_json(marker, {"sha256": params.sha256, "entries": entries})
+
+
+def _inside(root: Path, into: Path, entries: Sequence[str]) -> bool:
+    resolved = root.resolve()
+    return any(resolved.is_relative_to((into / name).resolve()) for name in entries)
 
 
 def fetch_download(params: DownloadParams, *, progress: bool = True) -> Path:
     """Download the pinned archive into ``params.into`` (checked) and unpack it there."""
     Path(params.into).mkdir(parents=True, exist_ok=True)
     archive = download_archive(params.url, params.sha256, Path(params.into), progress=progress)
-    return extract_archive(archive, params.into)
+    return extract_archive(archive, params.into, sha256=params.sha256)
 
 
 # ----------------------------------------------------------------------------------------------- stage
@@ -756,8 +854,8 @@ def prepare(
 ) -> dict[str, Any]:
     """The whole stage: (download,) list, subset, decode, write the cache and (optionally) the metrics."""
     out_dir = Path(out_dir) if out_dir is not None else artifacts.eval_dir()
-    if params.source != "generated" and not Path(params.root).exists() and params.download is not None:
-        fetch_download(params.download, progress=progress)
+    if params.source != "generated" and params.download is not None:
+        ensure_download(params.download, params.root, progress=progress)
     listing = make_listing(params, seed)
     index = decode_to_cache(
         listing,
@@ -808,7 +906,8 @@ def run(args: argparse.Namespace) -> None:
     if args.download_only:
         if params.download is None:
             raise ParamsError(f"{args.params}: data.download is null; nothing to download")
-        print(f"unpacked into {fetch_download(params.download)}")
+        ensure_download(params.download, params.root)
+        print(f"{params.root}: unpacked from {params.download.url} (SHA-256 checked)")
         return
     if not distributed.is_main():
         return
