@@ -322,8 +322,8 @@ def test_odd_long_side_crop_lands_where_the_direct_crop_does():
 def test_decoded_cache_keeps_the_resized_sizes(tmp_path):
     root = tmp_path / "val"
     for i, (w, h) in enumerate([(343, 256), (200, 300)]):
-        (root / "n0000000").mkdir(parents=True, exist_ok=True)
-        smooth_image(w, h, i).save(root / "n0000000" / f"img_{i}.png")
+        (root / WNIDS[0]).mkdir(parents=True, exist_ok=True)
+        smooth_image(w, h, i).save(root / WNIDS[0] / f"img_{i}.png")
     data.decode_to_cache(data.list_folders(root), tmp_path / "eval", progress=False)
     cache = data.load_eval(tmp_path / "eval")
     assert cache.resized.tolist() == [[256, 343], [384, 256]]
@@ -331,7 +331,7 @@ def test_decoded_cache_keeps_the_resized_sizes(tmp_path):
 
 
 def test_cache_without_resized_sizes_asks_for_prepare_data(tmp_path):
-    root = tmp_path / "val" / "n0000000"
+    root = tmp_path / "val" / WNIDS[0]
     root.mkdir(parents=True)
     smooth_image(40, 40, 0).save(root / "a.png")
     data.decode_to_cache(data.list_folders(tmp_path / "val"), tmp_path / "eval", progress=False)
