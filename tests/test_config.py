@@ -195,17 +195,14 @@ def test_errors_name_the_params_file_given(tmp_path, monkeypatch, capsys):
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     params["fz"]["blocks"] = {"layer2_1": {"taps": ["pre", "post"], "jitter": 4}}
     params["data"].update(source="flat", ground_truth=None)
-    (tmp_path / "mine.yaml").write_text(yaml.safe_dump(params))
+    # named like a section: the file is named once, not twice
+    (tmp_path / "fz.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["fz", "--params", "mine.yaml", "--block", "3.1"]) == 2
+    assert cli.main(["fz", "--params", "fz.yaml", "--block", "3.1"]) == 2
     err = capsys.readouterr().err
-    assert (
-        err == "rsi fz: error: mine.yaml: fz.blocks has no key layer3_1 (block 3.1); configured: layer2_1\n"
-    )
-    assert cli.main(["prepare-data", "--params", "mine.yaml"]) == 2  # a stage's own check across keys
-    assert capsys.readouterr().err.startswith(
-        "rsi prepare-data: error: mine.yaml: data.source = 'flat' needs"
-    )
+    assert err == "rsi fz: error: fz.yaml: fz.blocks has no key layer3_1 (block 3.1); configured: layer2_1\n"
+    assert cli.main(["prepare-data", "--params", "fz.yaml"]) == 2  # a stage's own check across keys
+    assert capsys.readouterr().err.startswith("rsi prepare-data: error: fz.yaml: data.source = 'flat' needs")
 
 
 def test_stages_without_params_need_no_params_file(tmp_path, monkeypatch):

@@ -64,6 +64,13 @@ def validate_params(path: str) -> None:
             loader(raw, source=path)
 
 
+def _names_a_key_not_the_file(error: Exception, path: str) -> bool:
+    """A ParamsError that starts with a key (``fz.blocks has no key …``) rather than the file's name."""
+    message = str(error)
+    first_key = message.split(".")[0].split(" ")[0]
+    return isinstance(error, ParamsError) and first_key in SECTIONS and not message.startswith(f"{path}:")
+
+
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only ``command``'s module is imported to add its own options."""
     parser = argparse.ArgumentParser(
@@ -92,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if os.environ.get("RSI_DEBUG"):
             raise
         message = str(error)
-        if isinstance(error, ParamsError) and message.split(".")[0].split(" ")[0] in SECTIONS:
+        if _names_a_key_not_the_file(error, args.params):
             message = f"{args.params}: {message}"  # a stage's own check names the key, not the file
         print(f"rsi {args.command}: error: {message}", file=sys.stderr)
         return 2
