@@ -150,6 +150,16 @@ def test_every_section_of_the_shipped_params_is_known_and_every_known_one_loads(
     cli.validate_params(str(REPO / "params.yaml"))  # the registry's targets all exist and accept the paper
 
 
+@pytest.mark.parametrize("offline", [False, True])
+def test_the_demo_profiles_pass_the_whole_file_validation(tmp_path, offline):
+    from rsi import cli
+    from rsi.demo_params import demo_params
+
+    params = demo_params(REPO / "params.demo.yaml", base_file=REPO / "params.yaml", offline=offline)
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(params))
+    cli.validate_params(str(tmp_path / "demo.yaml"))
+
+
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
