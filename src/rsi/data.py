@@ -35,8 +35,9 @@ index, e.g. a 1000-line synset list) or ``<wnid> <index>`` lines or ``<wnid> <wo
 model's outputs are scored against it.
 
 Bad files: a file that cannot be opened or decoded as an image (unreadable, truncated, not an image) stops
-the stage with an error naming it, or, with ``on_bad_file: skip``, is left out, listed in index.json under
-``skipped`` and counted in ``metrics/data.json``.
+the stage, after one pass over all files, with an error naming every such file (the first 20 and a
+count), or, with ``on_bad_file: skip``, is left out, listed in index.json under ``skipped`` and counted in
+``metrics/data.json``.
 
 The later stages crop the 256 px cache on the device, exactly as the authors' PIL pipeline
 ``Resize(256)``, ``CenterCrop(c)``, ``Resize(224)``: ``resized.npy`` (N, 2) keeps each image's size after
