@@ -121,7 +121,7 @@ def main() -> None:
         scratch = Path(scratch)
         data.write_generated_folders(scratch / "val", generated)
         for label in range(classes * per_class - args.images):  # exactly --images files, no class empty
-            (scratch / "val" / f"generated_{label:03d}" / f"{per_class - 1:04d}.jpg").unlink()
+            (scratch / "val" / data.imagenet_wnids()[label] / f"{per_class - 1:04d}.jpg").unlink()
         listing = data.list_folders(scratch / "val")  # ImageFolder's files, order and labels
         # warm-up (kernels, allocator) on both paths' shapes
         with torch.inference_mode():

@@ -99,7 +99,7 @@ def test_paper_params_download_nothing_and_name_the_missing_imagenet(tmp_path, m
         ({"steps": 0}, "s.steps = 0 is not allowed: expected a value >= 1"),
         ({"lr": "fast"}, "s.lr = 'fast' is not allowed: expected a finite number"),
         ({"mode": "lucent"}, "s.mode = 'lucent' is not allowed: expected one of 'exact', 'lucent_reference'"),
-        ({"blocks": ["2.1", "5.3"]}, "s.blocks = ('2.1', '5.3') is not allowed: unknown block '5.3'"),
+        ({"blocks": ["2.1", "5.3"]}, "s.blocks = ['2.1', '5.3'] is not allowed: unknown block '5.3'"),
         ({"blocks": ["2.1", "layer2_1"]}, "a block is listed twice"),
         ({"blocks": "2.1"}, "s.blocks = '2.1' is not allowed: expected a list of str"),
         ({"per_block": {"layer2_1": {"jitter": -1}}}, "s.per_block.layer2_1.jitter = -1"),
@@ -135,3 +135,119 @@ def test_read_params_errors(tmp_path):
     listing.write_text("- 1\n- 2\n")
     with pytest.raises(ParamsError, match="top level must be a mapping"):
         read_params(listing)
+
+
+# ----------------------------------------------------------------------------------------------- the CLI
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_every_section_of_the_shipped_params_is_known_and_every_known_one_loads():
+    from rsi import cli
+
+    for name in ("params.yaml", "params.demo.yaml"):
+        assert set(yaml.safe_load((REPO / name).read_text())) <= set(cli.SECTIONS), name
+    cli.validate_params(str(REPO / "params.yaml"))  # the registry's targets all exist and accept the paper
+
+
+@pytest.mark.parametrize("offline", [False, True])
+def test_the_demo_profiles_pass_the_whole_file_validation(tmp_path, offline):
+    from rsi import cli
+    from rsi.demo_params import demo_params
+
+    params = demo_params(REPO / "params.demo.yaml", base_file=REPO / "params.yaml", offline=offline)
+    (tmp_path / "demo.yaml").write_text(yaml.safe_dump(params))
+    cli.validate_params(str(tmp_path / "demo.yaml"))
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (  # a misspelled section was ignored: its stage ran the paper defaults
+            lambda p: p.update(fzz=p.pop("fz")),
+            "bad.yaml: unknown section 'fzz' (did you mean fz?); known sections: seed, model, fz,",
+        ),
+        (lambda p: p.update(critera={}), "bad.yaml: unknown section 'critera' (did you mean criteria?)"),
+        (lambda p: p.update(xyzzy=1), "bad.yaml: unknown section 'xyzzy' (is it misspelled?)"),
+        (  # these failed only when the criteria / ablate stage ran, after prepare-data and every FZ
+            lambda p: p["criteria"].update(eq2_low="3/2", eq2_high="2/3"),
+            "bad.yaml: criteria.eq2_low = 1.5 must be below criteria.eq2_high = 0.666667",
+        ),
+        (
+            lambda p: p["ablate"].update(percents=[10, 150]),
+            "bad.yaml: ablate.percents = [10, 150] is not allowed: expected a value <= 99",
+        ),
+        (lambda p: p["ablate"].update(percents=[0]), "bad.yaml: ablate.percents = [0] is not allowed"),
+        (lambda p: p.update(seed=-1), "bad.yaml: seed = -1 is not allowed"),
+        (  # a check on a mapping of sections names the entry, not the dataclasses' reprs
+            lambda p: p["fz"].update(blocks={"layer2_1": {"taps": ["in", "post"], "jitter": 4}}),
+            "bad.yaml: fz.blocks is not allowed: layer2_1: the In of block 2.1 is block 2.0's Post",
+        ),
+    ],
+)
+def test_any_bad_section_stops_every_stage_before_it_computes(tmp_path, monkeypatch, capsys, edit, message):
+    from rsi import cli, data
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    edit(params)
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(data, "run", lambda args: pytest.fail("prepare-data ran on a bad params file"))
+    assert cli.main(["prepare-data", "--params", "bad.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"rsi prepare-data: error: {message}") and err.count("\n") == 1, err
+    assert "BlockFZParams" not in err
+
+
+def test_errors_name_the_params_file_given(tmp_path, monkeypatch, capsys):
+    from rsi import cli
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["fz"]["blocks"] = {"layer2_1": {"taps": ["pre", "post"], "jitter": 4}}
+    params["data"].update(source="flat", ground_truth=None)
+    # named like a section: the file is named once, not twice
+    (tmp_path / "fz.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["fz", "--params", "fz.yaml", "--block", "3.1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "rsi fz: error: fz.yaml: fz.blocks has no key layer3_1 (block 3.1); configured: layer2_1\n"
+    assert cli.main(["prepare-data", "--params", "fz.yaml"]) == 2  # a stage's own check across keys
+    assert capsys.readouterr().err.startswith("rsi prepare-data: error: fz.yaml: data.source = 'flat' needs")
+
+
+def test_stages_without_params_need_no_params_file(tmp_path, monkeypatch):
+    from rsi import cli, weights_cli
+
+    monkeypatch.chdir(tmp_path)  # no params.yaml here (the image build runs fetch-weights like this)
+    ran = []
+    monkeypatch.setattr(weights_cli, "run", ran.append)
+    assert cli.main(["fetch-weights", "--out", "w.pth"]) == 0 and len(ran) == 1
+
+
+def test_ctrl_c_is_one_line_and_exit_130(tmp_path, monkeypatch, capsys):
+    from rsi import cli, data
+
+    (tmp_path / "params.yaml").write_text("seed: 0\n")
+    monkeypatch.chdir(tmp_path)
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data, "run", interrupted)
+    assert cli.main(["prepare-data"]) == 130
+    assert capsys.readouterr().err == (
+        "rsi prepare-data: interrupted; finished chunks are kept, rerun to resume\n"
+    )
+
+
+def test_importing_the_fz_transforms_prints_no_torch_jit_warning_and_filters_nothing_globally():
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings; warnings.simplefilter('always'); import rsi.fz_transforms\n"
+        "print(sum(f[1] is not None and 'jit\\.script' in f[1].pattern for f in warnings.filters))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "FutureWarning" not in done.stderr, done.stderr  # kornia's import scripts silently
+    assert done.stdout.strip() == "0"  # the filter was scoped to that import: none is left afterwards

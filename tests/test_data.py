@@ -10,6 +10,7 @@ import json
 import shutil
 import tarfile
 import threading
+import zipfile
 from functools import partial
 from pathlib import Path
 
@@ -51,7 +52,9 @@ def test_folder_layout_order_and_classes(tmp_path):
     (root / WNIDS[0] / "notes.txt").write_text("not an image")
     listing = data.list_folders(root)
     assert listing.items[:3] == [f"{WNIDS[0]}/{WNIDS[0]}_{n}.JPEG" for n in range(3)]
-    assert listing.labels == [0, 0, 0, 1, 1, 1, 2, 2, 2]  # sorted-folder order without a class index
+    # without a class index, each wnid's ImageNet-1k index: a subset of the classes keeps ImageNet's labels
+    assert listing.labels == [0, 0, 0, 217, 217, 217, 701, 701, 701]
+    assert listing.classes == {WNIDS[0]: 0, WNIDS[1]: 217, WNIDS[2]: 701}
     assert listing.ignored == [f"{WNIDS[0]}/notes.txt"]
     imagenette = data.list_folders(root, data.read_class_index("imagenette"))
     assert sorted(set(imagenette.labels)) == [0, 217, 701]
@@ -66,6 +69,38 @@ def test_folder_layout_order_and_classes(tmp_path):
     partial_index.write_text(f"{WNIDS[0]}\n")
     with pytest.raises(data.DataError, match=WNIDS[1]):
         data.list_folders(root, data.read_class_index(str(partial_index)))
+
+
+def test_the_shipped_wnid_list_is_imagenet_1k_in_index_order():
+    wnids = data.imagenet_wnids()
+    assert len(wnids) == len(set(wnids)) == 1000 and list(wnids) == sorted(wnids)
+    assert (wnids[0], wnids[217], wnids[999]) == ("n01440764", "n02102040", "n15075141")
+    assert all(len(w) == 9 and w[0] == "n" and w[1:].isdigit() for w in wnids)
+    assert all(data.imagenet_index()[w] == i for w, i in data.IMAGENETTE_CLASSES.items())
+    digest = hashlib.sha256(("\n".join(wnids) + "\n").encode()).hexdigest()
+    assert digest == "70002b0ff5de60a3a17a82dbfcff291931f96225ddf941ad2e182fc39e183d15"  # = timm's list
+
+
+def test_folders_that_are_not_imagenet_wnids_are_an_error(tmp_path):
+    root = make_folders(tmp_path / "val", per_class=1, wnids=("n01440764", "n99999999", "cats"))
+    with pytest.raises(
+        data.DataError, match=r"val: class 'cats' is not an ImageNet-1k wnid \(2 of 3 unknown"
+    ):
+        data.list_folders(root)
+    mapped = tmp_path / "map.txt"  # other names need an explicit map to ImageNet indices
+    mapped.write_text("n01440764 0\nn99999999 5\ncats 281\n")
+    assert data.list_folders(root, data.read_class_index(str(mapped))).labels == [281, 0, 5]
+    mapped.write_text("n01440764 0\nn99999999 5\ncats 1000\n")
+    with pytest.raises(
+        data.DataError, match=r"map\.txt: cats has class index 1000, outside the model's 0\.\.999"
+    ):
+        data.read_class_index(str(mapped))
+
+
+def test_generated_folders_list_with_the_generated_sets_labels(tmp_path):
+    params = data.GeneratedParams(classes=3, per_class=2, size=40)
+    listing = data.list_folders(data.write_generated_folders(tmp_path / "val", params))
+    assert listing.labels == data.list_generated(params).labels == [0, 0, 1, 1, 2, 2]
 
 
 def _flat_copy(folders: Path, flat: Path, rng: np.random.Generator) -> dict[str, str]:
@@ -139,6 +174,18 @@ def test_flat_layout_errors(tmp_path):
     full.write_text("1\n2\n")
     with pytest.raises(data.DataError, match="label 2 is not in the label map"):
         data.list_flat(flat, full, label_map)
+    for bad in (-1, 1000):  # class indices without a label map: stored silently before
+        indices = tmp_path / f"gt_{bad}.txt"
+        indices.write_text(f"0\n{bad}\n")
+        with pytest.raises(
+            data.DataError,
+            match=rf"gt_{bad}\.txt: label {bad} \(for ILSVRC2012_val_00000002\.JPEG\) is outside the "
+            r"ImageNet-1k class indices 0\.\.999 \(1 such labels\)",
+        ):
+            data.list_flat(flat, indices)
+    edges = tmp_path / "gt_edges.txt"
+    edges.write_text("0\n999\n")
+    assert data.list_flat(flat, edges).labels == [0, 999]
 
 
 # ----------------------------------------------------------------------------------------------- bad files
@@ -155,13 +202,26 @@ def _corrupt(root: Path) -> tuple[Path, Path]:
 
 def test_corrupt_jpeg_is_an_error_naming_the_file(tmp_path):
     root = make_folders(tmp_path / "val", per_class=2)
-    truncated, _ = _corrupt(root)
+    truncated, not_image = _corrupt(root)
     listing = data.list_folders(root)
     with pytest.raises(data.DataError) as error:
         data.decode_to_cache(listing, tmp_path / "cache", size=64, progress=False)
-    assert str(truncated) in str(error.value)
-    assert "on_bad_file: skip" in str(error.value)
+    message = str(error.value)
+    assert message.startswith("2 file(s) cannot be decoded: ") and "\n" not in message
+    assert str(truncated) in message and str(not_image) in message  # every bad file, not only the first
+    assert "on_bad_file: skip" in message
     assert not (tmp_path / "cache" / "images.npy").exists()  # nothing half-written
+
+
+def test_many_bad_files_are_listed_twenty_and_counted(tmp_path):
+    root = make_folders(tmp_path / "val", per_class=1)
+    for n in range(23):
+        (root / WNIDS[2] / f"bad_{n:02d}.JPEG").write_text("not a JPEG")
+    with pytest.raises(data.DataError) as error:
+        data.decode_to_cache(data.list_folders(root), tmp_path / "cache", size=64, progress=False)
+    message = str(error.value)
+    assert message.startswith("23 file(s) cannot be decoded: ")
+    assert "bad_19.JPEG" in message and "bad_20.JPEG" not in message and "; and 3 more." in message
 
 
 def test_skip_counts_bad_files(tmp_path):
@@ -181,7 +241,7 @@ def test_skip_counts_bad_files(tmp_path):
     assert cache.images.shape == (6, 256, 256, 3)
     for i, item in enumerate(index["files"]):  # rows stay aligned with files and labels after the skips
         np.testing.assert_array_equal(cache.images[i], data.decode_file(root / item)[0])
-    assert cache.labels.tolist() == [0, 0, 1, 1, 2, 2]
+    assert cache.labels.tolist() == [0, 0, 217, 217, 701, 701]
 
 
 def test_modes_are_converted_to_rgb(tmp_path):
@@ -262,8 +322,8 @@ def test_odd_long_side_crop_lands_where_the_direct_crop_does():
 def test_decoded_cache_keeps_the_resized_sizes(tmp_path):
     root = tmp_path / "val"
     for i, (w, h) in enumerate([(343, 256), (200, 300)]):
-        (root / "n0000000").mkdir(parents=True, exist_ok=True)
-        smooth_image(w, h, i).save(root / "n0000000" / f"img_{i}.png")
+        (root / WNIDS[0]).mkdir(parents=True, exist_ok=True)
+        smooth_image(w, h, i).save(root / WNIDS[0] / f"img_{i}.png")
     data.decode_to_cache(data.list_folders(root), tmp_path / "eval", progress=False)
     cache = data.load_eval(tmp_path / "eval")
     assert cache.resized.tolist() == [[256, 343], [384, 256]]
@@ -271,7 +331,7 @@ def test_decoded_cache_keeps_the_resized_sizes(tmp_path):
 
 
 def test_cache_without_resized_sizes_asks_for_prepare_data(tmp_path):
-    root = tmp_path / "val" / "n0000000"
+    root = tmp_path / "val" / WNIDS[0]
     root.mkdir(parents=True)
     smooth_image(40, 40, 0).save(root / "a.png")
     data.decode_to_cache(data.list_folders(tmp_path / "val"), tmp_path / "eval", progress=False)
@@ -421,6 +481,90 @@ def test_extract_refuses_escaping_paths_and_links(tmp_path, monkeypatch, tar_fil
         info.size = 2
         handle.addfile(info, io.BytesIO(b"ok"))
     assert (data.extract_archive(good, tmp_path / "into3") / "val" / "n01" / "a.txt").read_bytes() == b"ok"
+
+
+@pytest.mark.parametrize("tar_filter", ["data", "none"], ids=["python>=3.11.4", "python<3.11.4"])
+def test_absolute_member_paths_are_refused(tmp_path, monkeypatch, tar_filter):
+    if tar_filter == "none":
+        monkeypatch.delattr(tarfile, "data_filter", raising=False)
+    absolute = tmp_path / "absolute.tar"  # tar's data filter alone would strip the "/" and unpack it
+    with tarfile.open(absolute, "w") as handle:
+        info = tarfile.TarInfo("/abs.txt")
+        info.size = 1
+        handle.addfile(info, io.BytesIO(b"x"))
+    with pytest.raises(data.DataError, match=r"absolute\.tar: refusing to extract '/abs\.txt': an absolute"):
+        data.extract_archive(absolute, tmp_path / "into")
+    zipped = tmp_path / "absolute.zip"
+    with zipfile.ZipFile(zipped, "w") as handle:
+        handle.writestr("/abs.txt", "x")
+    with pytest.raises(data.DataError, match=r"absolute\.zip: refusing to extract '/abs\.txt'"):
+        data.extract_archive(zipped, tmp_path / "into")
+    assert list((tmp_path / "into").iterdir()) == []
+
+
+def _tar_with_a_bad_last_member(tmp_path: Path) -> Path:
+    """tiny/val/... images, then a link tar's data filter refuses while unpacking (not in the name check)."""
+    make_folders(tmp_path / "src" / "tiny" / "val", per_class=1, size=32)
+    archive = tmp_path / "bad.tgz"
+    with tarfile.open(archive, "w:gz") as handle:
+        handle.add(tmp_path / "src" / "tiny", arcname="tiny")
+        link = tarfile.TarInfo("tiny/val/passwd")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        handle.addfile(link)
+    return archive
+
+
+def test_a_refused_archive_leaves_nothing_behind(tmp_path):
+    archive = _tar_with_a_bad_last_member(tmp_path)
+    into = tmp_path / "data"
+    with pytest.raises(data.DataError, match=r"bad\.tgz: refusing to extract"):
+        data.extract_archive(archive, into)
+    assert list(into.iterdir()) == []  # not the members before the bad one, no temporary folder either
+    params = data.DataParams(
+        root=str(into / "tiny" / "val"),
+        download=data.DownloadParams(
+            url=archive.as_uri(), sha256=hashlib.sha256(archive.read_bytes()).hexdigest(), into=str(into)
+        ),
+    )
+    for _ in range(2):  # the rerun refuses again instead of using a partial root
+        with pytest.raises(data.DataError, match="refusing to extract"):
+            data.prepare(params, tmp_path / "cache", progress=False)
+    assert sorted(p.name for p in into.iterdir()) == ["bad.tgz"]
+
+
+def test_a_root_without_the_marker_is_rechecked_against_the_archive(tmp_path, monkeypatch):
+    archive, sha = _archive(tmp_path)
+    into = tmp_path / "data"
+    download = data.DownloadParams(url=archive.as_uri(), sha256=sha, into=str(into))
+    params = data.DataParams(root=str(into / "tiny" / "val"), class_index="imagenette", download=download)
+    with tarfile.open(archive) as handle:  # what an interrupted or refused unpacking used to leave
+        handle.extractall(into, filter="data")
+    lost = into / "tiny" / "val" / WNIDS[2] / f"{WNIDS[2]}_0.JPEG"
+    kept = lost.read_bytes()
+    lost.unlink()
+    with pytest.raises(
+        data.DataError, match=rf"is not a complete unpacking of .*tiny\.tgz \(tiny/val/{WNIDS[2]}/"
+    ):
+        data.prepare(params, tmp_path / "cache", progress=False)
+    lost.write_bytes(kept[:-1])
+    with pytest.raises(data.DataError, match=f"_0.JPEG has {len(kept) - 1} bytes, the archive {len(kept)}"):
+        data.prepare(params, tmp_path / "cache", progress=False)
+    lost.write_bytes(kept)  # complete: checked once, then the marker vouches for it
+    assert data.prepare(params, tmp_path / "cache", progress=False)["count"] == 3
+    marker = json.loads((into / "tiny.tgz.unpacked.json").read_text())
+    assert marker == {"sha256": sha, "entries": ["tiny"]}
+    monkeypatch.setattr(data, "download_archive", lambda *a, **k: pytest.fail("checked again"))
+    assert data.prepare(params, tmp_path / "cache", progress=False)["count"] == 3
+
+
+def test_unpacking_writes_the_marker_and_never_overwrites(tmp_path):
+    archive, sha = _archive(tmp_path)
+    into = tmp_path / "data"
+    data.extract_archive(archive, into)
+    assert json.loads((into / "tiny.tgz.unpacked.json").read_text()) == {"sha256": sha, "entries": ["tiny"]}
+    with pytest.raises(data.DataError, match=r"tiny exists already, but not from a complete unpacking"):
+        data.extract_archive(archive, into)
+    assert sorted(p.name for p in into.iterdir()) == ["tiny", "tiny.tgz.unpacked.json"]
 
 
 # ----------------------------------------------------------------------------------------------- CLI, params

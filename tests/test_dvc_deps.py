@@ -61,7 +61,7 @@ def test_stage_declares_exactly_the_modules_it_runs(name):
     command = stage["cmd"].split()[1]
     entry = COMMANDS[command][0].split(".")[1]
     expected = {f"src/rsi/{m}.py" for m in closure(entry) - INFRASTRUCTURE}
-    declared = {d for d in stage["deps"] if d.startswith("src/")}
+    declared = {d for d in stage["deps"] if d.startswith("src/") and d.endswith(".py")}
     assert declared == expected, (
         f"stage {name}: missing {sorted(expected - declared)}, not run {sorted(declared - expected)}"
     )
@@ -76,3 +76,12 @@ def test_stability_outs_are_the_params_seed_root():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     outs = stages()["stability"]["outs"]
     assert outs == [params["criteria"]["seed_root"].format(seed="${item}")]
+
+
+def test_package_data_a_module_reads_is_declared_by_its_stages():
+    for name, stage in stages().items():
+        for module in closure(COMMANDS[stage["cmd"].split()[1]][0].split(".")[1]) - INFRASTRUCTURE:
+            source = (SRC / f"{module}.py").read_text()
+            for data_file in sorted(SRC.glob("*.txt")):
+                if f'"{data_file.name}"' in source:
+                    assert f"src/rsi/{data_file.name}" in stage["deps"], (name, data_file.name)

@@ -1,15 +1,20 @@
 """`rsi <stage>`: one subcommand per DVC stage. Each stage module provides ``add_arguments(parser)``
 and ``run(args) -> None``; it is imported only when called, so `rsi --help` stays fast.
+
+Before a stage computes anything, the WHOLE params file is validated (every section in ``SECTIONS``, and
+no unknown top-level key): a bad value in any section costs seconds, not the hours of the stages before
+the one that reads it. Validation computes no result, so a stage still declares only its own params keys.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import os
 import sys
 
-from rsi.config import ParamsError
+from rsi.config import ParamsError, check_sections, load_section, read_params
 from rsi.model import WeightsError
 
 # subcommand → (module, one-line help). The order is the pipeline's.
@@ -27,6 +32,44 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "figures": ("rsi.figures", "the paper's Fig. 1-4 as PNG"),
     "report": ("rsi.report", "outputs/report.md: reproduced numbers beside the paper's"),
 }
+
+
+# top-level key of the params file → "module:attr", the section's dataclass (validated with load_section)
+# or a function (raw, source=) for a scalar key. Every known top-level key is listed here and only here.
+SECTIONS: dict[str, str] = {
+    "seed": "rsi.fz:load_seed",
+    "model": "rsi.runtime:ModelParams",
+    "fz": "rsi.fz:FZParams",
+    "activations": "rsi.activations:ActivationsParams",
+    "criteria": "rsi.criteria:CriteriaParams",
+    "data": "rsi.data:DataParams",
+    "natural": "rsi.natural:NaturalParams",
+    "ablate": "rsi.ablate:AblateParams",
+    "figures": "rsi.figures:FiguresParams",
+    "report": "rsi.report:ReportParams",
+}
+# stages that read no params file (they run where none exists, e.g. while the image is built)
+WITHOUT_PARAMS = {"fetch-weights"}
+
+
+def validate_params(path: str) -> None:
+    """Every section of the params file at ``path`` parsed and checked, or the first ParamsError."""
+    raw = read_params(path)
+    check_sections(raw, SECTIONS, source=path)
+    for name, target in SECTIONS.items():
+        module_name, attr = target.split(":")
+        loader = getattr(importlib.import_module(module_name), attr)
+        if dataclasses.is_dataclass(loader):
+            load_section(raw, name, loader, source=path)
+        else:
+            loader(raw, source=path)
+
+
+def _names_a_key_not_the_file(error: Exception, path: str) -> bool:
+    """A ParamsError that starts with a key (``fz.blocks has no key …``) rather than the file's name."""
+    message = str(error)
+    first_key = message.split(".")[0].split(" ")[0]
+    return isinstance(error, ParamsError) and first_key in SECTIONS and not message.startswith(f"{path}:")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -48,15 +91,23 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
-    module = importlib.import_module(COMMANDS[args.command][0])
     try:
-        module.run(args)
+        if args.command not in WITHOUT_PARAMS:
+            validate_params(args.params)
+        importlib.import_module(COMMANDS[args.command][0]).run(args)
     except (ParamsError, WeightsError, FileNotFoundError, ValueError) as error:
         # Bad input (params, weights, files, data): one line naming what to fix. RSI_DEBUG=1 re-raises.
         if os.environ.get("RSI_DEBUG"):
             raise
-        print(f"rsi {args.command}: error: {error}", file=sys.stderr)
+        message = str(error)
+        if _names_a_key_not_the_file(error, args.params):
+            message = f"{args.params}: {message}"  # a stage's own check names the key, not the file
+        print(f"rsi {args.command}: error: {message}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Finished work is in atomically written files (FZ chunks, caches): a rerun resumes from them.
+        print(f"rsi {args.command}: interrupted; finished chunks are kept, rerun to resume", file=sys.stderr)
+        return 130
     return 0
 
 

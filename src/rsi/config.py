@@ -10,10 +10,11 @@ normalised value or raises ValueError with a message), ``help`` (documentation, 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -46,6 +47,19 @@ def load_section(raw: Mapping[str, Any], name: str, cls: type[T], *, source: str
     return _convert(value, cls, f"{name}", source)
 
 
+def check_sections(raw: Mapping[str, Any], known: Iterable[str], *, source: str = "params.yaml") -> None:
+    """Every top-level key of ``raw`` is a known section: a misspelled ``fzz:`` would otherwise be ignored
+    and its stage would run the paper defaults (hours) without a word."""
+    known = list(known)
+    for key in raw:
+        if key not in known:
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else "is it misspelled?"
+            raise ParamsError(
+                f"{source}: unknown section {key!r} ({hint}); known sections: {', '.join(known)}"
+            )
+
+
 def _describe(kind: Any) -> str:
     origin = get_origin(kind)
     if origin is Literal:
@@ -63,8 +77,13 @@ def _describe(kind: Any) -> str:
     return getattr(kind, "__name__", str(kind))
 
 
+def _shown(value: Any) -> str:
+    """A value as written in YAML: ``[150]``, not the converted ``(150,)``."""
+    return repr(list(value) if isinstance(value, tuple) else value)
+
+
 def _fail(source: str, key: str, value: Any, expected: str) -> ParamsError:
-    return ParamsError(f"{source}: {key} = {value!r} is not allowed: expected {expected}")
+    return ParamsError(f"{source}: {key} = {_shown(value)} is not allowed: expected {expected}")
 
 
 def _convert(value: Any, kind: Any, key: str, source: str) -> Any:
@@ -149,7 +168,11 @@ def _convert_dataclass(value: Any, cls: type[T], key: str, source: str) -> T:
             continue
         converted = _convert(value[name], hints[name], f"{key}.{name}", source)
         kwargs[name] = _check_metadata(converted, field, f"{key}.{name}", source)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as error:  # a check across keys in __post_init__ (ParamsError is a ValueError)
+        message = str(error)
+        raise ParamsError(message if message.startswith(f"{source}:") else f"{source}: {message}") from error
 
 
 def _check_metadata(value: Any, field: dataclasses.Field, key: str, source: str) -> Any:
@@ -166,7 +189,9 @@ def _check_metadata(value: Any, field: dataclasses.Field, key: str, source: str)
         try:
             return meta["check"](value)
         except ValueError as error:
-            raise ParamsError(f"{source}: {key} = {value!r} is not allowed: {error}") from error
+            # a mapping's repr would show its converted dataclasses: the check's message names the entry
+            shown = "" if isinstance(value, Mapping) else f" = {_shown(value)}"
+            raise ParamsError(f"{source}: {key}{shown} is not allowed: {error}") from error
     return value
 
 

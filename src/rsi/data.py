@@ -12,27 +12,32 @@ Sources (``data.source``):
 
 * ``folders``: torchvision's ImageFolder / ImageNet layout, ``<root>/<wnid>/*.JPEG``. Files are listed in
   ImageFolder's order (classes sorted, then ``os.walk`` with sorted names) and filtered by its image
-  extensions; other files are listed in index.json as ``ignored``. The class index is the position of the
-  wnid among the sorted folders (for the 1000 ImageNet-1k folders that *is* the ImageNet-1k index, as
-  torchvision's ImageNet class and the authors' ImageFolder use), unless ``class_index`` says otherwise.
+  extensions; other files are listed in index.json as ``ignored``. The class index is the wnid's ImageNet-1k
+  index, its position among the 1000 sorted ImageNet-1k wnids (``rsi/imagenet_wnids.txt``; with all 1000
+  folders that is ImageFolder's index, as torchvision's ImageNet class and the authors' ImageFolder use), so
+  a folder set with a subset of the classes keeps ImageNet's indices; a folder that is not an ImageNet-1k
+  wnid is an error, unless ``class_index`` says otherwise.
 * ``flat``: the official validation folder (``ILSVRC2012_val_00000001.JPEG`` ...) and a ground-truth file,
   ``ground_truth``: one label per line for the sorted image files (the devkit's
   ``ILSVRC2012_validation_ground_truth.txt``), or ``<file name> <label>`` per line. A label is a wnid
   (``n01440764``) or an integer. Integers are translated by ``label_map`` when it is given: a text file of
   ``<label> <wnid>`` lines, or the devkit's ``meta.mat`` (its ILSVRC2012_ID → WNID table, which is *not* the
-  sorted-wnid order). Integers without a ``label_map`` are class indices already (0-based).
+  sorted-wnid order). Integers without a ``label_map`` are class indices already (0-based, 0-999: anything
+  else is an error).
 * ``generated``: a small synthetic labelled set for the offline demo, deterministic from the top-level
   ``seed``: oriented colour gratings, one orientation and tint per class, with random phase, a blob and
   noise. It is not ImageNet: index.json says ``"generated": true`` and every later output repeats it.
 
-``class_index`` (wnid → class index): null (sorted order of the wnids present, see above), ``imagenette``
-(the ImageNet-1k indices of Imagenette's 10 wnids, built in), or a file of ``<wnid>`` lines (line number =
+``class_index`` (wnid → class index): null (the ImageNet-1k index, see above), ``imagenette`` (the
+ImageNet-1k indices of Imagenette's 10 wnids, built in), or a file of ``<wnid>`` lines (line number =
 index, e.g. a 1000-line synset list) or ``<wnid> <index>`` lines or ``<wnid> <words>`` lines
-(``LOC_synset_mapping.txt``: line number = index).
+(``LOC_synset_mapping.txt``: line number = index). Every index must be an ImageNet-1k class, 0-999: the
+model's outputs are scored against it.
 
 Bad files: a file that cannot be opened or decoded as an image (unreadable, truncated, not an image) stops
-the stage with an error naming it, or, with ``on_bad_file: skip``, is left out, listed in index.json under
-``skipped`` and counted in ``metrics/data.json``.
+the stage, after one pass over all files, with an error naming every such file (the first 20 and a
+count), or, with ``on_bad_file: skip``, is left out, listed in index.json under ``skipped`` and counted in
+``metrics/data.json``.
 
 The later stages crop the 256 px cache on the device, exactly as the authors' PIL pipeline
 ``Resize(256)``, ``CenterCrop(c)``, ``Resize(224)``: ``resized.npy`` (N, 2) keeps each image's size after
@@ -50,7 +55,11 @@ images of 10 ImageNet classes, short side 320 so ``Resize(256)`` shrinks as it d
 ``rsi prepare-data --download-only`` (or prepare-data itself when ``root`` is missing) fetches it with
 :func:`download_archive`, which streams to a temporary file, checks the SHA-256 and only then renames it
 (exactly as torchvision fetches and checks the weights), and :func:`extract_archive` unpacks it under
-``download.into`` (tar's "data" filter: no absolute paths, links or devices). Then ``root:
+``download.into``: absolute and escaping member names are refused before anything is written, links and
+devices by tar's "data" filter; members go to a temporary folder beside the target and are renamed into
+place only when all passed, and a marker (``<archive>.unpacked.json``) records the archive's SHA-256. A
+present ``root`` without that marker (an older or interrupted unpacking) is re-checked against the archive
+member by member and refused if it differs (:func:`ensure_download`). Then ``root:
 data/imagenette2-320/val`` with ``class_index: imagenette``. Tests exercise this with a file:// URL and a
 local HTTP server on 127.0.0.1; they never reach the internet.
 """
@@ -58,10 +67,14 @@ local HTTP server on 127.0.0.1; they never reach the internet.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
+import importlib.resources
 import json
 import os
+import shutil
 import tarfile
+import tempfile
 import urllib.request
 import warnings
 import zipfile
@@ -101,6 +114,23 @@ IMAGENETTE_CLASSES: dict[str, int] = {
     "n03445777": 574,  # golf ball
     "n03888257": 701,  # parachute
 }
+
+
+IMAGENET_CLASSES = 1000
+
+
+@functools.cache
+def imagenet_wnids() -> tuple[str, ...]:
+    """The 1000 ImageNet-1k wnids in class-index order (sorted: n01440764 is 0, n15075141 is 999), from the
+    package's ``imagenet_wnids.txt`` (the same list as timm's imagenet_synsets.txt and the devkit's
+    LOC_synset_mapping.txt)."""
+    text = importlib.resources.files("rsi").joinpath("imagenet_wnids.txt").read_text()
+    return tuple(text.split())
+
+
+def imagenet_index() -> dict[str, int]:
+    """wnid → ImageNet-1k class index."""
+    return {wnid: i for i, wnid in enumerate(imagenet_wnids())}
 
 
 class DataError(ValueError):
@@ -166,7 +196,7 @@ class Listing:
 
 
 def read_class_index(spec: str | None) -> dict[str, int] | None:
-    """wnid → class index from ``data.class_index`` (None: sorted order of the wnids present)."""
+    """wnid → class index from ``data.class_index`` (None: the ImageNet-1k index, applied when listing)."""
     if spec is None:
         return None
     if spec == "imagenette":
@@ -183,6 +213,10 @@ def read_class_index(spec: str | None) -> dict[str, int] | None:
         index = int(parts[1]) if len(parts) == 2 and parts[1].strip().isdigit() else number
         if wnid in mapping:
             raise DataError(f"{path}: wnid {wnid} is listed twice")
+        if not 0 <= index < IMAGENET_CLASSES:
+            raise DataError(
+                f"{path}: {wnid} has class index {index}, outside the model's 0..{IMAGENET_CLASSES - 1}"
+            )
         mapping[wnid] = index
     if not mapping:
         raise DataError(f"{path}: no wnids in the class index file")
@@ -196,12 +230,20 @@ def _content_lines(path: Path) -> list[str]:
 def _class_to_idx(wnids: Sequence[str], class_index: dict[str, int] | None, where: str) -> dict[str, int]:
     ordered = sorted(set(wnids))
     if class_index is None:
-        return {wnid: i for i, wnid in enumerate(ordered)}
+        known = imagenet_index()
+        unknown = [w for w in ordered if w not in known]
+        if unknown:
+            raise DataError(
+                f"{where}: class {unknown[0]!r} is not an ImageNet-1k wnid ({len(unknown)} of {len(ordered)} "
+                "unknown; ImageNet-1k classes are n01440764 ... n15075141); rename it, or map the names with "
+                "data.class_index (a file of '<name> <ImageNet index>' lines)"
+            )
+        return {wnid: known[wnid] for wnid in ordered}
     missing = [w for w in ordered if w not in class_index]
     if missing:
         raise DataError(
             f"{where}: class {missing[0]} is not in data.class_index ({len(missing)} missing); "
-            "give a class index file that lists every class, or class_index: null for sorted order"
+            "give a class index file that lists every class, or class_index: null for ImageNet-1k wnids"
         )
     return {wnid: class_index[wnid] for wnid in ordered}
 
@@ -295,6 +337,14 @@ def list_flat(
     if all(token.lstrip("-").isdigit() for token in raw):
         numbers = [int(token) for token in raw]
         if mapping is None:
+            outside = [(i, n) for i, n in enumerate(numbers) if not 0 <= n < IMAGENET_CLASSES]
+            if outside:
+                line, label = outside[0]
+                raise DataError(
+                    f"{gt_path}: label {label} (for {images[line]}) is outside the ImageNet-1k class indices "
+                    f"0..{IMAGENET_CLASSES - 1} ({len(outside)} such labels); the devkit's 1-based "
+                    "ILSVRC2012_IDs need data.label_map (its meta.mat)"
+                )
             return Listing(images, numbers, {}, str(root), ignored)
         unknown_ids = sorted({n for n in numbers if n not in mapping})
         if unknown_ids:
@@ -454,12 +504,8 @@ def decode_to_cache(
         for batch in loader:
             for i, entry, error in batch:
                 if entry is None:
-                    if on_bad_file != "skip":
-                        raise DataError(
-                            f"{error}. Fix or remove the file, or set data.on_bad_file: skip to leave "
-                            "such files out (they are then counted in index.json and metrics/data.json)"
-                        )
-                    warnings.warn(f"skipping {error}", stacklevel=2)
+                    if on_bad_file == "skip":
+                        warnings.warn(f"skipping {error}", stacklevel=2)
                     skipped.append({"file": listing.items[i], "error": error})
                 else:
                     cache[len(kept)], shape = entry
@@ -469,6 +515,8 @@ def decode_to_cache(
         bar.close()
         cache.flush()
         del cache
+        if skipped and on_bad_file != "skip":
+            raise _bad_files_error(skipped)
         if skipped:
             _compact(temporary, len(kept))
     labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
@@ -491,6 +539,18 @@ def decode_to_cache(
     }
     write_json(out_dir / "index.json", index)
     return index
+
+
+def _bad_files_error(bad: list[dict[str, str]], shown: int = 20) -> DataError:
+    """One line naming every bad file (the first ``shown`` of them and a count): fixing them one per run
+    would cost a whole decode pass each."""
+    listed = "; ".join(entry["error"] for entry in bad[:shown])
+    more = f"; and {len(bad) - shown} more" if len(bad) > shown else ""
+    return DataError(
+        f"{len(bad)} file(s) cannot be decoded: {listed}{more}. Fix or remove them, or set "
+        "data.on_bad_file: skip to leave such files out (they are then counted in index.json and "
+        "metrics/data.json)"
+    )
 
 
 def _compact(path: Path, rows: int) -> None:
@@ -640,41 +700,133 @@ def _sha256_file(path: Path) -> str:
 
 
 def _unsafe_member(name: str) -> bool:
-    return os.path.isabs(name) or ".." in Path(name).parts
+    return os.path.isabs(name) or name.startswith(("/", "\\")) or ".." in Path(name).parts
 
 
-def extract_archive(archive: str | Path, into: str | Path) -> Path:
-    """Unpack a .tar(.gz/.tgz) or .zip under ``into``, refusing absolute and escaping paths (and, in a
-    tar, links and device files): a DataError naming the archive and the member."""
-    archive, into = Path(archive), Path(into)
-    into.mkdir(parents=True, exist_ok=True)
+def archive_members(archive: str | Path) -> list[tuple[str, int | None]]:
+    """(name, size) of every file and folder (size None) in a .tar(.gz/.tgz) or .zip; an absolute or
+    escaping name is a DataError naming the archive and the member."""
+    archive = Path(archive)
     if zipfile.is_zipfile(archive):
         with zipfile.ZipFile(archive) as handle:
-            for name in handle.namelist():
-                if _unsafe_member(name):
-                    raise DataError(f"{archive}: refusing to extract {name!r} outside {into}")
-            handle.extractall(into)
-        return into
+            entries = [(i.filename, None if i.is_dir() else i.file_size) for i in handle.infolist()]
+    else:
+        with tarfile.open(archive) as handle:
+            entries = [(m.name, None if m.isdir() else m.size) for m in handle.getmembers()]
+    for name, _ in entries:
+        if _unsafe_member(name):
+            raise DataError(
+                f"{archive}: refusing to extract {name!r}: an absolute path or one outside its folder"
+            )
+    return entries
+
+
+def _top_level(entries: list[tuple[str, int | None]]) -> list[str]:
+    return sorted({Path(name).parts[0] for name, _ in entries if Path(name).parts})
+
+
+def _unpack_into(archive: Path, folder: Path) -> None:
+    """Every member of ``archive`` under ``folder``; in a tar, links and device files are refused too."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as handle:
+            handle.extractall(folder)
+        return
     with tarfile.open(archive) as handle:
         if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: tar's own "data" filter
             try:
-                handle.extractall(into, filter="data")
+                handle.extractall(folder, filter="data")
             except tarfile.FilterError as error:
                 raise DataError(f"{archive}: refusing to extract: {error}") from error
         else:  # 3.11.0 - 3.11.3 (the Docker image's 3.11.2): the same refusals, checked first
             for member in handle.getmembers():
-                if _unsafe_member(member.name) or not (member.isfile() or member.isdir()):
-                    kind = "a link or special file" if not (member.isfile() or member.isdir()) else "a path"
-                    raise DataError(f"{archive}: refusing to extract {kind} {member.name!r} outside {into}")
-            handle.extractall(into)
+                if not (member.isfile() or member.isdir()):
+                    raise DataError(f"{archive}: refusing to extract a link or special file {member.name!r}")
+            handle.extractall(folder)
+
+
+def unpacked_marker(archive: str | Path, into: str | Path) -> Path:
+    """The file in ``into`` that records a complete unpacking of ``archive`` there (its SHA-256 and
+    top-level entries)."""
+    return Path(into) / f"{Path(archive).name}.unpacked.json"
+
+
+def extract_archive(archive: str | Path, into: str | Path, *, sha256: str | None = None) -> Path:
+    """Unpack a .tar(.gz/.tgz) or .zip under ``into``, refusing absolute and escaping paths (and, in a
+    tar, links and device files): a DataError naming the archive and the member. Members go to a
+    temporary folder inside ``into`` first and are renamed into place only when every one passed, then
+    :func:`unpacked_marker` records the archive's SHA-256: a refused or interrupted unpacking leaves
+    nothing that a rerun could mistake for the data."""
+    archive, into = Path(archive), Path(into)
+    into.mkdir(parents=True, exist_ok=True)
+    entries = _top_level(archive_members(archive))
+    temporary = Path(tempfile.mkdtemp(prefix=f".{archive.name}.", suffix=".partial", dir=into))
+    try:
+        _unpack_into(archive, temporary)
+        present = [name for name in entries if os.path.lexists(into / name)]
+        if present:
+            raise DataError(
+                f"{archive}: {into / present[0]} exists already, but not from a complete unpacking of this "
+                f"archive (no {unpacked_marker(archive, into).name}): delete it and rerun to unpack again"
+            )
+        for name in entries:
+            os.rename(temporary / name, into / name)
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
+    write_json(
+        unpacked_marker(archive, into), {"sha256": sha256 or _sha256_file(archive), "entries": entries}
+    )
     return into
+
+
+def _unpacked_difference(archive: Path, into: Path) -> str | None:
+    """The first member of ``archive`` that ``into`` lacks or holds with another size; None if none."""
+    for name, size in archive_members(archive):
+        path = into / name
+        if not (path.is_dir() if size is None else path.is_file()):
+            return f"{name} is missing"
+        if size is not None and path.stat().st_size != size:
+            return f"{name} has {path.stat().st_size} bytes, the archive {size}"
+    return None
+
+
+def ensure_download(params: DownloadParams, root: str | Path, *, progress: bool = True) -> None:
+    """``root`` from the pinned archive: downloaded and unpacked when missing. A present ``root`` inside
+    the archive's folders must come from a complete unpacking of this archive (its marker); without the
+    marker it is re-checked member by member against the archive (sizes), and refused if it differs."""
+    root, into = Path(root), Path(params.into)
+    if not os.path.lexists(root):
+        fetch_download(params, progress=progress)
+        return
+    archive = into / Path(urllib.request.url2pathname(params.url.rsplit("/", 1)[-1])).name
+    marker = unpacked_marker(archive, into)
+    if marker.is_file():
+        record = json.loads(marker.read_text())
+        if record.get("sha256") == params.sha256 and _inside(root, into, record.get("entries", [])):
+            return
+    archive = download_archive(params.url, params.sha256, archive, progress=progress)
+    entries = _top_level(archive_members(archive))
+    if not _inside(root, into, entries):
+        return  # root is not the archive's: nothing to check
+    difference = _unpacked_difference(archive, into)
+    if difference is not None:
+        raise DataError(
+            f"data.root = {str(root)!r} is not a complete unpacking of {archive} ({difference}), e.g. left "
+            f"by an interrupted or refused unpacking: delete {into / entries[0]} and rerun to unpack it "
+            "again, or set data.download: null to use the folder as it is"
+        )
+    write_json(marker, {"sha256": params.sha256, "entries": entries})
+
+
+def _inside(root: Path, into: Path, entries: Sequence[str]) -> bool:
+    resolved = root.resolve()
+    return any(resolved.is_relative_to((into / name).resolve()) for name in entries)
 
 
 def fetch_download(params: DownloadParams, *, progress: bool = True) -> Path:
     """Download the pinned archive into ``params.into`` (checked) and unpack it there."""
     Path(params.into).mkdir(parents=True, exist_ok=True)
     archive = download_archive(params.url, params.sha256, Path(params.into), progress=progress)
-    return extract_archive(archive, params.into)
+    return extract_archive(archive, params.into, sha256=params.sha256)
 
 
 # ----------------------------------------------------------------------------------------------- stage
@@ -703,8 +855,8 @@ def prepare(
 ) -> dict[str, Any]:
     """The whole stage: (download,) list, subset, decode, write the cache and (optionally) the metrics."""
     out_dir = Path(out_dir) if out_dir is not None else artifacts.eval_dir()
-    if params.source != "generated" and not Path(params.root).exists() and params.download is not None:
-        fetch_download(params.download, progress=progress)
+    if params.source != "generated" and params.download is not None:
+        ensure_download(params.download, params.root, progress=progress)
     listing = make_listing(params, seed)
     index = decode_to_cache(
         listing,
@@ -755,7 +907,8 @@ def run(args: argparse.Namespace) -> None:
     if args.download_only:
         if params.download is None:
             raise ParamsError(f"{args.params}: data.download is null; nothing to download")
-        print(f"unpacked into {fetch_download(params.download)}")
+        ensure_download(params.download, params.root)
+        print(f"{params.root}: unpacked from {params.download.url} (SHA-256 checked)")
         return
     if not distributed.is_main():
         return
@@ -770,12 +923,13 @@ def run(args: argparse.Namespace) -> None:
 def write_generated_folders(
     dest: str | Path, params: GeneratedParams, seed: int = 0, fmt: str = "JPEG"
 ) -> Path:
-    """The generated set as image files in the ImageFolder layout ``dest/<class>/<n>.jpg`` (benchmarks and
-    demos of the folder path)."""
+    """The generated set as image files in the ImageFolder layout ``dest/<wnid>/<n>.jpg`` (benchmarks and
+    tests of the folder path). Class ``label``'s folder is the ImageNet-1k wnid of index ``label``, so
+    :func:`list_folders` gives the same labels as the generated source (the images are not ImageNet's)."""
     dest = Path(dest)
     suffix = ".jpg" if fmt == "JPEG" else f".{fmt.lower()}"
     for label in range(params.classes):
-        folder = dest / f"generated_{label:03d}"
+        folder = dest / imagenet_wnids()[label]
         folder.mkdir(parents=True, exist_ok=True)
         for number in range(params.per_class):
             generated_image(label, number, seed, params).save(

@@ -159,7 +159,7 @@ class FZParams:
         key = block_key(block)
         if key not in self.blocks:
             raise ParamsError(
-                f"params.yaml: fz.blocks has no key {key} (block {parse_block(block)}); configured: "
+                f"fz.blocks has no key {key} (block {parse_block(block)}); configured: "
                 f"{', '.join(self.blocks) or 'none'}"
             )
         return self.blocks[key]

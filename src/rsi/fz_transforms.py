@@ -19,17 +19,25 @@ samples with ``align_corners=False``): not an exact shift and not a crop, and we
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-import kornia
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import translate
 from torch import Tensor
+
+with warnings.catch_warnings():
+    # kornia 0.4.1's kornia.jit scripts a few functions at import, where the locked torch warns that
+    # torch.jit.script is deprecated, on every `rsi` command. Silenced for this import only.
+    warnings.filterwarnings(
+        "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit\._script"
+    )
+    import kornia
+    from kornia.geometry.transform import translate
 
 from rsi.transforms import center_crop
 
