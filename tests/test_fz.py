@@ -28,9 +28,13 @@ from rsi.fz import (
 )
 from rsi.fz_param import image_batch, initial_spectrum
 from rsi.fz_transforms import (
+    AUTHORS_ANGLES,
+    STANDARD_ANGLES,
     apply_ops,
+    draw_table,
     lucent_chain,
     lucent_device,
+    plan_draws,
     replay_lucent_draws,
     transform_ops,
 )
@@ -106,6 +110,74 @@ def test_parameterisation_equals_lucent_param_image():
     # keyed init: a channel's spectrum does not depend on which others are drawn
     torch.testing.assert_close(spectra[1], initial_spectrum(0, "2.1", "pre", 1, size))
     assert not torch.equal(spectra[0], spectra[1])
+
+
+@pytest.mark.parametrize("choices", [AUTHORS_ANGLES, STANDARD_ANGLES])
+def test_rotation_table_rows_equal_the_matrices_made_for_the_drawn_angles(choices):
+    """The per-size table of rotation matrices (made once, not at every step) gives, row for row, the
+    bytes kornia's get_rotation_matrix2d gives for the drawn angles of any group, as lucent builds them."""
+    import kornia
+
+    from rsi.fz_transforms import _rotation_table
+
+    for height, width, n in [(40, 40, 1), (41, 41, 3), (46, 46, 17), (224, 224, 64)]:
+        drawn = torch.randint(0, len(choices), (n,), generator=torch.Generator().manual_seed(n))
+        angle = torch.tensor(choices, dtype=torch.float32)[drawn]
+        center = torch.empty(n, 2)
+        center[..., 0] = (width - 1) / 2
+        center[..., 1] = (height - 1) / 2
+        expected = kornia.get_rotation_matrix2d(center, angle, torch.ones(n, 2))
+        assert torch.equal(_rotation_table(tuple(choices), height, width, "cpu")[drawn], expected)
+
+
+def test_planned_scale_groups_equal_a_sort_at_every_step():
+    """The scale groups planned once per batch are the per-step stable sort and counts of the draws."""
+    ops = transform_ops("authors_code", 4, 32)
+    column = sum(op.n_draws for op in ops[:2])  # pad, jitter: the scale column
+    draws = torch.stack([draw_table(ops, 50, torch.Generator().manual_seed(c)) for c in range(7)])
+    plan = plan_draws(ops, draws, "cpu")
+    assert torch.equal(plan.draws, draws.transpose(0, 1))
+    for step in range(50):
+        keys = draws[:, step, column]
+        assert torch.equal(plan.scale_order[step], torch.argsort(keys, stable=True))
+        choices, counts = torch.unique(keys, return_counts=True)
+        assert plan.scale_groups[step] == tuple(zip(choices.tolist(), counts.tolist(), strict=True))
+
+
+def test_the_optimisation_loop_draws_sorts_and_copies_nothing_on_the_host(random_model):
+    """Per step: no random draw, no sort or count of the draws, and no tensor made from host data (on
+    CUDA a synchronising copy) except the two normalisation matrices kornia's warp_affine makes per call
+    (one grid_sample each); lucent's colour matrix, the ImageNet statistics and the rotation matrices
+    are made once. Adam's .item() reads its step counter, a CPU tensor. Counted with a dispatch mode over
+    every aten call, as the difference between 8 and 4 steps (after a run that made the per-size
+    rotation tables)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(steps: int) -> Counter:
+        spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=steps, batch_channels=3), seed=0, weights="random:0")
+        with Count() as counter:
+            fzmod._optimise_batch(random_model, spec, [0, 1, 2], torch.device("cpu"))
+        return counter.calls
+
+    count(30)  # every scaled size seen: the rotation tables are made
+    short, long = count(4), count(8)
+    per_step = {name: (long[name] - short[name]) / 4 for name in set(long) | set(short)}
+    for name in ("sort", "_unique2", "randint", "randn", "normal_", "random_", "uniform_"):
+        assert per_step.get(name, 0) == 0, name
+    assert per_step["grid_sampler_2d"] >= 3  # two jitters and a rotation per scale group
+    assert per_step["lift_fresh"] == 2 * per_step["grid_sampler_2d"]
+    assert per_step.get("_local_scalar_dense", 0) <= 1
 
 
 # -------------------------------------------------------------------------------- optimisation

@@ -13,11 +13,13 @@ How it is fast and reproducible:
   were alone, up to float rounding. The forward stops at the target tap (rsi.taps.forward_taps).
 * Every random draw is per image, from generators keyed on (seed, block, tap, channel): the initial
   spectrum and a table of transform draws per step (rsi.fz_transforms says why lucent's batch-wide draw
-  would not do). No FZ depends on another channel's draws.
+  would not do). No FZ depends on another channel's draws. The draws, the scale groups and the constant
+  tensors are put on the device once per batch (rsi.fz_transforms.plan_draws), so a step makes no random
+  draw, sort or host copy of its own (kornia's warp still copies two 3x3 constants per call).
 * The batch geometry is declared: ``fz.batch_channels`` consecutive channels per batch. It is a DVC param
-  because convolutions round differently for other batch sizes (measured on the CPU: the last bit of most
-  activations differs between a batch of 1, 3 and 16), and 2,560 steps amplify that into visibly different
-  FZs. Out of memory is an error naming the key, never a silent change of batch. Chunks hold
+  because convolutions round differently for other batch sizes (measured on the CPU: most activations or
+  their gradients differ in the last bit between batches of 1, 3 and 16), and 2,560 steps amplify that
+  into visibly different FZs. Out of memory is an error naming the key, never a silent change of batch. Chunks hold
   ``fz.chunk_batches`` whole batches and ranks take whole chunks, so neither the chunk size nor the number
   of processes changes a byte (tests/test_fz.py).
 * Resumable: channels are rendered in chunks, each written atomically to
@@ -34,6 +36,7 @@ How it is fast and reproducible:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -52,10 +55,10 @@ from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, in_fz_source
 from rsi.config import ParamsError, as_dict, check_distinct, load_section, read_params
 from rsi.fz_param import from_storage, image_batch, initial_spectrum, to_storage
-from rsi.fz_transforms import apply_ops, by_shape, draw_table, n_draw_columns, transform_ops
+from rsi.fz_transforms import apply_planned, by_shape, draw_table, n_draw_columns, plan_draws, transform_ops
 from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device, save_npz, write_json
 from rsi.taps import BLOCKS, Tap, block_key, forward_taps, num_channels, parse_block
-from rsi.transforms import normalize
+from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 TapKind = Literal["in", "pre", "post"]
 
@@ -318,6 +321,15 @@ def _numerics(device: torch.device, tf32: bool, autotune: bool) -> Iterator[None
         ) = saved
 
 
+@functools.lru_cache(maxsize=8)
+def _imagenet_stats(dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor]:
+    """rsi.transforms.normalize's mean and std tensors, made once per device rather than copied from
+    the host at every forward (a synchronising copy on CUDA)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=device)[:, None, None]
+    return mean, std
+
+
 def _center_values(
     model: nn.Module,
     images: Tensor,
@@ -328,7 +340,8 @@ def _center_values(
 ):
     """Center neuron of each image's own channel at ``target``, for unnormalised images in [0, 1]
     (``objective="channel"``: the mean of the channel's whole map, lucent's ``objectives.channel``)."""
-    inputs = normalize(images)
+    mean, std = _imagenet_stats(images.dtype, str(images.device))
+    inputs = (images - mean) / std  # rsi.transforms.normalize, with the constants made once
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     acts = forward_taps(model, inputs, [target])[target]
@@ -361,7 +374,7 @@ def _optimise_batch(
         ]
     )  # (B, steps, columns)
     assert draws.shape[-1] == n_draw_columns(ops)
-    device_draws = draws.to(device)  # one copy per batch, none per step
+    plan = plan_draws(ops, draws, device)  # on the device once per batch: the loop syncs nothing
     spectrum, image = image_batch(spectra, spec.image_size, device)
     channel_index = torch.as_tensor(list(channels), dtype=torch.int64, device=device)
 
@@ -370,7 +383,7 @@ def _optimise_batch(
     optimizer = torch.optim.Adam([spectrum], lr=spec.lr)
     for step in range(spec.steps):
         optimizer.zero_grad(set_to_none=True)
-        groups = by_shape(apply_ops(ops, image(), device_draws[:, step], draws[:, step]))
+        groups = by_shape(apply_planned(ops, image(), plan, step))
         loss = torch.zeros((), device=device)
         for index, transformed in groups:
             values = _center_values(
