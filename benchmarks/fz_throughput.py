@@ -57,12 +57,12 @@ def lucent_per_channel(model, spec, channels, device) -> float:
     return time.perf_counter() - start
 
 
-def ours(model, spec, channels, device, batch_size, channels_last) -> float:
+def ours(model, spec, channels, device, channels_last) -> float:
     from rsi.fz import render_channels
 
     _sync(device)
     start = time.perf_counter()
-    render_channels(model, spec, channels, device=device, batch_size=batch_size, channels_last=channels_last)
+    render_channels(model, spec, channels, device=device, channels_last=channels_last)
     _sync(device)
     return time.perf_counter() - start
 
@@ -84,7 +84,7 @@ def main() -> None:
     parser.add_argument("--tap", default="2.1/pre", help="block/tap, e.g. 4.1/post")
     parser.add_argument("--jitter", type=int, default=None, help="default: the block's (DESIGN)")
     parser.add_argument("--transforms", default="authors_code", choices=["authors_code", "lucent_standard"])
-    parser.add_argument("--batch-size", type=int, default=0, help="ours: 0 = automatic")
+    parser.add_argument("--batch-channels", type=int, default=128, help="ours: fz.batch_channels")
     parser.add_argument("--channels-last", choices=["on", "off"], default="off")
     parser.add_argument("--tf32", action="store_true", help="ours: allow TF32 (CUDA)")
     parser.add_argument("--skip-lucent", action="store_true")
@@ -96,7 +96,13 @@ def main() -> None:
     device = resolve_device(args.device)
     tap = Tap.parse(args.tap)
     jitter = args.jitter if args.jitter is not None else DEFAULT_BLOCKS[block_key(tap.block)].jitter
-    fz = FZParams(steps=args.steps, image_size=args.size, transforms=args.transforms, tf32=args.tf32)
+    fz = FZParams(
+        steps=args.steps,
+        image_size=args.size,
+        transforms=args.transforms,
+        tf32=args.tf32,
+        batch_channels=args.batch_channels,
+    )
     spec = TapSpec.of(tap, fz, seed=0, weights=args.weights, jitter=jitter)
     channels_last = {"on": True, "off": False}[args.channels_last]
     n_lucent = args.lucent_channels or args.channels
@@ -104,15 +110,15 @@ def main() -> None:
     # warm-up (kernel selection, lazy initialisation) outside the timings
     warm = TapSpec.of(
         tap,
-        FZParams(steps=2, image_size=args.size, transforms=args.transforms),
+        FZParams(
+            steps=2, image_size=args.size, transforms=args.transforms, batch_channels=args.batch_channels
+        ),
         seed=0,
         weights=args.weights,
         jitter=jitter,
     )
     # every channel, so that the timed batches find cuDNN already tuned for their shapes
-    ours(
-        load_resnet18(args.weights), warm, list(range(args.channels)), device, args.batch_size, channels_last
-    )
+    ours(load_resnet18(args.weights), warm, list(range(args.channels)), device, channels_last)
 
     model = load_resnet18(args.weights)
     lucent_model = None if args.skip_lucent else load_resnet18(args.weights)
@@ -121,7 +127,7 @@ def main() -> None:
     # Rounds alternate ours and lucent so that a change in machine load hits both; medians are reported.
     ours_rates, lucent_rates = [], []
     for _ in range(args.rounds):
-        seconds = ours(model, spec, list(range(args.channels)), device, args.batch_size, channels_last)
+        seconds = ours(model, spec, list(range(args.channels)), device, channels_last)
         ours_rates.append(args.channels / seconds)
         if lucent_model is not None:
             lucent_rates.append(
@@ -138,7 +144,7 @@ def main() -> None:
         "rounds": args.rounds,
         "channels_ours": args.channels,
         "ours_channels_per_s": ours_rate,
-        "batch_size": args.batch_size,
+        "batch_channels": args.batch_channels,
         "channels_last": args.channels_last,
         "tf32": args.tf32,
     }

@@ -28,9 +28,13 @@ from rsi.fz import (
 )
 from rsi.fz_param import image_batch, initial_spectrum
 from rsi.fz_transforms import (
+    AUTHORS_ANGLES,
+    STANDARD_ANGLES,
     apply_ops,
+    draw_table,
     lucent_chain,
     lucent_device,
+    plan_draws,
     replay_lucent_draws,
     transform_ops,
 )
@@ -39,10 +43,11 @@ from rsi.taps import Tap, forward_taps
 from rsi.transforms import normalize
 
 VENV_BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
 
 
 def tiny(**overrides) -> FZParams:
-    settings = dict(steps=4, image_size=32, max_channels=4, chunk_channels=2)
+    settings = dict(steps=4, image_size=32, max_channels=4, batch_channels=2)
     settings.update(overrides)
     settings.setdefault("blocks", {"layer2_1": BlockFZParams(taps=("pre",), jitter=4)})
     return FZParams(**settings)
@@ -107,14 +112,82 @@ def test_parameterisation_equals_lucent_param_image():
     assert not torch.equal(spectra[0], spectra[1])
 
 
+@pytest.mark.parametrize("choices", [AUTHORS_ANGLES, STANDARD_ANGLES])
+def test_rotation_table_rows_equal_the_matrices_made_for_the_drawn_angles(choices):
+    """The per-size table of rotation matrices (made once, not at every step) gives, row for row, the
+    bytes kornia's get_rotation_matrix2d gives for the drawn angles of any group, as lucent builds them."""
+    import kornia
+
+    from rsi.fz_transforms import _rotation_table
+
+    for height, width, n in [(40, 40, 1), (41, 41, 3), (46, 46, 17), (224, 224, 64)]:
+        drawn = torch.randint(0, len(choices), (n,), generator=torch.Generator().manual_seed(n))
+        angle = torch.tensor(choices, dtype=torch.float32)[drawn]
+        center = torch.empty(n, 2)
+        center[..., 0] = (width - 1) / 2
+        center[..., 1] = (height - 1) / 2
+        expected = kornia.get_rotation_matrix2d(center, angle, torch.ones(n, 2))
+        assert torch.equal(_rotation_table(tuple(choices), height, width, "cpu")[drawn], expected)
+
+
+def test_planned_scale_groups_equal_a_sort_at_every_step():
+    """The scale groups planned once per batch are the per-step stable sort and counts of the draws."""
+    ops = transform_ops("authors_code", 4, 32)
+    column = sum(op.n_draws for op in ops[:2])  # pad, jitter: the scale column
+    draws = torch.stack([draw_table(ops, 50, torch.Generator().manual_seed(c)) for c in range(7)])
+    plan = plan_draws(ops, draws, "cpu")
+    assert torch.equal(plan.draws, draws.transpose(0, 1))
+    for step in range(50):
+        keys = draws[:, step, column]
+        assert torch.equal(plan.scale_order[step], torch.argsort(keys, stable=True))
+        choices, counts = torch.unique(keys, return_counts=True)
+        assert plan.scale_groups[step] == tuple(zip(choices.tolist(), counts.tolist(), strict=True))
+
+
+def test_the_optimisation_loop_draws_sorts_and_copies_nothing_on_the_host(random_model):
+    """Per step: no random draw, no sort or count of the draws, and no tensor made from host data (on
+    CUDA a synchronising copy) except the two normalisation matrices kornia's warp_affine makes per call
+    (one grid_sample each); lucent's colour matrix, the ImageNet statistics and the rotation matrices
+    are made once. Adam's .item() reads its step counter, a CPU tensor. Counted with a dispatch mode over
+    every aten call, as the difference between 8 and 4 steps (after a run that made the per-size
+    rotation tables)."""
+    from collections import Counter
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.calls: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(steps: int) -> Counter:
+        spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=steps, batch_channels=3), seed=0, weights="random:0")
+        with Count() as counter:
+            fzmod._optimise_batch(random_model, spec, [0, 1, 2], torch.device("cpu"))
+        return counter.calls
+
+    count(30)  # every scaled size seen: the rotation tables are made
+    short, long = count(4), count(8)
+    per_step = {name: (long[name] - short[name]) / 4 for name in set(long) | set(short)}
+    for name in ("sort", "_unique2", "randint", "randn", "normal_", "random_", "uniform_"):
+        assert per_step.get(name, 0) == 0, name
+    assert per_step["grid_sampler_2d"] >= 3  # two jitters and a rotation per scale group
+    assert per_step["lift_fresh"] == 2 * per_step["grid_sampler_2d"]
+    assert per_step.get("_local_scalar_dense", 0) <= 1
+
+
 # -------------------------------------------------------------------------------- optimisation
 
 
 @pytest.mark.parametrize(("tap", "jitter"), [(Tap("2.1", "pre"), 4), (Tap("2.0", "in"), 0)])
 def test_channel_alone_equals_channel_in_batch_of_four(random_model, tap, jitter):
-    spec = TapSpec.of(tap, tiny(steps=5), seed=0, weights="random:0", jitter=jitter)
-    alone = render_channels(random_model, spec, [2], batch_size=1)
-    batch = render_channels(random_model, spec, [0, 1, 2, 3], batch_size=4)
+    spec = TapSpec.of(tap, tiny(steps=5, batch_channels=4), seed=0, weights="random:0", jitter=jitter)
+    alone = render_channels(random_model, spec, [2])
+    batch = render_channels(random_model, spec, [0, 1, 2, 3])
     assert batch.channels.tolist() == [0, 1, 2, 3]
     np.testing.assert_allclose(batch.images[2], alone.images[0], rtol=0, atol=1e-5)
     np.testing.assert_allclose(batch.objective[2], alone.objective[0], rtol=1e-4, atol=1e-5)
@@ -149,27 +222,31 @@ def test_pre_reading_exact_reads_bn2_and_lucent_reference_reads_post(random_mode
     assert (centers["pre"] < 0).any() and not np.allclose(centers["pre"], centers["post"])
 
 
-def test_automatic_batch_size_halves_on_out_of_memory(random_model, monkeypatch):
+def test_out_of_memory_is_one_error_naming_batch_channels_not_a_smaller_batch(random_model, monkeypatch):
     tried: list[int] = []
-    optimise = fzmod._optimise_batch
 
-    def small_memory(model, spec, channels, *args, **kwargs):
+    def no_memory(model, spec, channels, *args, **kwargs):
         tried.append(len(channels))
-        if len(channels) > 2:
-            raise torch.cuda.OutOfMemoryError("simulated")
-        return optimise(model, spec, channels, *args, **kwargs)
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
 
-    monkeypatch.setattr(fzmod, "_optimise_batch", small_memory)
-    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
-    spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=1), seed=0, weights="random:0")
-    sizer = fzmod.BatchSize(size=512, automatic=True)
-    result = render_channels(random_model, spec, range(5), batch_size=sizer)
-    assert tried == [5, 2, 2, 1]  # halved from the batch that failed, then kept
-    assert result.channels.tolist() == list(range(5)) and sizer.size == 2
-    tried.clear()
-    with pytest.raises(torch.cuda.OutOfMemoryError):  # an explicit batch size is not changed
-        render_channels(random_model, spec, range(6), batch_size=4)
-    assert tried == [4]
+    monkeypatch.setattr(fzmod, "_optimise_batch", no_memory)
+    spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=1, batch_channels=4), seed=0, weights="random:0")
+    with pytest.raises(ParamsError) as error:
+        render_channels(random_model, spec, range(6))
+    assert tried == [4]  # no second try with another batch
+    message = str(error.value)
+    assert "\n" not in message
+    assert (
+        "fz.batch_channels = 4" in message and "smaller fz.batch_channels" in message and "e.g. 2" in message
+    )
+    assert "Tried to allocate 2.00 GiB" in message
+
+    def cpu_no_memory(model, spec, channels, *args, **kwargs):
+        raise RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 9 bytes")
+
+    monkeypatch.setattr(fzmod, "_optimise_batch", cpu_no_memory)
+    with pytest.raises(ParamsError, match="fz.batch_channels = 4"):
+        render_channels(random_model, spec, range(6))
 
 
 # ------------------------------------------------------------------------------ files and resume
@@ -184,7 +261,7 @@ def test_interrupted_run_resumes_without_redoing_chunks(random_model, tmp_path, 
         return optimise(model, spec, channels, *args, **kwargs)
 
     monkeypatch.setattr(fzmod, "_optimise_batch", counting)
-    params = tiny(steps=3, max_channels=4, chunk_channels=2, batch_size=2)
+    params = tiny(steps=3, max_channels=4, batch_channels=2)
 
     class Killed(Exception):
         pass
@@ -227,6 +304,111 @@ def test_changed_settings_do_not_reuse_chunks(random_model, tmp_path, monkeypatc
     render_block(random_model, "2.1", tiny(steps=3, max_channels=2), **kwargs)
     render_block(random_model, "2.1", tiny(steps=3, max_channels=2), **{**kwargs, "seed": 1})
     assert rendered == [0, 1] * 3
+    # other batch geometry: the same channels, but other batches, so other floats: rendered again
+    rendered.clear()
+    render_block(random_model, "2.1", tiny(steps=3, max_channels=2, batch_channels=1), **kwargs)
+    assert rendered == [0, 1]
+    spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=3, max_channels=2), seed=0, weights="random:0")
+    other = TapSpec.of(
+        Tap("2.1", "pre"), tiny(steps=3, max_channels=2, batch_channels=1), seed=0, weights="x"
+    )
+    assert spec.describe()["batch_channels"] == 2 and other.hash() != spec.hash()
+
+
+def test_a_chunk_file_from_other_settings_is_not_reused(random_model, tmp_path, monkeypatch):
+    """A chunk file is reused only when it records this tap's settings hash (batch geometry included),
+    even if it sits in the right folder with the right channels (e.g. copied by hand)."""
+    kwargs = dict(seed=0, weights="random:0", progress=False, root=tmp_path)
+    params = tiny(steps=2, max_channels=2)
+    render_block(random_model, "2.1", params, **kwargs)
+    spec = TapSpec.of(Tap("2.1", "pre"), params, seed=0, weights="random:0")
+    path = fzmod.chunk_path(fzmod.resume_dir(spec, tmp_path / ".resume"), [0, 1])
+    forged = dict(load_npz(path), settings_hash=np.array("0123456789abcdef"))
+    np.savez(path, **forged)
+    rendered: list[int] = []
+    optimise = fzmod._optimise_batch
+    monkeypatch.setattr(
+        fzmod, "_optimise_batch", lambda m, s, c, *a, **k: rendered.extend(c) or optimise(m, s, c, *a, **k)
+    )
+    render_block(random_model, "2.1", params, **kwargs)
+    assert rendered == [0, 1]
+    assert str(load_npz(path)["settings_hash"]) == spec.hash()
+
+
+@pytest.mark.parametrize("chunk_batches", [2, 3])
+def test_chunk_size_changes_no_byte(random_model, tmp_path, chunk_batches):
+    """fz.chunk_batches is undeclared (speed/resume only): 5 channels in batches of 2, in chunks of 2, 4
+    or 6 channels (none divides 5), give byte-identical files."""
+    kwargs = dict(seed=0, weights="random:0", progress=False)
+    one = tiny(steps=3, max_channels=5, batch_channels=2, chunk_batches=1)
+    other = tiny(steps=3, max_channels=5, batch_channels=2, chunk_batches=chunk_batches)
+    render_block(random_model, "2.1", one, root=tmp_path / "one", **kwargs)
+    render_block(random_model, "2.1", other, root=tmp_path / "other", **kwargs)
+    chunks = sorted((tmp_path / "other" / ".resume" / "fz" / "layer2_1" / "pre").glob("*/chunk_*.npz"))
+    assert [len(load_npz(c)["channels"]) for c in chunks] == {2: [4, 1], 3: [5]}[chunk_batches]
+    tap = Tap("2.1", "pre")
+    a, b = load_npz(fz_file(tap, tmp_path / "one")), load_npz(fz_file(tap, tmp_path / "other"))
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert a["channels"].tolist() == [0, 1, 2, 3, 4]
+
+
+def test_every_stage_that_renders_fzs_declares_the_batch_geometry():
+    """fz.batch_channels changes floats, so every stage that renders FZs re-runs when it changes; the
+    keys proven byte-identical (fz.chunk_batches, launch/device keys) stay undeclared."""
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    renderers = {n: s.get("do", s) for n, s in stages.items() if "src/rsi/fz.py" in s.get("do", s)["deps"]}
+    assert set(renderers) == {"fz", "stability", "pre-reading", "figures"}
+    for name, stage in renderers.items():
+        assert "fz.batch_channels" in stage["params"], name
+        assert "fz.chunk_batches" not in stage["params"], name
+    params = yaml.safe_load((REPO / "params.yaml").read_text())["fz"]
+    assert load_fz_params({"fz": params}).batch_channels == params["batch_channels"] == 128
+
+
+_HOLD_LOCK = """
+import sys
+from pathlib import Path
+from rsi.fz import output_lock
+with output_lock(Path(sys.argv[1]), Path(sys.argv[2])):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_run_on_the_same_output_stops_naming_the_holder(random_model, tmp_path, monkeypatch):
+    import socket
+
+    rendered: list[int] = []
+    optimise = fzmod._optimise_batch
+    monkeypatch.setattr(
+        fzmod, "_optimise_batch", lambda m, s, c, *a, **k: rendered.extend(c) or optimise(m, s, c, *a, **k)
+    )
+    out = tmp_path / "outputs"
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "PYTHONWARNINGS": "ignore"}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD_LOCK, str(out / "fz" / "layer2_1"), str(out / ".resume")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        kwargs = dict(seed=0, weights="random:0", progress=False, root=out)
+        with pytest.raises(fzmod.BusyError) as error:
+            render_block(random_model, "2.1", tiny(steps=1, max_channels=2), **kwargs)
+        message = str(error.value)
+        assert f"pid {holder.pid} on host {socket.gethostname()}" in message and "\n" not in message
+        assert rendered == []  # stopped before any work
+        # another output (e.g. a stability seed) sharing the resume folder is not blocked
+        render_block(random_model, "2.1", tiny(steps=1, max_channels=2), **{**kwargs, "root": tmp_path / "b"})
+    finally:
+        holder.communicate(input="", timeout=60)  # closing stdin ends the holder, which drops the lock
+    rendered.clear()
+    render_block(random_model, "2.1", tiny(steps=1, max_channels=2), **kwargs)
+    assert rendered == [0, 1] and fz_file(Tap("2.1", "pre"), out).is_file()
 
 
 def test_uint8_storage_is_value_times_255_truncated(random_model, tmp_path):
@@ -247,20 +429,23 @@ def test_uint8_storage_is_value_times_255_truncated(random_model, tmp_path):
 
 @pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
+    """Byte-identical FZs from 2 processes with 1-batch chunks and 1 process with one 3-batch chunk
+    (5 channels in batches of 2): neither the process count nor the chunk size is a declared param."""
     params = {
         "seed": 3,
         "model": {"weights": "random:0", "device": "cpu"},
         "fz": {
             "steps": 3,
             "image_size": 32,
-            "max_channels": 4,
-            "chunk_channels": 1,
+            "max_channels": 5,
+            "batch_channels": 2,
             "storage": "float32",
             "blocks": {"layer2_1": {"taps": ["pre", "post"], "jitter": 4}},
         },
     }
-    for folder in ("one", "two"):
+    for folder, chunk_batches in (("one", 3), ("two", 1)):
         (tmp_path / folder).mkdir()
+        params["fz"]["chunk_batches"] = chunk_batches
         (tmp_path / folder / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rsi.cli"]
@@ -275,14 +460,15 @@ def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
     for kind in ("pre", "post"):
         one = load_npz(fz_file(Tap("2.1", kind), tmp_path / "one" / "outputs"))
         two = load_npz(fz_file(Tap("2.1", kind), tmp_path / "two" / "outputs"))
-        assert one["channels"].tolist() == two["channels"].tolist() == [0, 1, 2, 3]
-        np.testing.assert_allclose(two["images"], one["images"], rtol=0, atol=1e-5)
-        np.testing.assert_allclose(two["objective"], one["objective"], rtol=1e-4, atol=1e-5)
-    # each rank rendered its own chunks: four chunk files per tap, one settings.json per block
+        assert one["channels"].tolist() == [0, 1, 2, 3, 4]
+        assert one.keys() == two.keys()
+        for key in one:
+            np.testing.assert_array_equal(two[key], one[key])
+    # the ranks shared three chunk files per tap (2 + 2 + 1 channels); one settings.json per block
     chunks = list(
         (tmp_path / "two" / "outputs" / ".resume" / "fz" / "layer2_1" / "pre").glob("*/chunk_*.npz")
     )
-    assert len(chunks) == 4
+    assert len(chunks) == 3
     assert (tmp_path / "two" / "outputs" / "fz" / "layer2_1" / "settings.json").is_file()
 
 

@@ -44,7 +44,7 @@ def ran_stages(log: str) -> set[str]:
 
 def tiny_params() -> dict:
     params = demo_params(REPO / "params.demo.yaml", base_file=REPO / "params.yaml", offline=True)
-    params["fz"].update(steps=3, image_size=32, max_channels=6, batch_size=6)
+    params["fz"].update(steps=3, image_size=32, max_channels=6, batch_channels=6)
     params["data"]["generated"] = {"classes": 3, "per_class": 2, "size": 64}
     params["activations"]["extractor"] = "taps"  # thingsvision is checked against the taps elsewhere
     params["ablate"].update(trials=2, batch_size=8)
@@ -175,7 +175,7 @@ def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_
 def test_speed_only_keys_rerun_nothing(workspace, first_run):
     run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
     params = yaml.safe_load((workspace / "params.yaml").read_text())
-    params["fz"]["batch_size"] = 2
+    params["fz"]["chunk_batches"] = 2
     params["natural"]["batch_size"] = 3
     params["ablate"]["batch_size"] = 5
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -9,17 +9,26 @@ How it is fast and reproducible:
 
 * Many channels per forward/backward: image i of a batch is channel c_i's FZ and the loss is minus the
   sum over i of c_i's center neuron in image i. The network is in eval mode (BatchNorm uses its running
-  statistics, so images do not interact) and Adam is elementwise, so every image is optimised exactly as
-  if it were alone. The forward stops at the target tap (rsi.taps.forward_taps).
+  statistics, so images do not interact) and Adam is elementwise, so every image is optimised as if it
+  were alone, up to float rounding. The forward stops at the target tap (rsi.taps.forward_taps).
 * Every random draw is per image, from generators keyed on (seed, block, tap, channel): the initial
   spectrum and a table of transform draws per step (rsi.fz_transforms says why lucent's batch-wide draw
-  would not do). An FZ therefore depends only on (seed, block, tap, channel, params), never on the batch
-  size, the order, or the number of processes; only float rounding differs between batchings.
-* Resumable: channels are rendered in chunks of ``chunk_channels``, each written atomically to
+  would not do). No FZ depends on another channel's draws. The draws, the scale groups and the constant
+  tensors are put on the device once per batch (rsi.fz_transforms.plan_draws), so a step makes no random
+  draw, sort or host copy of its own (kornia's warp still copies two 3x3 constants per call).
+* The batch geometry is declared: ``fz.batch_channels`` consecutive channels per batch. It is a DVC param
+  because convolutions round differently for other batch sizes (measured on the CPU: most activations or
+  their gradients differ in the last bit between batches of 1, 3 and 16), and 2,560 steps amplify that
+  into visibly different FZs. Out of memory is an error naming the key, never a silent change of batch. Chunks hold
+  ``fz.chunk_batches`` whole batches and ranks take whole chunks, so neither the chunk size nor the number
+  of processes changes a byte (tests/test_fz.py).
+* Resumable: channels are rendered in chunks, each written atomically to
   ``outputs/.resume/fz/<layerL_K>/<tap>/<settings hash>/chunk_<first>.npz`` (outside the DVC output,
-  which DVC deletes before a run); a rerun skips finished chunks. The chunks are then assembled
-  atomically into ``outputs/fz/<layerL_K>/<tap>.npz`` (see rsi.artifacts). ``outputs/.resume`` can be
-  deleted at any time; it only saves work.
+  which DVC deletes before a run); a rerun skips finished chunks whose settings hash (batch geometry
+  included) matches. The chunks are then assembled atomically into ``outputs/fz/<layerL_K>/<tap>.npz``
+  (see rsi.artifacts). ``outputs/.resume`` can be deleted at any time; it only saves work.
+* One writer per output: a run holds an fcntl lock on ``<resume>/locks/`` for its output folder, and a
+  second run on the same output stops at once, naming the process (pid, host) that holds it.
 * Under torchrun every rank renders its share of the chunks (rsi.distributed.shard) and rank 0 waits
   for all chunk files, then assembles. Ranks share the output folder (one machine, or a shared disk).
 """
@@ -27,6 +36,7 @@ How it is fast and reproducible:
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import math
@@ -45,14 +55,12 @@ from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, in_fz_source
 from rsi.config import ParamsError, as_dict, check_distinct, load_section, read_params
 from rsi.fz_param import from_storage, image_batch, initial_spectrum, to_storage
-from rsi.fz_transforms import apply_ops, by_shape, draw_table, n_draw_columns, transform_ops
+from rsi.fz_transforms import apply_planned, by_shape, draw_table, n_draw_columns, plan_draws, transform_ops
 from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device, save_npz, write_json
 from rsi.taps import BLOCKS, Tap, block_key, forward_taps, num_channels, parse_block
-from rsi.transforms import normalize
+from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 TapKind = Literal["in", "pre", "post"]
-CPU_BATCH_SIZE = 16  # batch_size 0 on the CPU
-CUDA_FIRST_BATCH_SIZE = 512  # batch_size 0 on CUDA: the first try, halved on out-of-memory
 
 
 # ----------------------------------------------------------------------------------------- params
@@ -141,7 +149,11 @@ class FZParams:
     steps: int = field(default=2560, metadata={"min": 1, "help": "optimisation steps (authors: 2560)"})
     lr: float = field(default=0.05, metadata={"check": _check_lr, "help": "Adam learning rate (lucent)"})
     image_size: int = field(default=224, metadata={"min": 32, "help": "image side in px (paper: 224)"})
-    batch_size: int = field(default=0, metadata={"min": 0, "help": "channels per batch; 0 = automatic"})
+    # 128: what the automatic choice gave on every GPU before this key existed (512, halved on out of
+    # memory, but never past a 128-channel chunk), so GPU FZs keep their batches; fits an H100 at 224 px.
+    batch_channels: int = field(
+        default=128, metadata={"min": 1, "help": "channels per optimisation batch (changes floats)"}
+    )
     transforms: Literal["authors_code", "lucent_standard"] = "authors_code"
     pre_reading: Literal["exact", "lucent_reference"] = "exact"
     storage: Literal["uint8", "float32"] = "uint8"
@@ -149,7 +161,9 @@ class FZParams:
     # not convolution-bound. Kept as an opt-in; float32 numerics by default.
     tf32: bool = field(default=False, metadata={"help": "allow TF32 convolutions on CUDA (not float32)"})
     max_channels: int = field(default=0, metadata={"min": 0, "help": "first N channels only; 0 = all"})
-    chunk_channels: int = field(default=128, metadata={"min": 1, "help": "channels per resumable chunk"})
+    chunk_batches: int = field(
+        default=1, metadata={"min": 1, "help": "whole batches per resumable chunk (speed only, tested)"}
+    )
     blocks: dict[str, BlockFZParams] = field(
         default_factory=lambda: dict(DEFAULT_BLOCKS), metadata={"check": _check_blocks}
     )
@@ -197,6 +211,7 @@ class TapSpec:
     pre_reading: str
     storage: str
     tf32: bool
+    batch_channels: int  # the batch geometry: consecutive channels optimised together (float rounding)
     objective: str = "center"  # "center": the center neuron (the paper's FZs); "channel": the whole map
 
     @classmethod
@@ -225,6 +240,7 @@ class TapSpec:
             pre_reading=fz.pre_reading,
             storage=fz.storage,
             tf32=fz.tf32,
+            batch_channels=fz.batch_channels,
             objective=objective,
         )
 
@@ -305,6 +321,15 @@ def _numerics(device: torch.device, tf32: bool, autotune: bool) -> Iterator[None
         ) = saved
 
 
+@functools.lru_cache(maxsize=8)
+def _imagenet_stats(dtype: torch.dtype, device: str) -> tuple[Tensor, Tensor]:
+    """rsi.transforms.normalize's mean and std tensors, made once per device rather than copied from
+    the host at every forward (a synchronising copy on CUDA)."""
+    mean = torch.tensor(IMAGENET_MEAN, dtype=dtype, device=device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=dtype, device=device)[:, None, None]
+    return mean, std
+
+
 def _center_values(
     model: nn.Module,
     images: Tensor,
@@ -315,7 +340,8 @@ def _center_values(
 ):
     """Center neuron of each image's own channel at ``target``, for unnormalised images in [0, 1]
     (``objective="channel"``: the mean of the channel's whole map, lucent's ``objectives.channel``)."""
-    inputs = normalize(images)
+    mean, std = _imagenet_stats(images.dtype, str(images.device))
+    inputs = (images - mean) / std  # rsi.transforms.normalize, with the constants made once
     if channels_last:
         inputs = inputs.contiguous(memory_format=torch.channels_last)
     acts = forward_taps(model, inputs, [target])[target]
@@ -348,7 +374,7 @@ def _optimise_batch(
         ]
     )  # (B, steps, columns)
     assert draws.shape[-1] == n_draw_columns(ops)
-    device_draws = draws.to(device)  # one copy per batch, none per step
+    plan = plan_draws(ops, draws, device)  # on the device once per batch: the loop syncs nothing
     spectrum, image = image_batch(spectra, spec.image_size, device)
     channel_index = torch.as_tensor(list(channels), dtype=torch.int64, device=device)
 
@@ -357,7 +383,7 @@ def _optimise_batch(
     optimizer = torch.optim.Adam([spectrum], lr=spec.lr)
     for step in range(spec.steps):
         optimizer.zero_grad(set_to_none=True)
-        groups = by_shape(apply_ops(ops, image(), device_draws[:, step], draws[:, step]))
+        groups = by_shape(apply_planned(ops, image(), plan, step))
         loss = torch.zeros((), device=device)
         for index, transformed in groups:
             values = _center_values(
@@ -374,19 +400,20 @@ def _optimise_batch(
     return final_images.float().cpu(), initial.float().cpu(), final.float().cpu()
 
 
-@dataclass
-class BatchSize:
-    """Channels per forward/backward. ``automatic``: halved on CUDA out-of-memory, and the halved
-    size is kept for later calls that share this object."""
+class BusyError(ValueError):
+    """Another process is rendering the same output (a ValueError, so `rsi` prints it as one line)."""
 
-    size: int
-    automatic: bool
 
-    @classmethod
-    def of(cls, requested: int, device: torch.device) -> BatchSize:
-        if requested:
-            return cls(requested, automatic=False)
-        return cls(CUDA_FIRST_BATCH_SIZE if device.type == "cuda" else CPU_BATCH_SIZE, automatic=True)
+_ALLOCATION_FAILED = ("out of memory", "can't allocate memory")
+
+
+def _out_of_memory(spec: TapSpec, error: BaseException) -> ParamsError:
+    first = str(error).strip().splitlines()[0][:120] if str(error).strip() else type(error).__name__
+    return ParamsError(
+        f"out of memory rendering {spec.tap} in batches of fz.batch_channels = {spec.batch_channels} "
+        f"channels ({first}): set a smaller fz.batch_channels in the params file (e.g. "
+        f"{max(1, spec.batch_channels // 2)}); it is a declared param, so the FZ stages re-run"
+    )
 
 
 def render_channels(
@@ -395,46 +422,38 @@ def render_channels(
     channels: Sequence[int],
     *,
     device: torch.device | str = "cpu",
-    batch_size: int | BatchSize = 0,
     channels_last: bool = False,
     progress: Callable[[float], None] | None = None,
 ) -> FZResult:
-    """FZs of ``channels`` of ``spec.tap``, in batches (no files). ``batch_size`` 0: automatic (on CUDA
-    halved on out-of-memory). ``progress(channels)`` is called with the fractional channels done at
-    each step. ``channels_last`` (CUDA) measured 2-7 % slower on an H100 for ResNet18 in float32, so
-    it is off by default."""
+    """FZs of ``channels`` of ``spec.tap`` (no files), optimised in batches of ``spec.batch_channels``
+    consecutive entries of ``channels``. Out of memory is a ParamsError naming fz.batch_channels.
+    ``progress(channels)`` is called with the fractional channels done at each step. ``channels_last``
+    (CUDA) measured 2-7 % slower on an H100 for ResNet18 in float32, so it is off by default."""
     device = torch.device(device)
     model.to(device)
     if channels_last:
         model.to(memory_format=torch.channels_last)
-    sizer = batch_size if isinstance(batch_size, BatchSize) else BatchSize.of(batch_size, device)
     done: list[FZResult] = []
-    position = 0
     ops = spec.ops()
     one_shape = ops[-1].kind == "crop" or all(op.kind != "scale" for op in ops)
     with _numerics(device, spec.tf32, autotune=one_shape):
-        while position < len(channels):
-            batch = list(channels[position : position + sizer.size])
+        for batch in chunks_of(channels, spec.batch_channels):
             fraction = len(batch) / spec.steps
-            last = [0]
 
-            def on_step(step: int, fraction=fraction, last=last) -> None:
+            def on_step(step: int, fraction=fraction) -> None:
                 if progress is not None:
-                    progress(fraction * (step - last[0]))
-                    last[0] = step
+                    progress(fraction)
 
             try:
                 images, initial, final = _optimise_batch(
                     model, spec, batch, device, channels_last=channels_last, on_step=on_step
                 )
-            except torch.cuda.OutOfMemoryError:
-                if not sizer.automatic or sizer.size == 1:
+            except torch.cuda.OutOfMemoryError as error:
+                raise _out_of_memory(spec, error) from error
+            except RuntimeError as error:
+                if not any(text in str(error) for text in _ALLOCATION_FAILED):
                     raise
-                sizer.size = len(batch) // 2
-                torch.cuda.empty_cache()
-                if progress is not None:
-                    progress(-fraction * last[0])
-                continue
+                raise _out_of_memory(spec, error) from error
             done.append(
                 FZResult(
                     channels=np.asarray(batch, dtype=np.int64),
@@ -443,7 +462,6 @@ def render_channels(
                     initial_objective=initial.numpy(),
                 )
             )
-            position += len(batch)
     return _concat(done)
 
 
@@ -451,10 +469,11 @@ def render_channel_fz(
     model: nn.Module, tap: Tap, channels: Sequence[int], fz: FZParams, *, seed: int = 0, weights: str = ""
 ) -> np.ndarray:
     """Whole-channel FZs (paper Fig. 1, second row) of ``channels`` of ``tap``: float32 (C, 3, H, W) in
-    [0, 1], with the block's transforms and jitter; keyed like center-neuron FZs, so reproducible."""
+    [0, 1], with the block's transforms and jitter; keyed like center-neuron FZs, and batched as
+    ``fz.batch_channels`` consecutive entries of ``channels``, so reproducible."""
     spec = TapSpec.of(tap, fz, seed=seed, weights=weights, objective="channel")
     device = next(model.parameters()).device
-    return render_channels(model, spec, list(channels), device=device, batch_size=fz.batch_size).images
+    return render_channels(model, spec, list(channels), device=device).images
 
 
 def _concat(results: Sequence[FZResult]) -> FZResult:
@@ -493,14 +512,16 @@ def chunk_path(directory: Path, chunk: Sequence[int]) -> Path:
     return directory / f"chunk_{chunk[0]:04d}.npz"
 
 
-def _chunk_done(path: Path, chunk: Sequence[int]) -> bool:
+def _chunk_done(path: Path, chunk: Sequence[int], settings_hash: str) -> bool:
+    """A finished chunk file for exactly these channels, rendered under these settings (the batch
+    geometry included), so a chunk from other settings or batches is never reused."""
     if not path.is_file():
         return False
     try:
         data = load_npz(path)
     except (OSError, ValueError):
         return False
-    return data["channels"].tolist() == list(chunk)
+    return data["channels"].tolist() == list(chunk) and str(data.get("settings_hash")) == settings_hash
 
 
 def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) -> None:
@@ -514,12 +535,12 @@ def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) 
     )
 
 
-def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], poll_s: float = 2.0) -> None:
+def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, poll_s: float = 2.0) -> None:
     """Rank 0 waits for the other ranks' chunk files. (A file wait rather than a process-group barrier:
     ranks may finish hours apart on a full run, longer than NCCL's barrier timeout; torchrun ends every
     rank when one fails, so this never waits for a dead rank.)"""
     announced = False
-    while missing := [p for p, chunk in paths if not _chunk_done(p, chunk)]:
+    while missing := [p for p, chunk in paths if not _chunk_done(p, chunk, settings_hash)]:
         if distributed.world()[1] == 1:
             raise RuntimeError(f"chunk files missing after rendering: {', '.join(map(str, missing))}")
         if not announced:
@@ -551,6 +572,54 @@ def load_fz_images(tap: Tap, root: Path = OUTPUTS) -> tuple[Tensor, np.ndarray]:
     return images, data["channels"].astype(np.int64)
 
 
+def lock_path(out_dir: Path, resume_root: Path) -> Path:
+    """The lock file of one output folder, kept in the resume folder (outside every DVC output)."""
+    key = hashlib.sha256(str(Path(out_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(resume_root) / "locks" / f"{Path(out_dir).name}-{key}.lock"
+
+
+@contextmanager
+def output_lock(out_dir: Path, resume_root: Path, device: torch.device | str = "cpu") -> Iterator[Path]:
+    """Hold an exclusive fcntl lock for ``out_dir`` while rendering it; a BusyError naming the holder
+    (pid, host, start) when another run holds it. Under torchrun rank 0 locks for the whole job and
+    tells the others. The kernel drops the lock when its process dies, so kill -9 leaves none behind."""
+    import fcntl
+    import os
+    import socket
+
+    path = lock_path(out_dir, resume_root)
+    handle, holder = None, ""
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            handle = None
+        else:
+            handle.seek(0)
+            handle.truncate()
+            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+            handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {since})\n")
+            handle.flush()
+    busy = distributed.all_reduce_sum(torch.tensor([1.0 if holder else 0.0], device=device))
+    try:
+        if busy.item():
+            who = holder or "another run (rank 0 found it locked)"
+            raise BusyError(
+                f"{out_dir} is being rendered by {who}, lock {path}: wait for that run to finish or "
+                "stop it, then rerun (finished chunks are kept)"
+            )
+        yield path
+    finally:
+        if handle is not None:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+            handle.close()
+
+
 def render_block(
     model: nn.Module,
     block: str,
@@ -566,27 +635,41 @@ def render_block(
 ) -> dict[Tap, Path]:
     """Render (this rank's share of) every configured tap of ``block`` and, on rank 0, assemble
     ``outputs/fz/<layerL_K>/<tap>.npz`` and ``settings.json``. Returns the files written (rank 0)."""
-    from tqdm.auto import tqdm
-
-    from rsi.model import describe_weights
-
     block = parse_block(block)
     settings = fz.block(block)
     root = Path(root)
     resume_root = Path(resume_root) if resume_root is not None else root / ".resume"
     device = torch.device(device)
     channels = tap_channels(block, fz)
-    chunks = chunks_of(channels, fz.chunk_channels)
+    chunks = chunks_of(channels, fz.batch_channels * fz.chunk_batches)  # whole batches per chunk
     specs = [TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights) for kind in settings.taps]
+    with output_lock(fz_dir(block, root), resume_root, device):
+        # The work items are (tap, chunk) pairs, sharded over ranks. A chunk holds whole batches, so the
+        # batches (and their float rounding) are the same whatever the chunk size or number of processes.
+        work = [(spec, chunk) for spec in specs for chunk in chunks]
+        pending = [
+            (spec, chunk)
+            for spec, chunk in distributed.shard(work)
+            if not _chunk_done(chunk_path(resume_dir(spec, resume_root), chunk), chunk, spec.hash())
+        ]
+        _render_pending(model, block, pending, device, resume_root, progress, on_chunk_saved)
+        if not distributed.is_main():
+            return {}
+        return _assemble_block(block, specs, chunks, resume_root, root, seed=seed, weights=weights)
 
-    # The work items are (tap, chunk) pairs, sharded over ranks. A batch never spans chunks, so a
-    # chunk's batches (and their float rounding) are the same whatever the number of processes.
-    work = [(spec, chunk) for spec in specs for chunk in chunks]
-    pending = [
-        (spec, chunk)
-        for spec, chunk in distributed.shard(work)
-        if not _chunk_done(chunk_path(resume_dir(spec, resume_root), chunk), chunk)
-    ]
+
+def _render_pending(
+    model: nn.Module,
+    block: str,
+    pending: Sequence[tuple[TapSpec, list[int]]],
+    device: torch.device,
+    resume_root: Path,
+    progress: bool,
+    on_chunk_saved: Callable[[Tap, Path], None] | None,
+) -> None:
+    """Render and save this rank's unfinished chunks, with a progress bar on rank 0."""
+    from tqdm.auto import tqdm
+
     rank, world = distributed.world()
     bar = tqdm(
         total=sum(len(chunk) for _, chunk in pending),
@@ -597,7 +680,6 @@ def render_block(
         bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.1f}/{total} ch "
         "[{elapsed}<{remaining}, {rate_fmt}{postfix}]",
     )
-    sizer = BatchSize.of(fz.batch_size, device)
 
     def advance(channels: float) -> None:  # fractional steps add up with rounding: never past the total
         bar.update(min(channels, bar.total - bar.n))
@@ -606,7 +688,7 @@ def render_block(
     with bar:
         for spec, chunk in pending:
             bar.set_postfix_str(f"{spec.kind} {chunk[0]}-{chunk[-1]}")
-            result = render_channels(model, spec, chunk, device=device, batch_size=sizer, progress=advance)
+            result = render_channels(model, spec, chunk, device=device, progress=advance)
             finished += len(chunk)
             bar.n = finished  # exact at each chunk's end
             bar.refresh()
@@ -615,12 +697,24 @@ def render_block(
             if on_chunk_saved is not None:
                 on_chunk_saved(spec.tap, path)
 
+
+def _assemble_block(
+    block: str,
+    specs: Sequence[TapSpec],
+    chunks: Sequence[Sequence[int]],
+    resume_root: Path,
+    root: Path,
+    *,
+    seed: int,
+    weights: str,
+) -> dict[Tap, Path]:
+    """Rank 0: wait for every chunk, assemble each tap's file, write settings.json."""
+    from rsi.model import describe_weights
+
     written: dict[Tap, Path] = {}
-    if not distributed.is_main():
-        return written
     for spec in specs:
         directory = resume_dir(spec, resume_root)
-        _wait_for([(chunk_path(directory, chunk), chunk) for chunk in chunks])
+        _wait_for([(chunk_path(directory, chunk), chunk) for chunk in chunks], spec.hash())
         written[spec.tap] = assemble(spec, chunks, resume_root, root)
         data = load_npz(written[spec.tap])
         print(
@@ -636,7 +730,7 @@ def render_block(
             "weights": weights,
             "weights_label": describe_weights(weights),
             "seed": seed,
-            "channels": len(channels),
+            "channels": sum(len(chunk) for chunk in chunks),
             "taps": {spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
         },
     )

@@ -33,10 +33,13 @@ def initial_spectrum(seed: int, block: str, kind: str, channel: int, size: int) 
     return torch.randn(spectrum_shape(size), generator=generator) * INIT_SD
 
 
-def _decorrelate_color(image: Tensor) -> Tensor:
+def _color_matrix(device: torch.device | str) -> Tensor:
     from lucent.optvis.param.color import color_correlation_normalized
 
-    matrix = torch.tensor(color_correlation_normalized.T).to(image.device)
+    return torch.tensor(color_correlation_normalized.T).to(device)
+
+
+def _decorrelate_color(image: Tensor, matrix: Tensor) -> Tensor:
     return torch.matmul(image.permute(0, 2, 3, 1), matrix).permute(0, 3, 1, 2)
 
 
@@ -58,8 +61,10 @@ def image_batch(spectra: Tensor, size: int, device: torch.device) -> tuple[Tenso
     with torch.no_grad():
         spectrum.copy_(spectra.to(spectrum.device))
 
+    matrix = _color_matrix(spectrum.device)  # once, not a host copy per step as in lucent
+
     def image() -> Tensor:
-        return torch.sigmoid(_decorrelate_color(spectrum_to_image()))
+        return torch.sigmoid(_decorrelate_color(spectrum_to_image(), matrix))
 
     return spectrum, image
 

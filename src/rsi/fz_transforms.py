@@ -160,73 +160,105 @@ def _scaled(images: Tensor, scale: float) -> Tensor:
     return F.pad(resized, [pad_y, pad_x] * 2)
 
 
-def _rotate(images: Tensor, angles: Tensor) -> Tensor:
-    """lucent's random_rotate with a per-image angle (degrees): kornia's rotation about the center
-    (lucent builds center and scale on the CPU and moves the matrix; we build them on the device)."""
-    batch, _, height, width = images.shape
-    angle = angles.to(torch.float32)
-    scale = torch.ones(batch, 2, device=angle.device)
-    center = torch.empty(batch, 2, device=angle.device)
+@functools.lru_cache(maxsize=64)
+def _rotation_table(choices: tuple[float, ...], height: int, width: int, device: str) -> Tensor:
+    """lucent's random_rotate matrices, one per angle choice (degrees), for ``height`` x ``width`` images:
+    kornia's rotation about the center, as lucent builds it (center and scale built on the device).
+    Made once per size and device instead of at every step: kornia copies a constant from the host at
+    each call, a synchronising copy on CUDA. Each row is elementwise arithmetic (the scale matrix is the
+    identity, so its product is exact), so a gathered row equals the row made for the drawn angle alone
+    (tests/test_fz.py checks it)."""
+    angle = torch.tensor(choices, dtype=torch.float32, device=device)
+    batch = angle.shape[0]
+    scale = torch.ones(batch, 2, device=device)
+    center = torch.empty(batch, 2, device=device)
     center[..., 0] = (width - 1) / 2
     center[..., 1] = (height - 1) / 2
-    matrix = kornia.get_rotation_matrix2d(center, angle, scale).to(images.device)
+    return kornia.get_rotation_matrix2d(center, angle, scale)
+
+
+def _rotate(images: Tensor, choices: tuple[float, ...], drawn: Tensor) -> Tensor:
+    """lucent's random_rotate with a per-image angle ``choices[drawn[i]]`` (degrees)."""
+    height, width = images.shape[2:]
+    matrix = _rotation_table(choices, height, width, str(images.device))[drawn]
     return kornia.warp_affine(images.float(), matrix, dsize=(height, width))
 
 
-@functools.lru_cache(maxsize=32)
-def _choices_on(choices: tuple[float, ...], device: str) -> Tensor:
-    return torch.tensor(choices, dtype=torch.float32, device=device)
+@dataclass(frozen=True)
+class DrawPlan:
+    """A batch's transform draws, prepared once before the optimisation so that no step sorts, counts
+    or copies anything on the host: the draws on the device, and for the random scale (which splits the
+    batch by drawn scale) each step's stable order of the batch by scale and the (choice, count) groups.
+    """
+
+    draws: Tensor  # (steps, B, columns) int64, on the device
+    index: Tensor  # arange(B) on the device
+    scale_order: Tensor | None  # (steps, B) int64 on the device: stable argsort by the drawn scale
+    scale_groups: tuple[tuple[tuple[int, int], ...], ...]  # per step: (choice, count), choices ascending
 
 
-def apply_ops(
-    ops: Sequence[Op], images: Tensor, draws: Tensor, host_draws: Tensor | None = None
+def plan_draws(ops: Sequence[Op], draws: Tensor, device: torch.device | str) -> DrawPlan:
+    """The :class:`DrawPlan` of ``draws`` (B, steps, n_draw_columns) int64 on the host (from
+    :func:`draw_table`, one row per image). At most one random scale per chain (both sets have one)."""
+    scales = [i for i, op in enumerate(ops) if op.kind == "scale"]
+    if len(scales) > 1:
+        raise ValueError("a transform chain has at most one random scale")
+    batch, steps = draws.shape[:2]
+    device_draws = draws.transpose(0, 1).contiguous().to(device)  # one copy per batch, none per step
+    order, groups = None, tuple(() for _ in range(steps))
+    if scales:
+        column = n_draw_columns(ops[: scales[0]])
+        choices = len(ops[scales[0]].choices)
+        # the same stable sort of the same keys as a per-step argsort: equal permutations
+        order = torch.argsort(device_draws[:, :, column], dim=1, stable=True)
+        counts = F.one_hot(draws[:, :, column], choices).sum(dim=0).tolist()  # (steps, choices)
+        groups = tuple(tuple((c, n) for c, n in enumerate(row) if n) for row in counts)
+    return DrawPlan(device_draws, torch.arange(batch, device=device), order, groups)
+
+
+def apply_ops(ops: Sequence[Op], images: Tensor, draws: Tensor) -> list[tuple[Tensor, Tensor]]:
+    """Transform a batch, each image with its own draws (``draws``: (B, n_draw_columns) int64), at
+    one step: :func:`apply_planned` with a one-step plan."""
+    return apply_planned(ops, images, plan_draws(ops, draws[:, None].cpu(), images.device), 0)
+
+
+def apply_planned(
+    ops: Sequence[Op], images: Tensor, plan: DrawPlan, step: int
 ) -> list[tuple[Tensor, Tensor]]:
-    """Transform a batch, each image with its own draws (``draws``: (B, n_draw_columns) int64).
+    """Transform a batch with its draws at ``step`` of ``plan``.
 
     Returns (indices into the batch, transformed images) groups: the random scale splits the batch by
     its drawn scale (lucent's resize takes one output size per call), and each group carries on alone.
-    ``host_draws`` is a CPU copy of ``draws`` (the group sizes are read from it), so that draws and
-    indices can stay on the device without a synchronising copy per step.
     """
-    device = images.device
-    if host_draws is None:
-        host_draws = draws.cpu()
-    draws = draws.to(device)
-    index = torch.arange(images.shape[0], device=device)
-    groups: list[tuple[Tensor, Tensor, Tensor, Tensor]] = [(index, images, draws, host_draws)]
+    groups: list[tuple[Tensor, Tensor, Tensor]] = [(plan.index, images, plan.draws[step])]
     column = 0
     for op in ops:
-        updated: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
-        for idx, x, d, h in groups:
+        updated: list[tuple[Tensor, Tensor, Tensor]] = []
+        for idx, x, d in groups:
             if op.kind == "pad":
                 if op.mode == "constant":
                     x = F.pad(x, [op.size] * 4, mode="constant", value=op.value)
                 else:
                     x = F.pad(x, [op.size] * 4, mode=op.mode)
-                updated.append((idx, x, d, h))
+                updated.append((idx, x, d))
             elif op.kind == "jitter":
-                updated.append((idx, _jitter(x, d[:, column : column + 2]), d, h))
+                updated.append((idx, _jitter(x, d[:, column : column + 2]), d))
             elif op.kind == "rotate":
-                angles = _choices_on(tuple(op.choices), str(device))[d[:, column]]
-                updated.append((idx, _rotate(x, angles), d, h))
+                updated.append((idx, _rotate(x, tuple(op.choices), d[:, column]), d))
             elif op.kind == "crop":
-                updated.append((idx, center_crop(x, op.size), d, h))
+                updated.append((idx, center_crop(x, op.size), d))
             elif op.kind == "scale":
-                # the same stable sort of the same keys on host and device: equal permutations
-                host_order = torch.argsort(h[:, column], stable=True)
-                order = torch.argsort(d[:, column], stable=True)
-                choices, counts = torch.unique(h[:, column], return_counts=True)
                 start = 0
-                for choice, count in zip(choices.tolist(), counts.tolist(), strict=True):
-                    rows, host_rows = order[start : start + count], host_order[start : start + count]
+                for choice, count in plan.scale_groups[step]:
+                    rows = plan.scale_order[step, start : start + count]
                     subset = x if count == x.shape[0] else x[rows]
-                    updated.append((idx[rows], _scaled(subset, op.choices[choice]), d[rows], h[host_rows]))
+                    updated.append((idx[rows], _scaled(subset, op.choices[choice]), d[rows]))
                     start += count
             else:  # pragma: no cover - Op.kind is a closed set
                 raise ValueError(f"unknown transform {op.kind!r}")
         groups = updated
         column += op.n_draws
-    return [(idx, x) for idx, x, _, _ in groups]
+    return [(idx, x) for idx, x, _ in groups]
 
 
 def by_shape(groups: Sequence[tuple[Tensor, Tensor]]) -> list[tuple[Tensor, Tensor]]:
