@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision.models
 
+from rsi.artifacts import in_fz_source
 from rsi.taps import (
+    ARCHS,
     BLOCKS,
+    TAP_KINDS,
     Tap,
+    arch_of,
     block_key,
+    block_names,
+    block_order,
     capture,
     center,
     forward_from,
@@ -170,3 +177,110 @@ def test_block_names_and_tap_modules():
         Tap("2.1", "mid")
     with pytest.raises(ValueError, match="must look like"):
         Tap.parse("2.1pre")
+
+
+# ----------------------------------------------------------------------------------- other ResNets
+
+
+@pytest.fixture(scope="module")
+def resnet50():
+    from rsi.model import load_model
+
+    return load_model("random:0", "resnet50")
+
+
+@pytest.fixture(scope="module")
+def resnet50_taps(resnet50, images) -> dict[Tap, torch.Tensor]:
+    taps = [Tap(b, k) for b in block_names("resnet50") for k in TAP_KINDS]
+    return forward_taps(resnet50, images, taps, detach=True)
+
+
+@pytest.mark.parametrize("block", block_names("resnet50"))
+def test_bottleneck_post_is_exactly_relu_of_pre_plus_in(resnet50_taps, block):
+    skip, pre, post = (resnet50_taps[Tap(block, kind)] for kind in TAP_KINDS)
+    assert pre.shape == post.shape == skip.shape
+    assert pre.shape[1] == num_channels(block, "resnet50") == 256 * 2 ** (int(block[0]) - 1)
+    assert torch.equal(post, F.relu(pre + skip))  # the same float operation as torchvision's in-place add
+
+
+@pytest.mark.parametrize("block", block_names("resnet50"))
+def test_bottleneck_pre_is_a_copy_of_bn3_not_the_block_output(resnet50_taps, block):
+    pre, post = resnet50_taps[Tap(block, "pre")], resnet50_taps[Tap(block, "post")]
+    assert (pre < 0).any() and (post >= 0).all()
+    assert not torch.allclose(pre, post)
+
+
+def test_reference_keeping_hook_on_bn3_sees_post_ours_sees_pre(resnet50, images):
+    kept = {}
+    handle = resnet50.layer3[4].bn3.register_forward_hook(lambda _m, _i, out: kept.setdefault("bn3", out))
+    try:
+        with torch.no_grad(), capture(resnet50, [Tap("3.4", "pre"), Tap("3.4", "post")]) as ours:
+            resnet50(images)
+    finally:
+        handle.remove()
+    assert torch.equal(kept["bn3"], ours[Tap("3.4", "post")])  # the in-place trap, as with bn2
+    assert not torch.allclose(ours[Tap("3.4", "pre")], kept["bn3"])
+
+
+def test_bottleneck_in_of_1_0_is_its_downsample_and_of_3_5_the_output_of_3_4(resnet50, images, resnet50_taps):
+    with torch.no_grad():
+        stem = resnet50.maxpool(resnet50.relu(resnet50.bn1(resnet50.conv1(images))))
+        torch.testing.assert_close(resnet50_taps[Tap("1.0", "in")], resnet50.layer1[0].downsample(stem))
+    assert torch.equal(resnet50_taps[Tap("3.5", "in")], resnet50_taps[Tap("3.4", "post")])
+    assert Tap("1.0", "in").module_of("resnet50") == "layer1.0.downsample"
+    assert Tap("3.5", "in").module_of("resnet50") == "layer3.4"
+    assert Tap("3.5", "pre").module_of("resnet50") == "layer3.5.bn3"
+    assert Tap("3.5", "pre").module_of("resnet34") == "layer3.5.bn2"
+
+
+def test_bottleneck_truncated_forward_and_forward_from(resnet50, images):
+    with torch.no_grad():
+        post = forward_taps(resnet50, images, [Tap("3.5", "post")])[Tap("3.5", "post")]
+        torch.testing.assert_close(forward_from(resnet50, "3.5", post), resnet50(images))
+        calls = _count_module_calls(resnet50, lambda: forward_taps(resnet50, images, [Tap("2.1", "in")]))
+    # stem (4) + 1.0 (9 calls: 3 convs, 3 BNs, ReLU thrice; + 2 of its downsample) + 1.1, 1.2 (9 each)
+    # + 2.0 (11): through 2.0 only
+    assert calls == 4 + 11 + 9 + 9 + 11
+
+
+def test_block_names_follow_each_arch():
+    counts = {"resnet18": 8, "resnet34": 16, "resnet50": 16, "resnet101": 33, "resnet152": 50}
+    assert {arch: len(block_names(arch)) for arch in ARCHS} == counts
+    assert block_names() == BLOCKS == ("1.0", "1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+    assert "3.5" in block_names("resnet34") and "3.5" not in block_names("resnet18")
+    assert [b for b in block_names("resnet101") if b.startswith("3.")] == [f"3.{k}" for k in range(23)]
+    assert parse_block("layer3_22", "resnet101") == "3.22" and block_key("3.22") == "layer3_22"
+    assert sorted(["3.10", "3.9", "2.3"], key=block_order) == ["2.3", "3.9", "3.10"]
+
+
+def test_an_unknown_block_of_an_arch_is_one_line_listing_the_valid_ones():
+    with pytest.raises(ValueError) as caught:
+        parse_block("layer3_5", "resnet18")
+    assert str(caught.value) == (
+        "unknown block 'layer3_5': blocks of resnet18 are 1.0, 1.1, 2.0, 2.1, 3.0, 3.1, 4.0, 4.1 (or layerL_K)"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"blocks of resnet101 are 1.0, 1.1, 1.2, 2.0, 2.1, 2.2, 2.3, "
+        r"3.0…3.22, 4.0, 4.1, 4.2 \(or layerL_K\)",
+    ):
+        parse_block("3.23", "resnet101")
+    with pytest.raises(ValueError, match="unknown arch 'resnet19': archs are resnet18, resnet34"):
+        block_names("resnet19")
+
+
+def test_arch_of_reads_the_architecture_from_the_model():
+    for arch in ARCHS:
+        with torch.device("meta"):  # structure only: no weights allocated
+            model = getattr(torchvision.models, arch)(weights=None)
+        assert arch_of(model) == arch
+    with pytest.raises(ValueError, match="not a torchvision ResNet"):
+        arch_of(torch.nn.Linear(2, 2))
+
+
+def test_the_in_fz_of_block_l_k_is_the_post_fz_of_l_k_minus_1_in_every_arch():
+    assert in_fz_source("1.0") == Tap("1.0", "in")
+    assert in_fz_source("3.0") == Tap("3.0", "in")
+    assert in_fz_source("2.1") == Tap("2.0", "post")
+    assert in_fz_source("3.5") == Tap("3.4", "post")
+    assert in_fz_source("layer3_22") == Tap("3.21", "post")

@@ -57,9 +57,17 @@ from torch import nn
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
-from rsi.config import ParamsError, as_dict, check_blocks, check_distinct, load_section, read_params
+from rsi.config import (
+    ParamsError,
+    as_dict,
+    check_blocks,
+    check_distinct,
+    load_section,
+    params_arch,
+    read_params,
+)
 from rsi.data import EvalSet, load_eval, top_level_seed
-from rsi.model import describe_weights, is_random, load_resnet18
+from rsi.model import describe_weights, is_random, load_model
 from rsi.natural import NaturalParams
 from rsi.runtime import (
     ModelParams,
@@ -71,6 +79,7 @@ from rsi.runtime import (
     write_json,
 )
 from rsi.taps import (
+    DEFAULT_ARCH,
     TAP_KINDS,
     Tap,
     block_key,
@@ -105,7 +114,7 @@ class ScreenParams:
 def _check_screening(value: Mapping[str, ScreenParams]) -> dict[str, ScreenParams]:
     result: dict[str, ScreenParams] = {}
     for key, rule in value.items():
-        block = parse_block(key)
+        block = parse_block(key, params_arch())
         if rule.rule != "within" and rule.tolerance != 0.0:
             raise ValueError(f"{key}: rule {rule.rule!r} takes no tolerance (use rule: within for a margin)")
         result[block] = rule
@@ -259,10 +268,12 @@ def ablate_block(
     seed: int = 0,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    arch: str = DEFAULT_ARCH,
 ) -> dict[str, Any]:
-    """Screening and the sweep for one block; a JSON-able record (see :func:`block_metrics`)."""
-    block = parse_block(block)
-    channels = num_channels(block)
+    """Screening and the sweep for one block of ``model`` (a torchvision ``arch``); a JSON-able record
+    (see :func:`block_metrics`)."""
+    block = parse_block(block, arch)
+    channels = num_channels(block, arch)
     passing = sorted({int(c) for c in passing})
     post_means = np.asarray(post_means, dtype=np.float64)
     if post_means.shape != (channels,):
@@ -516,11 +527,19 @@ def run(args: argparse.Namespace) -> None:
         torch.cuda.set_device(device)
     distributed.init()
     eval_set = load_eval(artifacts.eval_dir(outputs))
-    model = load_resnet18(model_params.weights).to(device)
+    model = load_model(model_params.weights, model_params.arch).to(device)
     records = []
     for block in params.blocks:
         record = ablate_block(
-            model, eval_set, block, passing[block], means[block], params, seed=seed, device=device
+            model,
+            eval_set,
+            block,
+            passing[block],
+            means[block],
+            params,
+            seed=seed,
+            device=device,
+            arch=model_params.arch,
         )
         if "skipped" in record and distributed.is_main():
             print(f"ablate {block}: skipped ({record['skipped']})")
@@ -530,7 +549,7 @@ def run(args: argparse.Namespace) -> None:
             **as_dict(params),
             "crops": {str(p): crop_of(p, params.crop_rule, eval_set) for p in (0, *params.percents)},
             "seed": seed,
-            "weights": describe_weights(model_params.weights),
+            "weights": describe_weights(model_params.weights, model_params.arch),
             "random_weights": is_random(model_params.weights),
             "generated_data": eval_set.generated,
             "images": len(eval_set),

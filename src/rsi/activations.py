@@ -41,9 +41,9 @@ from rsi import artifacts
 from rsi.artifacts import FZ_IMAGES, OUTPUTS
 from rsi.config import ParamsError, check_blocks, load_section, read_params
 from rsi.criteria import CriteriaParams
-from rsi.model import describe_weights, load_resnet18
+from rsi.model import describe_weights, load_model
 from rsi.runtime import ModelParams, resolve_device, save_npz
-from rsi.taps import TAP_KINDS, Tap, center, forward_taps, parse_block
+from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, arch_of, center, forward_taps, parse_block
 from rsi.transforms import normalize, scale_crop, shrink_pad
 
 Extractor = Literal["thingsvision", "taps"]
@@ -220,21 +220,21 @@ def thingsvision_extractor(model: nn.Module, device: torch.device | str = "cpu")
     return get_extractor_from_model(model=model, device=str(device), backend="pt")
 
 
-def thingsvision_reader(extractor: Any) -> TapReader:
+def thingsvision_reader(extractor: Any, arch: str = DEFAULT_ARCH) -> TapReader:
     """Tap values from thingsvision: one forward per batch, a cloning hook on each tap's module."""
 
     def read(images: Tensor, taps: Sequence[Tap]) -> dict[Tap, Tensor]:
-        modules = list(dict.fromkeys(tap.module for tap in taps))
+        modules = list(dict.fromkeys(tap.module_of(arch) for tap in taps))
         with extractor.batch_extraction(module_names=modules, output_type="tensor") as batch_extractor:
             features = batch_extractor.extract_batch(batch=images, flatten_acts=False)
-        return {tap: features[tap.module] for tap in taps}
+        return {tap: features[tap.module_of(arch)] for tap in taps}
 
     return read
 
 
 def make_reader(name: Extractor, model: nn.Module, device: torch.device | str = "cpu") -> TapReader:
     if name == "thingsvision":
-        return thingsvision_reader(thingsvision_extractor(model, device))
+        return thingsvision_reader(thingsvision_extractor(model, device), arch_of(model))
     if name == "taps":
         return taps_reader(model, device)
     raise ValueError(f"unknown extractor {name!r}: choose thingsvision or taps")
@@ -304,7 +304,7 @@ def run(args: argparse.Namespace) -> None:
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     if args.block:
         try:
-            blocks = check_blocks(tuple(args.block))
+            blocks = check_blocks(tuple(args.block), model_params.arch)
         except ValueError as error:
             raise ParamsError(f"--block {' '.join(args.block)}: {error}") from error
     else:
@@ -312,11 +312,11 @@ def run(args: argparse.Namespace) -> None:
     root = Path(args.root)
     for block in blocks:  # every FZ file checked before any work
         require_block_fzs(block, root)
-    model = load_resnet18(model_params.weights)
+    model = load_model(model_params.weights, model_params.arch)
     device = resolve_device(model_params.device)
     model.to(device)
     read = make_reader(params.extractor, model, device)
-    label = describe_weights(model_params.weights)
+    label = describe_weights(model_params.weights, model_params.arch)
     for block in blocks:
         block_fzs = load_block_fzs(block, root)
         acts = block_activations(

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rsi.taps import Tap, block_key, has_downsample, previous_block
+from rsi.taps import Tap, block_key, parse_block
 
 OUTPUTS = Path("outputs")
 METRICS = Path("metrics")
@@ -45,12 +45,13 @@ def fz_file(tap: Tap, root: Path = OUTPUTS) -> Path:
 
 
 def in_fz_source(block: str) -> Tap:
-    """The FZ that serves as X̂_In of a block: its own In where the block has a downsample (or is
-    1.0), else the previous block's Post FZ (the same activation, rendered once)."""
-    previous = previous_block(block)
-    if has_downsample(block) or previous is None:
+    """The FZ that serves as X̂_In of a block: its own In for an L.0 block (a downsample, or maxpool for
+    a BasicBlock 1.0), else block L.(K−1)'s Post FZ (the same activation, rendered once). The same in
+    every architecture of rsi.taps.ARCHS."""
+    layer, index = parse_block(block).split(".")
+    if index == "0":
         return Tap(block, "in")
-    return Tap(previous, "post")
+    return Tap(f"{layer}.{int(index) - 1}", "post")
 
 
 def eval_dir(root: Path = OUTPUTS) -> Path:

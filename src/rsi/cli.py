@@ -19,7 +19,7 @@ from rsi.model import WeightsError
 
 # subcommand → (module, one-line help). The order is the pipeline's.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "fetch-weights": ("rsi.weights_cli", "download and check resnet18-f37072fd.pth into data/"),
+    "fetch-weights": ("rsi.weights_cli", "download and check model.arch's torchvision weights into data/"),
     "prepare-data": ("rsi.data", "decode the evaluation images once into a 256 px uint8 cache"),
     "fz": ("rsi.fz", "center-neuron feature visualizations for one block's taps"),
     "activations": ("rsi.activations", "center-neuron responses of In/Pre/Post to the FZs"),

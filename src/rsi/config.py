@@ -15,6 +15,7 @@ import math
 import types
 import typing
 from collections.abc import Iterable, Mapping
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
@@ -42,9 +43,34 @@ def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
 
 
 def load_section(raw: Mapping[str, Any], name: str, cls: type[T], *, source: str = "params.yaml") -> T:
-    """Section ``name`` of ``raw`` as a ``cls`` instance (missing section: all defaults)."""
+    """Section ``name`` of ``raw`` as a ``cls`` instance (missing section: all defaults). Block names in
+    it are checked against ``raw``'s ``model.arch`` (:func:`params_arch`)."""
     value = raw.get(name, {})
-    return _convert(value, cls, f"{name}", source)
+    token = _ARCH.set(_arch_of(raw, source))
+    try:
+        return _convert(value, cls, f"{name}", source)
+    finally:
+        _ARCH.reset(token)
+
+
+# The model.arch of the params being loaded, so that block checks (check_blocks, fz.blocks keys, …) know
+# which blocks exist (3.5 in resnet34, not in resnet18) without each section reading the model section.
+_ARCH: ContextVar[str] = ContextVar("rsi_params_arch", default="resnet18")
+
+
+def params_arch() -> str:
+    """The ``model.arch`` of the params file that :func:`load_section` is validating (resnet18 outside)."""
+    return _ARCH.get()
+
+
+def _arch_of(raw: Mapping[str, Any], source: str) -> str:
+    from rsi.taps import ARCHS, DEFAULT_ARCH
+
+    model = raw.get("model")
+    arch = model.get("arch", DEFAULT_ARCH) if isinstance(model, Mapping) else DEFAULT_ARCH
+    if arch not in ARCHS:
+        raise _fail(source, "model.arch", arch, "one of " + ", ".join(ARCHS))
+    return arch
 
 
 def check_sections(raw: Mapping[str, Any], known: Iterable[str], *, source: str = "params.yaml") -> None:
@@ -205,12 +231,20 @@ def check_distinct(values: tuple[T, ...], noun: str, *, empty: str | None = None
     return values
 
 
-def check_blocks(blocks: tuple[str | float, ...]) -> tuple[str, ...]:
-    """A ``check`` for block lists: normalise to ``2.1`` form, reject unknown and repeated names. YAML reads
-    an unquoted 2.1 as a float; str() gives the block name back."""
-    from rsi.taps import parse_block
+def check_blocks(blocks: tuple[str | float, ...], arch: str | None = None) -> tuple[str, ...]:
+    """A ``check`` for block lists: normalise to ``2.1`` form, reject repeated names and blocks that
+    ``arch`` (default: the model.arch of the params being loaded) lacks. YAML reads an unquoted 2.1 as a
+    float; str() gives the block name back."""
+    from rsi.taps import block_names, parse_block
 
-    return check_distinct(tuple(parse_block(str(b)) for b in blocks), "block")
+    arch = arch or params_arch()
+    for block in blocks:
+        if isinstance(block, float) and f"{block}0" in block_names(arch):
+            raise ValueError(
+                f"{block} is ambiguous in {arch}: YAML reads an unquoted 3.10 as 3.1; write layerL_K "
+                "(e.g. layer3_10) or quote the name"
+            )
+    return check_distinct(tuple(parse_block(str(b), arch) for b in blocks), "block")
 
 
 def as_dict(obj: Any) -> dict[str, Any]:

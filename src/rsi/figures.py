@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from rsi import artifacts
-from rsi.config import ParamsError, check_blocks, load_section, read_params
+from rsi.config import ParamsError, check_blocks, load_section, params_arch, read_params
 from rsi.report import (
     AblationSeries,
     MissingInputError,
@@ -41,7 +41,7 @@ from rsi.report import (
     run_labels,
 )
 from rsi.runtime import ModelParams, atomic_path, save_npz
-from rsi.taps import BLOCKS, TAP_KINDS, Tap, block_key, num_channels, parse_block
+from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, block_key, block_order, num_channels, parse_block
 
 FIGURES_DIR = artifacts.OUTPUTS / "figures"
 ABLATION_FIGURE = "fig2_ablation.png"
@@ -56,8 +56,8 @@ WARNING_LINE = 0.24  # inches per red warning line
 def _check_channels(value: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
     out = {}
     for key, channels in value.items():
-        block = parse_block(key)
-        width = num_channels(block)
+        block = parse_block(key, params_arch())
+        width = num_channels(block, params_arch())
         bad = [c for c in channels if not 0 <= c < width]
         if bad:
             raise ValueError(f"block {block} has channels 0..{width - 1}; {bad} are out of range")
@@ -258,12 +258,12 @@ def render_whole_channel(
     else:
         fz_params = raw.get("fz", {})
 
-    from rsi.model import load_resnet18
+    from rsi.model import load_model
     from rsi.runtime import resolve_device
 
     model_params = load_section(raw, "model", ModelParams)
     seed = fz.load_seed(dict(raw)) if hasattr(fz, "load_seed") else int(raw.get("seed", 0))
-    model = load_resnet18(model_params.weights).to(resolve_device(model_params.device))
+    model = load_model(model_params.weights, model_params.arch).to(resolve_device(model_params.device))
     rendered: dict[str, dict[str, dict[int, np.ndarray]]] = {}
     for block, channels in plan.items():
         print(f"rendering whole-channel FZs of block {block}: channels {channels}", flush=True)
@@ -314,6 +314,11 @@ def _title_lines(labels: RunLabels) -> list[str]:
     if labels.generated_data:
         lines.append("GENERATED DATA (not ImageNet)")
     return lines
+
+
+def _network(labels: RunLabels) -> str:
+    """A title's prefix naming the network when it is not the paper's ResNet18."""
+    return "" if labels.arch == DEFAULT_ARCH else f"{labels.network}: "
 
 
 def _save(fig: Any, path: Path, dpi: int) -> None:
@@ -376,11 +381,13 @@ def draw_channel_grid(
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(f"{COLUMN_LABELS[kind]}\n{column_tap(block, kind).module}", fontsize=9)
+                module = column_tap(block, kind).module_of(labels.arch)
+                ax.set_title(f"{COLUMN_LABELS[kind]}\n{module}", fontsize=9)
             if col == 0:
                 ax.set_ylabel(ROW_LABELS[row], fontsize=9)
     status = "" if passing else " (not criteria-passing)"
-    fig.suptitle(f"Block {block}, channel {channel}{status}", y=1 - 0.08 / height, va="top", fontsize=13)
+    title = f"{_network(labels)}Block {block}, channel {channel}{status}"
+    fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=13)
     _warning(fig, labels, 0.08 + TITLE_LINE)
     _save(fig, path, dpi)
 
@@ -429,7 +436,7 @@ def draw_contact_sheet(
     else:
         shown = f"first {count} of {total} criteria-passing channels"
     fig.suptitle(
-        f"Block {block}: {shown}\n"
+        f"{_network(labels)}Block {block}: {shown}\n"
         "columns In, Pre, Post; rows: center-neuron FZ, whole-channel FZ, top-9 natural images",
         y=1 - 0.08 / height,
         fontsize=10,
@@ -469,7 +476,7 @@ def draw_ablation(series: Mapping[str, AblationSeries], labels: RunLabels, path:
     fig.subplots_adjust(
         left=0.1 / count + 0.04, right=0.98, bottom=0.6 / height, top=1 - header / height, wspace=0.3
     )
-    title = "Ablation of criteria-passing vs random channels under scaling"
+    title = f"{_network(labels)}Ablation of criteria-passing vs random channels under scaling"
     fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=12)
     _warning(fig, labels, 0.08 + TITLE_LINE)
     _save(fig, path, dpi)
@@ -499,9 +506,9 @@ def make_figures(
     labels = run_labels(raw, read_eval_index(root))
     exemplary = paper_reference().get("exemplary", {})
 
-    blocks = list(params.blocks) or [b for b in BLOCKS if passing.get(b)]
+    blocks = list(params.blocks) or [b for b in passing if passing.get(b)]
     blocks += [b for b in params.channels if b not in blocks]
-    blocks = [b for b in BLOCKS if b in blocks]
+    blocks = sorted(set(blocks), key=block_order)
     shown: dict[str, list[int]] = {}
     sheets: dict[str, list[int]] = {}
     for block in blocks:

@@ -53,11 +53,20 @@ from torch import Tensor, nn
 
 from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, in_fz_source
-from rsi.config import ParamsError, as_dict, check_distinct, load_section, read_params
+from rsi.config import ParamsError, as_dict, check_distinct, load_section, params_arch, read_params
 from rsi.fz_param import from_storage, image_batch, initial_spectrum, to_storage
 from rsi.fz_transforms import apply_planned, by_shape, draw_table, n_draw_columns, plan_draws, transform_ops
 from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device, save_npz, write_json
-from rsi.taps import BLOCKS, Tap, block_key, forward_taps, num_channels, parse_block
+from rsi.taps import (
+    DEFAULT_ARCH,
+    Tap,
+    arch_of,
+    block_key,
+    block_names,
+    forward_taps,
+    num_channels,
+    parse_block,
+)
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 TapKind = Literal["in", "pre", "post"]
@@ -117,13 +126,13 @@ DEFAULT_BLOCKS: dict[str, BlockFZParams] = {
 
 def _check_blocks(blocks: dict[str, BlockFZParams]) -> dict[str, BlockFZParams]:
     checked: dict[str, BlockFZParams] = {}
+    arch = params_arch()
     for key, settings in blocks.items():
         try:
-            block = parse_block(key)
+            block = parse_block(key, arch)
         except ValueError:
-            raise ValueError(
-                f"unknown block key {key!r}: keys are {', '.join(block_key(b) for b in BLOCKS)}"
-            ) from None
+            keys = ", ".join(block_key(b) for b in block_names(arch))
+            raise ValueError(f"unknown block key {key!r}: keys of {arch} are {keys}") from None
         if block_key(block) in checked:
             raise ValueError(f"block {block} is listed twice")
         source = in_fz_source(block)
@@ -213,6 +222,7 @@ class TapSpec:
     tf32: bool
     batch_channels: int  # the batch geometry: consecutive channels optimised together (float rounding)
     objective: str = "center"  # "center": the center neuron (the paper's FZs); "channel": the whole map
+    arch: str = DEFAULT_ARCH  # model.arch; left out of settings and hash for resnet18 (see settings())
 
     @classmethod
     def of(
@@ -224,6 +234,7 @@ class TapSpec:
         weights: str,
         jitter: int | None = None,
         objective: str = "center",
+        arch: str = DEFAULT_ARCH,
     ) -> TapSpec:
         if jitter is None:
             jitter = fz.block(tap.block).jitter_of(tap.kind)
@@ -242,6 +253,7 @@ class TapSpec:
             tf32=fz.tf32,
             batch_channels=fz.batch_channels,
             objective=objective,
+            arch=arch,
         )
 
     @property
@@ -262,16 +274,25 @@ class TapSpec:
     def ops(self):
         return transform_ops(self.transforms, self.jitter, self.image_size)
 
-    def describe(self) -> dict[str, Any]:
+    def settings(self) -> dict[str, Any]:
+        """The fields as JSON; ``arch`` only for archs other than resnet18, so that resnet18's settings
+        files and resume hashes are the bytes they were before model.arch existed."""
         data = as_dict(self)
+        if self.arch == DEFAULT_ARCH:
+            del data["arch"]
+        return data
+
+    def describe(self) -> dict[str, Any]:
+        data = self.settings()
         what = "center neuron" if self.objective == "center" else "whole-channel mean"
-        data["objective"] = f"{what} of {self.objective_tap} (module {self.objective_tap.module})"
+        module = self.objective_tap.module_of(self.arch)
+        data["objective"] = f"{what} of {self.objective_tap} (module {module})"
         data["transform_chain"] = [op.describe() for op in self.ops()] + ["normalize(ImageNet)"]
         data["versions"] = _versions()
         return data
 
     def hash(self) -> str:
-        text = json.dumps({**as_dict(self), "versions": _versions()}, sort_keys=True)
+        text = json.dumps({**self.settings(), "versions": _versions()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
@@ -471,7 +492,7 @@ def render_channel_fz(
     """Whole-channel FZs (paper Fig. 1, second row) of ``channels`` of ``tap``: float32 (C, 3, H, W) in
     [0, 1], with the block's transforms and jitter; keyed like center-neuron FZs, and batched as
     ``fz.batch_channels`` consecutive entries of ``channels``, so reproducible."""
-    spec = TapSpec.of(tap, fz, seed=seed, weights=weights, objective="channel")
+    spec = TapSpec.of(tap, fz, seed=seed, weights=weights, objective="channel", arch=arch_of(model))
     device = next(model.parameters()).device
     return render_channels(model, spec, list(channels), device=device).images
 
@@ -499,8 +520,8 @@ def resume_dir(spec: TapSpec, resume_root: Path) -> Path:
     return resume_root / "fz" / block_key(spec.block) / spec.kind / spec.hash()
 
 
-def tap_channels(block: str, fz: FZParams) -> list[int]:
-    total = num_channels(block)
+def tap_channels(block: str, fz: FZParams, arch: str = DEFAULT_ARCH) -> list[int]:
+    total = num_channels(block, arch)
     return list(range(min(total, fz.max_channels) if fz.max_channels else total))
 
 
@@ -635,14 +656,17 @@ def render_block(
 ) -> dict[Tap, Path]:
     """Render (this rank's share of) every configured tap of ``block`` and, on rank 0, assemble
     ``outputs/fz/<layerL_K>/<tap>.npz`` and ``settings.json``. Returns the files written (rank 0)."""
-    block = parse_block(block)
+    arch = arch_of(model)
+    block = parse_block(block, arch)
     settings = fz.block(block)
     root = Path(root)
     resume_root = Path(resume_root) if resume_root is not None else root / ".resume"
     device = torch.device(device)
-    channels = tap_channels(block, fz)
+    channels = tap_channels(block, fz, arch)
     chunks = chunks_of(channels, fz.batch_channels * fz.chunk_batches)  # whole batches per chunk
-    specs = [TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights) for kind in settings.taps]
+    specs = [
+        TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights, arch=arch) for kind in settings.taps
+    ]
     with output_lock(fz_dir(block, root), resume_root, device):
         # The work items are (tap, chunk) pairs, sharded over ranks. A chunk holds whole batches, so the
         # batches (and their float rounding) are the same whatever the chunk size or number of processes.
@@ -728,7 +752,7 @@ def _assemble_block(
         {
             "block": block,
             "weights": weights,
-            "weights_label": describe_weights(weights),
+            "weights_label": describe_weights(weights, specs[0].arch),
             "seed": seed,
             "channels": sum(len(chunk) for chunk in chunks),
             "taps": {spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
@@ -770,7 +794,7 @@ def run_device(name: str) -> torch.device:
 
 
 def run(args: argparse.Namespace) -> None:
-    from rsi.model import load_resnet18
+    from rsi.model import load_model
 
     raw = read_params(args.params)
     fz = load_fz_params(raw, source=args.params)
@@ -782,7 +806,7 @@ def run(args: argparse.Namespace) -> None:
     distributed.init()
     try:
         device = run_device(model_params.device)
-        model = load_resnet18(model_params.weights)
+        model = load_model(model_params.weights, model_params.arch)
         render_block(
             model,
             args.block,

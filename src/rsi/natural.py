@@ -34,9 +34,9 @@ from tqdm import tqdm
 from rsi import artifacts, distributed
 from rsi.config import check_blocks, load_section, read_params
 from rsi.data import EvalSet, load_eval
-from rsi.model import describe_weights, load_resnet18
+from rsi.model import describe_weights, load_model
 from rsi.runtime import ModelParams, resolve_device, save_npz
-from rsi.taps import TAP_KINDS, Tap, center, forward_taps, num_channels
+from rsi.taps import TAP_KINDS, Tap, arch_of, center, forward_taps, num_channels
 from rsi.transforms import ablation_view
 
 PROBED_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
@@ -89,19 +89,19 @@ def natural_pass(
     """Means and top-k of the center neurons of every block's In/Pre/Post (see the module docstring).
     Every rank returns the same merged result."""
     device = torch.device(device)
-    blocks = check_blocks(tuple(blocks))
+    arch = arch_of(model)
+    blocks = check_blocks(tuple(blocks), arch)
     taps = [Tap(block, kind) for block in blocks for kind in TAP_KINDS]
+    width = {tap: num_channels(tap.block, arch) for tap in taps}
     total = len(eval_set)
     if total == 0:
         raise ValueError("the evaluation set is empty")
     k_eff = min(k, total)
     rank, world = distributed.world()
     indices = np.arange(total)[rank::world]
-    sums = {tap: torch.zeros(num_channels(tap.block), dtype=torch.float64, device=device) for tap in taps}
-    top_values = {tap: torch.empty(num_channels(tap.block), 0, device=device) for tap in taps}
-    top_index = {
-        tap: torch.empty(num_channels(tap.block), 0, dtype=torch.int64, device=device) for tap in taps
-    }
+    sums = {tap: torch.zeros(width[tap], dtype=torch.float64, device=device) for tap in taps}
+    top_values = {tap: torch.empty(width[tap], 0, device=device) for tap in taps}
+    top_index = {tap: torch.empty(width[tap], 0, dtype=torch.int64, device=device) for tap in taps}
     bar = tqdm(total=total, desc="natural", unit="img", disable=not (progress and distributed.is_main()))
     with torch.inference_mode():
         for index, images, _ in eval_set.batches(indices, batch_size, device):
@@ -187,7 +187,7 @@ def run(args: argparse.Namespace) -> None:
         torch.cuda.set_device(device)
     distributed.init()
     eval_set = load_eval(artifacts.eval_dir(Path(args.outputs)))
-    model = load_resnet18(model_params.weights).to(device)
+    model = load_model(model_params.weights, model_params.arch).to(device)
     results = natural_pass(
         model, eval_set, params.blocks, k=params.k, batch_size=params.batch_size, device=device
     )
@@ -195,7 +195,7 @@ def run(args: argparse.Namespace) -> None:
         write_natural(
             results,
             args.outputs,
-            weights=describe_weights(model_params.weights),
+            weights=describe_weights(model_params.weights, model_params.arch),
             generated=eval_set.generated,
         )
         print(f"natural: {len(eval_set)} images, blocks {', '.join(params.blocks)} → {args.outputs}/natural")

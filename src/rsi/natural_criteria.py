@@ -52,7 +52,7 @@ from rsi import artifacts
 from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams, Eq2Result, eq2_post_ratio, jaccard
 from rsi.data import EvalSet, load_eval
-from rsi.model import describe_weights, load_resnet18
+from rsi.model import describe_weights, load_model
 from rsi.natural import NaturalParams, center_values
 from rsi.runtime import ModelParams, load_npz, resolve_device, save_npz, write_json
 from rsi.taps import TAP_KINDS, Tap, block_key, forward_taps
@@ -230,7 +230,7 @@ def block_responses(
 # ------------------------------------------------------------------------------------------- the stage
 
 
-def read_natural(block: str, root: Path, weights: str) -> dict[str, np.ndarray]:
+def read_natural(block: str, root: Path, weights: str, arch: str) -> dict[str, np.ndarray]:
     """Stage natural's file of a block, checked against this run's weights."""
     path = artifacts.natural_file(block, root)
     if not path.is_file():
@@ -239,10 +239,10 @@ def read_natural(block: str, root: Path, weights: str) -> dict[str, np.ndarray]:
             f"list {block_key(block)} in natural.blocks and run `rsi natural` (or `dvc repro`)"
         )
     data = load_npz(path)
-    if "weights" in data and str(data["weights"]) != describe_weights(weights):
+    if "weights" in data and str(data["weights"]) != describe_weights(weights, arch):
         raise ValueError(
             f"{path} was made with {data['weights']}, model.weights = {weights!r} is "
-            f"{describe_weights(weights)}: re-run `rsi natural`"
+            f"{describe_weights(weights, arch)}: re-run `rsi natural`"
         )
     return data
 
@@ -285,11 +285,13 @@ def run(args: argparse.Namespace) -> None:
     scale_fraction = load_section(raw, "activations", ActivationsParams, source=args.params).scale_fraction
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     batch_size = load_section(raw, "natural", NaturalParams, source=args.params).batch_size  # speed only
-    stored = {block: read_natural(block, root, model_params.weights) for block in criteria.blocks}
+    stored = {
+        block: read_natural(block, root, model_params.weights, model_params.arch) for block in criteria.blocks
+    }
     fz = {block: fz_verdicts(block, root) for block in criteria.blocks}
     eval_set = load_eval(artifacts.eval_dir(root))
     device = resolve_device(model_params.device)
-    model = load_resnet18(model_params.weights).to(device)
+    model = load_model(model_params.weights, model_params.arch).to(device)
     metrics: dict[str, Any] = {}
     passing: dict[str, Any] = {"natural": {}, "both": {}}
     for block in criteria.blocks:

@@ -22,7 +22,7 @@ from rsi.figures import (
 )
 from rsi.report import RunLabels
 from rsi.runtime import read_json
-from rsi.taps import BLOCKS, block_key, parse_block
+from rsi.taps import block_key, block_order, parse_block
 
 PATTERN = "natural_both_{}.png"
 MAX_ROWS = 16  # channels per block drawn (the first, by channel number)
@@ -88,7 +88,7 @@ def draw_natural_both(root: Path, labels: RunLabels, dpi: int) -> list[Path]:
         stale.unlink()
     both = passing_both(root)
     written = []
-    for block in [b for b in BLOCKS if b in both]:
+    for block in sorted(both, key=block_order):
         path = out_dir / PATTERN.format(block_key(block))
         draw_block(block, both[block][:MAX_ROWS], len(both[block]), root, labels, path, dpi)
         written.append(path)

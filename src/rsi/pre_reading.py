@@ -20,7 +20,7 @@ from rsi import activations, fz
 from rsi.artifacts import OUTPUTS, fz_file, in_fz_source
 from rsi.config import ParamsError, load_section, read_params
 from rsi.criteria import CriteriaParams, evaluate_stored, load_activations, metrics
-from rsi.model import load_resnet18
+from rsi.model import load_model
 from rsi.runtime import ModelParams, write_json
 from rsi.taps import Tap, block_key
 
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> None:
         )
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     seed = fz.load_seed(raw, source=args.params)
-    model = load_resnet18(model_params.weights)
+    model = load_model(model_params.weights, model_params.arch)
     device = fz.run_device(model_params.device)
     results = []
     for block in criteria.blocks:

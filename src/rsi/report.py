@@ -25,7 +25,7 @@ from rsi import artifacts
 from rsi.config import load_section, read_params
 from rsi.model import describe_weights, is_random
 from rsi.runtime import ModelParams, atomic_path
-from rsi.taps import BLOCKS, num_channels, parse_block
+from rsi.taps import DEFAULT_ARCH, block_order, num_channels, parse_block
 
 REPORT_FILE = artifacts.OUTPUTS / "report.md"
 CRITERIA_METRICS = artifacts.METRICS / "criteria.json"
@@ -224,13 +224,14 @@ def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, AblationSeries]:
             no_scale_ratio=float(no_scale),
             extra=extra,
         )
-    return {block: out[block] for block in BLOCKS if block in out}
+    return {block: out[block] for block in sorted(out, key=block_order)}
 
 
 def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]]:
     """``{"2.1": settings}`` for every ``outputs/fz/<block>/settings.json`` present."""
     out = {}
-    for block in BLOCKS:
+    found = (_block_or_none(path.parent.name) for path in (root / "fz").glob("layer*/settings.json"))
+    for block in sorted(filter(None, found), key=block_order):
         path = artifacts.fz_dir(block, root) / "settings.json"
         if path.is_file():
             try:
@@ -259,6 +260,12 @@ class RunLabels:
     weights_label: str
     random_weights: bool
     generated_data: bool
+    arch: str = DEFAULT_ARCH
+
+    @property
+    def network(self) -> str:
+        """How titles name the network: ``ResNet34`` for model.arch resnet34."""
+        return "ResNet" + self.arch.removeprefix("resnet")
 
 
 def _looks_generated(value: Any) -> bool:
@@ -276,7 +283,20 @@ def run_labels(raw: Mapping[str, Any], index: Mapping[str, Any] | None = None) -
             _looks_generated(source.get(key)) for key in ("source", "kind", "mode", "dataset")
         ):
             generated = True
-    return RunLabels(model.weights, describe_weights(model.weights), is_random(model.weights), generated)
+    label = describe_weights(model.weights, model.arch)
+    return RunLabels(model.weights, label, is_random(model.weights), generated, model.arch)
+
+
+NOT_IN_PAPER = "not in the paper"
+
+
+def paper_for(arch: str, paper: dict[str, Any]) -> dict[str, Any]:
+    """The paper's numbers where they apply: for an arch other than its ResNet18, none (the sections
+    then say "not in the paper" where a paper number would be)."""
+    if arch == DEFAULT_ARCH:
+        return paper
+    keep = ("source", "ablation_claim")
+    return {**{key: paper[key] for key in keep if key in paper}, "absent": NOT_IN_PAPER}
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -339,8 +359,13 @@ def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
     if labels.random_weights:
         lines.append(
             f"> **RANDOM WEIGHTS** — this run used `model.weights: {labels.weights}`, a seeded random "
-            "ResNet18, not the paper's IMAGENET1K_V1. Every number below exercises the pipeline only; "
-            "none of it says anything about the paper's claims."
+            f"{labels.network}, not the paper's IMAGENET1K_V1. Every number below exercises the pipeline "
+            "only; none of it says anything about the paper's claims."
+        )
+    if labels.arch != DEFAULT_ARCH:
+        lines.append(
+            f"> **{labels.network.upper()}** — `model.arch: {labels.arch}`: the paper studied ResNet18 "
+            "only, so its numbers do not apply; the paper columns say “not in the paper”."
         )
     if labels.generated_data:
         lines.append(
@@ -438,10 +463,12 @@ def _criteria_section(
     criteria: dict[str, dict[str, Any]],
     reference: dict[str, dict[str, Any]] | None,
     paper: dict[str, Any],
+    arch: str = DEFAULT_ARCH,
 ) -> list[str]:
     paper_counts: dict[str, int] = paper.get("passing", {})
     paper_text: dict[str, str] = paper.get("percent_text", {})
-    blocks = [b for b in BLOCKS if b in criteria or b in paper_counts]
+    absent = paper.get("absent", "not probed")
+    blocks = sorted(set(criteria) | set(paper_counts), key=block_order)
     header = ["block", "paper passing", "reproduced passing", "probed", "paper %", "reproduced %"]
     if reference is not None:
         header += ["lucent_reference passing", "lucent_reference %"]
@@ -450,15 +477,15 @@ def _criteria_section(
     for block in blocks:
         ours = criteria.get(block, {})
         count = paper_counts.get(block)
-        total = num_channels(block)
+        total = num_channels(block, arch)
         paper_pct = (
             f"{paper_text[block]} ({100 * count / total:.2f})"
             if block in paper_text and count is not None
-            else ("not probed" if count is None else "0" if count == 0 else _fmt(100 * count / total))
+            else (absent if count is None else "0" if count == 0 else _fmt(100 * count / total))
         )
         row = [
             block,
-            _fmt(count) if count is not None else "not probed",
+            _fmt(count) if count is not None else absent,
             _fmt(ours.get("passing")) if ours else "not run",
             f"{ours.get('channels', '—')} of {total}" if ours else "—",
             paper_pct,
@@ -572,7 +599,7 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
     ]
     rows = []
     details = []
-    for block in BLOCKS:
+    for block in sorted(set(passing) | set(published), key=block_order):
         ours = passing.get(block)
         theirs = published.get(block)
         if ours is None and theirs is None:
@@ -587,7 +614,7 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
                 _fmt(len(ours)) if ours is not None else "not run",
                 (f"{len(theirs)} (complete)" if block in complete_blocks else f"{len(theirs)} (partial)")
                 if theirs is not None
-                else "—",
+                else paper.get("absent", "—"),
                 f"{len(shared)} of {len(theirs_set)}" if theirs and ours is not None else "—",
                 # against a partial list (a figure's labels) overlap and "here only" would mislead
                 f"{len(shared) / len(union):.2f}" if compared and union else "—",
@@ -651,7 +678,7 @@ def _ablation_section(
                     "No Scale" if percent == 0 else f"{percent} %",
                     _fmt(crop),
                     _fmt(series.passing_acc[i], 3),
-                    _fmt(authors, 3),
+                    _fmt(authors, 3) if authors is not None else paper.get("absent", "—"),
                     _fmt(series.random_acc[i], 3),
                     f"{_fmt(ratio, decimals)} ± {_fmt(series.sem[i], decimals)}",
                     _fmt(ratio - line, decimals) if percent else "—",
@@ -712,6 +739,11 @@ def _differences(
     verdicts: dict[str, tuple[int, int]],
 ) -> list[str]:
     items = []
+    if labels.arch != DEFAULT_ARCH:
+        items.append(
+            f"The network is {labels.network} (`model.arch: {labels.arch}`), not the paper's ResNet18: the "
+            "paper has no numbers for it, so nothing here confirms or refutes the paper."
+        )
     if labels.random_weights:
         items.append(
             f"The model has random weights (`{labels.weights}`), not IMAGENET1K_V1: nothing here can "
@@ -741,14 +773,14 @@ def _differences(
             "code rule (201…112 px)."
         )
     paper_counts: dict[str, int] = paper.get("passing", {})
-    for block in BLOCKS:
+    for block in sorted(criteria, key=block_order):
         ours = criteria.get(block)
         if ours is None or block not in paper_counts:
             continue
         count, total = ours.get("passing"), ours.get("channels")
-        full = total == num_channels(block)
+        full = total == num_channels(block, labels.arch)
         if count != paper_counts[block]:
-            scope = "" if full else f" (only {total} of {num_channels(block)} channels probed)"
+            scope = "" if full else f" (only {total} of {num_channels(block, labels.arch)} channels probed)"
             items.append(
                 f"Block {block}: {_plural(count, 'passing channel')} here, {paper_counts[block]} in the "
                 f"paper{scope}."
@@ -839,8 +871,9 @@ def build_report(
         n_images = int(n_images)
 
     labels = run_labels(raw, index)
+    paper = paper_for(labels.arch, paper)
     lines = [
-        "# Scale invariance in the residual stream of ResNet18: reproduced vs paper",
+        f"# Scale invariance in the residual stream of {labels.network}: reproduced vs paper",
         "",
         *_banner(labels, n_images),
         "Paper: Longon, *Naturally Computed Scale Invariance in the Residual Stream of ResNet18* (CVPR 2025",
@@ -848,7 +881,7 @@ def build_report(
         "",
     ]
     settings_lines, settings = _settings_section(raw, labels, fz_settings, index, n_images, n_classes)
-    lines += _criteria_section(criteria, reference, paper)
+    lines += _criteria_section(criteria, reference, paper, labels.arch)
     lines += _channels_section(passing, paper)
     raw_ablation = json.loads((metrics / "ablation.json").read_text())
     listed = raw_ablation.get("blocks", raw_ablation) if isinstance(raw_ablation, Mapping) else {}

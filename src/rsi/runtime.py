@@ -24,15 +24,28 @@ def _check_device(value: str) -> str:
     raise ValueError("expected 'auto', 'cpu', 'cuda' or 'cuda:<index>'")
 
 
+def _check_arch(value: str) -> str:
+    from rsi.taps import check_arch
+
+    return check_arch(value)
+
+
 @dataclass(frozen=True)
 class ModelParams:
-    """params.yaml ``model``: where the weights come from and where to run."""
+    """params.yaml ``model``: which network, where its weights come from, and where to run."""
 
     weights: str = field(
         default="torchvision",
-        metadata={"help": "'torchvision' (cache), a path to resnet18-f37072fd.pth, or random:<seed>"},
+        metadata={"help": "'torchvision' (cache), a path to a state_dict file, or random:<seed>"},
     )
     device: str = field(default="auto", metadata={"check": _check_device})
+    arch: str = field(
+        default="resnet18",
+        metadata={
+            "check": _check_arch,
+            "help": "resnet18 (the paper) | resnet34 | resnet50 | resnet101 | resnet152",
+        },
+    )
 
 
 def resolve_device(name: str = "auto") -> torch.device:
