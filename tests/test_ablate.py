@@ -491,3 +491,52 @@ def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
     assert two_metrics == one_metrics  # counts all-reduced: a rank that saw everything would double them
     assert two_trials == one_trials
     assert one_metrics["layer2_1"]["no_scale"]["baseline_acc"] == pytest.approx(100 * 8 / 12)
+
+
+@pytest.fixture
+def tf32_flags():
+    """Restores torch's TF32 flags after a test that sets them (torch.backends.cuda.matmul has no plain
+    attribute for monkeypatch to restore)."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
+    fake_evaluate, tf32_flags, tmp_path, monkeypatch
+):
+    """`rsi ablate` turns TF32 off before it computes (PyTorch leaves cuDNN TF32 on by default; the flags are
+    settable without CUDA) and ablates rsi.paper's 2.1 list with random controls drawn outside it."""
+    seen = []
+    inner = ablate.evaluate
+
+    def evaluate(*args, **kwargs):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(ablate, "evaluate", evaluate)
+    monkeypatch.setattr(ablate, "load_eval", lambda path: FakeSet())
+    monkeypatch.setattr(ablate, "load_resnet18", lambda weights: torch.nn.Identity())
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # restored by tf32_flags
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(
+        "model: {weights: 'random:0', device: cpu}\nnatural: {blocks: ['2.1']}\n"
+        "ablate: {blocks: ['2.1'], channel_sets: [published], trials: 2}\n"
+    )
+    Path("outputs/criteria").mkdir(parents=True)
+    Path("outputs/criteria/passing.json").write_text(json.dumps({"2.1": []}))
+    ablate.artifacts.natural_file("2.1").parent.mkdir(parents=True)
+    np.savez(ablate.artifacts.natural_file("2.1"), mean=np.ones((3, 128)))
+    assert cli.main(["ablate"]) == 0
+    assert seen and set(seen) == {(False, False)}
+    metrics = json.loads(Path("metrics/ablation.json").read_text())
+    assert metrics["cudnn_allow_tf32"] == 0 and metrics["matmul_allow_tf32"] == 0
+    assert list(metrics["layer2_1"]) == ["baseline_acc", "published"]
+    record = json.loads(Path("outputs/ablation/trials.json").read_text())["blocks"]["layer2_1"]["published"]
+    published = set(ablate.paper.PUBLISHED_PASSING["2.1"])
+    assert set(record["passing"]) == published and len(record["trials"]) == 2
+    for trial in record["attempts"]:
+        assert len(trial["channels"]) == 23 and not set(trial["channels"]) & published
+    assert record["trials"][0]["channels"] != ablate.draw_random_set(
+        sorted(set(range(128)) - published), 23, 0, "2.1", record["trials"][0]["attempt"]
+    )  # keyed by the set's name too: not the draw a run set of the same channels would get
