@@ -294,6 +294,9 @@ def test_criteria_params_defaults_match_the_paper():
         False,
     )
     assert params.roots() == {0: artifacts.OUTPUTS}
+    assert params.eq1_reading == "authors_code"  # what produced the paper's counts
+    with pytest.raises(ParamsError, match="eq1_reading"):
+        load_section({"criteria": {"eq1_reading": "text"}}, "criteria", CriteriaParams)
 
 
 def test_criteria_params_from_yaml_values():

@@ -446,6 +446,21 @@ def _settings_section(
             "`authors_code` (crops 201…112 px) produced Fig. 2; the text's rule gives 231…128 px",
         ],
         ["ablation trials", _fmt(_find_key(ablate, r"trials")), "10"],
+        [
+            "ablation channel sets",
+            _fmt(ablate.get("channel_sets", ["run", "published"])),
+            "the authors ablated their published lists (`published`)",
+        ],
+        [
+            "Eq. 1 reading",
+            _fmt((raw.get("criteria") or {}).get("eq1_reading", "authors_code")),
+            "`authors_code` (difference / Pre_c(X̂_Pre_c), stream_inspect.py l. 428)",
+        ],
+        [
+            "TF32 on CUDA (ablate)",
+            _fmt(ablate.get("tf32", False)),
+            "on for convolutions (torch 2.0's default on Ampere or newer GPUs)",
+        ],
         ["data source", _fmt(source), "ImageNet-1k validation"],
         ["data path", _fmt(path), "—"],
         ["evaluation images", _fmt(n_images), f"{PAPER_EVAL_IMAGES:,}"],
