@@ -169,7 +169,9 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     assert reference["layer2_1"]["channels"] == 6
     settings = json.loads((workspace / "reference/fz/layer2_1/settings.json").read_text())
     assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
-    assert "lucent_reference passing" in (workspace / "outputs/report.md").read_text()
+    report = (workspace / "outputs/report.md").read_text()
+    assert "the authors' reading: comparable with the paper's counts" in report
+    assert json.loads((workspace / "reference/criteria/passing.json").read_text()).keys() == {"2.1"}
 
 
 def test_speed_only_keys_rerun_nothing(workspace, first_run):
