@@ -302,6 +302,74 @@ def _accuracy(correct: np.ndarray, total: int) -> np.ndarray:
     return 100.0 * correct.astype(np.float64) / total
 
 
+def _screen_random_sets(
+    model: nn.Module,
+    eval_set: EvalSet,
+    block: str,
+    non_passing: Sequence[int],
+    post_means: np.ndarray,
+    params: AblateParams,
+    fixed: Sequence[Condition],
+    no_scale: int,
+    *,
+    seed: int,
+    channel_set: str,
+    **kwargs: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
+    """Random sets drawn in attempt order and screened at no scale against the passing set (``fixed`` =
+    baseline, passing: evaluated with the first group) until ``params.trials`` are accepted; returns every
+    attempt, the accepted ones, and the baseline and passing accuracies at no scale."""
+    rule = params.screening[block]
+    size = len(fixed[1].channels)
+    attempts: list[dict[str, Any]] = []
+    accepted: list[dict[str, Any]] = []
+    baseline_acc = passing_acc = math.nan
+    attempt = 0
+    first = True
+    while len(accepted) < params.trials:
+        if attempt >= params.max_attempts:
+            best = min((a["no_scale_acc"] for a in attempts), default=math.nan)
+            raise AblationError(
+                f"ablate {block} ({channel_set} channels): only {len(accepted)} of {params.trials} random "
+                f"channel sets passed the screening after {params.max_attempts} attempts (rule {rule.rule!r}, tolerance "
+                f"{rule.tolerance} points; passing set {passing_acc:.3f} %, best random set {best:.3f} % "
+                f"at no scale). Raise ablate.max_attempts, relax ablate.screening.{block_key(block)} "
+                "(rule: within with a larger tolerance), or lower ablate.trials."
+            )
+        group = list(range(attempt, min(attempt + params.screen_batch, params.max_attempts)))
+        sets = [draw_random_set(non_passing, size, seed, block, a, channel_set) for a in group]
+        conditions = [
+            Condition.mean_ablation(f"random_{a}", s, post_means) for a, s in zip(group, sets, strict=True)
+        ]
+        if first:
+            conditions = [*fixed, *conditions]
+        correct, total = evaluate(
+            model,
+            eval_set,
+            block,
+            conditions,
+            [no_scale],
+            desc=f"ablate {block} {channel_set}: screening",
+            **kwargs,
+        )
+        accuracies = _accuracy(correct[0], total)
+        if first:
+            baseline_acc, passing_acc = float(accuracies[0]), float(accuracies[1])
+            accuracies = accuracies[2:]
+            first = False
+        for a, drawn, accuracy in zip(group, sets, accuracies, strict=True):
+            if len(accepted) == params.trials:
+                break  # surplus of the last group: discarded, so results do not depend on screen_batch
+            ok = screen(float(accuracy), passing_acc, rule.rule, rule.tolerance)
+            attempts.append(
+                {"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy), "accepted": ok}
+            )
+            if ok:
+                accepted.append({"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy)})
+        attempt = group[-1] + 1
+    return attempts, accepted, baseline_acc, passing_acc
+
+
 def ablate_block(
     model: nn.Module,
     eval_set: EvalSet,
@@ -348,58 +416,14 @@ def ablate_block(
         )
     rule = params.screening[block]
     record["screening"] = {"rule": rule.rule, "tolerance": rule.tolerance}
-    size = len(passing)
     kwargs = {"batch_size": params.batch_size, "device": device, "progress": progress}
     no_scale = crop_of(0, params.crop_rule, eval_set)
     baseline = Condition("baseline")
     passing_condition = Condition.mean_ablation("passing", passing, post_means)
-
-    attempts: list[dict[str, Any]] = []
-    accepted: list[dict[str, Any]] = []
-    baseline_acc = passing_acc = math.nan
-    attempt = 0
-    first = True
-    while len(accepted) < params.trials:
-        if attempt >= params.max_attempts:
-            best = min((a["no_scale_acc"] for a in attempts), default=math.nan)
-            raise AblationError(
-                f"ablate {block} ({channel_set} channels): only {len(accepted)} of {params.trials} random "
-                f"channel sets passed the screening after {params.max_attempts} attempts (rule {rule.rule!r}, tolerance "
-                f"{rule.tolerance} points; passing set {passing_acc:.3f} %, best random set {best:.3f} % "
-                f"at no scale). Raise ablate.max_attempts, relax ablate.screening.{block_key(block)} "
-                "(rule: within with a larger tolerance), or lower ablate.trials."
-            )
-        group = list(range(attempt, min(attempt + params.screen_batch, params.max_attempts)))
-        sets = [draw_random_set(non_passing, size, seed, block, a, channel_set) for a in group]
-        conditions = [
-            Condition.mean_ablation(f"random_{a}", s, post_means) for a, s in zip(group, sets, strict=True)
-        ]
-        if first:
-            conditions = [baseline, passing_condition, *conditions]
-        correct, total = evaluate(
-            model,
-            eval_set,
-            block,
-            conditions,
-            [no_scale],
-            desc=f"ablate {block} {channel_set}: screening",
-            **kwargs,
-        )
-        accuracies = _accuracy(correct[0], total)
-        if first:
-            baseline_acc, passing_acc = float(accuracies[0]), float(accuracies[1])
-            accuracies = accuracies[2:]
-            first = False
-        for a, drawn, accuracy in zip(group, sets, accuracies, strict=True):
-            if len(accepted) == params.trials:
-                break  # surplus of the last group: discarded, so results do not depend on screen_batch
-            ok = screen(float(accuracy), passing_acc, rule.rule, rule.tolerance)
-            attempts.append(
-                {"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy), "accepted": ok}
-            )
-            if ok:
-                accepted.append({"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy)})
-        attempt = group[-1] + 1
+    attempts, accepted, baseline_acc, passing_acc = _screen_random_sets(
+        model, eval_set, block, non_passing, post_means, params,
+        [baseline, passing_condition], no_scale, seed=seed, channel_set=channel_set, **kwargs,
+    )  # fmt: skip
 
     crops = [crop_of(p, params.crop_rule, eval_set) for p in params.percents]
     trial_conditions = [

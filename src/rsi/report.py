@@ -392,6 +392,28 @@ def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
     return [*separated[:-1], ""]
 
 
+def _exactness_rows(raw: Mapping[str, Any]) -> list[list[str]]:
+    """Settings rows that decide what can match the paper exactly (issue 10's switches)."""
+    ablate = raw.get("ablate") or {}
+    return [
+        [
+            "ablation channel sets",
+            _fmt(ablate.get("channel_sets", ["run", "published"])),
+            "the authors ablated their published lists (`published`)",
+        ],
+        [
+            "Eq. 1 reading",
+            _fmt((raw.get("criteria") or {}).get("eq1_reading", "authors_code")),
+            "`authors_code` (difference / Pre_c(X̂_Pre_c), stream_inspect.py l. 428)",
+        ],
+        [
+            "TF32 on CUDA (ablate)",
+            _fmt(ablate.get("tf32", False)),
+            "on for convolutions (torch 2.0's default on Ampere or newer GPUs)",
+        ],
+    ]
+
+
 def _settings_section(
     raw: Mapping[str, Any],
     labels: RunLabels,
@@ -446,21 +468,7 @@ def _settings_section(
             "`authors_code` (crops 201…112 px) produced Fig. 2; the text's rule gives 231…128 px",
         ],
         ["ablation trials", _fmt(_find_key(ablate, r"trials")), "10"],
-        [
-            "ablation channel sets",
-            _fmt(ablate.get("channel_sets", ["run", "published"])),
-            "the authors ablated their published lists (`published`)",
-        ],
-        [
-            "Eq. 1 reading",
-            _fmt((raw.get("criteria") or {}).get("eq1_reading", "authors_code")),
-            "`authors_code` (difference / Pre_c(X̂_Pre_c), stream_inspect.py l. 428)",
-        ],
-        [
-            "TF32 on CUDA (ablate)",
-            _fmt(ablate.get("tf32", False)),
-            "on for convolutions (torch 2.0's default on Ampere or newer GPUs)",
-        ],
+        *_exactness_rows(raw),
         ["data source", _fmt(source), "ImageNet-1k validation"],
         ["data path", _fmt(path), "—"],
         ["evaluation images", _fmt(n_images), f"{PAPER_EVAL_IMAGES:,}"],
