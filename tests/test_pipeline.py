@@ -190,7 +190,7 @@ def test_changing_the_channel_sets_reruns_only_ablate_figures_and_report(workspa
     run(["git", "commit", "-qm", "before channel sets"], workspace)
     plots = json.loads(run(["dvc", "plots", "show", "--json"], workspace))
     (rendered,) = [p for p in plots["data"]["plots/ablation_ratio.csv"] if p["type"] == "vega"]
-    spec = json.dumps(rendered["content"])
+    spec = json.dumps(rendered["content"], ensure_ascii=False)
     assert "Eq. 3 ablation ratio" in spec and "2.1 published · 00 % (no scale)" in spec
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     assert params["ablate"]["channel_sets"] == ["run", "published"]

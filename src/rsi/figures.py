@@ -470,6 +470,9 @@ def draw_ablation(
                 low, high = min(low, data.no_scale_ratio), max(high, data.no_scale_ratio)
             pad = max(0.25 * (high - low), 0.002)
             ax.set_ylim(low - pad, high + pad)
+        else:  # every random-set accuracy 0 (e.g. random weights): Eq. 3 is undefined, say so
+            note = "no ratio defined:\nthe random-ablated top-1 is 0 %"
+            ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=10)
         ax.grid(axis="y", alpha=0.3, zorder=0)
         ax.legend(loc="lower left", fontsize=8)
     fig.subplots_adjust(
