@@ -458,7 +458,8 @@ def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
     params = (
         "seed: 3\nmodel: {weights: 'random:0', device: cpu}\n"
         "natural: {blocks: ['2.1'], k: 4, batch_size: 4}\n"
-        "ablate: {blocks: ['2.1'], percents: [30], trials: 2, screen_batch: 3, batch_size: 4, max_attempts: 9,"
+        "ablate: {blocks: ['2.1'], channel_sets: [run], percents: [30], trials: 2, screen_batch: 3, batch_size: 4,"
+        " max_attempts: 9,"
         " screening: {layer2_1: {rule: within, tolerance: 100.0}}}\n"
     )
     results = {}
@@ -490,7 +491,7 @@ def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
     np.testing.assert_allclose(two_natural["topk_values"], one_natural["topk_values"], rtol=1e-6)
     assert two_metrics == one_metrics  # counts all-reduced: a rank that saw everything would double them
     assert two_trials == one_trials
-    assert one_metrics["layer2_1"]["no_scale"]["baseline_acc"] == pytest.approx(100 * 8 / 12)
+    assert one_metrics["layer2_1"]["baseline_acc"]["no_scale"] == pytest.approx(100 * 8 / 12)
 
 
 @pytest.fixture
