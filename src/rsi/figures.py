@@ -450,7 +450,8 @@ def draw_ablation(
     count = len(panels)
     header = _header(labels, 1) + 0.5  # two-line axes titles
     height = 3.9 + header
-    fig, axes = plt.subplots(1, count, figsize=(4.4 * count, height), squeeze=False)
+    width = max(4.4 * count, 6.4)  # one panel still has room for the title and the axis label
+    fig, axes = plt.subplots(1, count, figsize=(width, height), squeeze=False)
     for ax, (block, name, data) in zip(axes[0], panels, strict=True):
         x = np.arange(len(data.scales))
         ratio = np.asarray(data.ratio, dtype=float)
@@ -476,7 +477,7 @@ def draw_ablation(
         ax.grid(axis="y", alpha=0.3, zorder=0)
         ax.legend(loc="lower left", fontsize=8)
     fig.subplots_adjust(
-        left=0.1 / count + 0.04, right=0.98, bottom=0.6 / height, top=1 - header / height, wspace=0.3
+        left=0.95 / width, right=1 - 0.15 / width, bottom=0.6 / height, top=1 - header / height, wspace=0.3
     )
     title = "Ablation of criteria-passing vs random channels under scaling"
     fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=12)
