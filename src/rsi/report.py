@@ -797,6 +797,8 @@ def _ablation_table(
         ratio = series.ratio[i]
         if percent == 0:
             verdict = "(the line)"
+        elif not (math.isfinite(ratio) and math.isfinite(line)):
+            verdict = "undefined"  # a random-set top-1 of 0 %: Eq. 3 has no value to compare
         else:
             scaled += 1
             below += int(ratio < line)
@@ -859,7 +861,9 @@ def _ablation_section(
             table, below, scaled = _ablation_table(series, recorded, crop_rule, decimals)
             verdicts[block, name] = (below, scaled)
             lines += [f"### Block {block}: {CHANNEL_SET_LABELS.get(name, name)}", "", *table]
-            claim = "holds" if scaled and below == scaled else "does not hold"
+            claim = (
+                "holds" if scaled and below == scaled else "does not hold" if scaled else "cannot be judged"
+            )
             counts = {key: series.extra.get(key) for key in ("n_passing", "n_channels", "trials", "attempts")}
             if any(value is not None for value in counts.values()):
                 lines += [
