@@ -4,6 +4,7 @@ Eq. 3 and its SEM, DVC-safe outputs, and torchrun sharding equal to one process.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import re
@@ -232,12 +233,14 @@ def test_a_block_the_natural_pass_does_not_measure_is_an_error(tmp_path, monkeyp
 
 def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
     record = run_fake("within", 1.0)
+    published = {**run_fake("within", 1.0), "channel_set": "published"}
     settings = {"images": 1000, "random_weights": True, "generated_data": False, "crop_rule": "authors_code"}
+    settings["numerics"] = {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}
     metrics = ablate.write_outputs(
-        [record],
+        [record, published],
         settings,
         metrics_path=tmp_path / "metrics" / "ablation.json",
-        plots_dir=tmp_path / "plots",
+        plots_path=tmp_path / "plots" / "ablation_ratio.csv",
         trials_path=tmp_path / "outputs" / "ablation" / "trials.json",
     )
     assert json.loads((tmp_path / "metrics" / "ablation.json").read_text()) == metrics
@@ -250,22 +253,64 @@ def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
             else:
                 yield f"{path}.{key}", value
 
-    for name, value in leaves(metrics):
+    names = dict(leaves(metrics))
+    for name, value in names.items():
         assert isinstance(value, int | float) and not isinstance(value, bool), name
-    block = metrics["layer2_1"]
-    for key in ("no_scale", "scale_10", "scale_50"):
-        entry = block[key]
-        randoms = list(entry["random_acc"].values())
-        assert len(randoms) == 3
-        assert (entry["ratio"], entry["sem"]) == pytest.approx(eq3_ratio(entry["passing_acc"], randoms))
-    assert block["no_scale_ratio"] == block["no_scale"]["ratio"]
-    rows = (tmp_path / "plots" / "ablation_layer2_1.csv").read_text().splitlines()
-    assert rows[0] == "scale,ratio,sem,no_scale_ratio" and len(rows) == 7
-    assert [float(r.split(",")[0]) for r in rows[1:]] == [0, 10, 20, 30, 40, 50]
-    assert float(rows[2].split(",")[1]) == pytest.approx(block["scale_10"]["ratio"])
+    # one line per number a reader compares: no per-trial accuracies, no paper values, no settings
+    assert all(not re.search(r"trial_|paper|crop", name) for name in names), names
+    assert metrics["cudnn_allow_tf32"] == 0 and metrics["matmul_allow_tf32"] == 0
+    assert metrics["layer2_1"]["baseline_acc"]["no_scale"] == 70.0
+    for channel_set in ("run", "published"):
+        block = metrics["layer2_1"][channel_set]
+        for key, entry in [
+            ("no_scale", record["no_scale"]),
+            *((f"scale_{p}", e) for p, e in record["scales"].items()),
+        ]:
+            assert set(block[key]) == {"passing_acc", "random_acc_mean", "ratio", "sem"}
+            assert (block[key]["ratio"], block[key]["sem"]) == pytest.approx(
+                eq3_ratio(entry["passing_acc"], entry["random_accs"])
+            )
+    with open(tmp_path / "plots" / "ablation_ratio.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert list(rows[0]) == list(ablate.PLOT_FIELDS) and len(rows) == 12
+    assert [(r["channel_set"], int(r["scale"])) for r in rows[:7]] == [
+        ("run", p) for p in (0, 10, 20, 30, 40, 50)
+    ] + [("published", 0)]
+    assert rows[1]["label"] == "2.1 run · 10 %" and rows[6]["label"] == "2.1 published · 00 % (no scale)"
+    assert float(rows[1]["ratio"]) == pytest.approx(metrics["layer2_1"]["run"]["scale_10"]["ratio"])
+    assert float(rows[1]["no_scale_ratio"]) == pytest.approx(metrics["layer2_1"]["run"]["no_scale"]["ratio"])
     trials = json.loads((tmp_path / "outputs" / "ablation" / "trials.json").read_text())
     assert trials["settings"]["random_weights"] is True
-    assert trials["blocks"]["layer2_1"]["trials"][0]["channels"] == record["trials"][0]["channels"]
+    assert trials["blocks"]["layer2_1"]["run"]["trials"][0]["channels"] == record["trials"][0]["channels"]
+    assert trials["blocks"]["layer2_1"]["published"]["channel_set"] == "published"
+
+
+def test_channel_sets_are_checked_and_published_needs_a_published_list():
+    params = load_section({}, "ablate", AblateParams)
+    assert params.channel_sets == ("run", "published") and params.tf32 is False
+    only_run = load_section(
+        {"ablate": {"blocks": ["layer2_0"], "channel_sets": ["run"]}}, "ablate", AblateParams
+    )
+    assert only_run.channel_sets == ("run",)
+    with pytest.raises(ParamsError) as error:
+        load_section({"ablate": {"blocks": ["layer2_0", "layer2_1"]}}, "ablate", AblateParams)
+    message = str(error.value)
+    assert "\n" not in message
+    for part in ("published", "no channel list for layer2_0", "only for layer2_1, layer3_1", "ablate.blocks",
+                 "ablate.channel_sets"):  # fmt: skip
+        assert part in message, message
+    with pytest.raises(ParamsError, match="unknown channel set 'paper'"):
+        load_section({"ablate": {"channel_sets": ["run", "paper"]}}, "ablate", AblateParams)
+    with pytest.raises(ParamsError, match="listed twice"):
+        load_section({"ablate": {"channel_sets": ["run", "run"]}}, "ablate", AblateParams)
+
+
+def test_a_block_without_a_published_list_is_a_one_line_cli_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("ablate: {blocks: ['2.0'], channel_sets: [published]}\n")
+    assert cli.main(["ablate"]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "the authors published no channel list for layer2_0 (only for layer2_1, layer3_1)" in line
 
 
 # ----------------------------------------------------------------------------------------------- the network
@@ -413,7 +458,8 @@ def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
     params = (
         "seed: 3\nmodel: {weights: 'random:0', device: cpu}\n"
         "natural: {blocks: ['2.1'], k: 4, batch_size: 4}\n"
-        "ablate: {blocks: ['2.1'], percents: [30], trials: 2, screen_batch: 3, batch_size: 4, max_attempts: 9,"
+        "ablate: {blocks: ['2.1'], channel_sets: [run], percents: [30], trials: 2, screen_batch: 3, batch_size: 4,"
+        " max_attempts: 9,"
         " screening: {layer2_1: {rule: within, tolerance: 100.0}}}\n"
     )
     results = {}
@@ -445,4 +491,53 @@ def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
     np.testing.assert_allclose(two_natural["topk_values"], one_natural["topk_values"], rtol=1e-6)
     assert two_metrics == one_metrics  # counts all-reduced: a rank that saw everything would double them
     assert two_trials == one_trials
-    assert one_metrics["layer2_1"]["no_scale"]["baseline_acc"] == pytest.approx(100 * 8 / 12)
+    assert one_metrics["layer2_1"]["baseline_acc"]["no_scale"] == pytest.approx(100 * 8 / 12)
+
+
+@pytest.fixture
+def tf32_flags():
+    """Restores torch's TF32 flags after a test that sets them (torch.backends.cuda.matmul has no plain
+    attribute for monkeypatch to restore)."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
+def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
+    fake_evaluate, tf32_flags, tmp_path, monkeypatch
+):
+    """`rsi ablate` turns TF32 off before it computes (PyTorch leaves cuDNN TF32 on by default; the flags are
+    settable without CUDA) and ablates rsi.paper's 2.1 list with random controls drawn outside it."""
+    seen = []
+    inner = ablate.evaluate
+
+    def evaluate(*args, **kwargs):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32))
+        return inner(*args, **kwargs)
+
+    monkeypatch.setattr(ablate, "evaluate", evaluate)
+    monkeypatch.setattr(ablate, "load_eval", lambda path: FakeSet())
+    monkeypatch.setattr(ablate, "load_resnet18", lambda weights: torch.nn.Identity())
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # restored by tf32_flags
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(
+        "model: {weights: 'random:0', device: cpu}\nnatural: {blocks: ['2.1']}\n"
+        "ablate: {blocks: ['2.1'], channel_sets: [published], trials: 2}\n"
+    )
+    Path("outputs/criteria").mkdir(parents=True)
+    Path("outputs/criteria/passing.json").write_text(json.dumps({"2.1": []}))
+    ablate.artifacts.natural_file("2.1").parent.mkdir(parents=True)
+    np.savez(ablate.artifacts.natural_file("2.1"), mean=np.ones((3, 128)))
+    assert cli.main(["ablate"]) == 0
+    assert seen and set(seen) == {(False, False)}
+    metrics = json.loads(Path("metrics/ablation.json").read_text())
+    assert metrics["cudnn_allow_tf32"] == 0 and metrics["matmul_allow_tf32"] == 0
+    assert list(metrics["layer2_1"]) == ["baseline_acc", "published"]
+    record = json.loads(Path("outputs/ablation/trials.json").read_text())["blocks"]["layer2_1"]["published"]
+    published = set(ablate.paper.PUBLISHED_PASSING["2.1"])
+    assert set(record["passing"]) == published and len(record["trials"]) == 2
+    for trial in record["attempts"]:
+        assert len(trial["channels"]) == 23 and not set(trial["channels"]) & published
+    assert record["trials"][0]["channels"] != ablate.draw_random_set(
+        sorted(set(range(128)) - published), 23, 0, "2.1", record["trials"][0]["attempt"]
+    )  # keyed by the set's name too: not the draw a run set of the same channels would get

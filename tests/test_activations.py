@@ -26,7 +26,7 @@ from rsi.activations import (
 )
 from rsi.artifacts import FZ_IMAGES
 from rsi.config import ParamsError, load_section
-from rsi.criteria import eq1_scale_gain, eq2_post_ratio
+from rsi.criteria import eq1_authors_code, eq2_post_ratio
 from rsi.runtime import load_npz, save_npz
 from rsi.taps import TAP_KINDS, Tap, center, forward_taps
 from rsi.transforms import normalize, scale_crop, shrink_pad
@@ -197,7 +197,8 @@ def test_activations_then_criteria_end_to_end(random_model, extractor, tmp_path,
         def act(image, tap, acts=acts):
             return acts[FZ_IMAGES.index(image), TAP_KINDS.index(tap)]
 
-        eq1 = eq1_scale_gain(act("in_fz", "pre"), act("scaled_in_fz", "pre"))
+        # criteria.eq1_reading defaults to the authors' code: the difference over Pre_c(X̂_Pre_c)
+        eq1 = eq1_authors_code(act("in_fz", "pre"), act("scaled_in_fz", "pre"), act("pre_fz", "pre"))
         eq2 = eq2_post_ratio(act("in_fz", "post"), act("pre_fz", "post"), 2 / 3, 3 / 2)
         passes = eq1 & eq2.passes
         expected = {

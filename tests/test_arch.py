@@ -133,3 +133,12 @@ def test_the_report_names_the_arch_and_has_no_paper_numbers_for_it():
     assert "| 2.1 |" not in table  # the paper's ResNet18 rows are not shown beside another network
     assert paper_for("resnet18", paper_reference()) == paper_reference()
     assert "RESNET" not in "\n".join(_banner(RunLabels("torchvision", "IMAGENET1K_V1", False, False), 100))
+
+
+def test_published_channel_sets_are_resnet18_only():
+    """The authors' lists name ResNet18 channels: ablating them in another network is refused up front."""
+    raw = {"model": {"arch": "resnet34"}, "ablate": {"channel_sets": ["run", "published"]}}
+    with pytest.raises(ParamsError, match=r"model.arch is resnet34: set ablate.channel_sets: \[run\]"):
+        load_section(raw, "ablate", AblateParams)
+    raw["ablate"]["channel_sets"] = ["run"]
+    assert load_section(raw, "ablate", AblateParams).channel_sets == ("run",)

@@ -17,6 +17,7 @@ from rsi.artifacts import FZ_IMAGES
 from rsi.config import ParamsError, load_section
 from rsi.criteria import (
     CriteriaParams,
+    eq1_authors_code,
     eq1_scale_gain,
     eq2_post_ratio,
     evaluate_block,
@@ -159,11 +160,44 @@ def test_stability_counts_and_overlaps():
     assert all("." not in key for entry in out.values() for key in entry)
 
 
+def test_eq1_authors_code_divides_by_pre_of_the_pre_fz():
+    # difference mean(clip(Pre(S(X̂_In)), 0)) - mean(clip(Pre(X̂_In)), 0)) per channel: +1, -1, 0, +1, -1, 0, +1
+    base = [1.0, 2.0, -1.0, 0.0, 1.0, -3.0, 0.5]
+    scaled = [2.0, 1.0, -2.0, 1.0, 0.0, -1.0, 1.5]
+    pre_pre = [3.0, 3.0, 3.0, -2.0, -2.0, 0.0, 0.0]
+    #          positive: the text's test  negative: inverts  zero: 0/0 = nan fails, +1/0 = +inf passes
+    paper_text = [True, False, False, True, False, False, True]
+    authors = [True, False, False, False, True, False, True]
+    assert eq1_scale_gain(base, scaled).tolist() == paper_text
+    assert eq1_authors_code(base, scaled, pre_pre).tolist() == authors
+    assert eq1_authors_code(1.0, 0.0, 0.0).tolist() is False  # -1 / 0 = -inf: fails
+    # non-strict: quotient >= 0, so a zero difference passes unless the quotient is nan
+    loose = eq1_authors_code(base, scaled, pre_pre, strict=False).tolist()
+    assert loose == [True, False, True, False, True, False, True]
+
+
+def test_eq1_authors_code_is_their_float32_arithmetic():
+    rng = np.random.default_rng(3)
+    base, scaled, pre_pre = rng.normal(size=(3, 2000)).astype(np.float32)
+    pre_pre[:50] = 0.0
+    scaled[:25], base[:25] = -1.0, -2.0  # both clipped to 0: 0 / 0
+    with np.errstate(all="ignore"):  # their line 428 on numpy float32 scalars, then `> 0`
+        theirs = [
+            (np.mean(np.clip(s, 0, None)) - np.mean(np.clip(b, 0, None))) / np.float32(p) > 0
+            for b, s, p in zip(base, scaled, pre_pre, strict=True)
+        ]
+    assert eq1_authors_code(base, scaled, pre_pre).tolist() == [bool(t) for t in theirs]
+    positive = pre_pre > 0
+    same = eq1_authors_code(base, scaled, pre_pre) == eq1_scale_gain(base, scaled)
+    assert same[positive].all() and not same[pre_pre < 0].all()
+
+
 # ------------------------------------------------------------------------------------ block evaluation
 
 
-def make_acts(pre_in, pre_scaled, post_in, post_pre, in_pre=None, in_shrunk=None) -> np.ndarray:
-    """A (len(FZ_IMAGES), 3, C) activations array holding the given criteria inputs and noise elsewhere."""
+def make_acts(pre_in, pre_scaled, post_in, post_pre, in_pre=None, in_shrunk=None, pre_pre=None) -> np.ndarray:
+    """A (len(FZ_IMAGES), 3, C) activations array holding the given criteria inputs and noise elsewhere;
+    Pre_c(X̂_Pre_c) is 1 unless given (so both readings of Eq. 1 agree)."""
     count = len(pre_in)
     acts = np.random.default_rng(1).normal(size=(len(FZ_IMAGES), len(TAP_KINDS), count)).astype(np.float32)
     pre, post, tap_in = TAP_KINDS.index("pre"), TAP_KINDS.index("post"), TAP_KINDS.index("in")
@@ -171,6 +205,7 @@ def make_acts(pre_in, pre_scaled, post_in, post_pre, in_pre=None, in_shrunk=None
     acts[FZ_IMAGES.index("scaled_in_fz"), pre] = pre_scaled
     acts[FZ_IMAGES.index("in_fz"), post] = post_in
     acts[FZ_IMAGES.index("pre_fz"), post] = post_pre
+    acts[FZ_IMAGES.index("pre_fz"), pre] = 1.0 if pre_pre is None else pre_pre
     if in_pre is not None:
         acts[FZ_IMAGES.index("pre_fz"), tap_in] = in_pre
         acts[FZ_IMAGES.index("shrunk_pre_fz"), tap_in] = in_shrunk
@@ -203,6 +238,9 @@ def test_evaluate_block_wires_the_activations_to_the_criteria():
         "eq2_pass": 4,
         "eq2_nonpositive": 1,
         "mirror_pass": 5,
+        "pre_of_pre_fz_nonpositive": 0,
+        "eq1_readings_differ": 0,
+        "passing_readings_differ": 0,
     }
     with_mirror = evaluate_block("2.1", acts, CHANNELS, mirror_criterion=True)
     assert with_mirror.passing == [10, 15]
@@ -210,6 +248,25 @@ def test_evaluate_block_wires_the_activations_to_the_criteria():
     assert loose.passing == [10, 12, 14, 15]
     with pytest.raises(ValueError, match="expected"):
         evaluate_block("2.1", acts[:, :, :3], CHANNELS)
+
+
+def test_both_readings_of_eq1_are_counted_per_block():
+    # channels 10..15 as above, with Pre_c(X̂_Pre_c): positive, negative, zero, negative, negative, positive
+    pre_pre = [1.0, -1.0, 0.0, -0.5, -2.0, 1.0]
+    acts = make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE, pre_pre=pre_pre)
+    authors = evaluate_block("2.1", acts, CHANNELS)  # the default reading: the authors' code
+    text = evaluate_block("2.1", acts, CHANNELS, eq1_reading="paper_text")
+    assert text.eq1.tolist() == [True, False, True, True, True, True]
+    # the negative ones invert (11 gains nothing, so passes; 13 and 14 gain, so fail); zero: +1/0 = inf
+    assert authors.eq1.tolist() == [True, True, True, False, False, True]
+    assert authors.passing == [10, 11, 15] and text.passing == [10, 14, 15]
+    for result in (authors, text):
+        summary = result.summary()
+        assert summary["pre_of_pre_fz_nonpositive"] == 4
+        assert summary["eq1_readings_differ"] == 3 and summary["passing_readings_differ"] == 2
+    assert authors.passes_other.tolist() == text.passes.tolist()
+    with pytest.raises(ValueError, match="eq1_reading"):
+        evaluate_block("2.1", acts, CHANNELS, eq1_reading="text")
 
 
 def test_metrics_have_numbers_only_and_dvc_safe_keys():
@@ -237,6 +294,9 @@ def test_criteria_params_defaults_match_the_paper():
         False,
     )
     assert params.roots() == {0: artifacts.OUTPUTS}
+    assert params.eq1_reading == "authors_code"  # what produced the paper's counts
+    with pytest.raises(ParamsError, match="eq1_reading"):
+        load_section({"criteria": {"eq1_reading": "text"}}, "criteria", CriteriaParams)
 
 
 def test_criteria_params_from_yaml_values():

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from PIL import Image
 
@@ -23,27 +24,29 @@ PROBED = {"2.1": 8, "3.1": 6}
 PASSING = {"2.1": [1, 3, 5], "3.1": [2]}
 
 
-def _ablation_block(no_scale: float, scaled: list[float]) -> dict:
-    """One block of metrics/ablation.json as rsi.ablate writes it."""
+def _ablation_set(no_scale: float, scaled: list[float], passing: list[float] | None = None) -> dict:
+    """One block and channel set of metrics/ablation.json as rsi.ablate writes it."""
+    passing = passing or [60.0 - percent / 5 for percent in (0, 10, 20, 30, 40, 50)]
 
-    def entry(crop: int, passing: float, ratio: float, sem: float) -> dict:
-        randoms = {"trial_0": passing / ratio - 0.1, "trial_1": passing / ratio + 0.1}
-        return {
-            "crop": crop,
-            "baseline_acc": 70.0,
-            "passing_acc": passing,
-            "random_acc": randoms,
-            "random_acc_mean": passing / ratio,
-            "ratio": ratio,
-            "sem": sem,
-        }
+    def entry(passing: float, ratio: float, sem: float) -> dict:
+        return {"passing_acc": passing, "random_acc_mean": passing / ratio, "ratio": ratio, "sem": sem}
 
-    block = {"n_passing": 3, "n_channels": 128, "trials": 2, "attempts": 3}
-    block["no_scale"] = entry(224, 60.0, no_scale, 0.002)
-    crops = (201, 179, 156, 134, 112)
-    for percent, crop, ratio in zip((10, 20, 30, 40, 50), crops, scaled, strict=True):
-        block[f"scale_{percent}"] = entry(crop, 60.0 - percent / 5, ratio, 0.003)
-    block["no_scale_ratio"] = no_scale
+    entries = {"n_passing": 3, "n_channels": 128, "trials": 2, "attempts": 3}
+    entries["no_scale"] = entry(passing[0], no_scale, 0.002)
+    for percent, acc, ratio in zip((10, 20, 30, 40, 50), passing[1:], scaled, strict=True):
+        entries[f"scale_{percent}"] = entry(acc, ratio, 0.003)
+    return entries
+
+
+BASELINE = {"no_scale": 70.0, **{f"scale_{p}": 70.0 - p / 10 for p in (10, 20, 30, 40, 50)}}
+# the authors' recorded 2.1 accuracies (scale_robust.py), one of them off by two images
+PUBLISHED_2_1 = [63.75, 61.394, 59.39, 56.222 + 0.004, 51.686, 44.292]
+
+
+def _ablation_block(no_scale: float, scaled: list[float], published: bool = False) -> dict:
+    block = {"baseline_acc": BASELINE, "run": _ablation_set(no_scale, scaled)}
+    if published:
+        block["published"] = _ablation_set(0.97, [0.96, 0.95, 0.94, 0.93, 0.92], PUBLISHED_2_1)
     return block
 
 
@@ -118,9 +121,9 @@ def write_fake_outputs(
     criteria["total"] = {"channels": 14, "passing": 4, "percent": 28.5714}
     (metrics / "criteria.json").write_text(json.dumps(criteria))
     ablation = {
-        "layer2_1": _ablation_block(0.99, [0.985, 0.98, 0.975, 0.97, 0.96]),
+        "layer2_1": _ablation_block(0.99, [0.985, 0.98, 0.975, 0.97, 0.96], published=True),
         "layer3_1": _ablation_block(0.995, [0.99, 0.998, 0.98, 0.97, 0.965]),
-        "layer1_1": {"n_passing": 0, "n_channels": 64},  # skipped by the ablate stage
+        "layer1_1": {"run": {"n_passing": 0, "n_channels": 64}},  # skipped by the ablate stage
     }
     (metrics / "ablation.json").write_text(json.dumps(ablation))
 
@@ -145,7 +148,8 @@ def _check_png(path: Path, width: int, heights: tuple[int, int]) -> np.ndarray:
     return pixels
 
 
-def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys):
+def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default
     assert main(["figures"]) == 0
     names = sorted(p.name for p in FIGURES.iterdir())
     assert names == [
@@ -155,10 +159,16 @@ def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys):
         "fig2_ablation.png",
         "grids_layer2_1.png",
         "grids_layer3_1.png",
+        "settings.json",
     ]
+    settings = json.loads((FIGURES / "settings.json").read_text())
+    assert settings["numerics"] == {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}
+    assert torch.backends.cudnn.allow_tf32 is False
     for name in names[:3]:
         _check_png(FIGURES / name, 350, (370, 420))  # 7 in wide, about 8 in high at dpi 50
-    _check_png(FIGURES / "fig2_ablation.png", 440, (200, 260))  # two panels of 4.4 in
+    _check_png(
+        FIGURES / "fig2_ablation.png", 660, (200, 270)
+    )  # three panels of 4.4 in: 2.1 run, published; 3.1
     with Image.open(FIGURES / "grids_layer2_1.png") as sheet:
         assert sheet.size[0] > sheet.size[1]  # three channels side by side
 

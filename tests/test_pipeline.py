@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from PIL import Image
@@ -49,6 +50,7 @@ def tiny_params() -> dict:
     params["activations"]["extractor"] = "taps"  # thingsvision is checked against the taps elsewhere
     params["ablate"].update(trials=2, batch_size=8)
     params["figures"]["channels"] = {"layer2_1": [0]}
+    params["criteria"]["compare_pre_readings"] = False  # a test below switches it on
     return params
 
 
@@ -85,6 +87,18 @@ def test_dvc_repro_runs_every_stage(workspace, first_run):
     assert "Data and pipelines are up to date" in run(["dvc", "repro"], workspace)
 
 
+def test_result_stages_record_full_float32(workspace, first_run):
+    """TF32 off in every result stage (PyTorch's default leaves cuDNN TF32 on): each records the flags."""
+    off = {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}
+    for path in ("outputs/activations/layer2_1.npz", "outputs/natural/layer2_1.npz"):
+        with np.load(workspace / path) as stored:
+            assert {key: bool(stored[key]) for key in off} == off, path
+    assert json.loads((workspace / "outputs/criteria/settings.json").read_text())["numerics"] == off
+    assert json.loads((workspace / "outputs/figures/settings.json").read_text())["numerics"] == off
+    ablation = json.loads((workspace / "metrics/ablation.json").read_text())
+    assert {key: ablation[key] for key in off} == {key: 0 for key in off}
+
+
 def test_figures_and_report_come_out_of_the_run_labelled(workspace, first_run):
     pngs = sorted((workspace / "outputs/figures").glob("*.png"))
     assert pngs, "no figure was drawn"
@@ -95,6 +109,9 @@ def test_figures_and_report_come_out_of_the_run_labelled(workspace, first_run):
             assert len(set(image.convert("L").getdata())) > 10, f"{png.name} is blank"
     report = (workspace / "outputs/report.md").read_text()
     assert "RANDOM WEIGHTS" in report and "GENERATED" in report.upper()
+    # the demo profile ablates block 2.1's published list: Fig. 2 is drawn even if no channel passes here
+    assert "fig2_ablation.png" in {png.name for png in pngs}
+    assert "### Block 2.1: the authors' published channels" in report
 
 
 def test_changing_a_criteria_bound_reruns_only_criteria_and_downstream(workspace, first_run):
@@ -152,7 +169,9 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     assert reference["layer2_1"]["channels"] == 6
     settings = json.loads((workspace / "reference/fz/layer2_1/settings.json").read_text())
     assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
-    assert "lucent_reference passing" in (workspace / "outputs/report.md").read_text()
+    report = (workspace / "outputs/report.md").read_text()
+    assert "the authors' reading: comparable with the paper's counts" in report
+    assert json.loads((workspace / "reference/criteria/passing.json").read_text()).keys() == {"2.1"}
 
 
 def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_run):
@@ -180,6 +199,23 @@ def test_speed_only_keys_rerun_nothing(workspace, first_run):
     params["ablate"]["batch_size"] = 5
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran_stages(run(["dvc", "repro"], workspace)) == set()
+
+
+def test_changing_the_channel_sets_reruns_only_ablate_figures_and_report(workspace, first_run):
+    run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
+    run(["git", "add", "-A"], workspace)
+    run(["git", "commit", "-qm", "before channel sets"], workspace)
+    plots = json.loads(run(["dvc", "plots", "show", "--json"], workspace))
+    (rendered,) = [p for p in plots["data"]["plots/ablation_ratio.csv"] if p["type"] == "vega"]
+    spec = json.dumps(rendered["content"], ensure_ascii=False)
+    assert "Eq. 3 ablation ratio" in spec and "2.1 published · 00 % (no scale)" in spec
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    assert params["ablate"]["channel_sets"] == ["run", "published"]
+    params["ablate"]["channel_sets"] = ["published"]
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(["dvc", "repro"], workspace)) == {"ablate", "figures", "report"}
+    diff = json.loads(run(["dvc", "metrics", "diff", "--json"], workspace))["metrics/ablation.json"]
+    assert any(key.startswith("layer2_1.run.") for key in diff), diff  # this run's set is gone
 
 
 def test_dvc_yaml_declares_only_existing_params():

@@ -12,8 +12,17 @@ import pytest
 import yaml
 from test_figures import write_fake_outputs
 
+from rsi import paper
 from rsi.cli import main
-from rsi.report import PAPER_FALLBACK, paper_reference, read_ablation, read_criteria_metrics
+from rsi.report import (
+    IMAGE_POINTS,
+    PAPER_FALLBACK,
+    ExactCheck,
+    is_possible_accuracy,
+    paper_reference,
+    read_ablation,
+    read_criteria_metrics,
+)
 
 REPORT = Path("outputs/report.md")
 
@@ -50,10 +59,21 @@ def test_report_puts_paper_numbers_beside_reproduced_ones(fake_repo):
     assert "5 of 5 scaled ratios lie below it: the paper's claim holds" in text
     assert "4 of 5 scaled ratios lie below it: the paper's claim does not hold" in text
     assert "**no**" in text
-    assert "Block 3.1: 1 of 5 scaled ablation ratios are not below the no-scale ratio" in text
+    assert "Block 3.1 (this run's channels): 1 of 5 scaled ablation ratios are not below the no-scale" in text
     assert "random sets accepted by the screening: 2 of 3 drawn" in text
-    assert "| No Scale | 224 | 60.000 | 63.750 | 60.606 | 0.9900 ± 0.0020 |" in text
-    assert "not ablated (no scale entries, e.g. no passing channel): 1.1." in text
+    assert (
+        "### Block 2.1: this run's channels" in text
+        and "### Block 2.1: the authors' published channels" in text
+    )
+    assert (
+        "| No Scale | 224 | 60.000 | 60.606 | 0.9900 ± 0.0020 |" in text
+    )  # this run's set: no recorded value
+    assert "| No Scale | 224 | 63.750 | 63.750 | 65.722 | 0.9700 ± 0.0020 |" in text  # the published set
+    assert "Top-1 of the unablated model without scaling: 70.000 %." in text
+    assert "not ablated (no scale entries, e.g. no passing channel): 1.1 (this run's channels)." in text
+    # random weights on 20 generated images: the exact check is shown but not judged
+    assert "Not comparable: random weights, generated images, 20 images, not 50,000" in text
+    assert "exact" not in _row(text, "30 %")[-1] and "not comparable" in text
 
     # settings, differences in plain words, figures section absent (no figures made)
     assert "| FZ steps | 16 | 2560" in text
@@ -81,12 +101,92 @@ def test_lucent_reference_counts_side_by_side(fake_repo):
     reference = json.loads(Path("metrics/criteria.json").read_text())
     reference["layer2_1"].update(passing=5, percent=62.5)
     Path("metrics/criteria_lucent_reference.json").write_text(json.dumps(reference))
+    Path("reference/criteria").mkdir(parents=True)
+    Path("reference/criteria/passing.json").write_text(json.dumps({"2.1": [13, 15, 18, 1, 2]}))
     assert main(["report"]) == 0
     text = REPORT.read_text()
-    assert "lucent_reference passing" in text
-    row = _row(text, "2.1")
-    assert row[1:3] == ["23", "3"] and row[6:8] == ["5", "62.50"]
+    first_table = text.split("## Criteria-passing channels")[1].split("\n\n")[1].splitlines()
+    header = [cell.strip() for cell in first_table[0].strip("|").split("|")]
+    assert header[:4] == [
+        "block",
+        "paper passing",
+        "the authors' reading: comparable with the paper's counts",
+        "exact reading (this run's FZs)",
+    ]
+    assert (
+        "Jaccard with published (authors' reading)" in header
+        and "Jaccard with published (exact reading)" in header
+    )
+    row = dict(zip(header, _row(text, "2.1"), strict=True))
+    assert (row["paper passing"], row["the authors' reading: comparable with the paper's counts"]) == (
+        "23",
+        "5",
+    )
+    assert row["exact reading (this run's FZs)"] == "3" and row["authors' reading %"] == "62.50"
+    # published 2.1 has 23 channels; the authors' reading shares 13, 15, 18 of 5: 3 / 25; the exact one none
+    assert row["Jaccard with published (authors' reading)"] == f"{3 / 25:.2f}"
+    assert row["Jaccard with published (exact reading)"] == "0.00"
     assert "Block 2.1: 5 pass with the `lucent_reference` Pre FZs against 3 with the exact Pre FZs." in text
+
+
+def test_eq1_readings_are_counted_and_the_fz_each_test_reads_is_named(fake_repo):
+    criteria = json.loads(Path("metrics/criteria.json").read_text())
+    criteria["layer2_1"].update(pre_of_pre_fz_nonpositive=4, eq1_readings_differ=3, passing_readings_differ=2)
+    Path("metrics/criteria.json").write_text(json.dumps(criteria))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "### Eq. 1 as the authors computed it" in text and "This run reads Eq. 1 as `authors_code`" in text
+    assert _row(text, "2.1")[:2] == ["2.1", "23"]
+    assert "| 2.1 | this run's Pre FZs | 4 | 3 | 2 |" in text
+    assert "Eq. 1 and Eq. 2 see different images" not in text
+    assert (
+        "Eq. 1 reads X̂_In (Pre_c(X̂_In) and Pre_c(S(X̂_In))) and, as the authors' code divided by it, the sign"
+        in text
+    )
+    assert "Eq. 2 reads Post_c(X̂_In) and Post_c(X̂_Pre)" in text
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["criteria"]["eq1_reading"] = "paper_text"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["report"]) == 0
+    assert "Eq. 1 reads X̂_In only (Pre_c(X̂_In) and Pre_c(S(X̂_In))), so the Pre reading does not touch it" in (
+        REPORT.read_text()
+    )
+
+
+def test_exact_check_in_points_and_images():
+    assert round(IMAGE_POINTS, 12) == 0.002
+    same = ExactCheck(61.394, 61.394)
+    assert same.exact and same.images == pytest.approx(0) and same.verdict() == "exact"
+    two = ExactCheck(56.226, 56.222)  # two images apart
+    assert two.points == pytest.approx(0.004) and two.images == pytest.approx(2.0)
+    assert not two.exact and two.verdict() == "not exact (2.0 images)"
+    one = ExactCheck(59.392, 59.39)  # exactly one image: not under one image
+    assert one.images == pytest.approx(1.0) and not one.exact
+    # 63.493 (the authors' 3.1 no-scale value) is no accuracy over 50,000 images: 31,746.5 correct
+    assert not is_possible_accuracy(63.493) and is_possible_accuracy(63.75) and is_possible_accuracy(46.704)
+    typo = ExactCheck(63.494, 63.493)  # half an image from the recorded value: exact, and flagged
+    assert typo.exact and typo.images == pytest.approx(0.5)
+    assert typo.verdict() == "exact; 63.493 is no multiple of 0.002: no accuracy over 50,000 images (a typo)"
+    assert all(
+        is_possible_accuracy(acc)
+        for block, values in paper.PASSING_ABLATION_ACCURACY.items()
+        for acc in (values["no_scale"], *values["scaled"])
+        if (block, acc) != ("3.1", 63.493)
+    )
+
+
+def test_the_report_judges_the_published_accuracies_on_the_paper_data(fake_repo):
+    Path("outputs/eval/index.json").write_text(json.dumps({"count": 50_000}))
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["model"]["weights"] = "data/resnet18-f37072fd.pth"
+    params["data"]["source"] = "folders"
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "5 of 6 match the authors' recorded values exactly (under one image)." in text
+    section = text.split("### Block 2.1: the authors' published channels")[1].split("Exact check")[1]
+    assert _row(section, "No Scale")[-1] == "exact"
+    assert _row(section, "30 %")[-4:] == ["56.222", "+0.004", "+2.0", "not exact (2.0 images)"]
 
 
 def test_channel_overlap_with_the_authors_lists(fake_repo):
@@ -137,7 +237,7 @@ def test_ablation_json_is_read_tolerantly(tmp_path):
             }
         )
     )
-    series = read_ablation(path)["3.1"]  # "scale_0" is no scale too
+    series = read_ablation(path)["3.1"]["run"]  # no channel-set level: this run's; "scale_0" is no scale too
     assert series.scales == (0, 20) and series.ratio == (1.0, 0.9)
     assert math.isnan(series.sem[0]) and series.sem[1] == 0.1  # unknown (one trial), not zero
     assert series.no_scale_ratio == 1.0 and series.extra == {"n": 3}

@@ -1,9 +1,15 @@
 """`rsi ablate`: top-1 accuracy with a block's criteria-passing channels mean-ablated at Post, against
 screened random non-passing channel sets of the same size, under the scale sweep (paper section 4, Eq. 3).
 
-Conditions, per block. *Passing*: every channel in ``outputs/criteria/passing.json`` for the block.
-*Random trial i*: as many non-passing channels, drawn uniformly without replacement from a keyed generator
-(seed, block, attempt). *Baseline*: nothing ablated (reported, not in Eq. 3). Mean ablation sets the whole
+Channel sets (``ablate.channel_sets``), each ablated on its own with its own screened random controls:
+``run``, this run's criteria-passing channels (``outputs/criteria/passing.json``), and ``published``, the
+authors' published lists (``rsi.paper.PUBLISHED_PASSING``: 2.1 and 3.1). With the real weights and ImageNet
+validation the published sets' accuracies are deterministic (no FZ, no random draw): the report checks them
+against the authors' recorded values to the image.
+
+Conditions, per block and channel set. *Passing*: every channel of the set. *Random trial i*: as many
+channels not in the set, drawn uniformly without replacement from a keyed generator (seed, block, attempt;
+the published set adds its name to the key). *Baseline*: nothing ablated (reported, not in Eq. 3). Mean ablation sets the whole
 Post map of each chosen channel to that channel's own mean center-neuron Post activation over the evaluation
 set (``outputs/natural/<layerL_K>.npz``, ``mean[2]``; the authors' pre-ReLU sum clamped at 0).
 
@@ -35,9 +41,14 @@ correct counts are all-reduced, so every decision and number is that of one proc
 
 Eq. 3: per scale, ratio_i = passing_acc / random_acc_i; the metric is the mean over the N trials and its
 standard error (``scipy.stats.sem``, ddof = 1). A random accuracy of 0 makes a ratio undefined: written as
-null. Outputs: ``metrics/ablation.json`` (numbers only, keys ``layer2_1`` / ``no_scale`` / ``scale_10`` …),
-``plots/ablation_<layerL_K>.csv`` (scale, ratio, sem, no_scale_ratio; scale 0 is no scale) and
-``outputs/ablation/trials.json`` (settings, channel sets, every attempt and its screening outcome).
+null. Outputs: ``metrics/ablation.json`` (numbers only, one line per number in ``dvc metrics diff``:
+``layer2_1.baseline_acc.scale_10``, ``layer2_1.published.scale_10.passing_acc`` / ``.ratio`` / ``.sem`` …;
+no paper values, those are the report's), ``plots/ablation_ratio.csv`` (one row per block, channel set and
+scale; scale 0 is no scale; drawn by ``dvc plots``) and ``outputs/ablation/trials.json`` (settings, channel
+sets, every attempt and its screening outcome, every trial's accuracies).
+
+Numerics: convolutions and matmuls run in full float32 on CUDA (``ablate.tf32: false``, the default;
+``true`` allows TF32, as the authors' torch 2.0 did by default for convolutions on Ampere or newer GPUs).
 """
 
 from __future__ import annotations
@@ -56,7 +67,7 @@ from scipy import stats
 from torch import nn
 from tqdm import tqdm
 
-from rsi import artifacts, distributed
+from rsi import artifacts, distributed, paper
 from rsi.config import (
     ParamsError,
     as_dict,
@@ -72,6 +83,7 @@ from rsi.natural import NaturalParams
 from rsi.runtime import (
     ModelParams,
     atomic_path,
+    full_float32,
     keyed_generator,
     load_npz,
     read_json,
@@ -129,6 +141,29 @@ def _check_percents(value: tuple[int, ...]) -> tuple[int, ...]:
     return check_distinct(value, "percent", empty="give at least one scale percent")
 
 
+CHANNEL_SETS: tuple[str, ...] = ("run", "published")
+CHANNEL_SET_LABELS = {"run": "this run's channels", "published": "the authors' published channels"}
+
+
+def _check_channel_sets(value: tuple[str, ...]) -> tuple[str, ...]:
+    unknown = [v for v in value if v not in CHANNEL_SETS]
+    if unknown:
+        raise ValueError(f"unknown channel set {unknown[0]!r}: choose from {list(CHANNEL_SETS)}")
+    return check_distinct(value, "channel set", empty="list at least one of run, published")
+
+
+def check_published(blocks: Sequence[str]) -> None:
+    """Every block has a published list (``rsi.paper.PUBLISHED_PASSING``), else a one-line ParamsError."""
+    missing = [b for b in blocks if b not in paper.PUBLISHED_PASSING]
+    if missing:
+        have = ", ".join(block_key(b) for b in paper.PUBLISHED_PASSING)
+        raise ParamsError(
+            f"ablate.channel_sets lists published, but the authors published no channel list for "
+            f"{', '.join(block_key(b) for b in missing)} (only for {have}): remove "
+            f"{', '.join(block_key(b) for b in missing)} from ablate.blocks or published from ablate.channel_sets"
+        )
+
+
 @dataclass(frozen=True)
 class AblateParams:
     """params.yaml ``ablate`` (the top-level ``seed`` and ``model`` sections are read too)."""
@@ -145,6 +180,26 @@ class AblateParams:
     max_attempts: int = field(default=200, metadata={"min": 1})
     screen_batch: int = field(default=10, metadata={"min": 1})
     batch_size: int = field(default=1024, metadata={"min": 1})
+    channel_sets: tuple[str, ...] = field(
+        default=CHANNEL_SETS,
+        metadata={
+            "check": _check_channel_sets,
+            "help": "run: this run's passing channels; published: the authors' lists (2.1 and 3.1)",
+        },
+    )
+    tf32: bool = field(
+        default=False,
+        metadata={"help": "allow TF32 convolutions/matmuls on CUDA (the authors' torch 2.0 did)"},
+    )
+
+    def __post_init__(self) -> None:
+        if "published" in self.channel_sets:
+            if params_arch() != DEFAULT_ARCH:
+                raise ParamsError(
+                    f"ablate.channel_sets lists published, but the authors' lists are ResNet18's channels and "
+                    f"model.arch is {params_arch()}: set ablate.channel_sets: [run]"
+                )
+            check_published([parse_block(b) for b in self.blocks])
 
 
 # ----------------------------------------------------------------------------------------------- pure parts
@@ -174,11 +229,15 @@ def eq3_ratio(passing_acc: float, random_accs: Sequence[float]) -> tuple[float, 
     return mean, sem
 
 
-def draw_random_set(non_passing: Sequence[int], size: int, seed: int, block: str, attempt: int) -> list[int]:
-    """Attempt ``attempt``'s random set: ``size`` channels of ``non_passing``, keyed by (seed, block, attempt)."""
+def draw_random_set(
+    non_passing: Sequence[int], size: int, seed: int, block: str, attempt: int, channel_set: str = "run"
+) -> list[int]:
+    """Attempt ``attempt``'s random set: ``size`` channels of ``non_passing``, keyed by (seed, block,
+    attempt), and by the channel set's name for any set but ``run``."""
     if size > len(non_passing):
         raise ValueError(f"cannot draw {size} channels from {len(non_passing)} non-passing channels")
-    generator = keyed_generator(seed, "ablate", parse_block(block), attempt)
+    key = () if channel_set == "run" else (channel_set,)
+    generator = keyed_generator(seed, "ablate", parse_block(block), *key, attempt)
     order = torch.randperm(len(non_passing), generator=generator)[:size]
     return sorted(int(non_passing[i]) for i in order)
 
@@ -257,6 +316,74 @@ def _accuracy(correct: np.ndarray, total: int) -> np.ndarray:
     return 100.0 * correct.astype(np.float64) / total
 
 
+def _screen_random_sets(
+    model: nn.Module,
+    eval_set: EvalSet,
+    block: str,
+    non_passing: Sequence[int],
+    post_means: np.ndarray,
+    params: AblateParams,
+    fixed: Sequence[Condition],
+    no_scale: int,
+    *,
+    seed: int,
+    channel_set: str,
+    **kwargs: Any,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
+    """Random sets drawn in attempt order and screened at no scale against the passing set (``fixed`` =
+    baseline, passing: evaluated with the first group) until ``params.trials`` are accepted; returns every
+    attempt, the accepted ones, and the baseline and passing accuracies at no scale."""
+    rule = params.screening[block]
+    size = len(fixed[1].channels)
+    attempts: list[dict[str, Any]] = []
+    accepted: list[dict[str, Any]] = []
+    baseline_acc = passing_acc = math.nan
+    attempt = 0
+    first = True
+    while len(accepted) < params.trials:
+        if attempt >= params.max_attempts:
+            best = min((a["no_scale_acc"] for a in attempts), default=math.nan)
+            raise AblationError(
+                f"ablate {block} ({channel_set} channels): only {len(accepted)} of {params.trials} random "
+                f"channel sets passed the screening after {params.max_attempts} attempts (rule {rule.rule!r}, tolerance "
+                f"{rule.tolerance} points; passing set {passing_acc:.3f} %, best random set {best:.3f} % "
+                f"at no scale). Raise ablate.max_attempts, relax ablate.screening.{block_key(block)} "
+                "(rule: within with a larger tolerance), or lower ablate.trials."
+            )
+        group = list(range(attempt, min(attempt + params.screen_batch, params.max_attempts)))
+        sets = [draw_random_set(non_passing, size, seed, block, a, channel_set) for a in group]
+        conditions = [
+            Condition.mean_ablation(f"random_{a}", s, post_means) for a, s in zip(group, sets, strict=True)
+        ]
+        if first:
+            conditions = [*fixed, *conditions]
+        correct, total = evaluate(
+            model,
+            eval_set,
+            block,
+            conditions,
+            [no_scale],
+            desc=f"ablate {block} {channel_set}: screening",
+            **kwargs,
+        )
+        accuracies = _accuracy(correct[0], total)
+        if first:
+            baseline_acc, passing_acc = float(accuracies[0]), float(accuracies[1])
+            accuracies = accuracies[2:]
+            first = False
+        for a, drawn, accuracy in zip(group, sets, accuracies, strict=True):
+            if len(accepted) == params.trials:
+                break  # surplus of the last group: discarded, so results do not depend on screen_batch
+            ok = screen(float(accuracy), passing_acc, rule.rule, rule.tolerance)
+            attempts.append(
+                {"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy), "accepted": ok}
+            )
+            if ok:
+                accepted.append({"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy)})
+        attempt = group[-1] + 1
+    return attempts, accepted, baseline_acc, passing_acc
+
+
 def ablate_block(
     model: nn.Module,
     eval_set: EvalSet,
@@ -269,9 +396,10 @@ def ablate_block(
     device: torch.device | str = "cpu",
     progress: bool = True,
     arch: str = DEFAULT_ARCH,
+    channel_set: str = "run",
 ) -> dict[str, Any]:
-    """Screening and the sweep for one block of ``model`` (a torchvision ``arch``); a JSON-able record
-    (see :func:`block_metrics`)."""
+    """Screening and the sweep for one block of ``model`` (a torchvision ``arch``) and one channel set
+    (``passing``: that set's channels); a JSON-able record (see :func:`block_metrics`)."""
     block = parse_block(block, arch)
     channels = num_channels(block, arch)
     passing = sorted({int(c) for c in passing})
@@ -285,6 +413,7 @@ def ablate_block(
     non_passing = [c for c in range(channels) if c not in set(passing)]
     record: dict[str, Any] = {
         "block": block,
+        "channel_set": channel_set,
         "n_channels": channels,
         "passing": passing,
         "passing_means": [float(post_means[c]) for c in passing],
@@ -302,52 +431,14 @@ def ablate_block(
         )
     rule = params.screening[block]
     record["screening"] = {"rule": rule.rule, "tolerance": rule.tolerance}
-    size = len(passing)
     kwargs = {"batch_size": params.batch_size, "device": device, "progress": progress}
     no_scale = crop_of(0, params.crop_rule, eval_set)
     baseline = Condition("baseline")
     passing_condition = Condition.mean_ablation("passing", passing, post_means)
-
-    attempts: list[dict[str, Any]] = []
-    accepted: list[dict[str, Any]] = []
-    baseline_acc = passing_acc = math.nan
-    attempt = 0
-    first = True
-    while len(accepted) < params.trials:
-        if attempt >= params.max_attempts:
-            best = min((a["no_scale_acc"] for a in attempts), default=math.nan)
-            raise AblationError(
-                f"ablate {block}: only {len(accepted)} of {params.trials} random channel sets passed the "
-                f"screening after {params.max_attempts} attempts (rule {rule.rule!r}, tolerance "
-                f"{rule.tolerance} points; passing set {passing_acc:.3f} %, best random set {best:.3f} % "
-                f"at no scale). Raise ablate.max_attempts, relax ablate.screening.{block_key(block)} "
-                "(rule: within with a larger tolerance), or lower ablate.trials."
-            )
-        group = list(range(attempt, min(attempt + params.screen_batch, params.max_attempts)))
-        sets = [draw_random_set(non_passing, size, seed, block, a) for a in group]
-        conditions = [
-            Condition.mean_ablation(f"random_{a}", s, post_means) for a, s in zip(group, sets, strict=True)
-        ]
-        if first:
-            conditions = [baseline, passing_condition, *conditions]
-        correct, total = evaluate(
-            model, eval_set, block, conditions, [no_scale], desc=f"ablate {block}: screening", **kwargs
-        )
-        accuracies = _accuracy(correct[0], total)
-        if first:
-            baseline_acc, passing_acc = float(accuracies[0]), float(accuracies[1])
-            accuracies = accuracies[2:]
-            first = False
-        for a, channel_set, accuracy in zip(group, sets, accuracies, strict=True):
-            if len(accepted) == params.trials:
-                break  # surplus of the last group: discarded, so results do not depend on screen_batch
-            ok = screen(float(accuracy), passing_acc, rule.rule, rule.tolerance)
-            attempts.append(
-                {"attempt": a, "channels": channel_set, "no_scale_acc": float(accuracy), "accepted": ok}
-            )
-            if ok:
-                accepted.append({"attempt": a, "channels": channel_set, "no_scale_acc": float(accuracy)})
-        attempt = group[-1] + 1
+    attempts, accepted, baseline_acc, passing_acc = _screen_random_sets(
+        model, eval_set, block, non_passing, post_means, params,
+        [baseline, passing_condition], no_scale, seed=seed, channel_set=channel_set, **kwargs,
+    )  # fmt: skip
 
     crops = [crop_of(p, params.crop_rule, eval_set) for p in params.percents]
     trial_conditions = [
@@ -359,7 +450,7 @@ def ablate_block(
         block,
         [baseline, passing_condition, *trial_conditions],
         crops,
-        desc=f"ablate {block}: {len(crops)} scales x {2 + len(accepted)} conditions",
+        desc=f"ablate {block} {channel_set}: {len(crops)} scales x {2 + len(accepted)} conditions",
         **kwargs,
     )
     accuracies = _accuracy(correct, total)
@@ -394,49 +485,67 @@ def _number(value: float) -> float | None:
 def _scale_metrics(entry: Mapping[str, Any]) -> dict[str, Any]:
     ratio, sem = eq3_ratio(entry["passing_acc"], entry["random_accs"])
     return {
-        "crop": entry["crop"],
-        "baseline_acc": entry["baseline_acc"],
         "passing_acc": entry["passing_acc"],
-        "random_acc": {f"trial_{i}": a for i, a in enumerate(entry["random_accs"])},
         "random_acc_mean": float(np.mean(entry["random_accs"])),
         "ratio": _number(ratio),
         "sem": _number(sem),
     }
 
 
+def _scale_entries(record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """``{"no_scale": entry, "scale_10": entry, …}`` of an ablated record."""
+    return {"no_scale": record["no_scale"], **{f"scale_{p}": e for p, e in record["scales"].items()}}
+
+
 def block_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``metrics/ablation.json`` entry of one block (numbers only)."""
+    """The ``metrics/ablation.json`` entry of one block and channel set (numbers only; per scale the
+    passing-set accuracy, the random sets' mean accuracy, the Eq. 3 ratio and its SEM)."""
     metrics: dict[str, Any] = {"n_passing": len(record["passing"]), "n_channels": record["n_channels"]}
     if "skipped" in record:
         return metrics
     metrics["trials"] = len(record["trials"])
     metrics["attempts"] = len(record["attempts"])
-    metrics["no_scale"] = _scale_metrics(record["no_scale"])
-    for percent, entry in record["scales"].items():
-        metrics[f"scale_{percent}"] = _scale_metrics(entry)
-    metrics["no_scale_ratio"] = metrics["no_scale"]["ratio"]
+    for key, entry in _scale_entries(record).items():
+        metrics[key] = _scale_metrics(entry)
     return metrics
 
 
+PLOT_FIELDS = ("block", "channel_set", "scale", "label", "ratio", "sem", "no_scale_ratio", "passing_acc")
+
+
 def plot_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of ``plots/ablation_<layerL_K>.csv``: scale (0 = no scale), ratio, sem, no_scale_ratio."""
+    """Rows of ``plots/ablation_ratio.csv`` for one block and channel set: scale (0 = no scale), the Eq. 3
+    ratio, its SEM, the no-scale ratio, the passing-set accuracy, and a label ``2.1 published · 10 %``
+    (no scale: ``00 % (no scale)``, so a sorted axis keeps the scales in order)."""
     if "skipped" in record:
         return []
     no_scale = _scale_metrics(record["no_scale"])
-    rows = [
-        {"scale": 0, "ratio": no_scale["ratio"], "sem": no_scale["sem"], "no_scale_ratio": no_scale["ratio"]}
-    ]
-    for percent, entry in record["scales"].items():
+    rows = []
+    for key, entry in _scale_entries(record).items():
+        percent = 0 if key == "no_scale" else int(key.removeprefix("scale_"))
         metrics = _scale_metrics(entry)
+        scale = "00 % (no scale)" if percent == 0 else f"{percent:02d} %"
         rows.append(
             {
-                "scale": int(percent),
+                "block": record["block"],
+                "channel_set": record["channel_set"],
+                "scale": percent,
+                "label": f"{record['block']} {record['channel_set']} · {scale}",
                 "ratio": metrics["ratio"],
                 "sem": metrics["sem"],
                 "no_scale_ratio": no_scale["ratio"],
+                "passing_acc": metrics["passing_acc"],
             }
         )
     return rows
+
+
+def _baseline(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """The unablated accuracy per scale (the same for every channel set of a block)."""
+    for record in records:
+        if "skipped" not in record:
+            return {key: entry["baseline_acc"] for key, entry in _scale_entries(record).items()}
+    return {}
 
 
 def write_outputs(
@@ -444,27 +553,39 @@ def write_outputs(
     settings: Mapping[str, Any],
     *,
     metrics_path: str | Path,
-    plots_dir: str | Path,
+    plots_path: str | Path,
     trials_path: str | Path,
 ) -> dict[str, Any]:
-    """metrics/ablation.json, plots/ablation_<layerL_K>.csv and outputs/ablation/trials.json."""
+    """metrics/ablation.json, plots/ablation_ratio.csv and outputs/ablation/trials.json."""
     metrics: dict[str, Any] = {
         "images": settings["images"],
         "random_weights": int(settings["random_weights"]),
         "generated_data": int(settings["generated_data"]),
+        **{key: int(value) for key, value in settings.get("numerics", {}).items()},
     }
+    by_block: dict[str, list[Mapping[str, Any]]] = {}
     for record in records:
-        metrics[block_key(record["block"])] = block_metrics(record)
-        path = Path(plots_dir) / f"ablation_{block_key(record['block'])}.csv"
-        with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["scale", "ratio", "sem", "no_scale_ratio"])
-            writer.writeheader()
+        by_block.setdefault(block_key(record["block"]), []).append(record)
+    for key, block_records in by_block.items():
+        entry: dict[str, Any] = {}
+        baseline = _baseline(block_records)
+        if baseline:
+            entry["baseline_acc"] = baseline
+        for record in block_records:
+            entry[record.get("channel_set", "run")] = block_metrics(record)
+        metrics[key] = entry
+    with atomic_path(plots_path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(PLOT_FIELDS))
+        writer.writeheader()
+        for record in records:
             for row in plot_rows(record):
                 writer.writerow({k: "" if v is None else v for k, v in row.items()})
     write_json(metrics_path, metrics)
-    write_json(
-        trials_path, {"settings": dict(settings), "blocks": {block_key(r["block"]): r for r in records}}
-    )
+    trials = {
+        key: {r.get("channel_set", "run"): r for r in block_records}
+        for key, block_records in by_block.items()
+    }
+    write_json(trials_path, {"settings": dict(settings), "blocks": trials})
     return metrics
 
 
@@ -491,7 +612,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="outputs root: reads eval/, natural/, criteria/passing.json, writes ablation/ (default outputs)",
     )
     parser.add_argument("--metrics", default=str(artifacts.METRICS / "ablation.json"))
-    parser.add_argument("--plots", default=str(artifacts.PLOTS), help="folder of ablation_<layerL_K>.csv")
+    parser.add_argument(
+        "--plots", default=str(artifacts.ABLATION_PLOT), help="the Eq. 3 ratio CSV for dvc plots"
+    )
+
+
+def channel_sets_of(
+    params: AblateParams, passing: Mapping[str, Sequence[int]]
+) -> dict[tuple[str, str], list[int]]:
+    """``{(block, channel set): channels}`` in params order: ``run`` from passing.json, ``published`` from
+    rsi.paper.PUBLISHED_PASSING."""
+    sets = {}
+    for block in params.blocks:
+        for name in params.channel_sets:
+            sets[block, name] = list(passing[block] if name == "run" else paper.PUBLISHED_PASSING[block])
+    return sets
+
+
+def _check_inputs(
+    raw: Mapping[str, Any], params: AblateParams, source: str, outputs: Path
+) -> dict[str, list[int]]:
+    """Every block has a screening rule, passing channels (for the run set) and mean activations."""
+    missing = [b for b in params.blocks if b not in params.screening]
+    if missing:
+        raise ParamsError(
+            f"{source}: ablate.screening has no entry for {block_key(missing[0])} "
+            f"(add {block_key(missing[0])}: {{rule: within, tolerance: 1.0}})"
+        )
+    passing = read_passing(artifacts.passing_file(outputs))
+    unprobed = [block for block in params.blocks if block not in passing]
+    if unprobed and "run" in params.channel_sets:
+        raise AblationError(
+            f"ablate.blocks lists {', '.join(unprobed)}, which {artifacts.passing_file(outputs)} does not "
+            f"cover (probed: {', '.join(passing) or 'none'}): add them to criteria.blocks and run "
+            "`dvc repro` (or `rsi criteria`), or remove them from ablate.blocks"
+        )
+    natural_blocks = load_section(raw, "natural", NaturalParams, source=source).blocks
+    unmeasured = [b for b in params.blocks if b not in natural_blocks]
+    if unmeasured:
+        raise AblationError(
+            f"ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage does not "
+            f"measure (natural.blocks: {', '.join(natural_blocks)}): add them to natural.blocks"
+        )
+    return passing
 
 
 def run(args: argparse.Namespace) -> None:
@@ -499,50 +662,32 @@ def run(args: argparse.Namespace) -> None:
     params = load_section(raw, "ablate", AblateParams, source=args.params)
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     seed = top_level_seed(raw, args.params)
-    missing = [b for b in params.blocks if b not in params.screening]
-    if missing:
-        raise ParamsError(
-            f"{args.params}: ablate.screening has no entry for {block_key(missing[0])} "
-            f"(add {block_key(missing[0])}: {{rule: within, tolerance: 1.0}})"
-        )
     outputs = Path(args.outputs)
-    passing = read_passing(artifacts.passing_file(outputs))
-    unprobed = [block for block in params.blocks if block not in passing]
-    if unprobed:
-        raise AblationError(
-            f"ablate.blocks lists {', '.join(unprobed)}, which {artifacts.passing_file(outputs)} does not "
-            f"cover (probed: {', '.join(passing) or 'none'}): add them to criteria.blocks and run "
-            "`dvc repro` (or `rsi criteria`), or remove them from ablate.blocks"
-        )
-    natural_blocks = load_section(raw, "natural", NaturalParams, source=args.params).blocks
-    unmeasured = [b for b in params.blocks if b not in natural_blocks]
-    if unmeasured:
-        raise AblationError(
-            f"ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage does not "
-            f"measure (natural.blocks: {', '.join(natural_blocks)}): add them to natural.blocks"
-        )
+    sets = channel_sets_of(params, _check_inputs(raw, params, args.params, outputs))
     means = {block: post_means_of(block, outputs) for block in params.blocks}
     device = resolve_device(model_params.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    numerics = full_float32(params.tf32)
     distributed.init()
     eval_set = load_eval(artifacts.eval_dir(outputs))
     model = load_model(model_params.weights, model_params.arch).to(device)
     records = []
-    for block in params.blocks:
+    for (block, name), channels in sets.items():
         record = ablate_block(
             model,
             eval_set,
             block,
-            passing[block],
+            channels,
             means[block],
             params,
             seed=seed,
             device=device,
             arch=model_params.arch,
+            channel_set=name,
         )
         if "skipped" in record and distributed.is_main():
-            print(f"ablate {block}: skipped ({record['skipped']})")
+            print(f"ablate {block} ({CHANNEL_SET_LABELS[name]}): skipped ({record['skipped']})")
         records.append(record)
     if distributed.is_main():
         settings = {
@@ -553,13 +698,16 @@ def run(args: argparse.Namespace) -> None:
             "random_weights": is_random(model_params.weights),
             "generated_data": eval_set.generated,
             "images": len(eval_set),
+            "numerics": numerics,
         }
         write_outputs(
             records,
             settings,
             metrics_path=args.metrics,
-            plots_dir=args.plots,
+            plots_path=args.plots,
             trials_path=outputs / "ablation" / "trials.json",
         )
-        print(f"ablate: {', '.join(params.blocks)} on {len(eval_set)} images → {args.metrics}")
+        print(
+            f"ablate: {', '.join(params.blocks)} ({', '.join(params.channel_sets)}) on {len(eval_set)} images → {args.metrics}"
+        )
     distributed.barrier()

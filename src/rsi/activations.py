@@ -42,7 +42,7 @@ from rsi.artifacts import FZ_IMAGES, OUTPUTS
 from rsi.config import ParamsError, check_blocks, load_section, read_params
 from rsi.criteria import CriteriaParams
 from rsi.model import describe_weights, load_model
-from rsi.runtime import ModelParams, resolve_device, save_npz
+from rsi.runtime import ModelParams, full_float32, resolve_device, save_npz
 from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, arch_of, center, forward_taps, parse_block
 from rsi.transforms import normalize, scale_crop, shrink_pad
 
@@ -315,6 +315,7 @@ def run(args: argparse.Namespace) -> None:
     model = load_model(model_params.weights, model_params.arch)
     device = resolve_device(model_params.device)
     model.to(device)
+    numerics = full_float32()  # full float32 on CUDA (PyTorch allows TF32 convolutions by default)
     read = make_reader(params.extractor, model, device)
     label = describe_weights(model_params.weights, model_params.arch)
     for block in blocks:
@@ -337,5 +338,6 @@ def run(args: argparse.Namespace) -> None:
             extractor=np.asarray(params.extractor),
             scale_fraction=np.asarray(params.scale_fraction),
             shrink_fraction=np.asarray(params.shrink_fraction),
+            **{key: np.asarray(value) for key, value in numerics.items()},
         )
         print(f"block {block_fzs.block}: {len(block_fzs.channels)} channels → {path} ({label})")

@@ -16,7 +16,7 @@ All paths are relative to the repository root (the DVC working directory) unless
             ({block: [channels]}), ``metrics/criteria.json`` (counts and percentages).
 * natural   ``outputs/natural/<layerL_K>.npz``: ``mean`` (3, C), ``topk`` (3, C, k) eval indices,
             ``topk_values`` (3, C, k).
-* ablate    ``metrics/ablation.json``, ``plots/ablation_<layerL_K>.csv``, ``outputs/ablation/trials.json``.
+* ablate    ``metrics/ablation.json``, ``plots/ablation_ratio.csv``, ``outputs/ablation/trials.json``.
 * figures   ``outputs/figures/*.png``;  report ``outputs/report.md``.
 """
 
@@ -29,6 +29,7 @@ from rsi.taps import Tap, block_key, parse_block
 OUTPUTS = Path("outputs")
 METRICS = Path("metrics")
 PLOTS = Path("plots")
+ABLATION_PLOT = PLOTS / "ablation_ratio.csv"
 
 # The images whose responses `rsi activations` records, per channel c of a block:
 #   in_fz: X̂_In_c; scaled_in_fz: S(X̂_In_c); pre_fz: X̂_Pre_c; shrunk_pre_fz: X̂_Pre_c resized to half

@@ -7,7 +7,10 @@ bilinear resize back), all activations center-neuron responses:
   In channel's preferred image is enlarged);
 * Eq. 2: 2/3 < Post_c(X̂_In_c) / Post_c(X̂_Pre_c) < 3/2  (Post responds about equally to both summands' FZs).
 
-A channel passes when both hold. The science is in the pure functions :func:`eq1_scale_gain`,
+A channel passes when both hold. ``criteria.eq1_reading`` picks how Eq. 1 is read: ``authors_code``
+(default; what produced the paper's counts) divides the Eq. 1 difference by Pre_c(X̂_Pre_c) before the sign
+test, as the authors' stream_inspect.py did; ``paper_text`` is the inequality above. They differ only where
+Pre_c(X̂_Pre_c) <= 0 (see :func:`eq1_authors_code`). The science is in the pure functions :func:`eq1_scale_gain`,
 :func:`eq2_post_ratio`, :func:`mirror_shrink_gain`, :func:`passing_channels` and :func:`jaccard`; the stage
 reads ``outputs/activations/<layerL_K>.npz`` (see :mod:`rsi.artifacts`) and writes one CSV per block,
 ``outputs/criteria/passing.json``, ``outputs/criteria/stability.json``, ``outputs/criteria/settings.json``
@@ -30,14 +33,14 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 
 from rsi import artifacts
 from rsi.artifacts import FZ_IMAGES, OUTPUTS
 from rsi.config import ParamsError, as_dict, check_blocks, check_distinct, load_section, read_params
-from rsi.runtime import atomic_path, load_npz, write_json
+from rsi.runtime import atomic_path, full_float32, load_npz, write_json
 from rsi.taps import TAP_KINDS, block_key
 
 DEFAULT_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
@@ -113,6 +116,13 @@ class CriteriaParams:
             "help": "also judge every channel on its top-k natural images (ours, stage natural-criteria)"
         },
     )
+    eq1_reading: Literal["authors_code", "paper_text"] = field(
+        default="authors_code",
+        metadata={
+            "help": "authors_code: Eq. 1's difference divided by Pre_c(X̂_Pre_c) before the sign test, as "
+            "the authors' stream_inspect.py; paper_text: the inequality as printed"
+        },
+    )
     seed_root: str = field(
         default="stability/seed{seed}",
         metadata={"check": _check_seed_root, "help": "outputs root of each seed when seeds > 1"},
@@ -150,14 +160,47 @@ def eq1_scale_gain(pre_of_in_fz: Any, pre_of_scaled_in_fz: Any, strict: bool = T
 
     ``strict=False`` tests ReLU(Pre_c(X̂_In_c)) <= Pre_c(S(X̂_In_c)) instead.
 
-    The authors' code (stream_inspect.py) computed mean(clip(Pre(S(X̂_In)), 0)) - mean(clip(Pre(X̂_In)),
-    0)) > 0 over one image, which is the same strict test: if clip(b, 0) > clip(a, 0) >= 0 then
-    b = clip(b, 0) > ReLU(a), and conversely. (They divided that difference by Pre_c(X̂_Pre_c) before
-    the sign test, which only matters where that response is negative.)
+    This is ``criteria.eq1_reading: paper_text``. The difference mean(clip(Pre(S(X̂_In)), 0)) -
+    mean(clip(Pre(X̂_In)), 0)) > 0 of the authors' code, over one image, is the same strict test: if
+    clip(b, 0) > clip(a, 0) >= 0 then b = clip(b, 0) > ReLU(a), and conversely. Their code then divides
+    that difference by Pre_c(X̂_Pre_c): :func:`eq1_authors_code`.
     """
     base = np.maximum(_values(pre_of_in_fz), 0.0)
     scaled = _values(pre_of_scaled_in_fz)
     return scaled > base if strict else scaled >= base
+
+
+def eq1_authors_code(
+    pre_of_in_fz: Any, pre_of_scaled_in_fz: Any, pre_of_pre_fz: Any, strict: bool = True
+) -> np.ndarray:
+    """Eq. 1 as the authors' code computed it (``criteria.eq1_reading: authors_code``); a boolean array.
+
+    stream_inspect.py @ 6b74452, line 428 (``run_mode == 'invariance'``):
+        ``scale_mid_measures.append(mid_act_delta / acts['mid_mid_acts'])``
+    with ``mid_act_delta`` = mean(clip(Pre_c(S(X̂_In_c)), 0)) - mean(clip(Pre_c(X̂_In_c)), 0)) (their
+    ``invariance_delta``, line 171) and ``acts['mid_mid_acts']`` = Pre_c(X̂_Pre_c) (``stream_inspect``,
+    line 236: the Pre channel's center neuron to its own FZ), both numpy float32 scalars; a channel
+    passes Eq. 1 where that quotient is > 0 (their ``scale_mid_copy <= 0`` → -1e10, then ``> 0``). So:
+
+    * Pre_c(X̂_Pre_c) > 0: the text's test (:func:`eq1_scale_gain`).
+    * Pre_c(X̂_Pre_c) < 0: the test inverts: a channel passes where the Pre response *shrinks* with scale.
+    * Pre_c(X̂_Pre_c) = 0: numpy float32 division gives +inf (passes), -inf (fails) or, for a zero
+      difference, nan, which is neither <= 0 nor > 0: it fails here. (Their ``torch.topk`` ranks nan
+      first, so such a channel could take the place of the weakest passing one in their list; it needs
+      Pre_c(X̂_Pre_c) exactly 0 and both Pre responses <= 0, and is counted as failing here.)
+
+    Computed in float32, as theirs, so an underflowing quotient gives the same verdict. ``strict=False``
+    tests quotient >= 0.
+    """
+    base = np.maximum(_values(pre_of_in_fz).astype(np.float32), np.float32(0))
+    scaled = np.maximum(_values(pre_of_scaled_in_fz).astype(np.float32), np.float32(0))
+    denominator = _values(pre_of_pre_fz).astype(np.float32)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore", under="ignore"):
+        quotient = (scaled - base) / denominator
+        return quotient > 0 if strict else quotient >= 0
+
+
+EQ1_READINGS: tuple[str, ...] = ("authors_code", "paper_text")
 
 
 class Eq2Result(NamedTuple):
@@ -265,6 +308,9 @@ class BlockCriteria:
     eq2_nonpositive: np.ndarray
     mirror: np.ndarray
     passes: np.ndarray
+    eq1_reading: str = "paper_text"
+    eq1_other: np.ndarray | None = None  # Eq. 1 under the other reading (None: the same)
+    passes_other: np.ndarray | None = None  # the whole verdict under the other Eq. 1 reading
 
     @property
     def passing(self) -> list[int]:
@@ -282,7 +328,17 @@ class BlockCriteria:
             "eq2_pass": int(self.eq2.sum()),
             "eq2_nonpositive": int(self.eq2_nonpositive.sum()),
             "mirror_pass": int(self.mirror.sum()),
+            # Pre_c(X̂_Pre_c) <= 0: where the two readings of Eq. 1 can differ (eq1_authors_code)
+            "pre_of_pre_fz_nonpositive": int((self.columns["pre_of_pre_fz"] <= 0).sum()),
+            "eq1_readings_differ": int((self.eq1 != self._other(self.eq1_other, self.eq1)).sum()),
+            "passing_readings_differ": int(
+                (self.passes != self._other(self.passes_other, self.passes)).sum()
+            ),
         }
+
+    @staticmethod
+    def _other(other: np.ndarray | None, same: np.ndarray) -> np.ndarray:
+        return same if other is None else other
 
 
 def evaluate_block(
@@ -294,8 +350,12 @@ def evaluate_block(
     high: float = 3 / 2,
     strict: bool = True,
     mirror_criterion: bool = False,
+    eq1_reading: str = "authors_code",
 ) -> BlockCriteria:
-    """Eq. 1, Eq. 2 (and the optional mirror test) on one block's ``acts`` (len(FZ_IMAGES), 3, C)."""
+    """Eq. 1 (read as ``eq1_reading``; the other reading is kept for comparison), Eq. 2 (and the
+    optional mirror test) on one block's ``acts`` (len(FZ_IMAGES), 3, C)."""
+    if eq1_reading not in EQ1_READINGS:
+        raise ValueError(f"eq1_reading {eq1_reading!r}: choose one of {EQ1_READINGS}")
     acts = np.asarray(acts)
     channels = np.asarray(channels, dtype=np.int64)
     expected = (len(FZ_IMAGES), len(TAP_KINDS), channels.size)
@@ -306,13 +366,22 @@ def evaluate_block(
         "pre_of_scaled_in_fz": _act(acts, "scaled_in_fz", "pre"),
         "post_of_in_fz": _act(acts, "in_fz", "post"),
         "post_of_pre_fz": _act(acts, "pre_fz", "post"),
+        "pre_of_pre_fz": _act(acts, "pre_fz", "pre"),
         "in_of_pre_fz": _act(acts, "pre_fz", "in"),
         "in_of_shrunk_pre_fz": _act(acts, "shrunk_pre_fz", "in"),
     }
-    eq1 = eq1_scale_gain(columns["pre_of_in_fz"], columns["pre_of_scaled_in_fz"], strict=strict)
+    readings = {
+        "paper_text": eq1_scale_gain(columns["pre_of_in_fz"], columns["pre_of_scaled_in_fz"], strict=strict),
+        "authors_code": eq1_authors_code(
+            columns["pre_of_in_fz"], columns["pre_of_scaled_in_fz"], columns["pre_of_pre_fz"], strict=strict
+        ),
+    }
+    eq1 = readings[eq1_reading]
+    eq1_other = readings["paper_text" if eq1_reading == "authors_code" else "authors_code"]
     eq2 = eq2_post_ratio(columns["post_of_in_fz"], columns["post_of_pre_fz"], low, high, strict=strict)
     mirror = mirror_shrink_gain(columns["in_of_pre_fz"], columns["in_of_shrunk_pre_fz"], strict=strict)
-    passes = eq1 & eq2.passes & (mirror if mirror_criterion else True)
+    rest = eq2.passes & (mirror if mirror_criterion else True)
+    passes = eq1 & rest
     return BlockCriteria(
         block=block,
         channels=channels,
@@ -323,6 +392,9 @@ def evaluate_block(
         eq2_nonpositive=eq2.nonpositive,
         mirror=mirror,
         passes=np.asarray(passes, dtype=bool),
+        eq1_reading=eq1_reading,
+        eq1_other=eq1_other,
+        passes_other=np.asarray(eq1_other & rest, dtype=bool),
     )
 
 
@@ -360,6 +432,10 @@ def load_activations(block: str, root: Path = OUTPUTS) -> dict[str, np.ndarray]:
 def write_table(result: BlockCriteria, path: Path) -> None:
     """One CSV row per channel: the activations, the Eq. 2 ratio and the verdicts."""
     header = ["channel", *result.columns, "eq2_ratio", "eq1", "eq2", "eq2_nonpositive", "mirror", "passes"]
+    other = "paper_text" if result.eq1_reading == "authors_code" else "authors_code"
+    header += [f"eq1_{other}", f"passes_{other}"]  # the verdicts under the other reading of Eq. 1
+    eq1_other = result._other(result.eq1_other, result.eq1)
+    passes_other = result._other(result.passes_other, result.passes)
     with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -371,6 +447,8 @@ def write_table(result: BlockCriteria, path: Path) -> None:
                 result.eq2_nonpositive[i],
                 result.mirror[i],
                 result.passes[i],
+                eq1_other[i],
+                passes_other[i],
             ]
             writer.writerow([int(channel), *values, repr(float(result.ratio[i])), *map(bool, flags)])
 
@@ -396,12 +474,14 @@ def evaluate_stored(block: str, data: dict[str, np.ndarray], params: CriteriaPar
         high=params.eq2_high,
         strict=params.strict,
         mirror_criterion=params.mirror_criterion,
+        eq1_reading=params.eq1_reading,
     )
 
 
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "criteria", CriteriaParams, source=args.params)
+    numerics = full_float32()  # numpy only here; recorded like every result stage
     roots = params.roots()
     primary = params.seeds[0]
     results: dict[int, list[BlockCriteria]] = {}
@@ -431,13 +511,19 @@ def run(args: argparse.Namespace) -> None:
     )
     write_json(
         artifacts.passing_file().parent / "settings.json",
-        {"criteria": as_dict(params), "primary_seed": primary, "activations": provenance},
+        {
+            "criteria": as_dict(params),
+            "primary_seed": primary,
+            "activations": provenance,
+            "numerics": numerics,
+        },
     )
     for result in results[primary]:
         summary = result.summary()
         print(
             f"block {result.block}: {summary['passing']}/{summary['channels']} channels pass "
             f"({summary['percent']:.1f} %; Eq. 1 {summary['eq1_pass']}, Eq. 2 {summary['eq2_pass']}, "
-            f"Post <= 0 {summary['eq2_nonpositive']})"
+            f"Post <= 0 {summary['eq2_nonpositive']}; Eq. 1 read as {params.eq1_reading}, "
+            f"{summary['passing_readings_differ']} verdicts differ under the other reading)"
         )
     print(f"wrote {METRICS_FILE} and {artifacts.passing_file()}")

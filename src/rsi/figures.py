@@ -29,6 +29,7 @@ import numpy as np
 from rsi import artifacts
 from rsi.config import ParamsError, check_blocks, load_section, params_arch, read_params
 from rsi.report import (
+    CHANNEL_SET_LABELS,
     AblationSeries,
     MissingInputError,
     RunLabels,
@@ -40,7 +41,7 @@ from rsi.report import (
     require,
     run_labels,
 )
-from rsi.runtime import ModelParams, atomic_path, save_npz
+from rsi.runtime import ModelParams, atomic_path, full_float32, save_npz, write_json
 from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, block_key, block_order, num_channels, parse_block
 
 FIGURES_DIR = artifacts.OUTPUTS / "figures"
@@ -446,23 +447,29 @@ def draw_contact_sheet(
     _save(fig, path, dpi)
 
 
-def draw_ablation(series: Mapping[str, AblationSeries], labels: RunLabels, path: Path, dpi: int) -> None:
-    """Fig. 2: ratio bars per scale with standard-error bars and the no-scale line, one panel per block."""
+def draw_ablation(
+    series: Mapping[str, Mapping[str, AblationSeries]], labels: RunLabels, path: Path, dpi: int
+) -> None:
+    """Fig. 2: ratio bars per scale with standard-error bars and the no-scale line, one panel per block and
+    channel set ("this run's channels", "the authors' published channels")."""
     plt = _pyplot()
-    count = len(series)
-    header = _header(labels, 1) + 0.3  # axes titles
+    panels = [(block, name, data) for block, sets in series.items() for name, data in sets.items()]
+    count = len(panels)
+    header = _header(labels, 1) + 0.5  # two-line axes titles
     height = 3.9 + header
-    fig, axes = plt.subplots(1, count, figsize=(4.4 * count, height), squeeze=False)
-    for ax, (block, data) in zip(axes[0], series.items(), strict=True):
+    width = max(4.4 * count, 6.4)  # one panel still has room for the title and the axis label
+    fig, axes = plt.subplots(1, count, figsize=(width, height), squeeze=False)
+    for ax, (block, name, data) in zip(axes[0], panels, strict=True):
         x = np.arange(len(data.scales))
         ratio = np.asarray(data.ratio, dtype=float)
         sem = np.nan_to_num(np.asarray(data.sem, dtype=float))  # unknown (one trial): no error bar
-        ax.bar(x, ratio, width=0.7, color="#8c8cb4", yerr=sem, ecolor="black", capsize=4, zorder=2)
+        color = "#8c8cb4" if name == "run" else "#c9a66b"
+        ax.bar(x, ratio, width=0.7, color=color, yerr=sem, ecolor="black", capsize=4, zorder=2)
         ax.axhline(data.no_scale_ratio, color="tab:blue", linewidth=1.6, label="no-scale ratio", zorder=3)
         ax.set_xticks(x, ["No Scale" if p == 0 else f"{p} %" for p in data.scales])
         ax.set_xlabel("scale transform")
         ax.set_ylabel("top-1 ratio: passing / random ablation")
-        ax.set_title(f"Block {block}")
+        ax.set_title(f"Block {block}\n{CHANNEL_SET_LABELS.get(name, name)}", fontsize=11)
         finite = np.isfinite(ratio)
         if finite.any():
             low = float(np.min((ratio - sem)[finite]))
@@ -471,10 +478,13 @@ def draw_ablation(series: Mapping[str, AblationSeries], labels: RunLabels, path:
                 low, high = min(low, data.no_scale_ratio), max(high, data.no_scale_ratio)
             pad = max(0.25 * (high - low), 0.002)
             ax.set_ylim(low - pad, high + pad)
+        else:  # every random-set accuracy 0 (e.g. random weights): Eq. 3 is undefined, say so
+            note = "no ratio defined:\nthe random-ablated top-1 is 0 %"
+            ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=10)
         ax.grid(axis="y", alpha=0.3, zorder=0)
         ax.legend(loc="lower left", fontsize=8)
     fig.subplots_adjust(
-        left=0.1 / count + 0.04, right=0.98, bottom=0.6 / height, top=1 - header / height, wspace=0.3
+        left=0.95 / width, right=1 - 0.15 / width, bottom=0.6 / height, top=1 - header / height, wspace=0.3
     )
     title = f"{_network(labels)}Ablation of criteria-passing vs random channels under scaling"
     fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=12)
@@ -578,5 +588,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "figures", FiguresParams, source=str(args.params))
+    numerics = full_float32()  # whole-channel FZs then render under fz.tf32 (declared), as in stage fz
     written = make_figures(raw, params)
+    fz_tf32 = bool((raw.get("fz") or {}).get("tf32", False))
+    write_json(FIGURES_DIR / "settings.json", {"numerics": numerics, "whole_channel_fz_tf32": fz_tf32})
     print(f"wrote {len(written)} figures under {FIGURES_DIR}")

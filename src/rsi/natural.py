@@ -35,7 +35,7 @@ from rsi import artifacts, distributed
 from rsi.config import check_blocks, load_section, read_params
 from rsi.data import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
-from rsi.runtime import ModelParams, resolve_device, save_npz
+from rsi.runtime import ModelParams, full_float32, resolve_device, save_npz
 from rsi.taps import TAP_KINDS, Tap, arch_of, center, forward_taps, num_channels
 from rsi.transforms import ablation_view
 
@@ -156,7 +156,12 @@ def _gather_topk(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[tor
 
 
 def write_natural(
-    results: dict[str, NaturalStats], root: str | Path, *, weights: str, generated: bool
+    results: dict[str, NaturalStats],
+    root: str | Path,
+    *,
+    weights: str,
+    generated: bool,
+    numerics: dict[str, bool] | None = None,
 ) -> None:
     for block, stats in results.items():
         save_npz(
@@ -167,6 +172,7 @@ def write_natural(
             count=np.int64(stats.count),
             weights=np.str_(weights),
             generated=np.bool_(generated),
+            **{key: np.bool_(value) for key, value in (numerics or {}).items()},
         )
 
 
@@ -185,6 +191,7 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(model_params.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
+    numerics = full_float32()  # full float32 on CUDA (PyTorch allows TF32 convolutions by default)
     distributed.init()
     eval_set = load_eval(artifacts.eval_dir(Path(args.outputs)))
     model = load_model(model_params.weights, model_params.arch).to(device)
@@ -197,6 +204,7 @@ def run(args: argparse.Namespace) -> None:
             args.outputs,
             weights=describe_weights(model_params.weights, model_params.arch),
             generated=eval_set.generated,
+            numerics=numerics,
         )
         print(f"natural: {len(eval_set)} images, blocks {', '.join(params.blocks)} → {args.outputs}/natural")
     distributed.barrier()

@@ -38,8 +38,7 @@ from __future__ import annotations
 
 import argparse
 import csv
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +53,7 @@ from rsi.criteria import CriteriaParams, Eq2Result, eq2_post_ratio, jaccard
 from rsi.data import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
 from rsi.natural import NaturalParams, center_values
-from rsi.runtime import ModelParams, load_npz, resolve_device, save_npz, write_json
+from rsi.runtime import ModelParams, full_float32, load_npz, resolve_device, save_npz, write_json
 from rsi.taps import TAP_KINDS, Tap, block_key, forward_taps
 from rsi.transforms import ablation_view, scale_crop
 
@@ -156,18 +155,6 @@ def overlap(
 # ------------------------------------------------------------------------------------- the responses
 
 
-@contextmanager
-def full_float32() -> Iterator[None]:
-    """Convolutions and matmuls in full float32 on CUDA (PyTorch allows TF32 convolutions by default)."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    torch.backends.cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def center_responses(
     model: nn.Module,
     eval_set: EvalSet,
@@ -181,7 +168,7 @@ def center_responses(
     """(len(indices), C) center neurons of ``taps`` for the evaluation images at ``indices``, seen as in
     stage natural (224 center crop of the cache, normalised), then S with ``scale_fraction`` if given."""
     chunks: dict[Tap, list[np.ndarray]] = {tap: [] for tap in taps}
-    with torch.inference_mode(), full_float32():
+    with torch.inference_mode():
         for index, images, _ in eval_set.batches(indices, batch_size, device):
             view = ablation_view(images, eval_set.view_size, eval_set.view_size, eval_set.resized_of(index))
             if scale_fraction is not None:
@@ -292,6 +279,7 @@ def run(args: argparse.Namespace) -> None:
     eval_set = load_eval(artifacts.eval_dir(root))
     device = resolve_device(model_params.device)
     model = load_model(model_params.weights, model_params.arch).to(device)
+    numerics = full_float32()  # full float32 on CUDA, as every result stage
     metrics: dict[str, Any] = {}
     passing: dict[str, Any] = {"natural": {}, "both": {}}
     for block in criteria.blocks:
@@ -324,7 +312,7 @@ def run(args: argparse.Namespace) -> None:
             f"{entry['both']} pass both (Jaccard with the FZ verdicts {entry['jaccard']:.3f})"
         )
     write_json(out_dir / "passing.json", passing)
-    write_json(out_dir / "settings.json", {"scale_fraction": scale_fraction, "tf32": False, "k": _k(stored)})
+    write_json(out_dir / "settings.json", {"scale_fraction": scale_fraction, **numerics, "k": _k(stored)})
     write_json(metrics_file, metrics)
 
 

@@ -4,8 +4,9 @@ The authors rendered their "Pre" FZs through lucent's reference-keeping hook on 
 block output Post by the time the objective reads it (DESIGN.md). Our default renders the exact Pre. With
 ``criteria.compare_pre_readings: true`` this stage re-renders only the Pre FZs of the probed blocks with
 ``fz.pre_reading: lucent_reference`` (In and Post FZs are the main run's, linked), measures their
-activations and writes ``metrics/criteria_lucent_reference.json``, which the report shows side by side.
-Off (the default), it writes an empty metrics file and renders nothing.
+activations and writes ``metrics/criteria_lucent_reference.json`` and the passing lists
+``reference/criteria/passing.json``, which the report shows side by side (the authors' reading: the counts
+comparable with the paper's). Off, it writes an empty metrics file and lists, and renders nothing.
 """
 
 from __future__ import annotations
@@ -17,11 +18,11 @@ import shutil
 from pathlib import Path
 
 from rsi import activations, fz
-from rsi.artifacts import OUTPUTS, fz_file, in_fz_source
+from rsi.artifacts import OUTPUTS, fz_file, in_fz_source, passing_file
 from rsi.config import ParamsError, load_section, read_params
 from rsi.criteria import CriteriaParams, evaluate_stored, load_activations, metrics
 from rsi.model import load_model
-from rsi.runtime import ModelParams, write_json
+from rsi.runtime import ModelParams, full_float32, write_json
 from rsi.taps import Tap, block_key
 
 ROOT = Path("reference")
@@ -51,6 +52,7 @@ def run(args: argparse.Namespace) -> None:
     root.mkdir(parents=True, exist_ok=True)
     if not criteria.compare_pre_readings:
         (root / "README.txt").write_text("criteria.compare_pre_readings is false: nothing rendered\n")
+        write_json(passing_file(root), {})
         write_json(METRICS, {})
         print("criteria.compare_pre_readings is false: no second reading")
         return
@@ -64,6 +66,7 @@ def run(args: argparse.Namespace) -> None:
     seed = fz.load_seed(raw, source=args.params)
     model = load_model(model_params.weights, model_params.arch)
     device = fz.run_device(model_params.device)
+    numerics = full_float32()  # the renders below keep fz.tf32 (declared); activations run in float32
     results = []
     for block in criteria.blocks:
         only_pre = dataclasses.replace(params.block(block), taps=("pre",), tap_jitter={})
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> None:
     activations.run(argparse.Namespace(params=args.params, block=None, root=str(root)))
     for block in criteria.blocks:
         results.append(evaluate_stored(block, load_activations(block, root), criteria))
-    write_json(METRICS, metrics(results))
+    write_json(passing_file(root), {result.block: result.passing for result in results})
+    write_json(METRICS, {**metrics(results), **{key: int(value) for key, value in numerics.items()}})
     for result in results:
         print(f"block {result.block} (Pre read as lucent did): {len(result.passing)} channels pass")

@@ -30,6 +30,7 @@ from rsi.taps import DEFAULT_ARCH, block_order, num_channels, parse_block
 REPORT_FILE = artifacts.OUTPUTS / "report.md"
 CRITERIA_METRICS = artifacts.METRICS / "criteria.json"
 ABLATION_METRICS = artifacts.METRICS / "ablation.json"
+REFERENCE_ROOT = Path("reference")  # rsi.pre_reading.ROOT: the authors' reading of Pre (passing lists)
 PAPER_EVAL_IMAGES = 50_000
 PAPER_FZ_STEPS = 2560  # authors' code (center_lucent_optimize.py); the paper text does not say
 
@@ -180,51 +181,84 @@ def _nan(value: Any) -> float:
     return math.nan if number is None else number
 
 
-def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, AblationSeries]:
-    """metrics/ablation.json: ``{"layer2_1": {"no_scale": {"crop", "passing_acc", "random_acc_mean",
-    "ratio", "sem", ...}, "scale_10": {...}, ..., "no_scale_ratio": r, "trials": n, ...}}`` (``scale_0``
-    is read as no scale too; a null ratio is NaN) → ``{"2.1": AblationSeries}``, blocks in pipeline
-    order. A block without any scale entry (skipped by the ablate stage) is left out."""
+CHANNEL_SET_LABELS = {"run": "this run's channels", "published": "the authors' published channels"}
+
+
+def _series(value: Mapping[str, Any], baseline: Mapping[str, Any]) -> AblationSeries | None:
+    """One channel set's entry (``{"no_scale": {...}, "scale_10": {...}, "n_passing": …}``), or None when
+    it has no scale entry (skipped by the ablate stage)."""
+    rows = []
+    extra = {}
+    for sub, entry in value.items():
+        match = _SCALE_KEY.match(str(sub))
+        if isinstance(entry, Mapping) and (match or sub == "no_scale"):
+            rows.append((int(match.group(1)) if match else 0, sub, entry))
+        else:
+            extra[sub] = entry
+    rows.sort(key=lambda row: row[0])
+    if not rows:
+        return None
+    ratio = tuple(_nan(entry.get("ratio")) for _, _, entry in rows)
+    scales = tuple(p for p, _, _ in rows)
+    no_scale = _number(value.get("no_scale_ratio"))
+    if no_scale is None:
+        no_scale = ratio[scales.index(0)] if 0 in scales else math.nan
+    return AblationSeries(
+        scales=scales,
+        ratio=ratio,
+        sem=tuple(_nan(entry.get("sem")) for _, _, entry in rows),
+        passing_acc=tuple(_number(entry.get("passing_acc")) for _, _, entry in rows),
+        random_acc=tuple(
+            _number(entry.get("random_acc_mean", entry.get("random_acc"))) for _, _, entry in rows
+        ),
+        baseline_acc=tuple(
+            _number(entry.get("baseline_acc", baseline.get(key, baseline.get(f"scale_{p}"))))
+            for p, key, entry in rows
+        ),
+        crop=tuple(
+            int(entry["crop"]) if _number(entry.get("crop")) is not None else None for _, _, entry in rows
+        ),
+        no_scale_ratio=float(no_scale),
+        extra=extra,
+    )
+
+
+def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, dict[str, AblationSeries]]:
+    """metrics/ablation.json: ``{"layer2_1": {"baseline_acc": {"no_scale": a, "scale_10": b, …},
+    "run": {"no_scale": {"passing_acc", "random_acc_mean", "ratio", "sem"}, "scale_10": {...}, …,
+    "n_passing": n, "trials": t, …}, "published": {...}}}`` → ``{"2.1": {"run": AblationSeries,
+    "published": AblationSeries}}``, blocks in pipeline order, channel sets in file order. A block entry
+    without channel-set level (scale entries directly under the block) is read as the ``run`` set;
+    ``scale_0`` is no scale too; a null ratio is NaN. A set without any scale entry (skipped) is left out."""
     data = _load_json(path, "ablate")
     if isinstance(data, Mapping) and "blocks" in data and isinstance(data["blocks"], Mapping):
         data = data["blocks"]
-    out: dict[str, AblationSeries] = {}
+    out: dict[str, dict[str, AblationSeries]] = {}
     for key, value in data.items():
         block = _block_or_none(key)
         if block is None or not isinstance(value, Mapping):
             continue
-        rows = []
-        extra = {}
-        for sub, entry in value.items():
-            match = _SCALE_KEY.match(str(sub))
-            if isinstance(entry, Mapping) and (match or sub == "no_scale"):
-                rows.append((int(match.group(1)) if match else 0, entry))
-            else:
-                extra[sub] = entry
-        rows.sort(key=lambda row: row[0])
-        if not rows:
-            continue
-        ratio = tuple(_nan(entry.get("ratio")) for _, entry in rows)
-        scales = tuple(p for p, _ in rows)
-        no_scale = _number(value.get("no_scale_ratio"))
-        if no_scale is None:
-            no_scale = ratio[scales.index(0)] if 0 in scales else math.nan
-        out[block] = AblationSeries(
-            scales=scales,
-            ratio=ratio,
-            sem=tuple(_nan(entry.get("sem")) for _, entry in rows),
-            passing_acc=tuple(_number(entry.get("passing_acc")) for _, entry in rows),
-            random_acc=tuple(
-                _number(entry.get("random_acc_mean", entry.get("random_acc"))) for _, entry in rows
-            ),
-            baseline_acc=tuple(_number(entry.get("baseline_acc")) for _, entry in rows),
-            crop=tuple(
-                int(entry["crop"]) if _number(entry.get("crop")) is not None else None for _, entry in rows
-            ),
-            no_scale_ratio=float(no_scale),
-            extra=extra,
-        )
+        baseline = value.get("baseline_acc") if isinstance(value.get("baseline_acc"), Mapping) else {}
+        nested = {k: v for k, v in value.items() if k in CHANNEL_SET_LABELS and isinstance(v, Mapping)}
+        sets = nested or {"run": value}
+        for name, entry in sets.items():
+            series = _series(entry, baseline)
+            if series is not None:
+                out.setdefault(block, {})[name] = series
     return {block: out[block] for block in sorted(out, key=block_order)}
+
+
+def listed_ablation_sets(path: Path = ABLATION_METRICS) -> list[tuple[str, str]]:
+    """Every (block, channel set) metrics/ablation.json lists, ablated or skipped."""
+    data = _load_json(path, "ablate")
+    listed = []
+    for key, value in (data.get("blocks", data) if isinstance(data, Mapping) else {}).items():
+        block = _block_or_none(key)
+        if block is None or not isinstance(value, Mapping):
+            continue
+        nested = [k for k in value if k in CHANNEL_SET_LABELS]
+        listed += [(block, name) for name in nested or ["run"]]
+    return listed
 
 
 def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]]:
@@ -383,6 +417,28 @@ def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
     return [*separated[:-1], ""]
 
 
+def _exactness_rows(raw: Mapping[str, Any]) -> list[list[str]]:
+    """Settings rows that decide what can match the paper exactly (issue 10's switches)."""
+    ablate = raw.get("ablate") or {}
+    return [
+        [
+            "ablation channel sets",
+            _fmt(ablate.get("channel_sets", ["run", "published"])),
+            "the authors ablated their published lists (`published`)",
+        ],
+        [
+            "Eq. 1 reading",
+            _fmt((raw.get("criteria") or {}).get("eq1_reading", "authors_code")),
+            "`authors_code` (difference / Pre_c(X̂_Pre_c), stream_inspect.py l. 428)",
+        ],
+        [
+            "TF32 on CUDA (ablate)",
+            _fmt(ablate.get("tf32", False)),
+            "on for convolutions (torch 2.0's default on Ampere or newer GPUs)",
+        ],
+    ]
+
+
 def _settings_section(
     raw: Mapping[str, Any],
     labels: RunLabels,
@@ -437,6 +493,7 @@ def _settings_section(
             "`authors_code` (crops 201…112 px) produced Fig. 2; the text's rule gives 231…128 px",
         ],
         ["ablation trials", _fmt(_find_key(ablate, r"trials")), "10"],
+        *_exactness_rows(raw),
         ["data source", _fmt(source), "ImageNet-1k validation"],
         ["data path", _fmt(path), "—"],
         ["evaluation images", _fmt(n_images), f"{PAPER_EVAL_IMAGES:,}"],
@@ -459,23 +516,46 @@ def _settings_section(
     return lines, settings
 
 
+def _jaccard_cell(passing: Mapping[str, list[int]] | None, block: str, paper: Mapping[str, Any]) -> str:
+    """Jaccard overlap of a run's passing list with the authors' complete published list, or —."""
+    published = {parse_block(k): v for k, v in paper.get("ablation_channels_authors_code", {}).items()}
+    if passing is None or block not in published or block not in passing:
+        return "—"
+    ours, theirs = set(passing[block]), set(published[block])
+    union = ours | theirs
+    return f"{len(ours & theirs) / len(union):.2f}" if union else "—"
+
+
 def _criteria_section(
     criteria: dict[str, dict[str, Any]],
     reference: dict[str, dict[str, Any]] | None,
     paper: dict[str, Any],
     arch: str = DEFAULT_ARCH,
+    passing: Mapping[str, list[int]] | None = None,
+    reference_passing: Mapping[str, list[int]] | None = None,
+    pre_reading: Any = "exact",
 ) -> list[str]:
+    """The first table: per block the paper's count, the count under the authors' reading of Pre (when
+    the pre-reading stage ran), the count of this run's reading, and the overlap with the published lists."""
     paper_counts: dict[str, int] = paper.get("passing", {})
     paper_text: dict[str, str] = paper.get("percent_text", {})
     absent = paper.get("absent", "not probed")
     blocks = sorted(set(criteria) | set(paper_counts), key=block_order)
-    header = ["block", "paper passing", "reproduced passing", "probed", "paper %", "reproduced %"]
+    main = "the authors' reading" if pre_reading == "lucent_reference" else f"{pre_reading} reading"
+    header = ["block", "paper passing"]
     if reference is not None:
-        header += ["lucent_reference passing", "lucent_reference %"]
-    header += ["Eq. 1 pass", "Eq. 2 pass"]
+        header += ["the authors' reading: comparable with the paper's counts"]
+    header += [f"{main} (this run's FZs)", "probed", "paper %"]
+    if reference is not None:
+        header += ["authors' reading %"]
+    header += [f"{main} %"]
+    if reference is not None:
+        header += ["Jaccard with published (authors' reading)"]
+    header += [f"Jaccard with published ({main})", "Eq. 1 pass", "Eq. 2 pass"]
     rows = []
     for block in blocks:
         ours = criteria.get(block, {})
+        theirs = (reference or {}).get(block, {})
         count = paper_counts.get(block)
         total = num_channels(block, arch)
         paper_pct = (
@@ -483,37 +563,82 @@ def _criteria_section(
             if block in paper_text and count is not None
             else (absent if count is None else "0" if count == 0 else _fmt(100 * count / total))
         )
-        row = [
-            block,
-            _fmt(count) if count is not None else absent,
+        row = [block, _fmt(count) if count is not None else absent]
+        if reference is not None:
+            row += [_fmt(theirs.get("passing")) if theirs else "not run"]
+        row += [
             _fmt(ours.get("passing")) if ours else "not run",
             f"{ours.get('channels', '—')} of {total}" if ours else "—",
             paper_pct,
-            _fmt(_number(ours.get("percent"))) if ours else "—",
         ]
         if reference is not None:
-            theirs = reference.get(block, {})
-            row += [
-                _fmt(theirs.get("passing")) if theirs else "not run",
-                _fmt(_number(theirs.get("percent"))) if theirs else "—",
-            ]
-        row += [_fmt(ours.get("eq1_pass")), _fmt(ours.get("eq2_pass"))]
+            row += [_fmt(_number(theirs.get("percent"))) if theirs else "—"]
+        row += [_fmt(_number(ours.get("percent"))) if ours else "—"]
+        if reference is not None:
+            row += [_jaccard_cell(reference_passing, block, paper)]
+        row += [_jaccard_cell(passing, block, paper), _fmt(ours.get("eq1_pass")), _fmt(ours.get("eq2_pass"))]
         rows.append(row)
     lines = ["## Criteria-passing channels (section 3, Eq. 1 and Eq. 2)", ""]
     lines += _table(header, rows)
     lines += [
         "",
         "Percentages are of the channels probed (all of a block's channels in a full run). The paper gives",
-        "rounded percentages; the exact value of its counts is in brackets.",
+        "rounded percentages; the exact value of its counts is in brackets. Jaccard = |ours ∩ published| /",
+        "|ours ∪ published| with the authors' complete published lists (2.1 and 3.1; scale_robust.py).",
+        "Counts and lists can match the paper only statistically: FZ optimisation is chaotic and the authors",
+        "set no seeds.",
     ]
     if reference is not None:
         lines += [
-            "The `lucent_reference` columns count the channels that pass when the Pre FZs are rendered as the",
-            "authors' code did (lucent's hook on `bn2` reads the block output after the in-place sum and",
-            'ReLU, so those "Pre" FZs were optimised for Post).',
+            "\"The authors' reading\" renders the Pre FZs as the authors' code did (`lucent_reference`: lucent's",
+            'hook on `bn2` reads the block output after the in-place sum and ReLU, so those "Pre" FZs were',
+            "optimised for Post); its counts are the ones comparable with the paper's. The exact reading",
+            "optimises the true bn2 output.",
         ]
     lines.append("")
     return lines
+
+
+def _eq1_section(
+    criteria: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None, reading: Any
+) -> list[str]:
+    """How much the reading of Eq. 1 matters: channels with Pre_c(X̂_Pre_c) <= 0 and the verdicts that
+    differ between the authors' code and the paper's text."""
+    key = "pre_of_pre_fz_nonpositive"
+    runs = [("this run's Pre FZs", criteria)]
+    if reference is not None:
+        runs.append(("the authors' reading of Pre", reference))
+    rows = [
+        [block, name, _fmt(entry.get(key)), _fmt(entry.get("eq1_readings_differ")),
+         _fmt(entry.get("passing_readings_differ"))]
+        for name, counts in runs
+        for block, entry in counts.items()
+        if key in entry
+    ]  # fmt: skip
+    if not rows:
+        return []
+    other = "paper_text" if reading == "authors_code" else "authors_code"
+    return [
+        "### Eq. 1 as the authors computed it",
+        "",
+        f"This run reads Eq. 1 as `{reading}` (`criteria.eq1_reading`). The authors' stream_inspect.py (line",
+        "428) divides the Eq. 1 difference mean(clip(Pre(S(X̂_In)), 0)) − mean(clip(Pre(X̂_In)), 0)) by",
+        "Pre_c(X̂_Pre_c) before testing > 0: the printed inequality wherever Pre_c(X̂_Pre_c) > 0, inverted",
+        "where it is negative; at zero numpy gives ±inf (the sign of the difference) or nan (fails).",
+        f"Verdicts are counted against the `{other}` reading.",
+        "",
+        *_table(
+            [
+                "block",
+                "FZs",
+                "channels with Pre_c(X̂_Pre_c) ≤ 0",
+                "Eq. 1 verdicts that differ",
+                "passing verdicts that differ",
+            ],
+            rows,
+        ),
+        "",
+    ]
 
 
 def _stability_section(path: Path) -> list[str]:
@@ -635,89 +760,196 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
     return lines
 
 
+IMAGE_POINTS = 100 / PAPER_EVAL_IMAGES  # one image of the 50,000 in percentage points: 0.002
+
+
+def is_possible_accuracy(value: float, images: int = PAPER_EVAL_IMAGES) -> bool:
+    """Can a top-1 accuracy over ``images`` images take this value (a multiple of 100 / images points)?"""
+    count = value * images / 100
+    return abs(count - round(count)) < 1e-6
+
+
+@dataclass(frozen=True)
+class ExactCheck:
+    """A reproduced accuracy beside the one the authors recorded: the difference in points and images
+    (1 image = 0.002 points of 50,000); exact when under one image."""
+
+    ours: float
+    recorded: float
+
+    @property
+    def points(self) -> float:
+        return self.ours - self.recorded
+
+    @property
+    def images(self) -> float:
+        return self.points / IMAGE_POINTS
+
+    @property
+    def exact(self) -> bool:
+        return abs(self.images) < 1 - 1e-9
+
+    @property
+    def recorded_possible(self) -> bool:
+        return is_possible_accuracy(self.recorded)
+
+    def verdict(self) -> str:
+        text = "exact" if self.exact else f"not exact ({abs(self.images):.1f} images)"
+        if not self.recorded_possible:
+            text += f"; {self.recorded:g} is no multiple of 0.002: no accuracy over 50,000 images (a typo)"
+        return text
+
+
+def _exact_section(
+    block: str, series: AblationSeries, recorded: Mapping[str, float], comparable: str | None
+) -> list[str]:
+    """The published set's accuracies beside the authors' recorded ones (deterministic: no FZ, no draw)."""
+    rows = []
+    checks = []
+    for i, percent in enumerate(series.scales):
+        ours, theirs = series.passing_acc[i], recorded.get(str(percent))
+        if ours is None or theirs is None:
+            continue
+        check = ExactCheck(ours, theirs)
+        checks.append(check)
+        rows.append(
+            [
+                "No Scale" if percent == 0 else f"{percent} %",
+                f"{ours:.3f}",
+                f"{theirs:g}",
+                f"{check.points:+.3f}",
+                f"{check.images:+.1f}",
+                check.verdict() if comparable is None else "not comparable (above)",
+            ]
+        )
+    if not rows:
+        return []
+    exact = sum(c.exact for c in checks)
+    summary = (
+        f"{exact} of {len(checks)} match the authors' recorded values exactly (under one image)."
+        if comparable is None
+        else f"Not comparable: {comparable}; the numbers only exercise the pipeline."
+    )
+    return [
+        "",
+        "Exact check: with the real weights and the 50,000 ImageNet validation images these accuracies are",
+        "deterministic (no FZ, no random draw), so they must equal the values recorded in the authors'",
+        "scale_robust.py to the image (1 image = 0.002 points). " + summary,
+        "",
+        *_table(
+            [
+                "scale",
+                "ours top-1 %",
+                "authors' recorded %",
+                "difference (points)",
+                "difference (images)",
+                "verdict",
+            ],
+            rows,
+        ),
+    ]
+
+
+def _ablation_table(
+    series: AblationSeries, recorded: Mapping[str, float], rule: Any, decimals: int
+) -> tuple[list[str], int, int]:
+    from rsi.transforms import CROP_RULES, ablation_crop
+
+    line = series.no_scale_ratio
+    rows = []
+    below = scaled = 0
+    for i, percent in enumerate(series.scales):
+        crop = series.crop[i]
+        if crop is None and rule in CROP_RULES:
+            crop = ablation_crop(percent, rule)
+        ratio = series.ratio[i]
+        if percent == 0:
+            verdict = "(the line)"
+        elif not (math.isfinite(ratio) and math.isfinite(line)):
+            verdict = "undefined"  # a random-set top-1 of 0 %: Eq. 3 has no value to compare
+        else:
+            scaled += 1
+            below += int(ratio < line)
+            verdict = "yes" if ratio < line else "**no**"
+        rows.append(
+            [
+                "No Scale" if percent == 0 else f"{percent} %",
+                _fmt(crop),
+                _fmt(series.passing_acc[i], 3),
+                _fmt(recorded.get(str(percent)), 3),
+                _fmt(series.random_acc[i], 3),
+                f"{_fmt(ratio, decimals)} ± {_fmt(series.sem[i], decimals)}",
+                _fmt(ratio - line, decimals) if percent else "—",
+                verdict,
+            ]
+        )
+    header = [
+        "scale",
+        "crop px",
+        "passing-ablated top-1 % (ours)",
+        "published set, authors' code comments",
+        "random-ablated top-1 % (mean)",
+        "ratio ± SEM",
+        "ratio − no-scale",
+        "below the line?",
+    ]
+    drop = [i for i, empty in ((4, all(v is None for v in series.random_acc)), (3, not recorded)) if empty]
+    for i in drop:  # columns with nothing to show (from the right, so indices hold)
+        header.pop(i)
+        rows = [row[:i] + row[i + 1 :] for row in rows]
+    return _table(header, rows), below, scaled
+
+
 def _ablation_section(
-    ablation: dict[str, AblationSeries],
+    ablation: dict[str, dict[str, AblationSeries]],
     paper: dict[str, Any],
     crop_rule: Any,
     decimals: int,
     skipped: Sequence[str] = (),
-) -> tuple[list[str], dict[str, tuple[int, int]]]:
-    from rsi.transforms import CROP_RULES, ablation_crop
-
+    comparable: str | None = None,
+) -> tuple[list[str], dict[tuple[str, str], tuple[int, int]]]:
+    """Per block and channel set: the sweep, the verdict on the paper's claim, and for the authors'
+    published sets the exact check of the accuracies (``comparable``: why they cannot match, or None)."""
     authors_acc: dict[str, dict[str, float]] = paper.get("ablation_passing_acc", {})
-    rule = crop_rule if crop_rule in CROP_RULES else None
+    if crop_rule != "authors_code" and comparable is None:
+        comparable = f"crop rule {crop_rule}, the authors' recorded values used authors_code"
     lines = [
         "## Ablation under the scale sweep (section 4, Eq. 3, Fig. 2)",
         "",
         f"Paper's claim: {paper.get('ablation_claim', 'scale ratios below the no-scale ratio')}.",
-        "Ratio = top-1 with the passing channels mean-ablated / top-1 with as many random non-passing",
-        "channels ablated, averaged over the random trials (± standard error).",
+        "Ratio = top-1 with the set's channels mean-ablated / top-1 with as many random other channels",
+        "ablated (each set has its own screened random controls), averaged over the trials (± standard",
+        "error). The random controls and the ratios can match the paper only statistically.",
         "",
     ]
-    verdicts: dict[str, tuple[int, int]] = {}
-    for block, series in ablation.items():
-        line = series.no_scale_ratio
-        rows = []
-        below = 0
-        scaled = 0
-        for i, percent in enumerate(series.scales):
-            crop = series.crop[i]
-            if crop is None and rule is not None:
-                crop = ablation_crop(percent, rule)
-            authors = authors_acc.get(block, {}).get(str(percent))
-            ratio = series.ratio[i]
-            if percent == 0:
-                verdict = "(the line)"
-            else:
-                scaled += 1
-                is_below = ratio < line
-                below += int(is_below)
-                verdict = "yes" if is_below else "**no**"
-            rows.append(
-                [
-                    "No Scale" if percent == 0 else f"{percent} %",
-                    _fmt(crop),
-                    _fmt(series.passing_acc[i], 3),
-                    _fmt(authors, 3) if authors is not None else paper.get("absent", "—"),
-                    _fmt(series.random_acc[i], 3),
-                    f"{_fmt(ratio, decimals)} ± {_fmt(series.sem[i], decimals)}",
-                    _fmt(ratio - line, decimals) if percent else "—",
-                    verdict,
-                ]
+    verdicts: dict[tuple[str, str], tuple[int, int]] = {}
+    for block, sets in ablation.items():
+        for name, series in sets.items():
+            recorded = authors_acc.get(block, {}) if name == "published" else {}
+            table, below, scaled = _ablation_table(series, recorded, crop_rule, decimals)
+            verdicts[block, name] = (below, scaled)
+            lines += [f"### Block {block}: {CHANNEL_SET_LABELS.get(name, name)}", "", *table]
+            claim = (
+                "holds" if scaled and below == scaled else "does not hold" if scaled else "cannot be judged"
             )
-        verdicts[block] = (below, scaled)
-        header = [
-            "scale",
-            "crop px",
-            "passing-ablated top-1 % (ours)",
-            "same, authors' code comments",
-            "random-ablated top-1 % (mean)",
-            "ratio ± SEM",
-            "ratio − no-scale",
-            "below the line?",
-        ]
-        if all(value is None for value in series.random_acc):
-            header.pop(4)
-            rows = [row[:4] + row[5:] for row in rows]
-        lines += [f"### Block {block}", ""]
-        lines += _table(header, rows)
-        claim = "holds" if scaled and below == scaled else "does not hold"
-        counts = {key: series.extra.get(key) for key in ("n_passing", "n_channels", "trials", "attempts")}
-        if any(value is not None for value in counts.values()):
+            counts = {key: series.extra.get(key) for key in ("n_passing", "n_channels", "trials", "attempts")}
+            if any(value is not None for value in counts.values()):
+                lines += [
+                    "",
+                    f"Ablated: {_fmt(counts['n_passing'])} channels of {_fmt(counts['n_channels'])}; random "
+                    f"sets accepted by the screening: {_fmt(counts['trials'])} of {_fmt(counts['attempts'])} drawn.",
+                ]
+            if 0 in series.scales and series.baseline_acc[series.scales.index(0)] is not None:
+                baseline = series.baseline_acc[series.scales.index(0)]
+                lines += ["", f"Top-1 of the unablated model without scaling: {_fmt(baseline, 3)} %."]
             lines += [
                 "",
-                f"Ablated: {_fmt(counts['n_passing'])} passing channels of {_fmt(counts['n_channels'])}; random "
-                f"sets accepted by the screening: {_fmt(counts['trials'])} of {_fmt(counts['attempts'])} drawn.",
+                f"No-scale ratio (the blue line): {_fmt(series.no_scale_ratio, decimals)}. {below} of {scaled} "
+                f"scaled ratios lie below it: the paper's claim {claim} in this run.",
             ]
-        if 0 in series.scales and series.baseline_acc[series.scales.index(0)] is not None:
-            baseline = series.baseline_acc[series.scales.index(0)]
-            lines += ["", f"Top-1 of the unablated model without scaling: {_fmt(baseline, 3)} %."]
-        lines += [
-            "",
-            f"No-scale ratio (the blue line): {_fmt(line, decimals)}. {below} of {scaled} scaled ratios lie "
-            f"below it: the paper's claim {claim} in this run.",
-            "",
-        ]
+            if name == "published":
+                lines += _exact_section(block, series, recorded, comparable)
+            lines.append("")
     if skipped:
         lines += [
             "Listed in metrics/ablation.json but not ablated (no scale entries, e.g. no passing channel): "
@@ -730,13 +962,29 @@ def _ablation_section(
     return lines, verdicts
 
 
+def pre_reading_sentence(reading: str, eq1_reading: str) -> str:
+    """Which FZ each test reads, under this run's Pre reading and Eq. 1 reading."""
+    eq1 = (
+        "Eq. 1 reads X̂_In (Pre_c(X̂_In) and Pre_c(S(X̂_In))) and, as the authors' code divided by it, the sign "
+        "of Pre_c(X̂_Pre_c)"
+        if eq1_reading == "authors_code"
+        else "Eq. 1 reads X̂_In only (Pre_c(X̂_In) and Pre_c(S(X̂_In))), so the Pre reading does not touch it"
+    )
+    return (
+        f"Pre FZs use the `{reading}` reading: X̂_Pre is optimised for the true bn2 output, whereas the "
+        "authors' X̂_Pre was optimised for Post under the name Pre (`lucent_reference`); X̂_In is the same "
+        f"kind of image under both. {eq1} (`criteria.eq1_reading: {eq1_reading}`); Eq. 2 reads Post_c(X̂_In) "
+        "and Post_c(X̂_Pre), so its denominator sees a different image than the authors'."
+    )
+
+
 def _differences(
     labels: RunLabels,
     settings: dict[str, Any],
     criteria: dict[str, dict[str, Any]],
     reference: dict[str, dict[str, Any]] | None,
     paper: dict[str, Any],
-    verdicts: dict[str, tuple[int, int]],
+    verdicts: dict[tuple[str, str], tuple[int, int]],
 ) -> list[str]:
     items = []
     if labels.arch != DEFAULT_ARCH:
@@ -762,10 +1010,7 @@ def _differences(
         items.append(f"FZs were optimised for {steps} steps, not the authors' {PAPER_FZ_STEPS}.")
     reading = settings.get("pre_reading")
     if reading is not None and reading != "lucent_reference":
-        items.append(
-            f"Pre FZs use the `{reading}` reading: optimised for the true bn2 output. The authors' code "
-            "optimised Post under the name Pre (`lucent_reference`), so Eq. 1 and Eq. 2 see different images."
-        )
+        items.append(pre_reading_sentence(reading, settings.get("eq1_reading", "authors_code")))
     rule = settings.get("crop_rule")
     if rule == "paper_text":
         items.append(
@@ -793,13 +1038,16 @@ def _differences(
                     "the exact Pre FZs."
                 )
     authors_sets = paper.get("ablation_channels_authors_code", {})
-    for block, (below, scaled) in verdicts.items():
+    for (block, name), (below, scaled) in verdicts.items():
         if scaled and below < scaled:
             items.append(
-                f"Block {block}: {scaled - below} of {scaled} scaled ablation ratios are not below the "
-                "no-scale ratio; the paper claims all are."
+                f"Block {block} ({CHANNEL_SET_LABELS.get(name, name)}): {scaled - below} of {scaled} scaled "
+                "ablation ratios are not below the no-scale ratio; the paper claims all are."
             )
         ours_count = criteria.get(block, {}).get("passing")
+        ablated_published = (block, "published") in verdicts
+        if name != "run" or ablated_published:
+            continue
         if block in authors_sets and ours_count is not None and ours_count != len(authors_sets[block]):
             items.append(
                 f"Block {block}: the ablation removes this run's {_plural(ours_count, 'passing channel')}; "
@@ -849,6 +1097,12 @@ def build_report(
     reference_path = Path(params.reference_criteria)
     reference = read_criteria_metrics(reference_path) if reference_path.is_file() else None
     reference = reference or None  # the pre-reading stage writes {} when the comparison is off
+    reference_passing_path = artifacts.passing_file(REFERENCE_ROOT)
+    reference_passing = (
+        read_passing(reference_passing_path)
+        if reference is not None and reference_passing_path.is_file()
+        else None
+    )
     paper = paper_reference()
     index = read_eval_index(root)
     fz_settings = read_fz_settings(root)
@@ -881,15 +1135,37 @@ def build_report(
         "",
     ]
     settings_lines, settings = _settings_section(raw, labels, fz_settings, index, n_images, n_classes)
-    lines += _criteria_section(criteria, reference, paper, labels.arch)
+    eq1_reading = (raw.get("criteria") or {}).get("eq1_reading", "authors_code")
+    settings["eq1_reading"] = eq1_reading
+    lines += _criteria_section(
+        criteria,
+        reference,
+        paper,
+        passing,
+        reference_passing,
+        settings.get("pre_reading") or "exact",
+        labels.arch,
+    )
+    lines += _eq1_section(criteria, reference, eq1_reading)
     lines += _channels_section(passing, paper)
-    raw_ablation = json.loads((metrics / "ablation.json").read_text())
-    listed = raw_ablation.get("blocks", raw_ablation) if isinstance(raw_ablation, Mapping) else {}
-    skipped = [b for b in (_block_or_none(k) for k in listed) if b is not None and b not in ablation]
+    skipped = [
+        f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"
+        for block, name in listed_ablation_sets(metrics / "ablation.json")
+        if name not in ablation.get(block, {})
+    ]
     lines += _stability_section(metrics / "criteria.json")
     lines += _natural_criteria_section(metrics / "criteria_natural.json", root)
+    reasons = [
+        text
+        for flag, text in (
+            (labels.random_weights, "random weights"),
+            (labels.generated_data, "generated images"),
+            (n_images is not None and n_images != PAPER_EVAL_IMAGES, f"{n_images} images, not 50,000"),
+        )
+        if flag
+    ]
     ablation_lines, verdicts = _ablation_section(
-        ablation, paper, settings.get("crop_rule"), params.decimals, skipped
+        ablation, paper, settings.get("crop_rule"), params.decimals, skipped, ", ".join(reasons) or None
     )
     lines += ablation_lines
     lines += _differences(labels, settings, criteria, reference, paper, verdicts)

@@ -118,3 +118,24 @@ def read_json(path: str | Path) -> Any:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: run the stage that makes it (see dvc.yaml)")
     return json.loads(path.read_text())
+
+
+def full_float32(allow_tf32: bool = False) -> dict[str, bool]:
+    """Set TF32 for cuDNN convolutions and CUDA matmuls (off by default: full float32) and return the flags
+    now in force, for the stage's settings or metrics.
+
+    PyTorch leaves cuDNN TF32 on by default, which on Ampere or newer GPUs rounds convolution inputs to
+    10 mantissa bits and can flip a near-tie argmax or verdict. Result stages call this once before they
+    compute; the flags are process-wide, settable without CUDA (so tests check them on a CPU), and only
+    change anything on CUDA. ``rsi fz`` keeps its own switch (``fz.tf32``) around each render."""
+    torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+    return tf32_flags()
+
+
+def tf32_flags() -> dict[str, bool]:
+    """The TF32 flags in force: ``cudnn_allow_tf32`` (convolutions) and ``matmul_allow_tf32``."""
+    return {
+        "cudnn_allow_tf32": bool(torch.backends.cudnn.allow_tf32),
+        "matmul_allow_tf32": bool(torch.backends.cuda.matmul.allow_tf32),
+    }
