@@ -9,6 +9,7 @@ import importlib
 import os
 import sys
 
+from rsi import launch
 from rsi.config import ParamsError
 from rsi.model import WeightsError
 
@@ -49,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        relaunched = launch.maybe_relaunch(args.command, args.params, argv)  # every GPU: rsi.launch
+        if relaunched is not None:
+            return relaunched
         module.run(args)
     except (ParamsError, WeightsError, FileNotFoundError, ValueError) as error:
         # Bad input (params, weights, files, data): one line naming what to fix. RSI_DEBUG=1 re-raises.
