@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from rsi import data, launch
-from rsi.config import ParamsError
+from rsi.config import ParamsError, load_section, read_params
 from rsi.launch import LaunchParams
 
 RSI = str(Path(sys.executable).with_name("rsi"))
@@ -45,6 +45,11 @@ def test_auto_is_one_process_on_a_cpu_and_n_is_n():
     plan = launch.wanted("natural", cpu_params(nproc_per_node=2), "p.yaml")
     assert plan is not None and plan[1] == 2
     assert launch.wanted("criteria", cpu_params(nproc_per_node=2), "p.yaml") is None  # not sharded
+
+
+def test_params_yaml_launch_section_is_the_default():
+    raw = read_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert load_section(raw, "launch", LaunchParams) == LaunchParams(nproc_per_node="auto")
 
 
 def test_a_worker_never_relaunches_itself(monkeypatch):
