@@ -110,6 +110,12 @@ class Probe:
         }
 
 
+def warm_up(work: Callable[[], Any], device: torch.device) -> None:
+    """Run once untimed on CUDA (kernel selection, lazy initialisation); a CPU needs no warm-up."""
+    if device.type == "cuda":
+        work()
+
+
 def measure_fz(model, raw: dict, args, device) -> list[dict[str, Any]]:
     """Each tap of fz.blocks: a short run, projected to every channel at fz.steps steps."""
     fz = load_fz_params(raw)
@@ -124,8 +130,10 @@ def measure_fz(model, raw: dict, args, device) -> list[dict[str, Any]]:
             )
             total = num_channels(block)
             channels = list(range(min(args.channels or total, total)))
-            warm = replace(spec, steps=2)  # kernel selection, lazy initialisation
-            render_channels(model, warm, channels, device=device, batch_size=fz.batch_size)
+            if device.type == "cuda":  # kernel selection and lazy initialisation outside the timing
+                render_channels(
+                    model, replace(spec, steps=2), channels, device=device, batch_size=fz.batch_size
+                )
             probe = Probe(device).run(
                 lambda s=spec, c=channels: render_channels(
                     model, s, c, device=device, batch_size=fz.batch_size
@@ -157,7 +165,7 @@ def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
     rows = []
     for block in blocks:
         total = num_channels(block)
-        count = min(args.channels * 4 if args.channels else total, total)
+        count = min(args.channels or total, total)
         channels = np.arange(count, dtype=np.int64)
         sources = {}
         for kind, tap in block_fz_taps(block).items():
@@ -175,7 +183,7 @@ def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
                 progress=False,
             )
 
-        work()  # warm-up
+        warm_up(work, device)
         probe = Probe(device).run(work)
         rate = count / probe["seconds"]
         rows.append(
@@ -213,7 +221,7 @@ def measure_natural(model, raw: dict, eval_set, args, device) -> list[dict[str, 
             model, eval_set, params.blocks, k=params.k, batch_size=batch, device=device, progress=False
         )
 
-    work()
+    warm_up(work, device)
     probe = Probe(device).run(work)
     rate = len(eval_set) / probe["seconds"]
     row = {
@@ -267,7 +275,7 @@ def measure_ablate(model, raw: dict, eval_set, args, device) -> list[dict[str, A
                 progress=False,
             )
 
-        work()
+        warm_up(work, device)
         probe = Probe(device).run(work)
         rate = len(eval_set) / probe["seconds"]
         rows.append(
@@ -320,11 +328,14 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--small", action="store_true", help="CPU settings: few steps, channels, images")
     parser.add_argument("--steps", type=int, default=None, help="FZ steps measured (default 200; small 3)")
     parser.add_argument(
-        "--channels", type=int, default=None, help="FZ channels per tap (default all; small 2)"
+        "--channels",
+        type=int,
+        default=None,
+        help="FZ and activations channels per tap/block (default all; small 1)",
     )
     parser.add_argument("--size", type=int, default=0, help="FZ image side (default: the params')")
     parser.add_argument(
-        "--images", type=int, default=None, help="natural/ablate images (default 2048; small 16)"
+        "--images", type=int, default=None, help="natural/ablate images (default 2048; small 4)"
     )
     parser.add_argument(
         "--batch-size", type=int, default=0, help="natural/ablate batch (default: the params')"
@@ -337,8 +348,8 @@ def parse_args() -> argparse.Namespace:
     args = parser.parse_args()
     small = args.small
     args.steps = args.steps or (3 if small else 200)
-    args.channels = args.channels if args.channels is not None else (2 if small else 0)
-    args.images = args.images or (16 if small else 2048)
+    args.channels = args.channels if args.channels is not None else (1 if small else 0)
+    args.images = args.images or (4 if small else 2048)
     return args
 
 
