@@ -191,6 +191,28 @@ def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_
     assert f"| 2.1 | {natural['fz_passing']} of 6 | {natural['passing']} of 128 |" in report
 
 
+def test_two_processes_per_stage_write_the_locked_bytes(workspace, first_run):
+    """launch.nproc_per_node: 2 (two gloo workers per sharded stage, rsi.launch) reruns nothing, and the
+    sharded stages forced under it, with no finished chunks to reuse, write what dvc.lock recorded."""
+    run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
+    params = yaml.safe_load((workspace / "params.yaml").read_text())
+    before = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    params["launch"] = {"nproc_per_node": 2}
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(["dvc", "repro"], workspace)) == set()
+    shutil.rmtree(workspace / "outputs" / ".resume")
+    # stability@1 and pre-reading also relaunch, but their activations (rank 0 alone, one thread per worker)
+    # were seen to differ from the one-process bytes once: not claimed here until that is understood
+    sharded = ["fz@layer2_1", "natural", "ablate"]
+    log = run(["dvc", "repro", "--force", "--single-item", *sharded], workspace)
+    assert ran_stages(log) == set(sharded) and log.count("2 process(es) per node") == len(sharded)
+    after = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
+    for name in sharded:  # every output's hash as one process wrote it
+        assert after[name]["outs"] == before[name]["outs"], name
+    del params["launch"]
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+
 def test_speed_only_keys_rerun_nothing(workspace, first_run):
     run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
     params = yaml.safe_load((workspace / "params.yaml").read_text())

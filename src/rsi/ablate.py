@@ -288,8 +288,9 @@ def evaluate(
     device = torch.device(device)
     block = parse_block(block)
     tap = Tap(block, "post")
-    rank, world = distributed.world()
-    indices = np.arange(len(eval_set))[rank::world]
+    world = distributed.world()[1]
+    mine = distributed.shard_batches(len(eval_set), batch_size)  # whole batches: one process's floats
+    indices = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
     correct = torch.zeros(len(crops), len(conditions), dtype=torch.int64, device=device)
     bar = tqdm(total=len(eval_set), desc=desc, unit="img", disable=not (progress and distributed.is_main()))
     with torch.inference_mode():

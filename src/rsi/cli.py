@@ -14,6 +14,7 @@ import importlib
 import os
 import sys
 
+from rsi import launch
 from rsi.config import ParamsError, check_sections, load_section, read_params
 from rsi.model import WeightsError
 
@@ -47,6 +48,7 @@ SECTIONS: dict[str, str] = {
     "ablate": "rsi.ablate:AblateParams",
     "figures": "rsi.figures:FiguresParams",
     "report": "rsi.report:ReportParams",
+    "launch": "rsi.launch:LaunchParams",
 }
 # stages that read no params file (they run where none exists, e.g. while the image is built)
 WITHOUT_PARAMS = {"fetch-weights"}
@@ -94,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command not in WITHOUT_PARAMS:
             validate_params(args.params)
+        relaunched = launch.maybe_relaunch(args.command, args.params, argv)  # every GPU: rsi.launch
+        if relaunched is not None:
+            return relaunched
         importlib.import_module(COMMANDS[args.command][0]).run(args)
     except (ParamsError, WeightsError, FileNotFoundError, ValueError) as error:
         # Bad input (params, weights, files, data): one line naming what to fix. RSI_DEBUG=1 re-raises.

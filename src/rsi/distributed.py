@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 from typing import TypeVar
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -33,6 +34,15 @@ def shard(items: Sequence[T]) -> list[T]:
     """This rank's share of ``items``: every world-th item, starting at the rank."""
     rank, size = world()
     return list(items[rank::size])
+
+
+def shard_batches(total: int, batch_size: int) -> list[np.ndarray]:
+    """This rank's share of ``range(total)`` cut into batches of ``batch_size``: whole batches, batch b
+    on rank b % world. Every batch holds the images it holds in one process, so per-image results (and
+    per-batch sums) are the same floats whatever the number of ranks."""
+    rank, size = world()
+    batches = [np.arange(i, min(i + batch_size, total)) for i in range(0, total, batch_size)]
+    return batches[rank::size]
 
 
 def barrier() -> None:

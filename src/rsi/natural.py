@@ -11,9 +11,10 @@ forward per batch (``taps.forward_taps`` with all the taps). For each tap and ch
 * ``topk`` / ``topk_values``: the ``k`` evaluation-set indices with the largest activations (figures use
   k = 9), largest first; ties go to the lower index, so the order never depends on batches or ranks.
 
-Under ``torchrun`` the evaluation set is sharded across ranks (image i on rank i % world); sums (float64) are
-all-reduced and the top-k lists gathered and merged on rank 0, so the result is that of one process (the
-means up to float64 summation order, far below float32 precision). Output per block:
+Under ``torchrun`` the evaluation set is sharded across ranks in whole batches (batch b on rank b % world, so
+every image is computed in the batch it has in one process); per-batch float64 sums are all-reduced and
+summed in batch order, and the top-k lists gathered and merged, so the result is byte for byte that of one
+process. Output per block:
 ``outputs/natural/<layerL_K>.npz`` with ``mean`` (3, C) float32, ``topk`` (3, C, k) int64, ``topk_values``
 (3, C, k) float32 (rows In, Pre, Post as ``taps.TAP_KINDS``), plus ``count`` (images), ``weights`` (what
 produced them) and ``generated`` (true when the images are the synthetic offline set).
@@ -97,9 +98,13 @@ def natural_pass(
     if total == 0:
         raise ValueError("the evaluation set is empty")
     k_eff = min(k, total)
-    rank, world = distributed.world()
-    indices = np.arange(total)[rank::world]
-    sums = {tap: torch.zeros(width[tap], dtype=torch.float64, device=device) for tap in taps}
+    world = distributed.world()[1]
+    mine = distributed.shard_batches(total, batch_size)  # whole batches: the floats of one process
+    indices = np.concatenate(mine) if mine else np.zeros(0, dtype=np.int64)
+    n_batches = -(-total // batch_size)
+    # per-batch float64 sums, each row written by one rank, all-reduced (adding zeros is exact) and
+    # summed over batches in order: the mean's bytes do not depend on the number of ranks
+    sums = {tap: torch.zeros(n_batches, width[tap], dtype=torch.float64, device=device) for tap in taps}
     top_values = {tap: torch.empty(width[tap], 0, device=device) for tap in taps}
     top_index = {tap: torch.empty(width[tap], 0, dtype=torch.int64, device=device) for tap in taps}
     bar = tqdm(total=total, desc="natural", unit="img", disable=not (progress and distributed.is_main()))
@@ -107,10 +112,11 @@ def natural_pass(
         for index, images, _ in eval_set.batches(indices, batch_size, device):
             view = ablation_view(images, eval_set.view_size, eval_set.view_size, eval_set.resized_of(index))
             values = forward_taps(model, view, taps, detach=True)
+            batch = int(index[0]) // batch_size
             index = index.to(device)
             for tap in taps:
                 neuron = center_values(values, tap).float()
-                sums[tap] += neuron.double().sum(0)
+                sums[tap][batch] = neuron.double().sum(0)
                 candidates = torch.cat([top_values[tap], neuron.T], dim=1)
                 candidate_index = torch.cat([top_index[tap], index.expand(neuron.shape[1], -1)], dim=1)
                 top_values[tap], top_index[tap] = merge_topk(candidates, candidate_index, k_eff)
@@ -119,7 +125,7 @@ def natural_pass(
     results = {}
     for block in blocks:
         block_taps = [Tap(block, kind) for kind in TAP_KINDS]
-        mean = torch.stack([distributed.all_reduce_sum(sums[tap]) for tap in block_taps]) / total
+        mean = torch.stack([distributed.all_reduce_sum(sums[tap]).sum(0) for tap in block_taps]) / total
         values = torch.stack([_pad(top_values[tap], k_eff, float("-inf")) for tap in block_taps])
         index = torch.stack([_pad(top_index[tap], k_eff, _NO_INDEX) for tap in block_taps])
         values, index = _gather_topk(values, index, k_eff)

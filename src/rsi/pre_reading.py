@@ -17,7 +17,7 @@ import os
 import shutil
 from pathlib import Path
 
-from rsi import activations, fz
+from rsi import activations, distributed, fz
 from rsi.artifacts import OUTPUTS, fz_file, in_fz_source, passing_file
 from rsi.config import ParamsError, load_section, read_params
 from rsi.criteria import CriteriaParams, evaluate_stored, load_activations, metrics
@@ -86,8 +86,11 @@ def run(args: argparse.Namespace) -> None:
             root=root,
             resume_root=OUTPUTS / ".resume",  # keyed by every setting, the reading included
         )
-        for tap in (in_fz_source(block), Tap(block, "post")):
-            _link(fz_file(tap), fz_file(tap, root))
+        if distributed.is_main():
+            for tap in (in_fz_source(block), Tap(block, "post")):
+                _link(fz_file(tap), fz_file(tap, root))
+    if not distributed.is_main():
+        return  # rank 0 waited for this rank's chunks, assembled them, and measures the rest alone
     activations.run(argparse.Namespace(params=args.params, block=None, root=str(root)))
     for block in criteria.blocks:
         results.append(evaluate_stored(block, load_activations(block, root), criteria))

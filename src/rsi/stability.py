@@ -12,10 +12,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rsi import activations, fz
+from rsi import activations, distributed, fz
 from rsi.artifacts import OUTPUTS
 from rsi.config import ParamsError, load_section, read_params
 from rsi.criteria import CriteriaParams
+from rsi.model import load_model
+from rsi.runtime import ModelParams
 from rsi.taps import parse_block
 
 
@@ -43,15 +45,23 @@ def run(args: argparse.Namespace) -> None:
         )
         print(f"seed {args.seed}: the main run (outputs/), nothing to render")
         return
-    for key in load_section(raw, "fz", fz.FZParams, source=args.params).blocks:
-        fz.run(
-            argparse.Namespace(
-                params=args.params,
-                block=parse_block(key),
-                out=str(root),
-                resume_dir=str(OUTPUTS / ".resume"),  # keyed by settings incl. the seed: no clash
-                no_progress=False,
-                seed=args.seed,
-            )
+    # render_block, not fz.run: fz.run sets up a process group per call, and a second one in the same
+    # worker fails; rendering needs none (rank 0 waits for the other ranks' chunk files).
+    params = load_section(raw, "fz", fz.FZParams, source=args.params)
+    model_params = load_section(raw, "model", ModelParams, source=args.params)
+    device = fz.run_device(model_params.device)
+    model = load_model(model_params.weights, model_params.arch)
+    for key in params.blocks:
+        fz.render_block(
+            model,
+            parse_block(key),
+            params,
+            seed=args.seed,
+            weights=model_params.weights,
+            device=device,
+            root=Path(root),
+            resume_root=OUTPUTS / ".resume",  # keyed by settings incl. the seed: no clash
         )
+    if not distributed.is_main():
+        return  # rank 0 waited for this rank's chunks and measures the activations alone
     activations.run(argparse.Namespace(params=args.params, block=None, root=str(root)))

@@ -1,0 +1,213 @@
+"""One command uses every GPU: a sharded stage started outside torchrun relaunches itself through torch's
+elastic launcher (``torch.distributed.run``, the engine behind `torchrun`), one process per GPU.
+
+``rsi fz --block 2.1`` (by hand or from `dvc repro`) reads params.yaml's ``launch`` section. When more than
+one process is wanted, it runs ``python -m rsi.cli fz --block 2.1`` under the launcher instead of rendering
+itself; the workers find RANK/WORLD_SIZE in their environment (rsi.distributed) and shard the work. Results
+never depend on the number of processes (each stage's tests show it), so ``launch`` is speed-only and not
+declared in dvc.yaml.
+
+* ``launch.nproc_per_node``: ``auto`` (default) is the number of visible CUDA devices, 1 without CUDA; N is
+  N processes (on a CPU, N gloo processes: this is how the tests run two ranks).
+* Multi-node: ``launch.nnodes``, ``launch.rdzv_endpoint`` (host:port on the first node) and optionally
+  ``launch.rdzv_id``, or torchrun's own environment (``PET_NNODES``, ``PET_RDZV_ENDPOINT``, ``PET_RDZV_ID``,
+  ``PET_NPROC_PER_NODE``); params.yaml wins where both are set. Every node runs the same command.
+* A worker that fails ends every worker (the launcher's behaviour, no restarts) and the stage exits non-zero
+  with that worker's last error line and the path of its full log (``outputs/.launch/``). No output is
+  written by a failed stage; finished FZ chunks stay in ``outputs/.resume`` and a rerun resumes from them.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from rsi.config import ParamsError, load_section, read_params
+
+# The subcommands that shard their work over ranks (the others run in one process).
+SHARDED_STAGES: tuple[str, ...] = ("fz", "natural", "ablate", "stability", "pre-reading")
+LOG_DIR = Path("outputs") / ".launch"
+
+
+def _check_nproc(value: int | str) -> int | str:
+    if value == "auto" or (isinstance(value, int) and value >= 1):
+        return value
+    raise ValueError("expected 'auto' (one process per visible GPU, 1 without one) or a count >= 1")
+
+
+def _check_endpoint(value: str | None) -> str | None:
+    if value is None or re.fullmatch(r"[^\s:]+(:\d+)?", value):
+        return value
+    raise ValueError("expected host or host:port of the first node (e.g. node0:29500)")
+
+
+@dataclass(frozen=True)
+class LaunchParams:
+    """params.yaml ``launch`` (speed only): how many processes run a sharded stage."""
+
+    nproc_per_node: int | Literal["auto"] = field(
+        default="auto",
+        metadata={"check": _check_nproc, "help": "'auto' = visible GPUs (1 on a CPU), or N processes"},
+    )
+    nnodes: int | None = field(default=None, metadata={"min": 1, "help": "nodes; null = PET_NNODES or 1"})
+    rdzv_endpoint: str | None = field(
+        default=None,
+        metadata={"check": _check_endpoint, "help": "host:port of the first node; null = PET_RDZV_ENDPOINT"},
+    )
+    rdzv_id: str | None = field(
+        default=None,
+        metadata={"help": "rendezvous id shared by the nodes; null = PET_RDZV_ID or the command"},
+    )
+
+
+def inside_launcher() -> bool:
+    """True in a worker that torchrun (or this module) started: it must not relaunch itself."""
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
+
+
+def processes_per_node(params: LaunchParams, device: str = "auto") -> int:
+    """``nproc_per_node`` resolved: ``auto`` is PET_NPROC_PER_NODE when set, else the visible CUDA
+    devices (none, or ``model.device: cpu``: 1)."""
+    if params.nproc_per_node != "auto":
+        return int(params.nproc_per_node)
+    from_env = os.environ.get("PET_NPROC_PER_NODE", "")
+    if from_env.isdigit() and int(from_env) >= 1:
+        return int(from_env)
+    if device == "cpu":
+        return 1
+    import torch
+
+    return max(1, torch.cuda.device_count())
+
+
+def _node_count(params: LaunchParams) -> int:
+    if params.nnodes is not None:
+        return params.nnodes
+    value = os.environ.get("PET_NNODES", "1")
+    return int(value.split(":")[-1]) if value.replace(":", "").isdigit() else 1
+
+
+def rendezvous_id(argv: Sequence[str]) -> str:
+    """The same id on every node for the same command (each stage run is its own rendezvous)."""
+    words = "-".join(part.lstrip("-") for part in argv)
+    return "rsi-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", words).strip("-")
+
+
+def torchrun_argv(params: LaunchParams, argv: Sequence[str], nproc: int, source: str) -> list[str]:
+    """torchrun's command line for ``rsi <argv>`` with ``nproc`` workers per node."""
+    nodes = _node_count(params)
+    command = [
+        f"--nproc-per-node={nproc}",
+        "--max-restarts=0",  # a failed worker fails the stage; a rerun resumes from finished chunks
+        f"--log-dir={LOG_DIR}",
+        "--tee=3",  # each worker's stdout and stderr on the console and in its own log file
+    ]
+    if nodes == 1 and params.rdzv_endpoint is None and "PET_RDZV_ENDPOINT" not in os.environ:
+        command.append("--standalone")  # one node: a private rendezvous on a free local port
+    else:
+        endpoint = params.rdzv_endpoint or os.environ.get("PET_RDZV_ENDPOINT")
+        if not endpoint:
+            raise ParamsError(
+                f"{source}: launch.nnodes = {nodes} needs launch.rdzv_endpoint (host:port of the first "
+                "node, the same on every node) or PET_RDZV_ENDPOINT"
+            )
+        command += [
+            f"--nnodes={params.nnodes}" if params.nnodes is not None else None,
+            f"--rdzv-endpoint={endpoint}",
+            f"--rdzv-backend={os.environ.get('PET_RDZV_BACKEND', 'c10d')}",
+            f"--rdzv-id={params.rdzv_id or os.environ.get('PET_RDZV_ID') or rendezvous_id(argv)}",
+        ]
+    return [part for part in command if part is not None] + ["-m", "rsi.cli", *argv]
+
+
+def wanted(command: str, raw: dict[str, Any], source: str) -> tuple[LaunchParams, int] | None:
+    """(launch params, processes per node) when ``command`` should relaunch itself, else None."""
+    if command not in SHARDED_STAGES or inside_launcher():
+        return None
+    params = load_section(raw, "launch", LaunchParams, source=source)
+    model = raw.get("model") or {}
+    device = str(model.get("device", "auto")) if isinstance(model, dict) else "auto"
+    nproc = processes_per_node(params, device)
+    if nproc > 1 and device != "cpu":
+        import torch
+
+        visible = torch.cuda.device_count()
+        if 0 < visible < nproc:
+            raise ParamsError(
+                f"{source}: launch.nproc_per_node = {nproc} but {visible} CUDA device(s) are visible: "
+                "use auto or at most that many"
+            )
+    if nproc * _node_count(params) == 1:
+        return None
+    return params, nproc
+
+
+def maybe_relaunch(command: str, params_file: str, argv: Sequence[str]) -> int | None:
+    """Run ``rsi <argv>`` under the elastic launcher when params.yaml's ``launch`` asks for more than one
+    process: the exit status (0, or 1 after printing the failed worker's error). None: run here."""
+    if command not in SHARDED_STAGES or inside_launcher():
+        return None
+    plan = wanted(command, read_params(params_file), params_file)
+    if plan is None:
+        return None
+    params, nproc = plan
+    import torch.distributed.run as torchrun
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    args = torchrun.get_args_parser().parse_args(torchrun_argv(params, argv, nproc, params_file))
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for several workers, unannounced
+    print(f"rsi {command}: {nproc} process(es) per node via torch.distributed.run", file=sys.stderr)
+    try:
+        torchrun.run(args)
+    except ChildFailedError as error:
+        print(f"rsi {command}: error: {describe_failure(error, args.rdzv_id)}", file=sys.stderr, flush=True)
+        return 1
+    except SignalException as error:  # the launcher turns Ctrl-C / SIGTERM into this after ending workers
+        if error.sigval == signal.SIGINT:
+            raise KeyboardInterrupt from None
+        print(f"rsi {command}: stopped by {error.sigval.name}", file=sys.stderr, flush=True)
+        return 128 + int(error.sigval)
+    return 0
+
+
+def describe_failure(error: Any, run_id: str) -> str:
+    """One line: the first failed worker, its last error line, and where its full log is."""
+    failures = list(error.failures.items())  # in the order the launcher saw them fail
+    first = [f for f in failures if f[1].exitcode != -signal.SIGTERM] or failures  # SIGTERM: ended by it
+    rank, failure = first[0]
+    log = worker_log(run_id, failure.local_rank)
+    if failure.exitcode < 0:
+        what = f"{failure.message or f'signal {-failure.exitcode}'}"
+    else:
+        line = last_error_line(log) if log is not None else None
+        what = f"exit code {failure.exitcode}: {line or failure.message}"
+    where = f"; full log: {log}" if log is not None else ""
+    return f"worker rank {rank} failed ({what}){where}"
+
+
+def worker_log(run_id: str, local_rank: int) -> Path | None:
+    """``outputs/.launch/<run id>_<random>/attempt_<n>/<local rank>/stderr.log`` of the latest run."""
+    logs = sorted(
+        LOG_DIR.glob(f"{glob.escape(run_id)}_*/attempt_*/{local_rank}/stderr.log"),
+        key=lambda path: path.stat().st_mtime,
+    )
+    return logs[-1] if logs else None
+
+
+def last_error_line(log: Path) -> str | None:
+    """The last non-empty line of a worker's stderr log, without the launcher's ``[rankN]:`` prefix."""
+    if not log.is_file():
+        return None
+    lines = [
+        re.sub(r"^\[[^\]]*\]:\s?", "", line).strip() for line in log.read_text(errors="replace").splitlines()
+    ]
+    lines = [line for line in lines if line]
+    return lines[-1] if lines else None

@@ -1,0 +1,276 @@
+"""rsi.launch: a sharded stage relaunches itself through torch's elastic launcher when ``launch`` asks for more
+than one process; two gloo processes write byte for byte what one writes (fz, natural, ablate); a worker
+that dies fails the stage with its error and log, leaves its finished chunks, and a rerun resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import yaml
+
+from rsi import data, launch
+from rsi.config import ParamsError, load_section, read_params
+from rsi.launch import LaunchParams
+
+RSI = str(Path(sys.executable).with_name("rsi"))
+NO_LAUNCHER = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "PET_NNODES", "PET_RDZV_ENDPOINT", "PET_NPROC_PER_NODE"}
+
+
+@pytest.fixture(autouse=True)
+def _outside_torchrun(monkeypatch):
+    for name in NO_LAUNCHER:
+        monkeypatch.delenv(name, raising=False)
+
+
+def cpu_params(**launch_section) -> dict:
+    return {"model": {"weights": "random:0", "device": "cpu"}, "launch": launch_section}
+
+
+# ----------------------------------------------------------------------------------------- the plan
+
+
+def test_auto_is_one_process_on_a_cpu_and_n_is_n():
+    assert launch.processes_per_node(LaunchParams()) >= 1
+    assert launch.wanted("fz", cpu_params(), "p.yaml") is None  # auto on a CPU: run here
+    assert launch.wanted("fz", cpu_params(nproc_per_node=1), "p.yaml") is None
+    plan = launch.wanted("natural", cpu_params(nproc_per_node=2), "p.yaml")
+    assert plan is not None and plan[1] == 2
+    assert launch.wanted("criteria", cpu_params(nproc_per_node=2), "p.yaml") is None  # not sharded
+
+
+def test_params_yaml_launch_section_is_the_default():
+    raw = read_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    assert load_section(raw, "launch", LaunchParams) == LaunchParams(nproc_per_node="auto")
+
+
+def test_a_worker_never_relaunches_itself(monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launch.wanted("fz", cpu_params(nproc_per_node=2), "p.yaml") is None
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ({"nproc_per_node": 0}, "launch.nproc_per_node = 0 is not allowed: expected 'auto'"),
+        ({"nproc_per_node": "all"}, "launch.nproc_per_node = 'all' is not allowed"),
+        ({"nnodes": 0}, "launch.nnodes = 0 is not allowed: expected a value >= 1"),
+        ({"rdzv_endpoint": "a b:1"}, "launch.rdzv_endpoint = 'a b:1' is not allowed: expected host"),
+        ({"nodes": 2}, "unknown key launch.nodes; allowed keys of launch: nproc_per_node, nnodes"),
+    ],
+)
+def test_bad_launch_settings_name_the_key(section, message):
+    with pytest.raises(ParamsError, match="p.yaml: " + message):
+        launch.wanted("fz", cpu_params(**section), "p.yaml")
+
+
+def test_one_node_is_standalone_and_several_use_the_endpoint(monkeypatch):
+    argv = ["fz", "--block", "2.1"]
+    one = launch.torchrun_argv(LaunchParams(nproc_per_node=2), argv, 2, "p.yaml")
+    assert "--standalone" in one and "--max-restarts=0" in one and one[-5:] == ["-m", "rsi.cli", *argv]
+    two = launch.torchrun_argv(LaunchParams(nnodes=2, rdzv_endpoint="node0:29500"), argv, 8, "p.yaml")
+    assert "--standalone" not in two
+    assert {"--nnodes=2", "--rdzv-endpoint=node0:29500", "--rdzv-backend=c10d"} <= set(two)
+    assert "--rdzv-id=rsi-fz-block-2.1" in two  # the same on every node without any setting
+    with pytest.raises(ParamsError, match="launch.nnodes = 2 needs launch.rdzv_endpoint"):
+        launch.torchrun_argv(LaunchParams(nnodes=2), argv, 8, "p.yaml")
+    # torchrun's own environment serves where params.yaml says nothing
+    monkeypatch.setenv("PET_NNODES", "2")
+    monkeypatch.setenv("PET_RDZV_ENDPOINT", "head:1234")
+    assert launch.wanted("fz", cpu_params(), "p.yaml") == (LaunchParams(), 1)
+    from_env = launch.torchrun_argv(LaunchParams(), argv, 1, "p.yaml")
+    assert "--rdzv-endpoint=head:1234" in from_env and "--standalone" not in from_env
+
+
+def test_a_failure_is_one_line_with_the_workers_error_and_log(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    log = tmp_path / launch.LOG_DIR / "abc_x1" / "attempt_0" / "1" / "stderr.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("[default1]:warning\n[default1]:rsi fz: error: outputs/eval is missing\n\n")
+    failure = SimpleNamespace(local_rank=1, exitcode=2, message="To enable traceback see: …")
+    terminated = SimpleNamespace(local_rank=0, exitcode=-signal.SIGTERM, message="Signal 15")
+    error = SimpleNamespace(failures={0: terminated, 1: failure})
+    assert launch.describe_failure(error, "abc") == (
+        f"worker rank 1 failed (exit code 2: rsi fz: error: outputs/eval is missing); "
+        f"full log: {launch.LOG_DIR}/abc_x1/attempt_0/1/stderr.log"
+    )
+    killed = SimpleNamespace(local_rank=1, exitcode=-9, message="Signal 9 (SIGKILL) received by PID 7")
+    assert "(Signal 9 (SIGKILL) received by PID 7)" in launch.describe_failure(
+        SimpleNamespace(failures={1: killed}), "abc"
+    )
+
+
+# ---------------------------------------------------------------------------- real processes (gloo)
+
+
+def stage(args: list[str], cwd: Path, **popen) -> subprocess.CompletedProcess:
+    # one thread per process in both runs, so the only difference is the number of processes
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+    for name in NO_LAUNCHER:
+        env.pop(name, None)
+    return subprocess.run([RSI, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+
+
+def files_of(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def write_params(folder: Path, params: dict, nproc: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "params.yaml").write_text(yaml.safe_dump({**params, "launch": {"nproc_per_node": nproc}}))
+
+
+FZ_PARAMS = {
+    "seed": 3,
+    "model": {"weights": "random:0", "device": "cpu"},
+    "fz": {
+        "steps": 40,
+        "image_size": 32,
+        "max_channels": 8,
+        "chunk_channels": 1,
+        "batch_size": 1,
+        "storage": "float32",
+        "blocks": {"layer2_1": {"taps": ["pre"], "jitter": 4}},
+    },
+}
+
+
+def worker_pids(parent: int) -> dict[int, int]:
+    """{rank: pid} of the launched workers below ``parent`` (read from /proc)."""
+    found: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = dict(
+                line.split("=", 1) for line in (entry / "environ").read_text().split("\0") if "=" in line
+            )
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        if "RANK" in environ and environ.get("TORCHELASTIC_RUN_ID") and _descends(entry.name, parent, stat):
+            found[int(environ["RANK"])] = int(entry.name)
+    return found
+
+
+def _descends(pid: str, ancestor: int, stat: str) -> bool:
+    while True:
+        parent = int(stat.rsplit(")", 1)[1].split()[1])
+        if parent == ancestor:
+            return True
+        if parent <= 1:
+            return False
+        try:
+            stat = Path(f"/proc/{parent}/stat").read_text()
+        except OSError:
+            return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_a_killed_worker_fails_the_stage_and_a_rerun_resumes_to_one_process_bytes(tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    write_params(one, FZ_PARAMS, 1)
+    write_params(two, FZ_PARAMS, 2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+    for name in NO_LAUNCHER:
+        env.pop(name, None)
+    command = [RSI, "fz", "--block", "2.1", "--no-progress"]
+    started = subprocess.Popen(
+        command, cwd=two, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    resume = two / "outputs" / ".resume"
+    deadline = time.monotonic() + 300
+    while not list(resume.rglob("chunk_*.npz")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    workers = worker_pids(started.pid)
+    assert set(workers) == {0, 1}, "both workers run under the launcher"
+    os.kill(workers[1], signal.SIGKILL)
+    _, stderr = started.communicate(timeout=120)
+    assert started.returncode == 1
+    line = [row for row in stderr.splitlines() if row.startswith("rsi fz: error:")]
+    assert len(line) == 1 and "worker rank 1 failed (Signal 9 (SIGKILL)" in line[0], stderr[-3000:]
+    assert "full log: outputs/.launch/" in line[0] and (two / line[0].split("full log: ")[1]).is_file()
+    assert not (two / "outputs" / "fz" / "layer2_1").exists()  # nothing assembled from a failed run
+    kept = {p: p.stat().st_mtime_ns for p in resume.rglob("chunk_*.npz")}
+    assert 1 <= len(kept) < 8
+
+    rerun = stage(command[1:], two)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())  # finished chunks were not redone
+    alone = stage(command[1:], one)
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert "process(es) per node" not in alone.stderr and "process(es) per node" in rerun.stderr
+    assert files_of(two / "outputs" / "fz") == files_of(one / "outputs" / "fz")  # byte for byte
+
+
+@pytest.fixture(scope="module")
+def eval_cache(tmp_path_factory) -> Path:
+    """12 generated images in a 64 px cache, and the criteria's passing channels of block 2.1."""
+    folder = tmp_path_factory.mktemp("launch_eval")
+    listing = data.list_folders(
+        data.write_generated_folders(folder / "val", data.GeneratedParams(classes=3, per_class=4, size=40))
+    )
+    data.decode_to_cache(listing, folder / "eval", size=64, progress=False)
+    return folder / "eval"
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes_for_natural_and_ablate(eval_cache, tmp_path):
+    params = {
+        "seed": 3,
+        "model": {"weights": "random:0", "device": "cpu"},
+        "natural": {"blocks": ["2.1"], "k": 4, "batch_size": 5},
+        "ablate": {
+            "blocks": ["2.1"],
+            "percents": [30],
+            "trials": 2,
+            "screen_batch": 3,
+            "batch_size": 5,
+            "max_attempts": 9,
+            "screening": {"layer2_1": {"rule": "within", "tolerance": 100.0}},
+        },
+    }
+    written = {}
+    for nproc in (1, 2):
+        work = tmp_path / f"nproc{nproc}"
+        write_params(work, params, nproc)
+        (work / "outputs" / "criteria").mkdir(parents=True)
+        (work / "outputs" / "eval").symlink_to(eval_cache, target_is_directory=True)
+        passing = {"2.1": list(range(0, 128, 4))[:24]}
+        (work / "outputs" / "criteria" / "passing.json").write_text(json.dumps(passing))
+        for name in ("natural", "ablate"):
+            done = stage([name], work)
+            assert done.returncode == 0, done.stderr[-3000:]
+            assert ("process(es) per node" in done.stderr) == (nproc == 2)
+        written[nproc] = {
+            **files_of(work / "outputs" / "natural"),
+            **files_of(work / "outputs" / "ablation"),
+            **files_of(work / "metrics"),
+            **files_of(work / "plots"),
+        }
+    assert "layer2_1.npz" in written[1] and "ablation.json" in written[1]
+    assert written[2] == written[1]  # byte for byte: means, top-k, counts, trials
+    np.load(tmp_path / "nproc2" / "outputs" / "natural" / "layer2_1.npz")  # a real file, not a stub
+
+
+@pytest.mark.slow
+def test_a_worker_error_fails_the_stage_in_one_line(tmp_path):
+    write_params(tmp_path, {"model": {"weights": "random:0", "device": "cpu"}}, 2)
+    done = stage(["natural"], tmp_path)  # no evaluation cache: every worker fails while loading it
+    assert done.returncode == 1
+    line = done.stderr.strip().splitlines()[-1]
+    assert (
+        line.startswith("rsi natural: error: worker rank ") and "(exit code 2: rsi natural: error: " in line
+    )
+    assert "outputs/eval" in line and "full log: outputs/.launch/" in line
+    assert not (tmp_path / "outputs" / "natural").exists()
