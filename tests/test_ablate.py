@@ -517,7 +517,7 @@ def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
 
     monkeypatch.setattr(ablate, "evaluate", evaluate)
     monkeypatch.setattr(ablate, "load_eval", lambda path: FakeSet())
-    monkeypatch.setattr(ablate, "load_resnet18", lambda weights: torch.nn.Identity())
+    monkeypatch.setattr(ablate, "load_model", lambda weights, arch: torch.nn.Identity())
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # restored by tf32_flags
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(

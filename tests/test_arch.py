@@ -128,7 +128,7 @@ def test_the_report_names_the_arch_and_has_no_paper_numbers_for_it():
     assert "a seeded random ResNet34" in banner and "**RESNET34**" in banner
     paper = paper_for("resnet34", paper_reference())
     criteria = {"1.2": {"channels": 64, "passing": 3, "percent": 4.6875, "eq1_pass": 5, "eq2_pass": 9}}
-    table = "\n".join(_criteria_section(criteria, None, paper, "resnet34"))
+    table = "\n".join(_criteria_section(criteria, None, paper, arch="resnet34"))
     assert f"| 1.2 | {NOT_IN_PAPER} | 3 | 64 of 64 | {NOT_IN_PAPER} |" in table
     assert "| 2.1 |" not in table  # the paper's ResNet18 rows are not shown beside another network
     assert paper_for("resnet18", paper_reference()) == paper_reference()

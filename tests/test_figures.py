@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +11,7 @@ import torch
 import yaml
 from PIL import Image
 
+import rsi.fz
 from rsi import artifacts
 from rsi.cli import main
 from rsi.taps import Tap, block_key
@@ -57,7 +56,7 @@ def write_fake_outputs(
     rng = np.random.default_rng(0)
     params = {
         "model": {"weights": weights, "device": "cpu"},
-        "data": {"source": data_source, "images": N_EVAL},
+        "data": {"source": data_source},
         "fz": {"steps": 16, "pre_reading": "exact"},
         "criteria": {"eq2_low": 0.6667, "eq2_high": 1.5},
         "ablate": {"crop_rule": "authors_code", "trials": 2},
@@ -184,9 +183,9 @@ def test_figures_are_labelled_random_weights(tmp_path, monkeypatch):
         return int(((top[..., 0] > 180) & (top[..., 1] < 80) & (top[..., 2] < 80)).sum())
 
     # A weights path is only read when whole-channel FZs are rendered, which this run does not do.
-    assert red_pixels("random:0", tmp_path / "random", "imagefolder") > 50
+    assert red_pixels("random:0", tmp_path / "random", "folders") > 50
     assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "generated", "generated") > 50
-    assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "real", "imagefolder") == 0
+    assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "real", "folders") == 0
 
 
 def test_whole_channel_fzs_come_from_rsi_fz(fake_repo, monkeypatch):
@@ -196,9 +195,7 @@ def test_whole_channel_fzs_come_from_rsi_fz(fake_repo, monkeypatch):
         calls.append((tap, list(channels), params))
         return np.random.default_rng(1).random((len(channels), 3, FZ_SIDE, FZ_SIDE), dtype=np.float32)
 
-    fake = types.ModuleType("rsi.fz")
-    fake.render_channel_fz = render_channel_fz
-    monkeypatch.setitem(sys.modules, "rsi.fz", fake)
+    monkeypatch.setattr(rsi.fz, "render_channel_fz", render_channel_fz)
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["figures"].update(whole_channel=True, blocks=["2.1"])
     Path("params.yaml").write_text(yaml.safe_dump(params))
@@ -207,7 +204,7 @@ def test_whole_channel_fzs_come_from_rsi_fz(fake_repo, monkeypatch):
     # In of 2.1 is the Post of 2.0, rendered with 2.0's settings; every passing channel for the sheet.
     assert [call[0] for call in calls] == [Tap("2.0", "post"), Tap("2.1", "pre"), Tap("2.1", "post")]
     assert all(call[1] == [1, 3, 5] for call in calls)
-    assert calls[0][2] == params["fz"]
+    assert (calls[0][2].steps, calls[0][2].pre_reading) == (16, "exact")  # the fz section, as FZParams
     with np.load(FIGURES / "whole_channel_layer2_1.npz") as saved:
         assert saved["images"].shape == (3, 3, 3, FZ_SIDE, FZ_SIDE)
         assert saved["images"].dtype == np.uint8
@@ -257,7 +254,7 @@ def test_bad_figures_params_are_refused(fake_repo, capsys):
 
 
 def test_whole_channel_without_a_renderer_says_how_to_go_on(fake_repo, monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "rsi.fz", types.ModuleType("rsi.fz"))
+    monkeypatch.delattr(rsi.fz, "render_channel_fz")
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["figures"]["whole_channel"] = True
     Path("params.yaml").write_text(yaml.safe_dump(params))

@@ -89,7 +89,7 @@ def test_random_weights_and_generated_data_are_announced_first(fake_repo):
 
 
 def test_no_banner_for_the_paper_weights(tmp_path, monkeypatch):
-    write_fake_outputs(tmp_path, weights="data/resnet18-f37072fd.pth", data_source="imagefolder")
+    write_fake_outputs(tmp_path, weights="data/resnet18-f37072fd.pth", data_source="folders")
     monkeypatch.chdir(tmp_path)
     assert main(["report"]) == 0
     text = REPORT.read_text()

@@ -530,10 +530,11 @@ def _criteria_section(
     criteria: dict[str, dict[str, Any]],
     reference: dict[str, dict[str, Any]] | None,
     paper: dict[str, Any],
-    arch: str = DEFAULT_ARCH,
     passing: Mapping[str, list[int]] | None = None,
     reference_passing: Mapping[str, list[int]] | None = None,
     pre_reading: Any = "exact",
+    *,
+    arch: str = DEFAULT_ARCH,
 ) -> list[str]:
     """The first table: per block the paper's count, the count under the authors' reading of Pre (when
     the pre-reading stage ran), the count of this run's reading, and the overlap with the published lists."""
@@ -1144,7 +1145,7 @@ def build_report(
         passing,
         reference_passing,
         settings.get("pre_reading") or "exact",
-        labels.arch,
+        arch=labels.arch,
     )
     lines += _eq1_section(criteria, reference, eq1_reading)
     lines += _channels_section(passing, paper)
