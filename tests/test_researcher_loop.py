@@ -132,11 +132,12 @@ def _copy_checkout(root: Path) -> None:
 
 
 def _expected_eq2_pass(table: Path, low: float, high: float) -> int:
-    """Eq. 2 with other bounds, recomputed from the baseline's per-channel table (strict, Post > 0)."""
+    """Eq. 2 with other bounds, recomputed from the baseline's per-channel table: strict, both Post > 0,
+    Post_c(X̂_In_c) / Post_c(X̂_Pre_c) inside (low, high)."""
     passing = 0
     for row in _rows(table):
         post_in, post_pre = float(row["post_of_in_fz"]), float(row["post_of_pre_fz"])
-        if post_in > 0 and post_pre > 0 and low < post_pre / post_in < high:
+        if post_in > 0 and post_pre > 0 and low < post_in / post_pre < high:
             passing += 1
     return passing
 
