@@ -368,6 +368,17 @@ def test_entrypoint_gives_an_unknown_uid_a_writable_home_and_caches(tmp_path, ho
     assert (spare / ".cache" / "matplotlib").is_dir()
 
 
+def test_entrypoint_gives_git_an_identity_only_where_none_is_configured(tmp_path):
+    # dvc exp run commits (and stashes) to git refs; a fresh container user has no identity
+    probe = ["sh", str(ENTRYPOINT), "sh", "-c", 'echo "$GIT_AUTHOR_NAME|$GIT_COMMITTER_EMAIL"']
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    bare = subprocess.run(probe, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert bare.stdout.strip() == "rsi container|rsi@container.invalid"
+    (tmp_path / ".gitconfig").write_text("[user]\n\tname = A\n\temail = a@example.org\n")
+    own = subprocess.run(probe, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert own.stdout.strip() == "|"  # the user's own identity wins
+
+
 def test_entrypoint_keeps_a_writable_home_and_given_caches(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
