@@ -3,6 +3,8 @@
 #   docker build -t rsi .
 #   docker run --gpus all -v "$IMAGENET":/data/imagenet:ro rsi            # = dvc repro
 #   docker run --gpus all -v "$IMAGENET":/data/imagenet:ro -v "$PWD/outputs":/repo/outputs rsi
+#   docker run --gpus all --user "$(id -u):$(id -g)" -v "$PWD":/repo -v "$IMAGENET":/data/imagenet:ro \
+#     rsi dvc exp run -S criteria.eq2_high=2.0     # the image as the toolchain of a host clone (git inside)
 #
 # Base: torch 2.14.1 in requirements.lock is a CUDA 13.0 build whose CUDA libraries (cuBLAS, cuDNN, NCCL
 # ...) come as pip wheels, so the image only needs a CUDA 13.0 runtime userland and the host's driver
@@ -43,15 +45,18 @@ assert sys.version.startswith('$PYTHON_VERSION '), sys.version; sys.get_int_max_
 # everything but the weights.
 FROM ${BASE_IMAGE} AS environment
 
-# The shared libraries the Python above links against (most are in the base already), and
-# ca-certificates for the HTTPS download of the weights. Every Python package comes from
-# requirements.lock below.
+# The shared libraries the Python above links against (most are in the base already),
+# ca-certificates for the HTTPS download of the weights, and git for `dvc exp` / `dvc metrics diff` on a
+# host clone mounted at /repo. Every Python package comes from requirements.lock below.
 ARG DEBIAN_FRONTEND=noninteractive
 # hadolint ignore=DL3008
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates libbz2-1.0 libffi8 liblzma5 \
+    && apt-get install -y --no-install-recommends ca-certificates git libbz2-1.0 libffi8 liblzma5 \
        libncursesw6 libreadline8 libsqlite3-0 libssl3 libuuid1 zlib1g \
     && rm -rf /var/lib/apt/lists/*
+# A mounted clone is owned by the host user, whose uid the image may not know: without this git refuses
+# it ("detected dubious ownership") and DVC then sees no repository. System-wide, so any uid has it.
+RUN git config --system --add safe.directory '*'
 # DL3008 (pin apt versions) is ignored on purpose: the archive drops superseded versions of these
 # packages, so exact pins break the build within months; the tag above fixes the Ubuntu release, the
 # SHA-256 fixes Python and requirements.lock fixes every Python package.
@@ -72,6 +77,10 @@ ENV RSI_VENV=/opt/venv \
 RUN useradd --create-home --uid 1000 --shell /bin/bash rsi \
     && mkdir -p /opt/venv /opt/torch /repo /home/rsi/.cache \
     && chown rsi:rsi /opt/venv /opt/torch /repo /home/rsi/.cache
+# The entry point gives an unknown uid (`docker run --user "$(id -u):$(id -g)"`) a writable HOME and
+# caches, then runs the command; see scripts/entrypoint.sh.
+COPY scripts/entrypoint.sh /usr/local/bin/rsi-entrypoint
+ENTRYPOINT ["/usr/local/bin/rsi-entrypoint"]
 # numeric, so the host resolves it too (the user rsi above)
 USER 1000:1000
 WORKDIR /repo
@@ -84,11 +93,11 @@ COPY --chown=1000:1000 . .
 RUN --mount=type=cache,target=/home/rsi/.cache/pip,uid=1000,gid=1000 \
     bash scripts/install.sh
 
-# No .git in the image (see .dockerignore): the container runs the pipeline on the code it was built
-# from, and history stays on the host where `dvc metrics diff` / `dvc exp` compare commits. Without git
-# metadata DVC refuses to work unless told so; core.no_scm goes into .dvc/config.local (untracked), so the
-# repository's own .dvc/config is unchanged. Keeping .git instead would ship the whole history and make
-# git reject the checkout under another uid ("dubious ownership").
+# No .git in the image (see .dockerignore): without a mount the container runs the pipeline on the code
+# it was built from. Without git metadata DVC refuses to work unless told so; core.no_scm goes into
+# .dvc/config.local (untracked), so the repository's own .dvc/config is unchanged. A host clone mounted
+# over /repo brings its own .git and .dvc/config (no core.no_scm): there `dvc exp run`, `dvc exp show`,
+# `dvc metrics diff` and `dvc plots diff` work on its history, with the git installed above.
 RUN dvc config --local core.no_scm true
 
 # The image: the environment plus the paper's weights.

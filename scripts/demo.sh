@@ -4,28 +4,43 @@
 # few FZ steps, a small labelled image set. Outputs: demo/outputs/figures/*.png, demo/outputs/report.md,
 # demo/metrics/*.json.
 #
+# demo/ is its own git repository (ignored by the project's): the first run is committed there as the
+# baseline (dvc.lock, params.yaml, metrics, plots), so the researcher's loop works on a laptop:
+#   cd demo && dvc exp run -S criteria.eq2_high=2.0 && dvc exp show && dvc metrics diff && dvc plots diff
+# Later runs leave that history alone (no new commit).
+#
 #   bash scripts/demo.sh              real weights (fetched once into data/) and Imagenette (downloaded
 #                                     once, checked), the paper's model on a 10-class ImageNet subset
 #   bash scripts/demo.sh --offline    no network: explicitly random weights and generated images;
 #                                     every output is labelled RANDOM WEIGHTS / GENERATED DATA
+#   bash scripts/demo.sh --no-install  use the rsi and dvc already on PATH (tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root="$PWD"
 mode="online"
+install=1
 for arg in "$@"; do
   case "$arg" in
     --offline) mode="offline" ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "demo.sh: unknown option $arg (use --offline or nothing)" >&2; exit 2 ;;
+    --no-install) install=0 ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "demo.sh: unknown option $arg (use --offline, --no-install or nothing)" >&2; exit 2 ;;
   esac
 done
 
-bash scripts/install.sh
-export PATH="$root/${RSI_VENV:-.venv}/bin:$PATH" DVC_NO_ANALYTICS=1
+if [ "$install" = 1 ]; then
+  bash scripts/install.sh
+  venv=${RSI_VENV:-.venv}
+  case "$venv" in /*) ;; *) venv="$root/$venv" ;; esac
+  export PATH="$venv/bin:$PATH"
+fi
+export DVC_NO_ANALYTICS=1
 
 mkdir -p demo
 ln -sfn "$root/src" demo/src
 cp dvc.yaml demo/dvc.yaml
+mkdir -p demo/paper
+cp paper/passing_counts.csv demo/paper/passing_counts.csv # the paper's counts, beside this run's in the plot
 if [ "$mode" = offline ]; then
   python -m rsi.demo_params --offline params.demo.yaml > demo/params.yaml
 else
@@ -37,7 +52,22 @@ else
   python -m rsi.demo_params params.demo.yaml --weights "$root/data/resnet18-f37072fd.pth" > demo/params.yaml
 fi
 cd demo
-[ -d .dvc ] || dvc init --no-scm -q
+if [ ! -d .git ]; then
+  git init -q
+  # src links to this checkout; dvc_plots/ is what `dvc plots diff` draws
+  printf '/src\n/dvc_plots/\n' > .gitignore
+  # a demo/ made before it was a git repository: DVC was told there is none
+  [ -d .dvc ] && dvc config --unset core.no_scm 2>/dev/null || true
+fi
+[ -d .dvc ] || dvc init -q
 dvc repro
+if ! git rev-parse -q --verify HEAD >/dev/null; then
+  # the baseline: git needs an identity; a local one only where none is configured
+  git config user.email >/dev/null || git config user.email "demo@rsi.invalid"
+  git config user.name >/dev/null || git config user.name "rsi demo"
+  git add -A
+  git commit -q -m "demo baseline: scripts/demo.sh --$mode"
+  echo "demo/ baseline committed: try  cd demo && dvc exp run -S criteria.eq2_high=2.0 && dvc exp show && dvc metrics diff"
+fi
 echo
 echo "demo finished: demo/outputs/report.md, demo/outputs/figures/, demo/metrics/"

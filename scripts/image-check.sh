@@ -5,7 +5,12 @@
 #   2. the test suite without the slow tests;
 #   3. the image's own command, `dvc repro` in /repo (no .git, core.no_scm), on the offline demo profile,
 #      and that it wrote the report, the figures and the metrics;
-#   4. the plain command with the paper's params and no ImageNet mounted stops and names what is missing.
+#   4. the plain command with the paper's params and no ImageNet mounted stops and names what is missing;
+#   5. the image as the toolchain of a host clone: a fresh clone of this repository's HEAD (commit first)
+#      mounted at /repo and driven as its owner, uid 1000 (the image's user) and uid 4242 (unknown to the
+#      image): the offline demo profile as a committed baseline, `dvc exp run -S criteria.eq2_high=…`
+#      (no FZ re-render), `dvc exp show`, `dvc metrics diff`, `dvc plots diff`; and git reading a clone
+#      owned by another uid (safe.directory).
 # The final stage only adds `rsi fetch-weights` (download.pytorch.org) and CMD; build it where that
 # host is reachable: `docker build -t rsi .`.
 #
@@ -27,13 +32,15 @@ done
 docker=${DOCKER:-docker}
 image=rsi:environment
 build_args=()
+cleanup=()
+trap 'rm -rf "${cleanup[@]}"' EXIT
 export DOCKER_BUILDKIT=1
 
 if [ "$stand_in" = 1 ]; then
   base=rsi-stand-in/ubuntu:22.04
   if ! "$docker" image inspect "$base" >/dev/null 2>&1; then
     root=$(mktemp -d)
-    trap 'rm -rf "$root"' EXIT
+    cleanup+=("$root")
     debootstrap --variant=minbase --components=main,universe jammy "$root" http://archive.ubuntu.com/ubuntu/
     # the suites the ubuntu:22.04 image lists (the CUDA images build on it)
     printf 'deb http://archive.ubuntu.com/ubuntu/ jammy%s main restricted universe multiverse\n' \
@@ -82,4 +89,32 @@ if [ "$code" = 0 ] || ! echo "$out" | grep -q "data.root = '/data/imagenet/val':
   echo "image-check.sh: expected dvc repro to stop naming the missing /data/imagenet/val, downloading nothing (exit $code)" >&2
   exit 1
 fi
+
+step "5. a fresh clone mounted at /repo, driven as uid 1000 and as uid 4242"
+work=$(mktemp -d)
+cleanup+=("$work")
+git clone -q "$PWD" "$work/uid1000"
+chown -R 1000:1000 "$work/uid1000"
+as_owner() { # uid, clone, script: `docker run --user uid:uid -v clone:/repo` as the README shows
+  "$docker" run --rm --network none --user "$1:$1" -v "$2":/repo "$image" bash -c "set -eo pipefail; $3"
+}
+experiment='set -eo pipefail; dvc exp run -S criteria.eq2_high=$0 2>&1 | tee /tmp/exp.log
+if grep -q "Running stage .fz@" /tmp/exp.log; then echo "the experiment re-rendered FZs" >&2; exit 1; fi
+grep -q "Running stage .criteria" /tmp/exp.log
+dvc exp show
+dvc metrics diff --all
+dvc plots diff --json > /tmp/plots.json
+python -c "import json; assert json.load(open(\"/tmp/plots.json\"))[\"data\"][\"passing_counts\"]"'
+commit='git -c user.name=image-check -c user.email=image-check@rsi.invalid commit -q'
+as_owner 1000 "$work/uid1000" "echo \"HOME=\$HOME\"; git status --short | head -3
+python -m rsi.demo_params --offline params.demo.yaml > /tmp/params.yaml && cp /tmp/params.yaml params.yaml
+dvc repro -q
+git add -A && $commit -m 'baseline: the offline demo profile'
+bash -c '$experiment' 2.0"
+# another uid, unknown to the image (HOME=/): the same checkout with its cache, owned by that uid
+cp -a "$work/uid1000" "$work/uid4242"
+chown -R 4242:4242 "$work/uid4242"
+as_owner 4242 "$work/uid4242" "echo \"HOME=\$HOME\"; bash -c '$experiment' 1.8"
+# git trusts a clone whose owner is not the running uid (safe.directory), read-only
+as_owner 4242 "$work/uid1000" 'git status --short && git log --oneline -1'
 step "image check passed"

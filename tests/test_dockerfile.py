@@ -304,3 +304,114 @@ def test_image_check_builds_a_stage_the_dockerfile_has_and_the_image_builds_on_i
     assert built[image][0] == ("FROM", target)
     assert [k for k, _ in built[image][1:]] == ["RUN", "CMD"]
     assert "BASE_IMAGE=" in script  # the stand-in base goes in through the Dockerfile's argument
+
+
+# ------------------------------------------------------------------------------------------------------
+# The image as the toolchain of a host clone mounted at /repo, run as the host user (`--user uid:gid`).
+
+ENTRYPOINT = REPO / "scripts" / "entrypoint.sh"
+
+
+def test_the_image_has_git_for_dvc_exp_on_a_mounted_clone():
+    apt = [c for c in run_commands() if "apt-get install" in c]  # the image's stages only
+    assert any(re.search(r"apt-get install [^&]*\bgit\b", c) for c in apt), apt
+
+
+def test_git_trusts_a_mounted_clone_of_any_owner_system_wide_before_dropping_root():
+    instructions_ = image_instructions()
+    (index,) = [i for i, (k, a) in enumerate(instructions_) if k == "RUN" and "safe.directory" in a]
+    assert instructions_[index][1] == "git config --system --add safe.directory '*'"
+    first_user = next(i for i, (k, _) in enumerate(instructions_) if k == "USER")
+    assert index < first_user  # /etc/gitconfig is root's to write
+
+
+def test_entrypoint_is_the_script_and_the_command_stays_dvc_repro():
+    instructions_ = image_instructions()
+    assert ("COPY", "scripts/entrypoint.sh /usr/local/bin/rsi-entrypoint") in instructions_
+    (entry,) = [a for k, a in instructions_ if k == "ENTRYPOINT"]
+    assert json.loads(entry) == ["/usr/local/bin/rsi-entrypoint"]
+    assert os.access(ENTRYPOINT, os.X_OK), "scripts/entrypoint.sh must be executable (git keeps the bit)"
+    # the environment stage has it, so scripts/image-check.sh checks it
+    assert any(k == "ENTRYPOINT" for k, _ in stages()["environment"])
+
+
+def _entrypoint(tmp_path: Path, env: dict[str, str], cwd: Path | None = None) -> tuple[dict[str, str], str]:
+    """Run scripts/entrypoint.sh as the image does, with a command that reports what it got."""
+    base = {"PATH": os.environ["PATH"], "RSI_SPARE_HOME": str(tmp_path / "spare")}
+    probe = (
+        'printf "%s\\n" "HOME=$HOME" "XDG_CACHE_HOME=$XDG_CACHE_HOME" "MPLCONFIGDIR=$MPLCONFIGDIR" "PWD=$PWD"'
+    )
+    done = subprocess.run(
+        ["sh", str(ENTRYPOINT), "sh", "-c", probe],
+        cwd=cwd or tmp_path,
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(line.split("=", 1) for line in done.stdout.splitlines()), done.stderr
+
+
+@pytest.mark.parametrize("home", [None, "/nonexistent/rsi-home"])
+def test_entrypoint_gives_an_unknown_uid_a_writable_home_and_caches(tmp_path, home):
+    # docker run --user <uid unknown to the image>: HOME=/ (not writable) or none at all
+    repo = tmp_path / "repo"  # stands for the mounted /repo
+    repo.mkdir()
+    got, _ = _entrypoint(tmp_path, {} if home is None else {"HOME": home}, cwd=repo)
+    spare = tmp_path / "spare"
+    assert got == {
+        "HOME": str(spare),
+        "XDG_CACHE_HOME": f"{spare}/.cache",
+        "MPLCONFIGDIR": f"{spare}/.cache/matplotlib",
+        "PWD": str(repo),  # the command runs where the container started (WORKDIR /repo)
+    }
+    assert (spare / ".cache" / "matplotlib").is_dir()
+
+
+def test_entrypoint_gives_git_an_identity_only_where_none_is_configured(tmp_path):
+    # dvc exp run commits (and stashes) to git refs; a fresh container user has no identity
+    probe = ["sh", str(ENTRYPOINT), "sh", "-c", 'echo "$GIT_AUTHOR_NAME|$GIT_COMMITTER_EMAIL"']
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "GIT_CONFIG_NOSYSTEM": "1"}
+    bare = subprocess.run(probe, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert bare.stdout.strip() == "rsi container|rsi@container.invalid"
+    (tmp_path / ".gitconfig").write_text("[user]\n\tname = A\n\temail = a@example.org\n")
+    own = subprocess.run(probe, cwd=tmp_path, env=env, capture_output=True, text=True, check=True)
+    assert own.stdout.strip() == "|"  # the user's own identity wins
+
+
+def test_entrypoint_keeps_a_writable_home_and_given_caches(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    got, _ = _entrypoint(tmp_path, {"HOME": str(home), "MPLCONFIGDIR": str(tmp_path / "mpl")})
+    assert got["HOME"] == str(home) and got["XDG_CACHE_HOME"] == f"{home}/.cache"
+    assert got["MPLCONFIGDIR"] == str(tmp_path / "mpl")
+    assert not (tmp_path / "spare").exists()
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_entrypoint_names_a_working_directory_the_uid_cannot_write(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        _, stderr = _entrypoint(tmp_path, {"HOME": str(tmp_path)}, cwd=locked)
+    finally:
+        locked.chmod(0o755)
+    assert f"{locked} is not writable by uid {os.getuid()}" in stderr and "--user" in stderr
+
+
+@needs_git
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to give the clone another owner")
+def test_the_dockerfiles_safe_directory_lets_git_read_a_clone_owned_by_another_uid(tmp_path):
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "init", "-q", str(clone)], check=True)
+    for path in [clone, *clone.rglob("*")]:
+        os.chown(path, 4242, 4242, follow_symlinks=False)
+    system = tmp_path / "gitconfig"
+    env = {**os.environ, "GIT_CONFIG_SYSTEM": str(system), "GIT_CONFIG_GLOBAL": str(tmp_path / "none")}
+    status = ["git", "-C", str(clone), "status", "--short"]
+    refused = subprocess.run(status, env=env, capture_output=True, text=True, check=False)
+    assert refused.returncode != 0 and "dubious ownership" in refused.stderr
+    (command,) = [c for c in run_commands() if "safe.directory" in c]
+    subprocess.run(shlex.split(command), env=env, check=True)  # the Dockerfile's own RUN
+    assert subprocess.run(status, env=env, capture_output=True, text=True, check=False).returncode == 0

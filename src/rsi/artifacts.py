@@ -13,7 +13,8 @@ All paths are relative to the repository root (the DVC working directory) unless
             acts[i, t, c] = center neuron of tap TAP_KINDS[t], channel c, to image FZ_IMAGES[i] of c;
             ``channels`` (C,).
 * criteria  ``outputs/criteria/<layerL_K>.csv`` (one row per channel), ``outputs/criteria/passing.json``
-            ({block: [channels]}), ``metrics/criteria.json`` (counts and percentages).
+            ({block: [channels]}), ``outputs/criteria/passing_counts.csv`` (the DVC plot: count per
+            block), ``metrics/criteria.json`` (counts and percentages).
 * natural   ``outputs/natural/<layerL_K>.npz``: ``mean`` (3, C), ``topk`` (3, C, k) eval indices,
             ``topk_values`` (3, C, k).
 * ablate    ``metrics/ablation.json``, ``plots/ablation_ratio.csv``, ``outputs/ablation/trials.json``.

@@ -453,6 +453,17 @@ def write_table(result: BlockCriteria, path: Path) -> None:
             writer.writerow([int(channel), *values, repr(float(result.ratio[i])), *map(bool, flags)])
 
 
+def write_passing_counts(results: Sequence[BlockCriteria], path: Path) -> None:
+    """The DVC plot of passing channels per block (``block``, ``channels``, ``passing``, ``percent``),
+    drawn beside the paper's counts (``paper/passing_counts.csv``) by dvc.yaml's top-level ``plots``."""
+    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["block", "channels", "passing", "percent"])
+        for result in results:
+            summary = result.summary()
+            writer.writerow([result.block, summary["channels"], summary["passing"], summary["percent"]])
+
+
 def _label(data: Mapping[str, np.ndarray], key: str) -> str | None:
     return str(data[key]) if key in data else None
 
@@ -501,6 +512,7 @@ def run(args: argparse.Namespace) -> None:
         write_table(result, artifacts.criteria_table(result.block))
     passing_by_seed = {seed: {r.block: r.passing for r in blocks} for seed, blocks in results.items()}
     write_json(artifacts.passing_file(), passing_by_seed[primary])
+    write_passing_counts(results[primary], artifacts.passing_file().parent / "passing_counts.csv")
     out = metrics(results[primary])
     if len(roots) > 1:
         out["stability"] = stability(passing_by_seed)
