@@ -571,3 +571,19 @@ def test_tap_jitter_overrides_the_block_jitter_for_one_tap():
         load_fz_params(
             {"fz": {"blocks": {"layer2_1": {"taps": ["pre"], "jitter": 4, "tap_jitter": {"mid": 8}}}}}
         )
+
+
+def test_cuda_renders_use_deterministic_cudnn_without_autotuning():
+    """cuDNN autotuning picks kernels by timing (per process, per run): a GPU FZ would then depend on more
+    than the declared params. The flags are settable without CUDA, so this runs on a CPU."""
+    from rsi.fz import _numerics
+
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = True, False
+    try:
+        with _numerics(torch.device("cuda"), tf32=False):
+            assert torch.backends.cudnn.benchmark is False and torch.backends.cudnn.deterministic is True
+            assert torch.backends.cudnn.allow_tf32 is False
+        assert (torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic) == (True, False)
+    finally:
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved

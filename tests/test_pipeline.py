@@ -217,10 +217,24 @@ def test_speed_only_keys_rerun_nothing(workspace, first_run):
     run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["fz"]["chunk_batches"] = 2
+    params["ablate"]["screen_batch"] = 3
+    params["data"]["workers"] = 1
+    (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    assert ran_stages(run(["dvc", "repro"], workspace)) == set()
+
+
+def test_batch_sizes_are_declared(workspace, first_run):
+    """Batch sizes change float rounding (DESIGN: batch geometry is declared): DVC sees them as changed."""
+    run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
+    original = (workspace / "params.yaml").read_text()
+    params = yaml.safe_load(original)
+    params["activations"]["batch_size"] = 3
     params["natural"]["batch_size"] = 3
     params["ablate"]["batch_size"] = 5
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    assert ran_stages(run(["dvc", "repro"], workspace)) == set()
+    status = json.loads(run(["dvc", "status", "--json"], workspace))
+    assert {"activations", "natural", "ablate"} <= set(status), status
+    (workspace / "params.yaml").write_text(original)
 
 
 def test_changing_the_channel_sets_reruns_only_ablate_figures_and_report(workspace, first_run):

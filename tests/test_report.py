@@ -97,6 +97,17 @@ def test_no_banner_for_the_paper_weights(tmp_path, monkeypatch):
     assert "**SUBSET**" in text.split("## ")[0]  # 20 images, not 50,000
 
 
+def test_custom_weights_are_not_judged_against_the_published_accuracies(tmp_path, monkeypatch):
+    """Only IMAGENET1K_V1 (by content) can match the authors' recorded accuracies to the image."""
+    weights = tmp_path / "finetuned.pth"
+    weights.write_bytes(b"not the paper's weights")
+    write_fake_outputs(tmp_path, weights=str(weights), data_source="folders")
+    monkeypatch.chdir(tmp_path)
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "Not comparable: custom weights " in text and ", not IMAGENET1K_V1" in text
+
+
 def test_lucent_reference_counts_side_by_side(fake_repo):
     reference = json.loads(Path("metrics/criteria.json").read_text())
     reference["layer2_1"].update(passing=5, percent=62.5)
@@ -178,7 +189,7 @@ def test_exact_check_in_points_and_images():
 def test_the_report_judges_the_published_accuracies_on_the_paper_data(fake_repo):
     Path("outputs/eval/index.json").write_text(json.dumps({"count": 50_000}))
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["model"]["weights"] = "data/resnet18-f37072fd.pth"
+    params["model"]["weights"] = "torchvision"  # IMAGENET1K_V1 (checked by hash when loaded)
     params["data"]["source"] = "folders"
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert main(["report"]) == 0

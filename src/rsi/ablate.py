@@ -407,7 +407,8 @@ def ablate_block(
     post_means = np.asarray(post_means, dtype=np.float64)
     if post_means.shape != (channels,):
         raise AblationError(
-            f"block {block}: Post means have shape {post_means.shape}, expected ({channels},)"
+            f"block {block}: Post means have shape {post_means.shape}, expected ({channels},): "
+            f"{artifacts.natural_file(block)} was made for another model.arch; re-run `rsi natural`"
         )
     if passing and not 0 <= passing[0] <= passing[-1] < channels:
         raise AblationError(f"block {block}: passing channels must be in 0..{channels - 1}, got {passing}")

@@ -23,10 +23,11 @@ def world() -> tuple[int, int]:
 
 
 def init() -> None:
-    """Join the process group when launched by torchrun (NCCL on CUDA, gloo on CPU)."""
+    """Join the process group when launched by torchrun: NCCL for CUDA tensors and gloo for CPU ones, so
+    collectives work whatever ``model.device`` (a CPU run on a GPU machine included)."""
     _, size = world()
     if size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
 
 

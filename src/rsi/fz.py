@@ -319,17 +319,20 @@ class FZResult:
 
 
 @contextmanager
-def _numerics(device: torch.device, tf32: bool, autotune: bool) -> Iterator[None]:
-    """TF32 only when asked (PyTorch allows it for convolutions by default); cuDNN autotuning when
-    the model sees one input shape. (Without the final crop the random scale gives each step size
-    groups of varying batch sizes: autotuning every new shape would cost more than it saves.)"""
+def _numerics(device: torch.device, tf32: bool) -> Iterator[None]:
+    """TF32 only when asked (PyTorch allows it for convolutions by default), and deterministic cuDNN
+    kernels without autotuning: autotuning picks kernels by timing, per process and per run, and some
+    backward kernels are not deterministic; over 2,560 steps a last-bit difference grows into a different
+    FZ, so a GPU render would depend on more than the declared params (DESIGN)."""
     saved = (
         torch.backends.cudnn.benchmark,
+        torch.backends.cudnn.deterministic,
         torch.backends.cudnn.allow_tf32,
         torch.backends.cuda.matmul.allow_tf32,
     )
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = autotune
+        torch.backends.cudnn.benchmark = False
+        torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cuda.matmul.allow_tf32 = tf32
     try:
@@ -337,6 +340,7 @@ def _numerics(device: torch.device, tf32: bool, autotune: bool) -> Iterator[None
     finally:
         (
             torch.backends.cudnn.benchmark,
+            torch.backends.cudnn.deterministic,
             torch.backends.cudnn.allow_tf32,
             torch.backends.cuda.matmul.allow_tf32,
         ) = saved
@@ -455,9 +459,7 @@ def render_channels(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     done: list[FZResult] = []
-    ops = spec.ops()
-    one_shape = ops[-1].kind == "crop" or all(op.kind != "scale" for op in ops)
-    with _numerics(device, spec.tf32, autotune=one_shape):
+    with _numerics(device, spec.tf32):
         for batch in chunks_of(channels, spec.batch_channels):
             fraction = len(batch) / spec.steps
 

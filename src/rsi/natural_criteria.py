@@ -193,7 +193,10 @@ def block_responses(
     Pre_c and Post_c to the In tap's top-k, Pre_c to their S, Post_c to the Pre tap's top-k."""
     topk = np.asarray(topk, dtype=np.int64)
     if topk.ndim != 3 or topk.shape[0] != len(TAP_KINDS):
-        raise ValueError(f"block {block}: top-k of shape {topk.shape}, expected (3, C, k)")
+        raise ValueError(
+            f"block {block}: top-k of shape {topk.shape}, expected (3, C, k): "
+            f"{artifacts.natural_file(block)} is not stage natural's; re-run `rsi natural`"
+        )
     if topk.min() < 0 or topk.max() >= len(eval_set):
         raise ValueError(
             f"block {block}: top-k indices outside the {len(eval_set)} cached images: re-run `rsi natural`"
@@ -271,7 +274,9 @@ def run(args: argparse.Namespace) -> None:
 
     scale_fraction = load_section(raw, "activations", ActivationsParams, source=args.params).scale_fraction
     model_params = load_section(raw, "model", ModelParams, source=args.params)
-    batch_size = load_section(raw, "natural", NaturalParams, source=args.params).batch_size  # speed only
+    batch_size = load_section(
+        raw, "natural", NaturalParams, source=args.params
+    ).batch_size  # declared: float rounding
     stored = {
         block: read_natural(block, root, model_params.weights, model_params.arch) for block in criteria.blocks
     }

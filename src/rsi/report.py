@@ -23,7 +23,7 @@ from typing import Any
 
 from rsi import artifacts
 from rsi.config import load_section, read_params
-from rsi.model import describe_weights, is_random
+from rsi.model import PAPER_LABEL, describe_weights, is_random
 from rsi.runtime import ModelParams, atomic_path
 from rsi.taps import DEFAULT_ARCH, block_order, num_channels, parse_block
 
@@ -1160,6 +1160,10 @@ def build_report(
         text
         for flag, text in (
             (labels.random_weights, "random weights"),
+            (
+                not labels.random_weights and labels.weights_label != PAPER_LABEL,
+                f"{labels.weights_label}, not IMAGENET1K_V1",
+            ),
             (labels.generated_data, "generated images"),
             (n_images is not None and n_images != PAPER_EVAL_IMAGES, f"{n_images} images, not 50,000"),
         )
