@@ -4,15 +4,13 @@ resnet34 has), through every stage, with the arch named in the FZ settings, dvc.
 from __future__ import annotations
 
 import json
-import os
-import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from test_pipeline import ran_stages, run
 
 from rsi.demo_params import demo_params
 
@@ -20,31 +18,10 @@ REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def run(args: list[str], cwd: Path) -> str:
-    """``args`` in ``cwd`` with this interpreter's tools first on PATH (as tests/test_pipeline.py)."""
-    env = {
-        **os.environ,
-        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
-        "DVC_NO_ANALYTICS": "1",
-        "GIT_AUTHOR_NAME": "t",
-        "GIT_AUTHOR_EMAIL": "t@t",
-        "GIT_COMMITTER_NAME": "t",
-        "GIT_COMMITTER_EMAIL": "t@t",
-        "TQDM_DISABLE": "1",
-    }
-    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, f"{' '.join(args)} failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
-    return done.stdout + done.stderr
-
-
-def ran_stages(log: str) -> set[str]:
-    return set(re.findall(r"Running stage '([^']+)'", log))
-
-
 def tiny_resnet34_params() -> dict:
     """params.resnet34.yaml offline, cut to block 1.2 (absent from resnet18; its In is 1.1's Post)."""
     params = demo_params(REPO / "params.resnet34.yaml", base_file=REPO / "params.yaml", offline=True)
-    params["fz"].update(steps=2, image_size=32, max_channels=2, batch_size=2)
+    params["fz"].update(steps=2, image_size=32, max_channels=2, batch_channels=2)
     params["fz"]["blocks"] = {
         "layer1_1": {"taps": ["post"], "jitter": 0},
         "layer1_2": {"taps": ["pre", "post"], "jitter": 0},
