@@ -58,7 +58,7 @@ def test_a_resnet34_profile_runs_every_stage_labelled_with_its_arch(resnet34_run
     root, log = resnet34_run
     assert ran_stages(log) == {
         "prepare-data", "fz@layer1_1", "fz@layer1_2", "activations", "stability@0", "criteria",
-        "pre-reading", "natural", "ablate", "figures", "report",
+        "pre-reading", "natural", "natural-criteria", "ablate", "figures", "report",
     }  # fmt: skip
     settings = json.loads((root / "outputs/fz/layer1_2/settings.json").read_text())
     assert settings["weights_label"] == "resnet34 RANDOM WEIGHTS (not the paper's model)"
@@ -66,7 +66,7 @@ def test_a_resnet34_profile_runs_every_stage_labelled_with_its_arch(resnet34_run
     assert "(module layer1.2.bn2)" in settings["taps"]["pre"]["objective"]
     assert json.loads((root / "metrics/criteria.json").read_text())["layer1_2"]["channels"] == 2
     lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
-    for stage in ("fz@layer1_2", "activations", "natural", "ablate", "figures", "report"):
+    for stage in ("fz@layer1_2", "activations", "natural", "natural-criteria", "ablate", "figures", "report"):
         assert lock[stage]["params"]["params.yaml"]["model.arch"] == "resnet34", stage
     report = (root / "outputs/report.md").read_text()
     assert report.startswith("# Scale invariance in the residual stream of ResNet34: reproduced vs paper")
