@@ -538,7 +538,8 @@ def test_a_root_without_the_marker_is_rechecked_against_the_archive(tmp_path, mo
     download = data.DownloadParams(url=archive.as_uri(), sha256=sha, into=str(into))
     params = data.DataParams(root=str(into / "tiny" / "val"), class_index="imagenette", download=download)
     with tarfile.open(archive) as handle:  # what an interrupted or refused unpacking used to leave
-        handle.extractall(into, filter="data")
+        # the image's Python 3.11.2 has no extraction filters (the archive is the test's own)
+        handle.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
     lost = into / "tiny" / "val" / WNIDS[2] / f"{WNIDS[2]}_0.JPEG"
     kept = lost.read_bytes()
     lost.unlink()

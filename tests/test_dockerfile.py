@@ -262,6 +262,9 @@ def _ignored(relative: str, patterns: list[str]) -> bool:
 
 
 @needs_git
+@pytest.mark.skipif(
+    not (REPO / ".git").exists(), reason="no git checkout (the image's own copy): nothing to list files from"
+)
 def test_dvc_opens_the_build_context_without_git(tmp_path):
     if not (REPO / "dvc.yaml").is_file() or not (REPO / ".dvc").is_dir():
         pytest.skip("the repository has no dvc.yaml / .dvc yet")
