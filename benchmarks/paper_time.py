@@ -5,7 +5,7 @@
 
 * fz: every tap of every block in params.yaml's ``fz.blocks`` (the paper's 20 taps), ``--steps`` steps of
   ``--channels`` channels each at params.yaml's image size, with ``rsi.fz.render_channels`` (the stage's own
-  code; batch size as ``fz.batch_size``). Rate: channel-steps/s. Full run: every channel of the tap at
+  code; batches of ``fz.batch_channels``). Rate: channel-steps/s. Full run: every channel of the tap at
   ``fz.steps`` (2,560) steps.
 * activations: each ``criteria.blocks`` block's five FZ images per channel (random FZs) through the params'
   extractor. Full run: every channel.
@@ -131,27 +131,11 @@ def measure_fz(model, raw: dict, args, device) -> list[dict[str, Any]]:
             total = num_channels(block)
             channels = list(range(min(args.channels or total, total)))
             if device.type == "cuda":  # kernel selection and lazy initialisation outside the timing
-                render_channels(
-                    model, replace(spec, steps=2), channels, device=device, batch_size=fz.batch_size
-                )
-            probe = Probe(device).run(
-                lambda s=spec, c=channels: render_channels(
-                    model, s, c, device=device, batch_size=fz.batch_size
-                )
-            )
+                render_channels(model, replace(spec, steps=2), channels, device=device)
+            probe = Probe(device).run(lambda s=spec, c=channels: render_channels(model, s, c, device=device))
             rate = len(channels) * spec.steps / probe["seconds"]
-            rows.append(
-                {
-                    "item": f"{block}/{kind}",
-                    "measured": f"{len(channels)} ch x {spec.steps} steps @ {spec.image_size} px",
-                    "rate": rate,
-                    "unit": "ch*steps/s",
-                    **probe,
-                    "full_work": total * fz.steps,
-                    "projected_s": total * fz.steps / rate,
-                }
-            )
-            _print_row("fz", rows[-1])
+            measured = f"{len(channels)} ch x {spec.steps} steps @ {spec.image_size} px"
+            rows.append(_row("fz", f"{block}/{kind}", measured, rate, "ch*steps/s", probe, total * fz.steps))
     return rows
 
 
@@ -186,18 +170,8 @@ def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
         warm_up(work, device)
         probe = Probe(device).run(work)
         rate = count / probe["seconds"]
-        rows.append(
-            {
-                "item": block,
-                "measured": f"{count} ch x 5 images @ {size} px",
-                "rate": rate,
-                "unit": "ch/s",
-                **probe,
-                "full_work": total,
-                "projected_s": total / rate,
-            }
-        )
-        _print_row("activations", rows[-1])
+        measured = f"{count} ch x 5 images @ {size} px"
+        rows.append(_row("activations", block, measured, rate, "ch/s", probe, total))
     return rows
 
 
@@ -224,17 +198,8 @@ def measure_natural(model, raw: dict, eval_set, args, device) -> list[dict[str, 
     warm_up(work, device)
     probe = Probe(device).run(work)
     rate = len(eval_set) / probe["seconds"]
-    row = {
-        "item": f"{len(params.blocks)} blocks x 3 taps",
-        "measured": f"{len(eval_set)} images",
-        "rate": rate,
-        "unit": "img/s",
-        **probe,
-        "full_work": PAPER_IMAGES,
-        "projected_s": PAPER_IMAGES / rate,
-    }
-    _print_row("natural", row)
-    return [row]
+    item = f"{len(params.blocks)} blocks x 3 taps"
+    return [_row("natural", item, f"{len(eval_set)} images", rate, "img/s", probe, PAPER_IMAGES)]
 
 
 def measure_ablate(model, raw: dict, eval_set, args, device) -> list[dict[str, Any]]:
@@ -278,24 +243,30 @@ def measure_ablate(model, raw: dict, eval_set, args, device) -> list[dict[str, A
         warm_up(work, device)
         probe = Probe(device).run(work)
         rate = len(eval_set) / probe["seconds"]
-        rows.append(
-            {
-                "item": block,
-                "measured": f"{len(eval_set)} images x ({2 + params.screen_batch} + "
-                f"{len(crops)} x {2 + params.trials} conditions)",
-                "rate": rate,
-                "unit": "img/s",
-                **probe,
-                "full_work": PAPER_IMAGES,
-                "projected_s": PAPER_IMAGES / rate,
-            }
-        )
-        _print_row("ablate", rows[-1])
+        measured = f"{len(eval_set)} images x ({2 + params.screen_batch} + {len(crops)} x {2 + params.trials} conditions)"
+        rows.append(_row("ablate", block, measured, rate, "img/s", probe, PAPER_IMAGES))
     return rows
 
 
 def _fmt(value: float | None, pattern: str) -> str:
     return "n/a" if value is None else pattern.format(value)
+
+
+def _row(
+    stage: str, item: str, measured: str, rate: float, unit: str, probe: dict[str, Any], full_work: float
+) -> dict[str, Any]:
+    """One table row (printed as it is made): the measured rate and the full paper run it projects."""
+    row = {
+        "item": item,
+        "measured": measured,
+        "rate": rate,
+        "unit": unit,
+        **probe,
+        "full_work": full_work,
+        "projected_s": full_work / rate,
+    }
+    _print_row(stage, row)
+    return row
 
 
 def _print_row(stage: str, row: dict[str, Any]) -> None:
