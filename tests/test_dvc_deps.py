@@ -18,22 +18,53 @@ SRC = REPO / "src" / "rsi"
 INFRASTRUCTURE = {"cli", "config", "distributed"}
 
 
+def module_file(module: str) -> Path:
+    """The source file of an rsi module named relative to the package ("fz", "artifacts.fz")."""
+    path = SRC.joinpath(*module.split("."))
+    return path / "__init__.py" if path.is_dir() else path.with_suffix(".py")
+
+
+def _is_module(name: str) -> bool:
+    path = SRC.joinpath(*name.split("."))
+    return path.is_dir() or path.with_suffix(".py").is_file()
+
+
+def _with_parents(name: str) -> set[str]:
+    """Importing rsi.a.b runs rsi/a/__init__.py too."""
+    parts = name.split(".")
+    return {".".join(parts[:i]) for i in range(1, len(parts) + 1)}
+
+
 def imported_modules(module: str) -> set[str]:
-    """rsi modules that ``module`` imports anywhere in its source (importlib strings included)."""
-    tree = ast.parse((SRC / f"{module}.py").read_text())
+    """rsi modules that ``module`` imports anywhere in its source (importlib strings included), named
+    relative to the package; a submodule brings its package's __init__ with it."""
+    tree = ast.parse(module_file(module).read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.module:
-            if node.module == "rsi":
-                found |= {alias.name for alias in node.names}
-            elif node.module.startswith("rsi."):
-                found.add(node.module.split(".")[1])
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module == "rsi" or node.module.startswith("rsi."):
+                base = node.module.removeprefix("rsi").lstrip(".")
+                if base:
+                    found |= _with_parents(base)
+                for alias in node.names:
+                    name = f"{base}.{alias.name}" if base else alias.name
+                    if _is_module(name):
+                        found |= _with_parents(name)
+        elif isinstance(node, ast.ImportFrom) and node.level > 0:
+            package = module.rsplit(".", 1)[0] if module_file(module).name != "__init__.py" else module
+            base = ".".join([package, node.module] if node.module else [package])
+            found |= _with_parents(base)
+            for alias in node.names:
+                if _is_module(f"{base}.{alias.name}"):
+                    found |= _with_parents(f"{base}.{alias.name}")
         elif isinstance(node, ast.Import):
-            found |= {a.name.split(".")[1] for a in node.names if a.name.startswith("rsi.")}
+            for alias in node.names:
+                if alias.name.startswith("rsi."):
+                    found |= _with_parents(alias.name.removeprefix("rsi."))
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.startswith("rsi."):
-            candidate = node.value.split(".")[1]
-            if (SRC / f"{candidate}.py").is_file():
-                found.add(candidate)
+            candidate = node.value.removeprefix("rsi.")
+            if _is_module(candidate):
+                found |= _with_parents(candidate)
     return found
 
 
@@ -60,7 +91,7 @@ def test_stage_declares_exactly_the_modules_it_runs(name):
     stage = stages()[name]
     command = stage["cmd"].split()[1]
     entry = COMMANDS[command][0].split(".")[1]
-    expected = {f"src/rsi/{m}.py" for m in closure(entry) - INFRASTRUCTURE}
+    expected = {module_file(m).relative_to(REPO).as_posix() for m in closure(entry) - INFRASTRUCTURE}
     declared = {d for d in stage["deps"] if d.startswith("src/") and d.endswith(".py")}
     assert declared == expected, (
         f"stage {name}: missing {sorted(expected - declared)}, not run {sorted(declared - expected)}"
@@ -81,7 +112,7 @@ def test_stability_outs_are_the_params_seed_root():
 def test_package_data_a_module_reads_is_declared_by_its_stages():
     for name, stage in stages().items():
         for module in closure(COMMANDS[stage["cmd"].split()[1]][0].split(".")[1]) - INFRASTRUCTURE:
-            source = (SRC / f"{module}.py").read_text()
+            source = module_file(module).read_text()
             for data_file in sorted(SRC.glob("*.txt")):
                 if f'"{data_file.name}"' in source:
                     assert f"src/rsi/{data_file.name}" in stage["deps"], (name, data_file.name)

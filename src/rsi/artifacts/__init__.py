@@ -1,6 +1,7 @@
-"""Where every stage's outputs live, and the file contract between stages.
+"""The file contract between stages: where every stage output lives, and the error its reader raises.
 
-All paths are relative to the repository root (the DVC working directory) unless ``root`` is given.
+Each output's typed record, its one writer and its one reader live in a submodule of this package
+(``rsi.artifacts.<output>``), so a stage's DVC deps name only the contracts it reads or writes. All paths are relative to the repository root (the DVC working directory) unless ``root`` is given.
 
 * fz        ``outputs/fz/<layerL_K>/<tap>.npz``: ``images`` (C, 3, H, W) uint8 (value·255 truncated) or
             float32 in [0, 1]; ``channels`` (C,) int64; ``objective`` and ``initial_objective`` (C,)
@@ -23,9 +24,42 @@ All paths are relative to the repository root (the DVC working directory) unless
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from pathlib import Path
 
 from rsi.taps import Tap, block_key, parse_block
+
+
+class ArtifactError(ValueError):
+    """A stage output that is absent, or lacks something its writer always writes. The message is one
+    line: the file, the stage that writes it, what is missing, and the command that remakes it."""
+
+
+class MissingArtifactError(ArtifactError, FileNotFoundError):
+    """A stage output that does not exist at all."""
+
+
+def require_file(path: Path, stage: str) -> Path:
+    """``path`` if it is a file, else MissingArtifactError naming ``rsi <stage>``, its writer."""
+    path = Path(path)
+    if not path.is_file():
+        raise MissingArtifactError(
+            f"{path} is missing: it is written by `rsi {stage}` (DVC stage {stage!r}); "
+            f"run `dvc repro` (or `rsi {stage}`) first"
+        )
+    return path
+
+
+def require_keys(path: Path, present: Collection[str], keys: Iterable[str], stage: str) -> None:
+    """ArtifactError naming the first keys of ``keys`` absent from ``present`` (the keys found in
+    ``path``): the file was written by another version of ``rsi <stage>``, or by something else."""
+    missing = [key for key in keys if key not in present]
+    if missing:
+        raise ArtifactError(
+            f"{path}: no {', '.join(repr(key) for key in missing)}, which `rsi {stage}` always writes; "
+            f"remake it with `dvc repro --force {stage}` (or `rsi {stage}`)"
+        )
+
 
 OUTPUTS = Path("outputs")
 METRICS = Path("metrics")
