@@ -7,6 +7,12 @@ venv="${RSI_VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
 fi
-"$venv/bin/python" -m pip install --quiet --no-deps -r requirements.lock
-"$venv/bin/python" -m pip install --quiet --no-deps --no-build-isolation -e .
+# The lock holds torch's CUDA build: about 7 GiB once installed. Say so before pip runs out of disk halfway.
+free_kib=$(df -Pk "$(dirname "$venv")" | awk 'NR == 2 {print $4}')
+if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then
+  echo "install.sh: warning: $((free_kib / 1024 / 1024)) GiB free beside $venv; the lock needs about 8 GiB" >&2
+fi
+# --no-cache-dir: the wheels are installed once; a second copy in pip's cache only costs disk
+"$venv/bin/python" -m pip install --quiet --no-cache-dir --no-deps -r requirements.lock
+"$venv/bin/python" -m pip install --quiet --no-cache-dir --no-deps --no-build-isolation -e .
 echo "installed rsi into $venv; activate with: source $venv/bin/activate"
