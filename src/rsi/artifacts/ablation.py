@@ -406,7 +406,10 @@ def read_ablation_metrics(path: Path = ABLATION_METRICS) -> AblationMetrics:
     """``metrics/ablation.json`` as written by :func:`write_ablation`; an :class:`ArtifactError` (one line:
     the file, ``rsi ablate``, the missing key by its dotted path) for anything else."""
     path = require_file(Path(path), STAGE)
-    data = _require(path, json.loads(path.read_text()), HEADER)
+    try:
+        data = _require(path, json.loads(path.read_text()), HEADER)
+    except json.JSONDecodeError as error:
+        raise ArtifactError(f"{path}: not JSON ({error}); remake it with `rsi {STAGE}`") from None
     blocks = {}
     for key, value in data.items():
         if key in HEADER:
