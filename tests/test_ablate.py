@@ -10,6 +10,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +23,7 @@ from torchvision.transforms import functional as TF
 
 from rsi import ablate, cli, data, natural
 from rsi.ablate import AblateParams, AblationError, Condition, ScreenParams, eq3_ratio, screen
+from rsi.artifacts.ablation import PLOT_FIELDS, SetMetrics, write_ablation
 from rsi.config import ParamsError, load_section
 from rsi.model import load_resnet18
 from rsi.taps import Tap, forward_from, forward_taps
@@ -151,33 +153,33 @@ def run_fake(rule: str, tolerance: float = 0.0, **overrides):
     ("rule", "tolerance"), [("no_higher", 0.0), ("within", 1.0), ("within", 0.5), ("lower", 0.0)]
 )
 def test_screening_accepts_in_attempt_order(fake_evaluate, rule, tolerance):
-    record = run_fake(rule, tolerance, screen_batch=4)
-    attempts = record["attempts"]
-    assert [a["attempt"] for a in attempts] == list(range(len(attempts)))
+    result = run_fake(rule, tolerance, screen_batch=4)
+    attempts = result.attempts
+    assert [a.attempt for a in attempts] == list(range(len(attempts)))
     for a in attempts:
-        assert a["accepted"] == screen(a["no_scale_acc"], 50.0, rule, tolerance)
-        assert a["no_scale_acc"] == pytest.approx(49.0 + 0.5 * (sum(a["channels"]) % 5))
-    accepted = [a for a in attempts if a["accepted"]]
-    assert len(accepted) == 3 and attempts[-1]["accepted"]  # stops at the third acceptance
-    assert [t["channels"] for t in record["trials"]] == [a["channels"] for a in accepted]
-    assert [t["attempt"] for t in record["trials"]] == [a["attempt"] for a in accepted]
+        assert a.accepted == screen(a.no_scale_acc, 50.0, rule, tolerance)
+        assert a.no_scale_acc == pytest.approx(49.0 + 0.5 * (sum(a.channels) % 5))
+    accepted = [a for a in attempts if a.accepted]
+    assert len(accepted) == 3 and attempts[-1].accepted  # stops at the third acceptance
+    assert list(result.trials) == accepted
     if rule != "within" or tolerance < 1.0:
-        assert not all(a["accepted"] for a in attempts)  # something was rejected
+        assert not all(a.accepted for a in attempts)  # something was rejected
     means = np.linspace(0, 1, 128)
-    assert record["trials"][0]["means"] == pytest.approx(means[record["trials"][0]["channels"]].tolist())
-    assert record["no_scale"]["passing_acc"] == 50.0 and record["no_scale"]["baseline_acc"] == 70.0
-    assert {p: s["crop"] for p, s in record["scales"].items()} == {
-        "10": 201,
-        "20": 179,
-        "30": 156,
-        "40": 134,
-        "50": 112,
+    assert result.trial_means[0] == pytest.approx(means[list(result.trials[0].channels)].tolist())
+    assert result.scales[0].passing_acc == 50.0 and result.scales[0].baseline_acc == 70.0
+    assert {p: s.crop for p, s in result.scales.items()} == {
+        0: 224,
+        10: 201,
+        20: 179,
+        30: 156,
+        40: 134,
+        50: 112,
     }
 
 
 def test_screen_batch_does_not_change_the_outcome(fake_evaluate):
-    records = [run_fake("no_higher", screen_batch=n) for n in (1, 3, 50)]
-    assert records[0] == records[1] == records[2]
+    results = [run_fake("no_higher", screen_batch=n) for n in (1, 3, 50)]
+    assert results[0] == results[1] == results[2]
     # the prefix is shared: screening groups at no scale, then one sweep over all scales
     sweeps = [names for names, crops in fake_evaluate if crops == (201, 179, 156, 134, 112)]
     assert len(sweeps) == 3 and all(n[:2] == ("baseline", "passing") and len(n) == 5 for n in sweeps)
@@ -200,9 +202,10 @@ def test_attempt_cap_error_names_block_count_and_fix(fake_evaluate, monkeypatch)
 
 def test_blocks_without_passing_channels_are_skipped(fake_evaluate):
     params = AblateParams(blocks=("2.1",), trials=2)
-    record = ablate.ablate_block(None, FakeSet(), "2.1", [], np.zeros(128), params, progress=False)
-    assert record["skipped"] == "no passing channels" and not fake_evaluate
-    assert ablate.block_metrics(record) == {"n_passing": 0, "n_channels": 128}
+    result = ablate.ablate_block(None, FakeSet(), "2.1", [], np.zeros(128), params, progress=False)
+    assert result.skipped == "no passing channels" and not fake_evaluate
+    assert not result.scales and not result.attempts and result.screening is None
+    assert ablate.set_metrics(result) == SetMetrics(n_passing=0, n_channels=128)
     with pytest.raises(ParamsError, match="no entry for layer2_0"):
         ablate.ablate_block(None, FakeSet(), "2.0", [1], np.zeros(128), params, progress=False)
 
@@ -232,18 +235,21 @@ def test_a_block_the_natural_pass_does_not_measure_is_an_error(tmp_path, monkeyp
 
 
 def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
-    record = run_fake("within", 1.0)
-    published = {**run_fake("within", 1.0), "channel_set": "published"}
+    result = run_fake("within", 1.0)
+    published = replace(run_fake("within", 1.0), channel_set="published")
     settings = {"images": 1000, "random_weights": True, "generated_data": False, "crop_rule": "authors_code"}
     settings["numerics"] = {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}
-    metrics = ablate.write_outputs(
-        [record, published],
+    record = ablate.ablation_metrics([result, published], settings)
+    write_ablation(
+        record,
+        [result, published],
         settings,
         metrics_path=tmp_path / "metrics" / "ablation.json",
         plots_path=tmp_path / "plots" / "ablation_ratio.csv",
         trials_path=tmp_path / "outputs" / "ablation" / "trials.json",
     )
-    assert json.loads((tmp_path / "metrics" / "ablation.json").read_text()) == metrics
+    metrics = json.loads((tmp_path / "metrics" / "ablation.json").read_text())
+    assert metrics == record.to_json()
 
     def leaves(tree, path=""):
         for key, value in tree.items():
@@ -262,17 +268,15 @@ def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
     assert metrics["layer2_1"]["baseline_acc"]["no_scale"] == 70.0
     for channel_set in ("run", "published"):
         block = metrics["layer2_1"][channel_set]
-        for key, entry in [
-            ("no_scale", record["no_scale"]),
-            *((f"scale_{p}", e) for p, e in record["scales"].items()),
-        ]:
+        for percent, entry in result.scales.items():
+            key = "no_scale" if percent == 0 else f"scale_{percent}"
             assert set(block[key]) == {"passing_acc", "random_acc_mean", "ratio", "sem"}
             assert (block[key]["ratio"], block[key]["sem"]) == pytest.approx(
-                eq3_ratio(entry["passing_acc"], entry["random_accs"])
+                eq3_ratio(entry.passing_acc, entry.random_accs)
             )
     with open(tmp_path / "plots" / "ablation_ratio.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == list(ablate.PLOT_FIELDS) and len(rows) == 12
+    assert list(rows[0]) == list(PLOT_FIELDS) and len(rows) == 12
     assert [(r["channel_set"], int(r["scale"])) for r in rows[:7]] == [
         ("run", p) for p in (0, 10, 20, 30, 40, 50)
     ] + [("published", 0)]
@@ -281,7 +285,7 @@ def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
     assert float(rows[1]["no_scale_ratio"]) == pytest.approx(metrics["layer2_1"]["run"]["no_scale"]["ratio"])
     trials = json.loads((tmp_path / "outputs" / "ablation" / "trials.json").read_text())
     assert trials["settings"]["random_weights"] is True
-    assert trials["blocks"]["layer2_1"]["run"]["trials"][0]["channels"] == record["trials"][0]["channels"]
+    assert trials["blocks"]["layer2_1"]["run"]["trials"][0]["channels"] == list(result.trials[0].channels)
     assert trials["blocks"]["layer2_1"]["published"]["channel_set"] == "published"
 
 
@@ -377,35 +381,67 @@ def naive_accuracy(model, root: Path, items, labels, block, channels, means, cro
     return 100.0 * correct / len(items)
 
 
-def test_accuracies_equal_naive_computation(tiny):
-    directory, model, eval_set = tiny
+def ablate_tiny(tiny, rule: str, tolerance: float, screen_batch: int):
+    """Block 2.1 of the tiny network ablated at no scale, 10 % and 50 % with 2 trials: (Post means, result)."""
+    _, model, eval_set = tiny
     means = natural.natural_pass(model, eval_set, ["2.1"], batch_size=5, progress=False)["2.1"].mean[2]
     params = AblateParams(
         blocks=("2.1",),
         percents=(10, 50),
         trials=2,
-        screening={"2.1": ScreenParams("within", 100.0)},
-        screen_batch=2,
+        screening={"2.1": ScreenParams(rule, tolerance)},
+        max_attempts=40,
+        screen_batch=screen_batch,
         batch_size=5,
+        channel_sets=("run",),
     )
-    record = ablate.ablate_block(model, eval_set, "2.1", PASSING, means, params, seed=0, progress=False)
+    return means, ablate.ablate_block(model, eval_set, "2.1", PASSING, means, params, seed=0, progress=False)
+
+
+def test_accuracies_equal_naive_computation(tiny):
+    directory, model, eval_set = tiny
+    means, result = ablate_tiny(tiny, "within", 100.0, screen_batch=2)
     items, labels = eval_set.index["files"], eval_set.labels
 
     def naive(channels, crop):
-        return naive_accuracy(model, directory / "val", items, labels, "2.1", channels, means, crop)
+        return naive_accuracy(model, directory / "val", items, labels, "2.1", list(channels), means, crop)
 
-    scales = {"no_scale": record["no_scale"], **record["scales"]}
     seen = set()
-    for entry in scales.values():
-        crop = entry["crop"]
-        assert entry["baseline_acc"] == naive([], crop)
-        assert entry["passing_acc"] == naive(PASSING, crop)
-        for trial, accuracy in zip(record["trials"], entry["random_accs"], strict=True):
-            assert accuracy == naive(trial["channels"], crop)
-        seen.update([entry["baseline_acc"], entry["passing_acc"], *entry["random_accs"]])
-    assert record["no_scale"]["baseline_acc"] == pytest.approx(100 * 8 / 12)
+    for entry in result.scales.values():
+        assert entry.baseline_acc == naive([], entry.crop)
+        assert entry.passing_acc == naive(PASSING, entry.crop)
+        for trial, accuracy in zip(result.trials, entry.random_accs, strict=True):
+            assert accuracy == naive(trial.channels, entry.crop)
+        seen.update([entry.baseline_acc, entry.passing_acc, *entry.random_accs])
+    assert result.scales[0].baseline_acc == pytest.approx(100 * 8 / 12)
     assert len(seen) >= 3  # the conditions and scales do change predictions: the comparison has teeth
-    assert [s["crop"] for s in scales.values()] == [56, 50, 28]
+    assert [s.crop for s in result.scales.values()] == [56, 50, 28]
+
+
+# what ablate_block returned at cdd939d, before screening and the sweep were split: per attempt its number,
+# no-scale correct count of 12 images and verdict; per scale percent the crop and the correct counts
+# (baseline, passing, each trial); the accepted sets' channels
+UNSPLIT_ATTEMPTS = [(0, 2, False), (1, 2, False), (2, 2, False), (3, 3, False), (4, 3, False),
+                    (5, 2, False), (6, 1, True), (7, 3, False), (8, 0, True)]  # fmt: skip
+UNSPLIT_SCALES = {0: (56, 8, 2, [1, 0]), 10: (50, 1, 2, [0, 0]), 50: (28, 0, 0, [0, 0])}
+UNSPLIT_TRIALS = {
+    6: [1, 2, 9, 10, 18, 21, 35, 63, 69, 70, 73, 74, 83, 86, 90, 94, 95, 97, 99, 100, 111, 112, 122, 123],
+    8: [6, 18, 25, 27, 29, 30, 35, 51, 55, 57, 59, 62, 65, 74, 81, 83, 85, 86, 89, 95, 105, 114, 118, 125],
+}
+
+
+def test_the_split_stage_equals_the_unsplit_one_on_a_network(tiny):
+    """screen_random_sets + scale_sweep give what the single ablate_block gave (same draws, same order,
+    same rejections) on the seeded network, with a strict rule that rejects most attempts."""
+    _, result = ablate_tiny(tiny, "lower", 0.0, screen_batch=3)
+    count = lambda accuracy: round(accuracy * 12 / 100)  # noqa: E731 - percent of 12 images
+    assert [(a.attempt, count(a.no_scale_acc), a.accepted) for a in result.attempts] == UNSPLIT_ATTEMPTS
+    assert {a.attempt: list(a.channels) for a in result.trials} == UNSPLIT_TRIALS
+    scales = {
+        p: (s.crop, count(s.baseline_acc), count(s.passing_acc), [count(a) for a in s.random_accs])
+        for p, s in result.scales.items()
+    }
+    assert scales == UNSPLIT_SCALES and list(result.scales) == [0, 10, 50]
 
 
 def test_intervention_changes_exactly_the_chosen_channels(tiny):

@@ -13,6 +13,14 @@ from PIL import Image
 
 import rsi.fz
 from rsi import artifacts
+from rsi.artifacts.ablation import (
+    AblationMetrics,
+    BlockMetrics,
+    ScaleMetrics,
+    SetMetrics,
+    trials_file,
+    write_ablation,
+)
 from rsi.cli import main
 from rsi.taps import Tap, block_key
 
@@ -23,30 +31,25 @@ PROBED = {"2.1": 8, "3.1": 6}
 PASSING = {"2.1": [1, 3, 5], "3.1": [2]}
 
 
-def _ablation_set(no_scale: float, scaled: list[float], passing: list[float] | None = None) -> dict:
-    """One block and channel set of metrics/ablation.json as rsi.ablate writes it."""
+def _ablation_set(no_scale: float, scaled: list[float], passing: list[float] | None = None) -> SetMetrics:
+    """One block and channel set of metrics/ablation.json: per scale the passing-set top-1 and the ratio."""
     passing = passing or [60.0 - percent / 5 for percent in (0, 10, 20, 30, 40, 50)]
-
-    def entry(passing: float, ratio: float, sem: float) -> dict:
-        return {"passing_acc": passing, "random_acc_mean": passing / ratio, "ratio": ratio, "sem": sem}
-
-    entries = {"n_passing": 3, "n_channels": 128, "trials": 2, "attempts": 3}
-    entries["no_scale"] = entry(passing[0], no_scale, 0.002)
+    scales = {0: ScaleMetrics(passing[0], passing[0] / no_scale, no_scale, 0.002)}
     for percent, acc, ratio in zip((10, 20, 30, 40, 50), passing[1:], scaled, strict=True):
-        entries[f"scale_{percent}"] = entry(acc, ratio, 0.003)
-    return entries
+        scales[percent] = ScaleMetrics(acc, acc / ratio, ratio, 0.003)
+    return SetMetrics(n_passing=3, n_channels=128, trials=2, attempts=3, scales=scales)
 
 
-BASELINE = {"no_scale": 70.0, **{f"scale_{p}": 70.0 - p / 10 for p in (10, 20, 30, 40, 50)}}
+BASELINE = {0: 70.0, **{p: 70.0 - p / 10 for p in (10, 20, 30, 40, 50)}}
 # the authors' recorded 2.1 accuracies (scale_robust.py), one of them off by two images
 PUBLISHED_2_1 = [63.75, 61.394, 59.39, 56.222 + 0.004, 51.686, 44.292]
 
 
-def _ablation_block(no_scale: float, scaled: list[float], published: bool = False) -> dict:
-    block = {"baseline_acc": BASELINE, "run": _ablation_set(no_scale, scaled)}
+def _ablation_block(no_scale: float, scaled: list[float], published: bool = False) -> BlockMetrics:
+    sets = {"run": _ablation_set(no_scale, scaled)}
     if published:
-        block["published"] = _ablation_set(0.97, [0.96, 0.95, 0.94, 0.93, 0.92], PUBLISHED_2_1)
-    return block
+        sets["published"] = _ablation_set(0.97, [0.96, 0.95, 0.94, 0.93, 0.92], PUBLISHED_2_1)
+    return BlockMetrics(BASELINE, sets)
 
 
 def write_fake_outputs(
@@ -119,12 +122,25 @@ def write_fake_outputs(
     }
     criteria["total"] = {"channels": 14, "passing": 4, "percent": 28.5714}
     (metrics / "criteria.json").write_text(json.dumps(criteria))
-    ablation = {
-        "layer2_1": _ablation_block(0.99, [0.985, 0.98, 0.975, 0.97, 0.96], published=True),
-        "layer3_1": _ablation_block(0.995, [0.99, 0.998, 0.98, 0.97, 0.965]),
-        "layer1_1": {"run": {"n_passing": 0, "n_channels": 64}},  # skipped by the ablate stage
-    }
-    (metrics / "ablation.json").write_text(json.dumps(ablation))
+    ablation = AblationMetrics(
+        images=N_EVAL,
+        random_weights=True,
+        generated_data=True,
+        numerics={"cudnn_allow_tf32": False, "matmul_allow_tf32": False},
+        blocks={
+            "2.1": _ablation_block(0.99, [0.985, 0.98, 0.975, 0.97, 0.96], published=True),
+            "3.1": _ablation_block(0.995, [0.99, 0.998, 0.98, 0.97, 0.965]),
+            "1.1": BlockMetrics({}, {"run": SetMetrics(n_passing=0, n_channels=64)}),  # skipped by the stage
+        },
+    )
+    write_ablation(
+        ablation,
+        [],
+        {},
+        metrics_path=metrics / "ablation.json",
+        plots_path=root / artifacts.ABLATION_PLOT,
+        trials_path=trials_file(outputs),
+    )
 
 
 @pytest.fixture

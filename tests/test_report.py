@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import sys
 import types
 from pathlib import Path
@@ -20,7 +19,6 @@ from rsi.report import (
     ExactCheck,
     is_possible_accuracy,
     paper_reference,
-    read_ablation,
     read_criteria_metrics,
 )
 
@@ -232,27 +230,7 @@ def test_missing_input_names_the_file_and_the_stage(fake_repo, capsys):
     assert not REPORT.exists()
 
 
-def test_ablation_json_is_read_tolerantly(tmp_path):
-    path = tmp_path / "ablation.json"
-    path.write_text(
-        json.dumps(
-            {
-                "blocks": {
-                    "3.1": {
-                        "scale_20": {"ratio": 0.9, "sem": 0.1},
-                        "scale_0": {"ratio": 1.0, "sem": None},
-                        "n": 3,
-                    },
-                    "note": "not a block",
-                }
-            }
-        )
-    )
-    series = read_ablation(path)["3.1"]["run"]  # no channel-set level: this run's; "scale_0" is no scale too
-    assert series.scales == (0, 20) and series.ratio == (1.0, 0.9)
-    assert math.isnan(series.sem[0]) and series.sem[1] == 0.1  # unknown (one trial), not zero
-    assert series.no_scale_ratio == 1.0 and series.extra == {"n": 3}
-
+def test_criteria_json_is_read_tolerantly(tmp_path):
     criteria = tmp_path / "criteria.json"
     criteria.write_text(json.dumps({"blocks": {"layer2_1": {"channels": 4, "passing": 1}}}))
     assert read_criteria_metrics(criteria)["2.1"]["percent"] == 25.0

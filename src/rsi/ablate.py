@@ -1,63 +1,19 @@
 """`rsi ablate`: top-1 accuracy with a block's criteria-passing channels mean-ablated at Post, against
 screened random non-passing channel sets of the same size, under the scale sweep (paper section 4, Eq. 3).
 
-Channel sets (``ablate.channel_sets``), each ablated on its own with its own screened random controls:
-``run``, this run's criteria-passing channels (``outputs/criteria/passing.json``), and ``published``, the
-authors' published lists (``rsi.paper.PUBLISHED_PASSING``: 2.1 and 3.1). With the real weights and ImageNet
-validation the published sets' accuracies are deterministic (no FZ, no random draw): the report checks them
-against the authors' recorded values to the image.
-
-Conditions, per block and channel set. *Passing*: every channel of the set. *Random trial i*: as many
-channels not in the set, drawn uniformly without replacement from a keyed generator (seed, block, attempt;
-the published set adds its name to the key). *Baseline*: nothing ablated (reported, not in Eq. 3). Mean ablation sets the whole
-Post map of each chosen channel to that channel's own mean center-neuron Post activation over the evaluation
-set (``outputs/natural/<layerL_K>.npz``, ``mean[2]``; the authors' pre-ReLU sum clamped at 0).
-
-Scale sweep: no scale (center crop 224 of the 256 px cache = ``Resize(256)`` + ``CenterCrop(224)``) and
-``percents`` (10 … 50): center crop ``transforms.ablation_crop(p, crop_rule)`` of the resized image (placed
-in the 256 px cache where the authors' direct crop lies), then PIL's bilinear resize to 224, each pass
-rounded to uint8 as PIL does (``transforms.ablation_view``). ``authors_code`` (default; what produced the
-paper's numbers) crops 201, 179, 156, 134, 112 px; ``paper_text`` crops 231, 205, 180, 154, 128 px.
-
-Screening (paper section 4 and the authors' ``scale_robust.py``): a random set is accepted by its no-scale
-accuracy, compared with the passing set's, by the block's rule in ``screening``:
-
-* ``no_higher``: random ≤ passing (default for 2.1: "more damage", ties accepted);
-* ``within``:    random ≤ passing + tolerance (percentage points; 1.0 for 3.1, as the authors' code skips a
-                 set more than 1 point above);
-* ``lower``:     random < passing (the paper text's strict reading of "more accuracy damage").
-
-Comparisons treat accuracies within 1e-9 points as equal. Attempts are made in attempt order until
-``trials`` sets are accepted; after ``max_attempts`` an AblationError names the block, the accepted count
-and what to change. Accepted sets are then run over the scales.
-
-Speed: the images are decoded once (``rsi prepare-data``); each batch is read as uint8 and every scale's crop
-and resize happen on the device; the network prefix up to the block's Post runs once per batch and scale
-(``taps.forward_taps``) and every condition runs only the suffix (``taps.forward_from``) from that shared
-Post. Screening needs only no-scale accuracy, so candidate sets are evaluated ``screen_batch`` at a time at
-no scale, sharing the prefix; the outcome does not depend on ``screen_batch`` (surplus attempts past the
-last needed acceptance are discarded). Under ``torchrun`` the evaluation set is sharded across ranks and the
-correct counts are all-reduced, so every decision and number is that of one process.
-
-Eq. 3: per scale, ratio_i = passing_acc / random_acc_i; the metric is the mean over the N trials and its
-standard error (``scipy.stats.sem``, ddof = 1). A random accuracy of 0 makes a ratio undefined: written as
-null. Outputs: ``metrics/ablation.json`` (numbers only, one line per number in ``dvc metrics diff``:
-``layer2_1.baseline_acc.scale_10``, ``layer2_1.published.scale_10.passing_acc`` / ``.ratio`` / ``.sem`` …;
-no paper values, those are the report's), ``plots/ablation_ratio.csv`` (one row per block, channel set and
-scale; scale 0 is no scale; drawn by ``dvc plots``) and ``outputs/ablation/trials.json`` (settings, channel
-sets, every attempt and its screening outcome, every trial's accuracies).
-
-Numerics: convolutions and matmuls run in full float32 on CUDA (``ablate.tf32: false``, the default;
-``true`` allows TF32, as the authors' torch 2.0 did by default for convolutions on Ampere or newer GPUs).
+Owns the ``ablate`` params, the screening of random sets (:func:`screen_random_sets`), the scale sweep
+(:func:`scale_sweep`), their composition per block and channel set (:func:`ablate_block`, a typed
+:class:`~rsi.artifacts.ablation.SetResult`) and Eq. 3 (:func:`eq3_ratio`, :func:`ablation_metrics`). The
+files it writes and their one writer and reader: :mod:`rsi.artifacts.ablation`. Channel sets, conditions,
+crops, screening rules, speed and numerics are derived in ``docs/ablate.md``.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -68,6 +24,19 @@ from torch import nn
 from tqdm import tqdm
 
 from rsi import artifacts, distributed, paper
+from rsi.artifacts.ablation import (
+    ABLATION_METRICS,
+    CHANNEL_SET_LABELS,
+    AblationMetrics,
+    BlockMetrics,
+    RandomSet,
+    ScaleMetrics,
+    ScaleResult,
+    SetMetrics,
+    SetResult,
+    trials_file,
+    write_ablation,
+)
 from rsi.config import (
     ParamsError,
     as_dict,
@@ -82,13 +51,11 @@ from rsi.model import describe_weights, is_random, load_model
 from rsi.natural import NaturalParams
 from rsi.runtime import (
     ModelParams,
-    atomic_path,
     full_float32,
     keyed_generator,
     load_npz,
     read_json,
     resolve_device,
-    write_json,
 )
 from rsi.taps import (
     DEFAULT_ARCH,
@@ -141,8 +108,7 @@ def _check_percents(value: tuple[int, ...]) -> tuple[int, ...]:
     return check_distinct(value, "percent", empty="give at least one scale percent")
 
 
-CHANNEL_SETS: tuple[str, ...] = ("run", "published")
-CHANNEL_SET_LABELS = {"run": "this run's channels", "published": "the authors' published channels"}
+CHANNEL_SETS: tuple[str, ...] = tuple(CHANNEL_SET_LABELS)  # run, published
 
 
 def _check_channel_sets(value: tuple[str, ...]) -> tuple[str, ...]:
@@ -317,7 +283,21 @@ def _accuracy(correct: np.ndarray, total: int) -> np.ndarray:
     return 100.0 * correct.astype(np.float64) / total
 
 
-def _screen_random_sets(
+@dataclass(frozen=True)
+class Screening:
+    """The screening of one block and channel set: every attempt in attempt order (accepted or not) and
+    the no-scale top-1 % of the unablated model and of the passing set, which each attempt was compared with."""
+
+    attempts: tuple[RandomSet, ...]
+    baseline_acc: float
+    passing_acc: float
+
+    @property
+    def accepted(self) -> tuple[RandomSet, ...]:
+        return tuple(a for a in self.attempts if a.accepted)
+
+
+def screen_random_sets(
     model: nn.Module,
     eval_set: EvalSet,
     block: str,
@@ -330,22 +310,21 @@ def _screen_random_sets(
     seed: int,
     channel_set: str,
     **kwargs: Any,
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float, float]:
+) -> Screening:
     """Random sets drawn in attempt order and screened at no scale against the passing set (``fixed`` =
-    baseline, passing: evaluated with the first group) until ``params.trials`` are accepted; returns every
-    attempt, the accepted ones, and the baseline and passing accuracies at no scale."""
+    baseline, passing: evaluated with the first group) until ``params.trials`` are accepted; an
+    AblationError after ``params.max_attempts``. Attempts past the last acceptance are discarded."""
     rule = params.screening[block]
     size = len(fixed[1].channels)
-    attempts: list[dict[str, Any]] = []
-    accepted: list[dict[str, Any]] = []
+    attempts: list[RandomSet] = []
+    accepted = 0
     baseline_acc = passing_acc = math.nan
     attempt = 0
-    first = True
-    while len(accepted) < params.trials:
+    while accepted < params.trials:
         if attempt >= params.max_attempts:
-            best = min((a["no_scale_acc"] for a in attempts), default=math.nan)
+            best = min((a.no_scale_acc for a in attempts), default=math.nan)
             raise AblationError(
-                f"ablate {block} ({channel_set} channels): only {len(accepted)} of {params.trials} random "
+                f"ablate {block} ({channel_set} channels): only {accepted} of {params.trials} random "
                 f"channel sets passed the screening after {params.max_attempts} attempts (rule {rule.rule!r}, tolerance "
                 f"{rule.tolerance} points; passing set {passing_acc:.3f} %, best random set {best:.3f} % "
                 f"at no scale). Raise ablate.max_attempts, relax ablate.screening.{block_key(block)} "
@@ -356,13 +335,12 @@ def _screen_random_sets(
         conditions = [
             Condition.mean_ablation(f"random_{a}", s, post_means) for a, s in zip(group, sets, strict=True)
         ]
-        if first:
-            conditions = [*fixed, *conditions]
+        first = attempt == 0
         correct, total = evaluate(
             model,
             eval_set,
             block,
-            conditions,
+            [*fixed, *conditions] if first else conditions,
             [no_scale],
             desc=f"ablate {block} {channel_set}: screening",
             **kwargs,
@@ -371,18 +349,48 @@ def _screen_random_sets(
         if first:
             baseline_acc, passing_acc = float(accuracies[0]), float(accuracies[1])
             accuracies = accuracies[2:]
-            first = False
         for a, drawn, accuracy in zip(group, sets, accuracies, strict=True):
-            if len(accepted) == params.trials:
+            if accepted == params.trials:
                 break  # surplus of the last group: discarded, so results do not depend on screen_batch
             ok = screen(float(accuracy), passing_acc, rule.rule, rule.tolerance)
-            attempts.append(
-                {"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy), "accepted": ok}
-            )
-            if ok:
-                accepted.append({"attempt": a, "channels": drawn, "no_scale_acc": float(accuracy)})
+            attempts.append(RandomSet(a, tuple(drawn), float(accuracy), ok))
+            accepted += ok
         attempt = group[-1] + 1
-    return attempts, accepted, baseline_acc, passing_acc
+    return Screening(tuple(attempts), baseline_acc, passing_acc)
+
+
+def scale_sweep(
+    model: nn.Module,
+    eval_set: EvalSet,
+    block: str,
+    conditions: Sequence[Condition],
+    crops: Mapping[int, int],
+    **kwargs: Any,
+) -> dict[int, ScaleResult]:
+    """Top-1 % per scale percent (its crop in ``crops``) of ``conditions`` = baseline, passing set, then
+    the trials' random sets, all in one pass over the evaluation set that shares the prefix."""
+    correct, total = evaluate(model, eval_set, block, conditions, list(crops.values()), **kwargs)
+    accuracies = _accuracy(correct, total)
+    return {
+        percent: ScaleResult(
+            crop=crop,
+            baseline_acc=float(accuracies[s, 0]),
+            passing_acc=float(accuracies[s, 1]),
+            random_accs=tuple(float(a) for a in accuracies[s, 2:]),
+        )
+        for s, (percent, crop) in enumerate(crops.items())
+    }
+
+
+def _check_block(block: str, passing: Sequence[int], post_means: np.ndarray, channels: int) -> None:
+    """Post means for every channel of the block, and passing channels that exist."""
+    if post_means.shape != (channels,):
+        raise AblationError(
+            f"block {block}: Post means have shape {post_means.shape}, expected ({channels},): "
+            f"{artifacts.natural_file(block)} was made for another model.arch; re-run `rsi natural`"
+        )
+    if passing and not 0 <= passing[0] <= passing[-1] < channels:
+        raise AblationError(f"block {block}: passing channels must be in 0..{channels - 1}, got {passing}")
 
 
 def ablate_block(
@@ -398,82 +406,62 @@ def ablate_block(
     progress: bool = True,
     arch: str = DEFAULT_ARCH,
     channel_set: str = "run",
-) -> dict[str, Any]:
-    """Screening and the sweep for one block of ``model`` (a torchvision ``arch``) and one channel set
-    (``passing``: that set's channels); a JSON-able record (see :func:`block_metrics`)."""
+) -> SetResult:
+    """Screening (:func:`screen_random_sets`) and the sweep (:func:`scale_sweep`) for one block of
+    ``model`` (a torchvision ``arch``) and one channel set (``passing``: that set's channels)."""
     block = parse_block(block, arch)
     channels = num_channels(block, arch)
     passing = sorted({int(c) for c in passing})
     post_means = np.asarray(post_means, dtype=np.float64)
-    if post_means.shape != (channels,):
-        raise AblationError(
-            f"block {block}: Post means have shape {post_means.shape}, expected ({channels},): "
-            f"{artifacts.natural_file(block)} was made for another model.arch; re-run `rsi natural`"
-        )
-    if passing and not 0 <= passing[0] <= passing[-1] < channels:
-        raise AblationError(f"block {block}: passing channels must be in 0..{channels - 1}, got {passing}")
+    _check_block(block, passing, post_means, channels)
     non_passing = [c for c in range(channels) if c not in set(passing)]
-    record: dict[str, Any] = {
-        "block": block,
-        "channel_set": channel_set,
-        "n_channels": channels,
-        "passing": passing,
-        "passing_means": [float(post_means[c]) for c in passing],
-        "images": len(eval_set),
-    }
+    about = SetResult(
+        block=block,
+        channel_set=channel_set,
+        n_channels=channels,
+        passing=tuple(passing),
+        passing_means=tuple(float(post_means[c]) for c in passing),
+        images=len(eval_set),
+    )
     if not passing or len(non_passing) < len(passing):
-        record["skipped"] = (
-            "no passing channels" if not passing else f"only {len(non_passing)} non-passing channels"
-        )
-        return record
+        why = "no passing channels" if not passing else f"only {len(non_passing)} non-passing channels"
+        return replace(about, skipped=why)
     if block not in params.screening:
         raise ParamsError(
             f"ablate.screening has no entry for {block_key(block)}: add e.g. "
             f"{block_key(block)}: {{rule: within, tolerance: 1.0}}"
         )
     rule = params.screening[block]
-    record["screening"] = {"rule": rule.rule, "tolerance": rule.tolerance}
     kwargs = {"batch_size": params.batch_size, "device": device, "progress": progress}
     no_scale = crop_of(0, params.crop_rule, eval_set)
     baseline = Condition("baseline")
     passing_condition = Condition.mean_ablation("passing", passing, post_means)
-    attempts, accepted, baseline_acc, passing_acc = _screen_random_sets(
+    screening = screen_random_sets(
         model, eval_set, block, non_passing, post_means, params,
         [baseline, passing_condition], no_scale, seed=seed, channel_set=channel_set, **kwargs,
     )  # fmt: skip
-
-    crops = [crop_of(p, params.crop_rule, eval_set) for p in params.percents]
-    trial_conditions = [
-        Condition.mean_ablation(f"random_{t['attempt']}", t["channels"], post_means) for t in accepted
-    ]
-    correct, total = evaluate(
+    trials = screening.accepted
+    crops = {p: crop_of(p, params.crop_rule, eval_set) for p in params.percents}
+    scales = scale_sweep(
         model,
         eval_set,
         block,
-        [baseline, passing_condition, *trial_conditions],
+        [baseline, passing_condition]
+        + [Condition.mean_ablation(f"random_{t.attempt}", t.channels, post_means) for t in trials],
         crops,
-        desc=f"ablate {block} {channel_set}: {len(crops)} scales x {2 + len(accepted)} conditions",
+        desc=f"ablate {block} {channel_set}: {len(crops)} scales x {2 + len(trials)} conditions",
         **kwargs,
     )
-    accuracies = _accuracy(correct, total)
-    record["no_scale"] = {
-        "crop": no_scale,
-        "baseline_acc": baseline_acc,
-        "passing_acc": passing_acc,
-        "random_accs": [t["no_scale_acc"] for t in accepted],
-    }
-    record["scales"] = {
-        str(percent): {
-            "crop": crop,
-            "baseline_acc": float(accuracies[s, 0]),
-            "passing_acc": float(accuracies[s, 1]),
-            "random_accs": [float(a) for a in accuracies[s, 2:]],
-        }
-        for s, (percent, crop) in enumerate(zip(params.percents, crops, strict=True))
-    }
-    record["attempts"] = attempts
-    record["trials"] = [{**t, "means": [float(post_means[c]) for c in t["channels"]]} for t in accepted]
-    return record
+    unscaled = ScaleResult(
+        no_scale, screening.baseline_acc, screening.passing_acc, tuple(t.no_scale_acc for t in trials)
+    )
+    return replace(
+        about,
+        screening=(rule.rule, rule.tolerance),
+        scales={0: unscaled, **scales},
+        attempts=screening.attempts,
+        trial_means=tuple(tuple(float(post_means[c]) for c in t.channels) for t in trials),
+    )
 
 
 # ----------------------------------------------------------------------------------------------- outputs
@@ -484,111 +472,44 @@ def _number(value: float) -> float | None:
     return float(value) if math.isfinite(value) else None
 
 
-def _scale_metrics(entry: Mapping[str, Any]) -> dict[str, Any]:
-    ratio, sem = eq3_ratio(entry["passing_acc"], entry["random_accs"])
-    return {
-        "passing_acc": entry["passing_acc"],
-        "random_acc_mean": float(np.mean(entry["random_accs"])),
-        "ratio": _number(ratio),
-        "sem": _number(sem),
-    }
+def _scale_metrics(result: ScaleResult) -> ScaleMetrics:
+    ratio, sem = eq3_ratio(result.passing_acc, result.random_accs)
+    return ScaleMetrics(result.passing_acc, float(np.mean(result.random_accs)), _number(ratio), _number(sem))
 
 
-def _scale_entries(record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
-    """``{"no_scale": entry, "scale_10": entry, …}`` of an ablated record."""
-    return {"no_scale": record["no_scale"], **{f"scale_{p}": e for p, e in record["scales"].items()}}
+def set_metrics(result: SetResult) -> SetMetrics:
+    """The ``metrics/ablation.json`` entry of one block and channel set: per scale the passing-set
+    accuracy, the random sets' mean accuracy, the Eq. 3 ratio and its SEM (a skipped set: the counts)."""
+    if result.skipped is not None:
+        return SetMetrics(len(result.passing), result.n_channels)
+    return SetMetrics(
+        len(result.passing),
+        result.n_channels,
+        trials=len(result.trials),
+        attempts=len(result.attempts),
+        scales={percent: _scale_metrics(scale) for percent, scale in result.scales.items()},
+    )
 
 
-def block_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The ``metrics/ablation.json`` entry of one block and channel set (numbers only; per scale the
-    passing-set accuracy, the random sets' mean accuracy, the Eq. 3 ratio and its SEM)."""
-    metrics: dict[str, Any] = {"n_passing": len(record["passing"]), "n_channels": record["n_channels"]}
-    if "skipped" in record:
-        return metrics
-    metrics["trials"] = len(record["trials"])
-    metrics["attempts"] = len(record["attempts"])
-    for key, entry in _scale_entries(record).items():
-        metrics[key] = _scale_metrics(entry)
-    return metrics
-
-
-PLOT_FIELDS = ("block", "channel_set", "scale", "label", "ratio", "sem", "no_scale_ratio", "passing_acc")
-
-
-def plot_rows(record: Mapping[str, Any]) -> list[dict[str, Any]]:
-    """Rows of ``plots/ablation_ratio.csv`` for one block and channel set: scale (0 = no scale), the Eq. 3
-    ratio, its SEM, the no-scale ratio, the passing-set accuracy, and a label ``2.1 published · 10 %``
-    (no scale: ``00 % (no scale)``, so a sorted axis keeps the scales in order)."""
-    if "skipped" in record:
-        return []
-    no_scale = _scale_metrics(record["no_scale"])
-    rows = []
-    for key, entry in _scale_entries(record).items():
-        percent = 0 if key == "no_scale" else int(key.removeprefix("scale_"))
-        metrics = _scale_metrics(entry)
-        scale = "00 % (no scale)" if percent == 0 else f"{percent:02d} %"
-        rows.append(
-            {
-                "block": record["block"],
-                "channel_set": record["channel_set"],
-                "scale": percent,
-                "label": f"{record['block']} {record['channel_set']} · {scale}",
-                "ratio": metrics["ratio"],
-                "sem": metrics["sem"],
-                "no_scale_ratio": no_scale["ratio"],
-                "passing_acc": metrics["passing_acc"],
-            }
-        )
-    return rows
-
-
-def _baseline(records: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """The unablated accuracy per scale (the same for every channel set of a block)."""
-    for record in records:
-        if "skipped" not in record:
-            return {key: entry["baseline_acc"] for key, entry in _scale_entries(record).items()}
-    return {}
-
-
-def write_outputs(
-    records: Sequence[Mapping[str, Any]],
-    settings: Mapping[str, Any],
-    *,
-    metrics_path: str | Path,
-    plots_path: str | Path,
-    trials_path: str | Path,
-) -> dict[str, Any]:
-    """metrics/ablation.json, plots/ablation_ratio.csv and outputs/ablation/trials.json."""
-    metrics: dict[str, Any] = {
-        "images": settings["images"],
-        "random_weights": int(settings["random_weights"]),
-        "generated_data": int(settings["generated_data"]),
-        **{key: int(value) for key, value in settings.get("numerics", {}).items()},
-    }
-    by_block: dict[str, list[Mapping[str, Any]]] = {}
-    for record in records:
-        by_block.setdefault(block_key(record["block"]), []).append(record)
-    for key, block_records in by_block.items():
-        entry: dict[str, Any] = {}
-        baseline = _baseline(block_records)
-        if baseline:
-            entry["baseline_acc"] = baseline
-        for record in block_records:
-            entry[record.get("channel_set", "run")] = block_metrics(record)
-        metrics[key] = entry
-    with atomic_path(plots_path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(PLOT_FIELDS))
-        writer.writeheader()
-        for record in records:
-            for row in plot_rows(record):
-                writer.writerow({k: "" if v is None else v for k, v in row.items()})
-    write_json(metrics_path, metrics)
-    trials = {
-        key: {r.get("channel_set", "run"): r for r in block_records}
-        for key, block_records in by_block.items()
-    }
-    write_json(trials_path, {"settings": dict(settings), "blocks": trials})
-    return metrics
+def ablation_metrics(results: Sequence[SetResult], settings: Mapping[str, Any]) -> AblationMetrics:
+    """Eq. 3 per block, channel set and scale, and the run's labels from ``settings`` (images,
+    random_weights, generated_data, numerics). The baseline is the same for every set of a block: taken
+    from its first ablated one."""
+    by_block: dict[str, list[SetResult]] = {}
+    for result in results:
+        by_block.setdefault(result.block, []).append(result)
+    blocks = {}
+    for block, block_results in by_block.items():
+        ablated = [r for r in block_results if r.skipped is None]
+        baseline = {p: s.baseline_acc for p, s in ablated[0].scales.items()} if ablated else {}
+        blocks[block] = BlockMetrics(baseline, {r.channel_set: set_metrics(r) for r in block_results})
+    return AblationMetrics(
+        images=int(settings["images"]),
+        random_weights=bool(settings["random_weights"]),
+        generated_data=bool(settings["generated_data"]),
+        numerics={key: bool(value) for key, value in settings["numerics"].items()},
+        blocks=blocks,
+    )
 
 
 # ----------------------------------------------------------------------------------------------- stage
@@ -613,7 +534,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=str(artifacts.OUTPUTS),
         help="outputs root: reads eval/, natural/, criteria/passing.json, writes ablation/ (default outputs)",
     )
-    parser.add_argument("--metrics", default=str(artifacts.METRICS / "ablation.json"))
+    parser.add_argument("--metrics", default=str(ABLATION_METRICS))
     parser.add_argument(
         "--plots", default=str(artifacts.ABLATION_PLOT), help="the Eq. 3 ratio CSV for dvc plots"
     )
@@ -674,9 +595,9 @@ def run(args: argparse.Namespace) -> None:
     distributed.init()
     eval_set = load_eval(artifacts.eval_dir(outputs))
     model = load_model(model_params.weights, model_params.arch).to(device)
-    records = []
+    results = []
     for (block, name), channels in sets.items():
-        record = ablate_block(
+        result = ablate_block(
             model,
             eval_set,
             block,
@@ -688,9 +609,9 @@ def run(args: argparse.Namespace) -> None:
             arch=model_params.arch,
             channel_set=name,
         )
-        if "skipped" in record and distributed.is_main():
-            print(f"ablate {block} ({CHANNEL_SET_LABELS[name]}): skipped ({record['skipped']})")
-        records.append(record)
+        if result.skipped is not None and distributed.is_main():
+            print(f"ablate {block} ({CHANNEL_SET_LABELS[name]}): skipped ({result.skipped})")
+        results.append(result)
     if distributed.is_main():
         settings = {
             **as_dict(params),
@@ -702,12 +623,13 @@ def run(args: argparse.Namespace) -> None:
             "images": len(eval_set),
             "numerics": numerics,
         }
-        write_outputs(
-            records,
+        write_ablation(
+            ablation_metrics(results, settings),
+            results,
             settings,
-            metrics_path=args.metrics,
-            plots_path=args.plots,
-            trials_path=outputs / "ablation" / "trials.json",
+            metrics_path=Path(args.metrics),
+            plots_path=Path(args.plots),
+            trials_path=trials_file(outputs),
         )
         print(
             f"ablate: {', '.join(params.blocks)} ({', '.join(params.channel_sets)}) on {len(eval_set)} images → {args.metrics}"

@@ -27,14 +27,12 @@ from typing import Any
 import numpy as np
 
 from rsi import artifacts
+from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
 from rsi.config import ParamsError, check_blocks, load_section, params_arch, read_params
 from rsi.report import (
-    CHANNEL_SET_LABELS,
-    AblationSeries,
     MissingInputError,
     RunLabels,
     paper_reference,
-    read_ablation,
     read_eval_index,
     read_passing,
     readable,
@@ -469,7 +467,7 @@ def draw_ablation(
         ax.set_xticks(x, ["No Scale" if p == 0 else f"{p} %" for p in data.scales])
         ax.set_xlabel("scale transform")
         ax.set_ylabel("top-1 ratio: passing / random ablation")
-        ax.set_title(f"Block {block}\n{CHANNEL_SET_LABELS.get(name, name)}", fontsize=11)
+        ax.set_title(f"Block {block}\n{CHANNEL_SET_LABELS[name]}", fontsize=11)
         finite = np.isfinite(ratio)
         if finite.any():
             low = float(np.min((ratio - sem)[finite]))
@@ -512,7 +510,7 @@ def make_figures(
     """Every figure; returns the PNG paths written."""
     out_dir = root / "figures"
     passing = read_passing(artifacts.passing_file(root))
-    ablation = read_ablation(metrics / "ablation.json")
+    ablation = read_ablation_metrics(metrics / "ablation.json").series()
     labels = run_labels(raw, read_eval_index(root))
     exemplary = paper_reference().get("exemplary", {})
 

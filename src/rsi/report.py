@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from rsi import artifacts
+from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
 from rsi.config import load_section, read_params
 from rsi.model import PAPER_LABEL, describe_weights, is_random
 from rsi.runtime import ModelParams, atomic_path
@@ -153,112 +154,19 @@ def read_passing(path: Path | None = None) -> dict[str, list[int]]:
     return out
 
 
-@dataclass(frozen=True)
-class AblationSeries:
-    """One block of metrics/ablation.json: per scale percent (0 = no scale) the mean ratio, its standard
-    error, and the passing-set accuracy where recorded."""
-
-    scales: tuple[int, ...]
-    ratio: tuple[float, ...]
-    sem: tuple[float, ...]
-    passing_acc: tuple[float | None, ...]
-    random_acc: tuple[float | None, ...]
-    baseline_acc: tuple[float | None, ...]
-    crop: tuple[int | None, ...]
-    no_scale_ratio: float
-    extra: dict[str, Any]
-
-
-_SCALE_KEY = re.compile(r"^scale_(\d+)$")
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
 
-def _nan(value: Any) -> float:
-    number = _number(value)
-    return math.nan if number is None else number
-
-
-CHANNEL_SET_LABELS = {"run": "this run's channels", "published": "the authors' published channels"}
-
-
-def _series(value: Mapping[str, Any], baseline: Mapping[str, Any]) -> AblationSeries | None:
-    """One channel set's entry (``{"no_scale": {...}, "scale_10": {...}, "n_passing": …}``), or None when
-    it has no scale entry (skipped by the ablate stage)."""
-    rows = []
-    extra = {}
-    for sub, entry in value.items():
-        match = _SCALE_KEY.match(str(sub))
-        if isinstance(entry, Mapping) and (match or sub == "no_scale"):
-            rows.append((int(match.group(1)) if match else 0, sub, entry))
-        else:
-            extra[sub] = entry
-    rows.sort(key=lambda row: row[0])
-    if not rows:
-        return None
-    ratio = tuple(_nan(entry.get("ratio")) for _, _, entry in rows)
-    scales = tuple(p for p, _, _ in rows)
-    no_scale = _number(value.get("no_scale_ratio"))
-    if no_scale is None:
-        no_scale = ratio[scales.index(0)] if 0 in scales else math.nan
-    return AblationSeries(
-        scales=scales,
-        ratio=ratio,
-        sem=tuple(_nan(entry.get("sem")) for _, _, entry in rows),
-        passing_acc=tuple(_number(entry.get("passing_acc")) for _, _, entry in rows),
-        random_acc=tuple(
-            _number(entry.get("random_acc_mean", entry.get("random_acc"))) for _, _, entry in rows
-        ),
-        baseline_acc=tuple(
-            _number(entry.get("baseline_acc", baseline.get(key, baseline.get(f"scale_{p}"))))
-            for p, key, entry in rows
-        ),
-        crop=tuple(
-            int(entry["crop"]) if _number(entry.get("crop")) is not None else None for _, _, entry in rows
-        ),
-        no_scale_ratio=float(no_scale),
-        extra=extra,
-    )
-
-
 def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, dict[str, AblationSeries]]:
-    """metrics/ablation.json: ``{"layer2_1": {"baseline_acc": {"no_scale": a, "scale_10": b, …},
-    "run": {"no_scale": {"passing_acc", "random_acc_mean", "ratio", "sem"}, "scale_10": {...}, …,
-    "n_passing": n, "trials": t, …}, "published": {...}}}`` → ``{"2.1": {"run": AblationSeries,
-    "published": AblationSeries}}``, blocks in pipeline order, channel sets in file order. A block entry
-    without channel-set level (scale entries directly under the block) is read as the ``run`` set;
-    ``scale_0`` is no scale too; a null ratio is NaN. A set without any scale entry (skipped) is left out."""
-    data = _load_json(path, "ablate")
-    if isinstance(data, Mapping) and "blocks" in data and isinstance(data["blocks"], Mapping):
-        data = data["blocks"]
-    out: dict[str, dict[str, AblationSeries]] = {}
-    for key, value in data.items():
-        block = _block_or_none(key)
-        if block is None or not isinstance(value, Mapping):
-            continue
-        baseline = value.get("baseline_acc") if isinstance(value.get("baseline_acc"), Mapping) else {}
-        nested = {k: v for k, v in value.items() if k in CHANNEL_SET_LABELS and isinstance(v, Mapping)}
-        sets = nested or {"run": value}
-        for name, entry in sets.items():
-            series = _series(entry, baseline)
-            if series is not None:
-                out.setdefault(block, {})[name] = series
-    return {block: out[block] for block in sorted(out, key=block_order)}
+    """The ablated sets of metrics/ablation.json (``{"2.1": {"run": AblationSeries, …}}``, blocks in
+    pipeline order; :func:`rsi.artifacts.ablation.read_ablation_metrics`)."""
+    return read_ablation_metrics(path).series()
 
 
 def listed_ablation_sets(path: Path = ABLATION_METRICS) -> list[tuple[str, str]]:
     """Every (block, channel set) metrics/ablation.json lists, ablated or skipped."""
-    data = _load_json(path, "ablate")
-    listed = []
-    for key, value in (data.get("blocks", data) if isinstance(data, Mapping) else {}).items():
-        block = _block_or_none(key)
-        if block is None or not isinstance(value, Mapping):
-            continue
-        nested = [k for k in value if k in CHANNEL_SET_LABELS]
-        listed += [(block, name) for name in nested or ["run"]]
-    return listed
+    return read_ablation_metrics(path).listed()
 
 
 def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]]:
@@ -809,7 +717,7 @@ def _exact_section(
     checks = []
     for i, percent in enumerate(series.scales):
         ours, theirs = series.passing_acc[i], recorded.get(str(percent))
-        if ours is None or theirs is None:
+        if theirs is None:
             continue
         check = ExactCheck(ours, theirs)
         checks.append(check)
@@ -860,9 +768,7 @@ def _ablation_table(
     rows = []
     below = scaled = 0
     for i, percent in enumerate(series.scales):
-        crop = series.crop[i]
-        if crop is None and rule in CROP_RULES:
-            crop = ablation_crop(percent, rule)
+        crop = ablation_crop(percent, rule) if rule in CROP_RULES else None
         ratio = series.ratio[i]
         if percent == 0:
             verdict = "(the line)"
@@ -894,10 +800,9 @@ def _ablation_table(
         "ratio − no-scale",
         "below the line?",
     ]
-    drop = [i for i, empty in ((4, all(v is None for v in series.random_acc)), (3, not recorded)) if empty]
-    for i in drop:  # columns with nothing to show (from the right, so indices hold)
-        header.pop(i)
-        rows = [row[:i] + row[i + 1 :] for row in rows]
+    if not recorded:  # no recorded values to show (any set but the published one)
+        header.pop(3)
+        rows = [row[:3] + row[4:] for row in rows]
     return _table(header, rows), below, scaled
 
 
@@ -929,21 +834,16 @@ def _ablation_section(
             recorded = authors_acc.get(block, {}) if name == "published" else {}
             table, below, scaled = _ablation_table(series, recorded, crop_rule, decimals)
             verdicts[block, name] = (below, scaled)
-            lines += [f"### Block {block}: {CHANNEL_SET_LABELS.get(name, name)}", "", *table]
+            lines += [f"### Block {block}: {CHANNEL_SET_LABELS[name]}", "", *table]
             claim = (
                 "holds" if scaled and below == scaled else "does not hold" if scaled else "cannot be judged"
             )
-            counts = {key: series.extra.get(key) for key in ("n_passing", "n_channels", "trials", "attempts")}
-            if any(value is not None for value in counts.values()):
-                lines += [
-                    "",
-                    f"Ablated: {_fmt(counts['n_passing'])} channels of {_fmt(counts['n_channels'])}; random "
-                    f"sets accepted by the screening: {_fmt(counts['trials'])} of {_fmt(counts['attempts'])} drawn.",
-                ]
-            if 0 in series.scales and series.baseline_acc[series.scales.index(0)] is not None:
-                baseline = series.baseline_acc[series.scales.index(0)]
-                lines += ["", f"Top-1 of the unablated model without scaling: {_fmt(baseline, 3)} %."]
             lines += [
+                "",
+                f"Ablated: {_fmt(series.n_passing)} channels of {_fmt(series.n_channels)}; random sets "
+                f"accepted by the screening: {_fmt(series.trials)} of {_fmt(series.attempts)} drawn.",
+                "",
+                f"Top-1 of the unablated model without scaling: {_fmt(series.baseline_acc[0], 3)} %.",
                 "",
                 f"No-scale ratio (the blue line): {_fmt(series.no_scale_ratio, decimals)}. {below} of {scaled} "
                 f"scaled ratios lie below it: the paper's claim {claim} in this run.",
