@@ -10,12 +10,14 @@ import pytest
 from rsi import fz
 from rsi.ablate import AblateParams
 from rsi.activations import ActivationsParams
+from rsi.channel_plan import FiguresParams
 from rsi.config import ParamsError, load_section
 from rsi.criteria import CriteriaParams
 from rsi.demo_params import demo_params
-from rsi.figures import FiguresParams
+from rsi.labels import RunLabels
 from rsi.natural import NaturalParams
-from rsi.report import NOT_IN_PAPER, RunLabels, _banner, _criteria_section, paper_for, paper_reference
+from rsi.paper import REFERENCE
+from rsi.report import NOT_IN_PAPER, _banner, _criteria_section, paper_for
 from rsi.runtime import ModelParams
 from rsi.taps import Tap, block_key, block_names
 
@@ -123,16 +125,16 @@ def test_fz_settings_name_the_arch_only_when_it_is_not_resnet18():
 
 
 def test_the_report_names_the_arch_and_has_no_paper_numbers_for_it():
-    labels = RunLabels("random:0", "resnet34 RANDOM WEIGHTS (not the paper's model)", True, False, "resnet34")
+    labels = RunLabels("random:0", True, False, "resnet34")
     banner = "\n".join(_banner(labels, None))
     assert "a seeded random ResNet34" in banner and "**RESNET34**" in banner
-    paper = paper_for("resnet34", paper_reference())
+    paper = paper_for("resnet34")
     criteria = {"1.2": {"channels": 64, "passing": 3, "percent": 4.6875, "eq1_pass": 5, "eq2_pass": 9}}
     table = "\n".join(_criteria_section(criteria, None, paper, arch="resnet34"))
     assert f"| 1.2 | {NOT_IN_PAPER} | 3 | 64 of 64 | {NOT_IN_PAPER} |" in table
     assert "| 2.1 |" not in table  # the paper's ResNet18 rows are not shown beside another network
-    assert paper_for("resnet18", paper_reference()) == paper_reference()
-    assert "RESNET" not in "\n".join(_banner(RunLabels("torchvision", "IMAGENET1K_V1", False, False), 100))
+    assert paper_for("resnet18") == REFERENCE
+    assert "RESNET" not in "\n".join(_banner(RunLabels("torchvision", False, False), 100))
 
 
 def test_published_channel_sets_are_resnet18_only():

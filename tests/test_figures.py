@@ -1,7 +1,9 @@
-"""`rsi figures` on small fake stage outputs written by the file contract of rsi.artifacts."""
+"""`rsi whole-channel` and `rsi figures` on small fake stage outputs written by the file contract of
+rsi.artifacts."""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -11,7 +13,7 @@ import torch
 import yaml
 from PIL import Image
 
-import rsi.fz
+import rsi.whole_channel
 from rsi import artifacts
 from rsi.artifacts.ablation import (
     AblationMetrics,
@@ -21,6 +23,7 @@ from rsi.artifacts.ablation import (
     trials_file,
     write_ablation,
 )
+from rsi.artifacts.whole_channel import whole_channel_file
 from rsi.cli import main
 from rsi.taps import Tap, block_key
 
@@ -163,8 +166,7 @@ def _check_png(path: Path, width: int, heights: tuple[int, int]) -> np.ndarray:
     return pixels
 
 
-def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys, monkeypatch):
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default
+def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys):
     assert main(["figures"]) == 0
     names = sorted(p.name for p in FIGURES.iterdir())
     assert names == [
@@ -174,11 +176,7 @@ def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys, monkeypatch):
         "fig2_ablation.png",
         "grids_layer2_1.png",
         "grids_layer3_1.png",
-        "settings.json",
     ]
-    settings = json.loads((FIGURES / "settings.json").read_text())
-    assert settings["numerics"] == {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}
-    assert torch.backends.cudnn.allow_tf32 is False
     for name in names[:3]:
         _check_png(FIGURES / name, 350, (370, 420))  # 7 in wide, about 8 in high at dpi 50
     _check_png(
@@ -204,32 +202,78 @@ def test_figures_are_labelled_random_weights(tmp_path, monkeypatch):
     assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "real", "folders") == 0
 
 
-def test_whole_channel_fzs_come_from_rsi_fz(fake_repo, monkeypatch):
-    calls = []
-
+def _fake_render(calls: list):
     def render_channel_fz(model, tap, channels, params, *, seed=0, weights=""):
-        calls.append((tap, list(channels), params))
-        return np.random.default_rng(1).random((len(channels), 3, FZ_SIDE, FZ_SIDE), dtype=np.float32)
+        calls.append((tap, list(channels), params, seed))
+        return np.random.default_rng(len(calls)).random(
+            (len(channels), 3, FZ_SIDE, FZ_SIDE), dtype=np.float32
+        )
 
-    monkeypatch.setattr(rsi.fz, "render_channel_fz", render_channel_fz)
+    return render_channel_fz
+
+
+def _set_figures(**values) -> None:
     params = yaml.safe_load(Path("params.yaml").read_text())
-    params["figures"].update(whole_channel=True, blocks=["2.1"])
+    params["figures"].update(values)
     Path("params.yaml").write_text(yaml.safe_dump(params))
 
-    assert main(["figures"]) == 0
+
+def test_whole_channel_fzs_are_rendered_by_their_own_stage(fake_repo, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(rsi.whole_channel, "render_channel_fz", _fake_render(calls))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # PyTorch's default
+    _set_figures(whole_channel=True, blocks=["2.1"])
+
+    assert main(["whole-channel"]) == 0
     # In of 2.1 is the Post of 2.0, rendered with 2.0's settings; every passing channel for the sheet.
     assert [call[0] for call in calls] == [Tap("2.0", "post"), Tap("2.1", "pre"), Tap("2.1", "post")]
     assert all(call[1] == [1, 3, 5] for call in calls)
     assert (calls[0][2].steps, calls[0][2].pre_reading) == (16, "exact")  # the fz section, as FZParams
-    with np.load(FIGURES / "whole_channel_layer2_1.npz") as saved:
-        assert saved["images"].shape == (3, 3, 3, FZ_SIDE, FZ_SIDE)
-        assert saved["images"].dtype == np.uint8
-        assert saved["channels"].tolist() == [1, 3, 5]
+    # the bytes `rsi figures` wrote before it stopped rendering: value·255 truncated, taps In, Pre, Post
+    expected = np.stack(
+        [
+            (np.random.default_rng(i).random((3, 3, FZ_SIDE, FZ_SIDE), dtype=np.float32) * 255).astype(
+                np.uint8
+            )
+            for i in (1, 2, 3)
+        ]
+    )
+    buffer = io.BytesIO()
+    np.savez(buffer, images=expected, channels=np.asarray([1, 3, 5], dtype=np.int64))
+    assert whole_channel_file("2.1").read_bytes() == buffer.getvalue()
+    assert sorted(p.name for p in Path("outputs/whole_channel").iterdir()) == [
+        "layer2_1.npz",
+        "settings.json",
+    ]
+    settings = json.loads(Path("outputs/whole_channel/settings.json").read_text())
+    assert settings == {
+        "numerics": {"cudnn_allow_tf32": False, "matmul_allow_tf32": False},
+        "whole_channel_fz_tf32": False,
+    }
+
+    assert main(["figures"]) == 0  # draws row 2 from the stage's file, renders nothing
+    assert len(calls) == 3
     assert not (FIGURES / "grids_layer3_1.png").exists()
+    assert not list(FIGURES.glob("*.npz"))
+
+
+def test_whole_channel_off_renders_nothing(fake_repo, monkeypatch):
+    calls: list = []
+    monkeypatch.setattr(rsi.whole_channel, "render_channel_fz", _fake_render(calls))
+    assert main(["whole-channel"]) == 0  # figures.whole_channel: false in the fake params
+    assert calls == [] and [p.name for p in Path("outputs/whole_channel").iterdir()] == ["settings.json"]
+
+
+def test_figures_name_the_whole_channel_stage_when_its_file_is_missing(fake_repo, capsys):
+    _set_figures(whole_channel=True)
+    assert main(["figures"]) == 2
+    error = capsys.readouterr().err
+    assert "outputs/whole_channel/layer2_1.npz is missing" in error and "rsi whole-channel" in error
+    assert not FIGURES.exists(), "nothing is drawn before every input is checked"
 
 
 def test_explicit_channels_and_paper_exemplars():
-    from rsi.figures import FiguresParams, select_channels
+    from rsi.channel_plan import FiguresParams, select_channels
 
     params = FiguresParams(max_per_block=3)
     exemplary = {"3.1": [29, 113, 178]}
@@ -267,15 +311,6 @@ def test_bad_figures_params_are_refused(fake_repo, capsys):
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert main(["figures"]) == 2
     assert "figures.channels" in capsys.readouterr().err
-
-
-def test_whole_channel_without_a_renderer_says_how_to_go_on(fake_repo, monkeypatch, capsys):
-    monkeypatch.delattr(rsi.fz, "render_channel_fz")
-    params = yaml.safe_load(Path("params.yaml").read_text())
-    params["figures"]["whole_channel"] = True
-    Path("params.yaml").write_text(yaml.safe_dump(params))
-    assert main(["figures"]) == 2
-    assert "set figures.whole_channel: false" in capsys.readouterr().err
 
 
 def test_a_channel_without_an_fz_is_reported_before_drawing(fake_repo, capsys):

@@ -80,7 +80,15 @@ def first_run(workspace) -> str:
 
 def test_dvc_repro_runs_every_stage(workspace, first_run):
     expected = {"prepare-data", "fz@layer2_0", "fz@layer2_1", "activations", "criteria", "natural"}
-    expected |= {"ablate", "figures", "report", "stability@0", "pre-reading", "natural-criteria"}
+    expected |= {
+        "ablate",
+        "whole-channel",
+        "figures",
+        "report",
+        "stability@0",
+        "pre-reading",
+        "natural-criteria",
+    }
     assert ran_stages(first_run) == expected
     for path in ("metrics/criteria.json", "metrics/ablation.json", "metrics/data.json", "outputs/report.md"):
         assert (workspace / path).is_file(), path
@@ -94,7 +102,7 @@ def test_result_stages_record_full_float32(workspace, first_run):
         with np.load(workspace / path) as stored:
             assert {key: bool(stored[key]) for key in off} == off, path
     assert json.loads((workspace / "outputs/criteria/settings.json").read_text())["numerics"] == off
-    assert json.loads((workspace / "outputs/figures/settings.json").read_text())["numerics"] == off
+    assert json.loads((workspace / "outputs/whole_channel/settings.json").read_text())["numerics"] == off
     ablation = json.loads((workspace / "metrics/ablation.json").read_text())
     assert {key: ablation[key] for key in off} == {key: 0 for key in off}
 
@@ -167,11 +175,11 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     assert not stages & {"fz@layer2_0", "fz@layer2_1", "activations", "natural", "ablate"}
     reference = json.loads((workspace / "metrics/criteria_lucent_reference.json").read_text())
     assert reference["layer2_1"]["channels"] == 6
-    settings = json.loads((workspace / "reference/fz/layer2_1/settings.json").read_text())
+    settings = json.loads((workspace / "outputs/reference/fz/layer2_1/settings.json").read_text())
     assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
     report = (workspace / "outputs/report.md").read_text()
     assert "the authors' reading: comparable with the paper's counts" in report
-    assert json.loads((workspace / "reference/criteria/passing.json").read_text()).keys() == {"2.1"}
+    assert json.loads((workspace / "outputs/reference/criteria/passing.json").read_text()).keys() == {"2.1"}
 
 
 def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_run):

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-import types
 from pathlib import Path
 
 import pytest
@@ -13,12 +11,11 @@ from test_figures import write_fake_outputs
 
 from rsi import paper
 from rsi.cli import main
+from rsi.paper import REFERENCE
 from rsi.report import (
     IMAGE_POINTS,
-    PAPER_FALLBACK,
     ExactCheck,
     is_possible_accuracy,
-    paper_reference,
     read_criteria_metrics,
 )
 
@@ -43,10 +40,9 @@ def _row(text: str, first_cell: str) -> list[str]:
 def test_report_puts_paper_numbers_beside_reproduced_ones(fake_repo):
     assert main(["report"]) == 0
     text = REPORT.read_text()
-    paper = paper_reference()
 
     row = _row(text, "2.1")  # first table: criteria counts
-    assert row[1] == str(paper["passing"]["2.1"]) == "23"
+    assert row[1] == str(paper.PASSING_COUNTS["2.1"]) == "23"
     assert row[2] == "3" and row[3] == "8 of 128" and row[5] == "37.50"
     assert row[4].startswith("~18 (17.97)")
     assert _row(text, "3.1")[1:3] == ["46", "1"]
@@ -110,8 +106,8 @@ def test_lucent_reference_counts_side_by_side(fake_repo):
     reference = json.loads(Path("metrics/criteria.json").read_text())
     reference["layer2_1"].update(passing=5, percent=62.5)
     Path("metrics/criteria_lucent_reference.json").write_text(json.dumps(reference))
-    Path("reference/criteria").mkdir(parents=True)
-    Path("reference/criteria/passing.json").write_text(json.dumps({"2.1": [13, 15, 18, 1, 2]}))
+    Path("outputs/reference/criteria").mkdir(parents=True)
+    Path("outputs/reference/criteria/passing.json").write_text(json.dumps({"2.1": [13, 15, 18, 1, 2]}))
     assert main(["report"]) == 0
     text = REPORT.read_text()
     first_table = text.split("## Criteria-passing channels")[1].split("\n\n")[1].splitlines()
@@ -206,7 +202,7 @@ def test_channel_overlap_with_the_authors_lists(fake_repo):
     lines = [line for line in text.splitlines() if line.startswith("| 2.1 | 3 |")]
     assert lines, text
     cells = [cell.strip() for cell in lines[0].strip("|").split("|")]
-    listed = len(paper_reference()["channels"]["2.1"])
+    listed = len(REFERENCE["channels"]["2.1"])
     assert cells[3] == f"2 of {listed}" and cells[5] == "[13, 15]" and cells[6] == "[99]"
 
 
@@ -246,16 +242,21 @@ def test_stability_across_seeds_is_shown(fake_repo):
     assert "| 2.1 | 3 | 4 | 0.500 |" in text
 
 
-def test_paper_reference_prefers_rsi_paper(monkeypatch):
-    fake = types.ModuleType("rsi.paper")
-    fake.REFERENCE = {"source": "test", "passing": {"2.1": 99}}
-    monkeypatch.setitem(sys.modules, "rsi.paper", fake)
-    import rsi
+def test_the_outputs_root_is_a_flag(fake_repo):
+    Path("outputs").rename("elsewhere")
+    assert main(["report", "--outputs", "elsewhere"]) == 0
+    assert not REPORT.exists() and "| 2.1 | 23 | 3 |" in Path("elsewhere/report.md").read_text()
 
-    monkeypatch.setattr(rsi, "paper", fake, raising=False)
-    reference = paper_reference()
-    assert reference["passing"] == {"2.1": 99} and reference["source"] == "test"
-    assert reference["ablation_claim"] == PAPER_FALLBACK["ablation_claim"]
+
+def test_the_report_prints_only_declared_params(fake_repo):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["fz"]["chunk_batches"] = 7  # speed only: not declared, so not printed
+    params["ablate"]["screen_batch"] = 3
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "| `steps` | 16 |" in text and "| `crop_rule` | authors_code |" in text
+    assert "chunk_batches" not in text and "screen_batch" not in text and "`device`" not in text
 
 
 def test_report_params_are_validated(fake_repo, capsys):

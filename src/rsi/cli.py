@@ -30,7 +30,11 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "natural": ("rsi.natural", "natural-image pass: per-channel means and top-k images"),
     "natural-criteria": ("rsi.natural_criteria", "Eq. 1 and 2 on top-k natural images (ours, optional)"),
     "ablate": ("rsi.ablate", "mean ablation under the scale sweep; metrics/ablation.json"),
-    "figures": ("rsi.figures", "the paper's Fig. 1-4 as PNG"),
+    "whole-channel": (
+        "rsi.whole_channel",
+        "whole-channel FZs of the channels the figures show (Fig. 1 row 2)",
+    ),
+    "figures": ("rsi.figures", "the paper's Fig. 1-4 as PNG, drawn from the stage outputs"),
     "report": ("rsi.report", "outputs/report.md: reproduced numbers beside the paper's"),
 }
 
@@ -46,7 +50,7 @@ SECTIONS: dict[str, str] = {
     "data": "rsi.data:DataParams",
     "natural": "rsi.natural:NaturalParams",
     "ablate": "rsi.ablate:AblateParams",
-    "figures": "rsi.figures:FiguresParams",
+    "figures": "rsi.channel_plan:FiguresParams",
     "report": "rsi.report:ReportParams",
     "launch": "rsi.launch:LaunchParams",
 }

@@ -1,26 +1,24 @@
-"""`rsi figures`: the paper's figures as PNG, from the stage outputs (file contract: :mod:`rsi.artifacts`).
+"""`rsi figures`: the paper's figures as PNG, drawn from the stage outputs; it renders nothing.
+
+Owns the drawing (file contract: :mod:`rsi.artifacts`; which channels: :mod:`rsi.channel_plan`).
 
 * Fig. 1 / 3 / 4: per channel a 3x3 grid. Columns: In, Pre, Post of the block. Rows: the center-neuron FZ
-  (stage fz), the whole-channel FZ (rendered here, ``figures.whole_channel``), and the top-9 center-neuron
-  natural images (stage natural, drawn from the evaluation cache of stage prepare-data).
+  (stage fz), the whole-channel FZ (stage whole-channel, ``figures.whole_channel``), and the top-9
+  center-neuron natural images (stage natural, drawn from the evaluation cache of stage prepare-data).
   ``outputs/figures/fig1_<layerL_K>_c<ccc>.png`` for the channels shown one by one (the paper's exemplary
   channels where they pass, then the first passing ones), and ``outputs/figures/grids_<layerL_K>.png``, a
   contact sheet of all passing channels of a block (the paper's Fig. 3 and 4).
 * Fig. 2: ``outputs/figures/fig2_ablation.png``, the ablation ratio per scale ("No Scale", 10 % … 50 %)
   with standard-error bars and a line at the no-scale ratio, one panel per ablated block.
 
-Whole-channel FZs are rendered by ``rsi.fz.render_channel_fz(model, tap, channels, fz_params)`` and kept
-in ``outputs/figures/whole_channel_<layerL_K>.npz`` (``images`` (3, n, 3, H, W) uint8 in tap order In,
-Pre, Post; ``channels`` (n,)). Every figure made with random weights says RANDOM WEIGHTS in its title.
+Every figure made with random weights says RANDOM WEIGHTS in its title.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +26,19 @@ import numpy as np
 
 from rsi import artifacts
 from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
-from rsi.config import ParamsError, check_blocks, load_section, params_arch, read_params
+from rsi.artifacts.passing import read_passing
+from rsi.artifacts.whole_channel import WholeChannelFZs, read_whole_channel
+from rsi.channel_plan import ChannelPlan, FiguresParams, column_tap, plan_channels
+from rsi.config import load_section, read_params
+from rsi.labels import RunLabels, run_labels
 from rsi.report import (
     MissingInputError,
-    RunLabels,
-    paper_reference,
     read_eval_index,
-    read_passing,
-    readable,
     require,
-    run_labels,
 )
-from rsi.runtime import ModelParams, atomic_path, full_float32, save_npz, write_json
-from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, block_key, block_order, num_channels, parse_block
+from rsi.runtime import atomic_path
+from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, block_key
 
-FIGURES_DIR = artifacts.OUTPUTS / "figures"
 ABLATION_FIGURE = "fig2_ablation.png"
 TOP_NATURAL = 9  # the paper's top-9 natural images per tap
 ROW_LABELS = ("center-neuron FZ", "whole-channel FZ", "top-9 natural images")
@@ -50,49 +46,6 @@ COLUMN_LABELS = {"in": "In", "pre": "Pre", "post": "Post"}
 PANEL = 224  # pixel side of a panel in contact sheets, and of the natural-image mosaics
 TITLE_LINE = 0.3  # inches per line of a figure title
 WARNING_LINE = 0.24  # inches per red warning line
-
-
-def _check_channels(value: Mapping[str, Sequence[int]]) -> dict[str, tuple[int, ...]]:
-    out = {}
-    for key, channels in value.items():
-        block = parse_block(key, params_arch())
-        width = num_channels(block, params_arch())
-        bad = [c for c in channels if not 0 <= c < width]
-        if bad:
-            raise ValueError(f"block {block} has channels 0..{width - 1}; {bad} are out of range")
-        out[block] = tuple(dict.fromkeys(channels))
-    return out
-
-
-@dataclass(frozen=True)
-class FiguresParams:
-    """params.yaml ``figures``."""
-
-    blocks: tuple[str | float, ...] = field(
-        default=(),
-        metadata={
-            "check": check_blocks,
-            "help": "blocks to draw channel grids for; empty: every block with passing channels",
-        },
-    )
-    channels: dict[str, tuple[int, ...]] = field(
-        default_factory=dict,
-        metadata={
-            "check": _check_channels,
-            "help": "per block (layer2_1: [13, 36]) the channels drawn one PNG each; a block not listed "
-            "shows the paper's exemplary channels that pass here, then the first passing ones",
-        },
-    )
-    max_per_block: int = field(
-        default=6, metadata={"min": 0, "max": 512, "help": "single-channel PNGs per block when not listed"}
-    )
-    sheet_max: int = field(
-        default=64, metadata={"min": 0, "max": 512, "help": "channels on a block's contact sheet (0: none)"}
-    )
-    whole_channel: bool = field(
-        default=True, metadata={"help": "render whole-channel FZs (row 2) for the channels shown"}
-    )
-    dpi: int = field(default=100, metadata={"min": 50, "max": 600})
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -208,91 +161,6 @@ def natural_mosaic(images: np.ndarray, indices: Sequence[int], side: int, gap: i
     return mosaic
 
 
-def column_tap(block: str, kind: str) -> Tap:
-    """The FZ shown in a column: In of an L.1 block is the previous block's Post (rendered once)."""
-    return artifacts.in_fz_source(block) if kind == "in" else Tap(block, kind)
-
-
-# ------------------------------------------------------------------------------------------------------
-# Which channels.
-
-
-def select_channels(
-    block: str, passing: Sequence[int], params: FiguresParams, exemplary: Mapping[str, Sequence[int]]
-) -> list[int]:
-    """Channels drawn one PNG each: figures.channels if listed for the block, else the paper's exemplary
-    channels that pass here, then the first passing ones, up to figures.max_per_block."""
-    if block in params.channels:
-        return list(params.channels[block])
-    passing_set = set(passing)
-    first = [int(c) for c in exemplary.get(block, []) if int(c) in passing_set]
-    rest = [c for c in sorted(passing_set) if c not in first]
-    return (first + rest)[: params.max_per_block]
-
-
-# ------------------------------------------------------------------------------------------------------
-# Whole-channel FZs.
-
-
-def render_whole_channel(
-    raw: Mapping[str, Any], plan: Mapping[str, Sequence[int]], out_dir: Path
-) -> dict[str, dict[str, dict[int, np.ndarray]]]:
-    """``{block: {kind: {channel: (H, W, 3) uint8}}}`` for the planned channels, also saved to
-    ``whole_channel_<layerL_K>.npz``."""
-    plan = {block: list(channels) for block, channels in plan.items() if channels}
-    if not plan:
-        return {}
-    try:
-        fz = importlib.import_module("rsi.fz")
-        render = fz.render_channel_fz
-    except (ImportError, AttributeError) as error:
-        raise ParamsError(
-            f"figures.whole_channel is true but rsi.fz.render_channel_fz is not available ({error}); "
-            "set figures.whole_channel: false to draw the grids without the whole-channel row"
-        ) from error
-    if hasattr(fz, "load_fz_params"):
-        fz_params = fz.load_fz_params(dict(raw))
-    elif hasattr(fz, "FZParams"):
-        fz_params = load_section(raw, "fz", fz.FZParams)
-    else:
-        fz_params = raw.get("fz", {})
-
-    from rsi.model import load_model
-    from rsi.runtime import resolve_device
-
-    model_params = load_section(raw, "model", ModelParams)
-    seed = fz.load_seed(dict(raw)) if hasattr(fz, "load_seed") else int(raw.get("seed", 0))
-    model = load_model(model_params.weights, model_params.arch).to(resolve_device(model_params.device))
-    rendered: dict[str, dict[str, dict[int, np.ndarray]]] = {}
-    for block, channels in plan.items():
-        print(f"rendering whole-channel FZs of block {block}: channels {channels}", flush=True)
-        per_kind: dict[str, dict[int, np.ndarray]] = {}
-        stacked = []
-        for kind in TAP_KINDS:
-            images = render(
-                model,
-                column_tap(block, kind),
-                list(channels),
-                fz_params,
-                seed=seed,
-                weights=model_params.weights,
-            )
-            if len(images) != len(channels):
-                raise RuntimeError(
-                    f"rsi.fz.render_channel_fz returned {len(images)} images for {len(channels)} channels"
-                )
-            converted = [to_hwc_uint8(image) for image in images]
-            per_kind[kind] = dict(zip(channels, converted, strict=True))
-            stacked.append(np.stack([image.transpose(2, 0, 1) for image in converted]))
-        rendered[block] = per_kind
-        save_npz(
-            out_dir / f"whole_channel_{block_key(block)}.npz",
-            images=np.stack(stacked),
-            channels=np.asarray(channels, dtype=np.int64),
-        )
-    return rendered
-
-
 # ------------------------------------------------------------------------------------------------------
 # Drawing.
 
@@ -324,7 +192,6 @@ def _save(fig: Any, path: Path, dpi: int) -> None:
     plt = _pyplot()
     with atomic_path(path) as temporary:
         fig.savefig(temporary, format="png", dpi=dpi, metadata={"Software": None})
-        readable(temporary)
     plt.close(fig)
 
 
@@ -496,9 +363,62 @@ def draw_ablation(
 
 def _clean(out_dir: Path) -> None:
     """Remove this stage's earlier files so the folder shows only this run's figures."""
-    for pattern in ("fig1_*.png", "grids_*.png", ABLATION_FIGURE, "whole_channel_*.npz"):
+    for pattern in ("fig1_*.png", "grids_*.png", ABLATION_FIGURE):
         for stale in out_dir.glob(pattern):
             stale.unlink()
+
+
+def check_inputs(
+    plan: ChannelPlan, root: Path, whole_channel: bool
+) -> tuple[FZStore, NaturalStore, dict[str, WholeChannelFZs]]:
+    """Every input the plan draws from, loaded and checked before anything is drawn: the center-neuron
+    FZs, the natural images and, with ``whole_channel``, the whole-channel FZs of every planned channel."""
+    fzs, natural = FZStore(root), NaturalStore(root)
+    fzs.require([column_tap(b, kind) for b in plan.blocks for kind in TAP_KINDS])
+    if plan.blocks:
+        natural.require(plan.blocks)
+    whole = {block: read_whole_channel(block, root) for block in plan.blocks} if whole_channel else {}
+    for block in plan.blocks:
+        for channel in plan.channels(block):
+            for t, kind in enumerate(TAP_KINDS):
+                fzs.image(column_tap(block, kind), channel)
+                if block in whole:
+                    whole[block].image(t, channel)
+            natural.check(block, channel)
+    return fzs, natural, whole
+
+
+def draw_block(
+    block: str,
+    plan: ChannelPlan,
+    passing: Sequence[int],
+    inputs: tuple[FZStore, NaturalStore, dict[str, WholeChannelFZs]],
+    labels: RunLabels,
+    out_dir: Path,
+    dpi: int,
+) -> list[Path]:
+    """One block's single-channel grids and contact sheet; the PNG paths written."""
+    fzs, natural, whole = inputs
+    written = []
+    grids: dict[int, np.ndarray] = {}
+    for channel in plan.channels(block):
+        panels: Panels = [
+            [fzs.image(column_tap(block, kind), channel) for kind in TAP_KINDS],
+            [whole[block].image(t, channel) if block in whole else None for t in range(len(TAP_KINDS))],
+            [natural.mosaic(block, kind, channel, PANEL) for kind in TAP_KINDS],
+        ]
+        if channel in plan.shown[block]:
+            path = out_dir / f"fig1_{block_key(block)}_c{channel:03d}.png"
+            draw_channel_grid(block, channel, panels, labels, path, dpi, channel in passing)
+            written.append(path)
+        if channel in plan.sheets[block]:
+            grids[channel] = composite(panels)
+    if grids:
+        path = out_dir / f"grids_{block_key(block)}.png"
+        draw_contact_sheet(block, grids, len(set(passing)), labels, path, dpi)
+        written.append(path)
+    print(f"block {block}: {len(plan.shown[block])} channel grids, contact sheet of {len(grids)} channels")
+    return written
 
 
 def make_figures(
@@ -507,66 +427,21 @@ def make_figures(
     root: Path = artifacts.OUTPUTS,
     metrics: Path = artifacts.METRICS,
 ) -> list[Path]:
-    """Every figure; returns the PNG paths written."""
+    """Every figure from the stage outputs under ``root`` and ``metrics``; returns the PNG paths written."""
     out_dir = root / "figures"
-    passing = read_passing(artifacts.passing_file(root))
+    passing = read_passing(artifacts.passing_file(root)).blocks
     ablation = read_ablation_metrics(metrics / "ablation.json").series()
     labels = run_labels(raw, read_eval_index(root))
-    exemplary = paper_reference().get("exemplary", {})
-
-    blocks = list(params.blocks) or [b for b in passing if passing.get(b)]
-    blocks += [b for b in params.channels if b not in blocks]
-    blocks = sorted(set(blocks), key=block_order)
-    shown: dict[str, list[int]] = {}
-    sheets: dict[str, list[int]] = {}
-    for block in blocks:
-        channels = passing.get(block, [])
-        shown[block] = select_channels(block, channels, params, exemplary)
-        sheets[block] = channels[: params.sheet_max]
-        if not shown[block] and not sheets[block]:
-            print(f"block {block}: no criteria-passing channels, no grid drawn")
-    drawn = [b for b in blocks if shown[b] or sheets[b]]
-
-    # Every input is checked before anything is drawn or rendered.
-    fzs, natural = FZStore(root), NaturalStore(root)
-    fzs.require([column_tap(b, kind) for b in drawn for kind in TAP_KINDS])
-    if drawn:
-        natural.require(drawn)
-
-    plan = {b: sorted(set(shown[b]) | set(sheets[b])) for b in drawn}
-    for block, channels in plan.items():
-        for channel in channels:
-            for kind in TAP_KINDS:
-                fzs.image(column_tap(block, kind), channel)
-            natural.check(block, channel)
+    plan = plan_channels(params, passing)
+    for block in plan.empty:
+        print(f"block {block}: no criteria-passing channels, no grid drawn")
+    inputs = check_inputs(plan, root, params.whole_channel)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir)
-    whole = render_whole_channel(raw, plan, out_dir) if params.whole_channel else {}
-
     written = []
-    for block in drawn:
-        passing_set = set(passing.get(block, []))
-        grids: dict[int, np.ndarray] = {}
-        for channel in plan[block]:
-            center = [fzs.image(column_tap(block, kind), channel) for kind in TAP_KINDS]
-            panels: Panels = [
-                list(center),
-                [whole.get(block, {}).get(kind, {}).get(channel) for kind in TAP_KINDS],
-                [natural.mosaic(block, kind, channel, PANEL) for kind in TAP_KINDS],
-            ]
-            if channel in shown[block]:
-                path = out_dir / f"fig1_{block_key(block)}_c{channel:03d}.png"
-                draw_channel_grid(block, channel, panels, labels, path, params.dpi, channel in passing_set)
-                written.append(path)
-            if channel in sheets[block]:
-                grids[channel] = composite(panels)
-        if grids:
-            path = out_dir / f"grids_{block_key(block)}.png"
-            draw_contact_sheet(block, grids, len(passing_set), labels, path, params.dpi)
-            written.append(path)
-        print(f"block {block}: {len(shown[block])} channel grids, contact sheet of {len(grids)} channels")
-
+    for block in plan.blocks:
+        written += draw_block(block, plan, passing.get(block, []), inputs, labels, out_dir, params.dpi)
     if ablation:
         path = out_dir / ABLATION_FIGURE
         draw_ablation(ablation, labels, path, params.dpi)
@@ -580,14 +455,13 @@ def make_figures(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`rsi figures` reads everything from params.yaml (section figures) and the stage outputs."""
+    """`rsi figures` reads params.yaml (section figures) and the stage outputs under ``--outputs``."""
+    parser.add_argument("--outputs", default=str(artifacts.OUTPUTS), help="outputs root (default: outputs)")
 
 
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "figures", FiguresParams, source=str(args.params))
-    numerics = full_float32()  # whole-channel FZs then render under fz.tf32 (declared), as in stage fz
-    written = make_figures(raw, params)
-    fz_tf32 = bool((raw.get("fz") or {}).get("tf32", False))
-    write_json(FIGURES_DIR / "settings.json", {"numerics": numerics, "whole_channel_fz_tf32": fz_tf32})
-    print(f"wrote {len(written)} figures under {FIGURES_DIR}")
+    root = Path(args.outputs)
+    written = make_figures(raw, params, root)
+    print(f"wrote {len(written)} figures under {root / 'figures'}")

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -22,6 +21,7 @@ import torch
 import torchvision.models
 from torch import nn
 
+from rsi.runtime import RANDOM_WEIGHTS, is_random
 from rsi.taps import ARCHS, DEFAULT_ARCH
 
 
@@ -64,8 +64,6 @@ WEIGHTS_URL = CHECKPOINTS[DEFAULT_ARCH].url
 WEIGHTS_SHA256_PREFIX = CHECKPOINTS[DEFAULT_ARCH].sha256[:8]
 RANDOM_LABEL = "RANDOM WEIGHTS (not the paper's model)"
 PAPER_LABEL = "IMAGENET1K_V1"
-
-_RANDOM = re.compile(r"^random:(\d+)$")
 
 
 class WeightsError(RuntimeError):
@@ -121,10 +119,6 @@ def check_weights_file(path: Path, arch: str = DEFAULT_ARCH) -> None:
         )
 
 
-def is_random(source: str) -> bool:
-    return bool(_RANDOM.match(source))
-
-
 def describe_weights(source: str, arch: str = DEFAULT_ARCH) -> str:
     """The label of every output made with ``source``: IMAGENET1K_V1 only for torchvision's file of
     ``arch`` (by content), ``custom weights <sha8>`` for any other file, a RANDOM WEIGHTS warning for
@@ -151,7 +145,7 @@ def load_model(source: str = "torchvision", arch: str = DEFAULT_ARCH, *, downloa
     ``random:<seed>`` (tests and the offline demo only).
     """
     build = getattr(torchvision.models, checkpoint(arch).arch)
-    random_match = _RANDOM.match(source)
+    random_match = RANDOM_WEIGHTS.match(source)
     if random_match:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(random_match.group(1)))

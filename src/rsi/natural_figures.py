@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rsi.channel_plan import column_tap
 from rsi.figures import (
     PANEL,
     TITLE_LINE,
@@ -18,9 +19,8 @@ from rsi.figures import (
     _pyplot,
     _save,
     _warning,
-    column_tap,
 )
-from rsi.report import RunLabels
+from rsi.labels import RunLabels
 from rsi.runtime import read_json
 from rsi.taps import block_key, block_order, parse_block
 

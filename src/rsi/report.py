@@ -1,12 +1,11 @@
 """`rsi report`: ``outputs/report.md``, every reproduced number beside the paper's, and what differs.
 
-Inputs (the file contract of :mod:`rsi.artifacts`): ``metrics/criteria.json`` and
-``outputs/criteria/passing.json`` (stage criteria), ``metrics/ablation.json`` (stage ablate); optionally a
-second criteria metrics file rendered with the ``lucent_reference`` Pre reading, the FZ ``settings.json``
-files, the evaluation cache's ``index.json`` and the figures. Settings are read from ``params.yaml``.
-
-The parsing of the JSON inputs lives in the small ``read_*`` functions here (:mod:`rsi.figures` uses them
-too), so a change of key names touches one place.
+Owns the Markdown: the sections, and which params keys it prints (:data:`PRINTED_PARAMS`, the keys the
+report stage declares in dvc.yaml). Inputs (the file contract of :mod:`rsi.artifacts`):
+``metrics/criteria.json`` and ``outputs/criteria/passing.json`` (stage criteria), ``metrics/ablation.json``
+(stage ablate); optionally the criteria of stage pre-reading (``outputs/reference``), the FZ
+``settings.json`` files, the evaluation cache's ``index.json`` and the figures. The paper's numbers come
+from :mod:`rsi.paper`.
 """
 
 from __future__ import annotations
@@ -14,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,16 +21,58 @@ from typing import Any
 from rsi import artifacts
 from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
 from rsi.config import load_section, read_params
-from rsi.model import PAPER_LABEL, describe_weights, is_random
-from rsi.runtime import ModelParams, atomic_path
+from rsi.labels import RunLabels, run_labels
+from rsi.model import PAPER_LABEL, describe_weights
+from rsi.paper import ABLATION_TRIALS, EVAL_CLASSES, EVAL_IMAGES, FZ_IMAGE_SIZE, FZ_LR, FZ_STEPS, REFERENCE
+from rsi.runtime import atomic_path
 from rsi.taps import DEFAULT_ARCH, block_order, num_channels, parse_block
 
-REPORT_FILE = artifacts.OUTPUTS / "report.md"
 CRITERIA_METRICS = artifacts.METRICS / "criteria.json"
 ABLATION_METRICS = artifacts.METRICS / "ablation.json"
-REFERENCE_ROOT = Path("reference")  # rsi.pre_reading.ROOT: the authors' reading of Pre (passing lists)
-PAPER_EVAL_IMAGES = 50_000
-PAPER_FZ_STEPS = 2560  # authors' code (center_lucent_optimize.py); the paper text does not say
+# The params keys the report prints (the settings table and the list in <details>), each declared as a
+# param of the report stage in dvc.yaml (tests/test_dvc_deps.py keeps the two equal), so a change to any
+# of them re-makes the report. A bare section name stands for every key in it. Speed-only keys
+# (model.device, data.workers, fz.chunk_batches, ablate.screen_batch, launch) change no result: neither
+# printed nor declared.
+PRINTED_PARAMS: tuple[str, ...] = (
+    "model.weights",
+    "model.arch",
+    "data.source",
+    "data.root",
+    "data.ground_truth",
+    "data.label_map",
+    "data.class_index",
+    "data.per_class",
+    "data.random_subset",
+    "data.on_bad_file",
+    "data.generated",
+    "data.download",
+    "fz.steps",
+    "fz.lr",
+    "fz.image_size",
+    "fz.batch_channels",
+    "fz.transforms",
+    "fz.pre_reading",
+    "fz.storage",
+    "fz.tf32",
+    "fz.max_channels",
+    "fz.blocks",
+    "activations",
+    "criteria",
+    "natural",
+    "ablate.blocks",
+    "ablate.crop_rule",
+    "ablate.percents",
+    "ablate.trials",
+    "ablate.screening",
+    "ablate.max_attempts",
+    "ablate.batch_size",
+    "ablate.channel_sets",
+    "ablate.tf32",
+    "figures",
+    "report",
+)
+PARAMS_SECTIONS = ("model", "data", "fz", "activations", "criteria", "natural", "ablate", "figures", "report")
 
 
 @dataclass(frozen=True)
@@ -48,46 +87,6 @@ class ReportParams:
         },
     )
     decimals: int = field(default=4, metadata={"min": 1, "max": 8, "help": "decimals of ratios"})
-
-
-# ------------------------------------------------------------------------------------------------------
-# The paper's numbers.
-#
-# FALLBACK, used only when rsi.paper is not importable or has no REFERENCE mapping (rsi.paper holds the
-# sourced values and REFERENCE in this shape). Only what the paper text states is repeated here.
-PAPER_FALLBACK: dict[str, Any] = {
-    "source": "local fallback table in rsi.report (paper text only)",
-    "probed_blocks": ["1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1"],
-    # Section 3: "1.1 with six channels (~9.4%), 2.0 with two (~1.5%), 2.1 with 23 (~18%), and 3.1 with
-    # 46 channels (~18%)"; the other probed blocks had none ("four blocks contained at least one").
-    "passing": {"1.1": 6, "2.0": 2, "2.1": 23, "3.0": 0, "3.1": 46, "4.0": 0, "4.1": 0},
-    "percent_text": {"1.1": "~9.4", "2.0": "~1.5", "2.1": "~18", "3.1": "~18"},
-    # Channels the text names as passing (section 3, block 3.1): a partial list.
-    "channels": {"3.1": [29, 80, 113, 178, 215]},
-    "channels_complete": False,
-    "channels_complete_blocks": [],
-    # Fig. 1's exemplary channels as far as the text names them (cylinders 29, 113, 178; spotted texture
-    # 80; complex curve 215). None are named for 2.1.
-    "exemplary": {"3.1": [29, 113, 178, 80, 215]},
-    # Section 4 / Fig. 2: every scale-transformed ratio lies below the no-scale ratio (no numbers given).
-    "ablation_claim": "every scale's ratio (10 % … 50 %) is below the no-scale ratio",
-    "ablation_passing_acc": {},
-    "ablation_channels_authors_code": {},
-}
-
-
-def paper_reference() -> dict[str, Any]:
-    """The paper's reference numbers: ``rsi.paper.REFERENCE`` merged over :data:`PAPER_FALLBACK`."""
-    reference = dict(PAPER_FALLBACK)
-    try:
-        from rsi import paper  # type: ignore[attr-defined]
-    except ImportError:
-        return reference
-    published = getattr(paper, "REFERENCE", None)
-    if isinstance(published, Mapping):
-        reference.update(published)
-        reference["source"] = published.get("source", "rsi.paper")
-    return reference
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -106,14 +105,6 @@ def require(path: Path, stage: str) -> Path:
             f"run `dvc repro` (or `rsi {stage}`) first"
         )
     return path
-
-
-def readable(path: Path) -> None:
-    """Give a file the permissions of an ordinary new file (the temporary files of atomic writes are
-    0600), so a figure or report written in a container can be read by another user."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(path, 0o666 & ~umask)
 
 
 def _load_json(path: Path, stage: str) -> Any:
@@ -194,69 +185,20 @@ def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any] | None:
     return data if isinstance(data, Mapping) else {"files": data}
 
 
-@dataclass(frozen=True)
-class RunLabels:
-    """How a run must be labelled: random weights, generated evaluation images."""
-
-    weights: str
-    weights_label: str
-    random_weights: bool
-    generated_data: bool
-    arch: str = DEFAULT_ARCH
-
-    @property
-    def network(self) -> str:
-        """How titles name the network: ``ResNet34`` for model.arch resnet34."""
-        return "ResNet" + self.arch.removeprefix("resnet")
-
-
-def _looks_generated(value: Any) -> bool:
-    return isinstance(value, str) and bool(re.search(r"generat|synthetic", value, re.I))
-
-
-def run_labels(raw: Mapping[str, Any], index: Mapping[str, Any] | None = None) -> RunLabels:
-    model = load_section(raw, "model", ModelParams)
-    data = raw.get("data") or {}
-    generated = False
-    for source in (data, index or {}):
-        if not isinstance(source, Mapping):
-            continue
-        if source.get("generated") is True or any(
-            _looks_generated(source.get(key)) for key in ("source", "kind", "mode", "dataset")
-        ):
-            generated = True
-    label = describe_weights(model.weights, model.arch)
-    return RunLabels(model.weights, label, is_random(model.weights), generated, model.arch)
-
-
 NOT_IN_PAPER = "not in the paper"
 
 
-def paper_for(arch: str, paper: dict[str, Any]) -> dict[str, Any]:
-    """The paper's numbers where they apply: for an arch other than its ResNet18, none (the sections
-    then say "not in the paper" where a paper number would be)."""
+def paper_for(arch: str) -> dict[str, Any]:
+    """The paper's numbers (:data:`rsi.paper.REFERENCE`) where they apply: for an arch other than its
+    ResNet18, none (the sections then say "not in the paper" where a paper number would be)."""
     if arch == DEFAULT_ARCH:
-        return paper
+        return dict(REFERENCE)
     keep = ("source", "ablation_claim")
-    return {**{key: paper[key] for key in keep if key in paper}, "absent": NOT_IN_PAPER}
+    return {**{key: REFERENCE[key] for key in keep}, "absent": NOT_IN_PAPER}
 
 
 # ------------------------------------------------------------------------------------------------------
 # Markdown.
-
-
-def _find_key(mapping: Any, pattern: str) -> Any:
-    """The first value whose key matches ``pattern`` (depth-first), or None."""
-    regex = re.compile(pattern)
-    if isinstance(mapping, Mapping):
-        for key, value in mapping.items():
-            if regex.search(str(key)) and not isinstance(value, Mapping):
-                return value
-        for value in mapping.values():
-            found = _find_key(value, pattern)
-            if found is not None:
-                return found
-    return None
 
 
 def _fmt(value: Any, decimals: int = 2, *, full: bool = False) -> str:
@@ -296,6 +238,20 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return lines
 
 
+def _subset(n_images: int | None) -> bool:
+    """Whether the run evaluated fewer images than the paper's 50,000."""
+    return n_images is not None and n_images < EVAL_IMAGES
+
+
+def _param(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
+    """The value params.yaml gives ``key`` (``section.name``), ``default`` when it gives none. Only keys
+    of :data:`PRINTED_PARAMS` (declared by the report stage) may be read."""
+    if not any(key == known or key.startswith(f"{known}.") for known in PRINTED_PARAMS):
+        raise KeyError(f"{key} is not in rsi.report.PRINTED_PARAMS: declare it for the report stage first")
+    section, name = key.split(".", 1)
+    return (raw.get(section) or {}).get(name, default)
+
+
 def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
     lines = []
     if labels.random_weights:
@@ -314,10 +270,10 @@ def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
             "> **GENERATED DATA** — the evaluation images were generated, not ImageNet validation: "
             "accuracies, ablation ratios and top natural images are placeholders."
         )
-    elif n_images is not None and n_images < PAPER_EVAL_IMAGES:
+    elif _subset(n_images):
         lines.append(
-            f"> **SUBSET** — evaluated on {n_images:,} images, not the {PAPER_EVAL_IMAGES:,} ImageNet "
-            "validation images of the paper."
+            f"> **SUBSET** — evaluated on {n_images:,} images, not the {EVAL_IMAGES:,} ImageNet validation "
+            "images of the paper."
         )
     if not lines:
         return []
@@ -327,64 +283,69 @@ def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
 
 def _exactness_rows(raw: Mapping[str, Any]) -> list[list[str]]:
     """Settings rows that decide what can match the paper exactly (issue 10's switches)."""
-    ablate = raw.get("ablate") or {}
     return [
         [
             "ablation channel sets",
-            _fmt(ablate.get("channel_sets", ["run", "published"])),
+            _fmt(_param(raw, "ablate.channel_sets", ["run", "published"])),
             "the authors ablated their published lists (`published`)",
         ],
         [
             "Eq. 1 reading",
-            _fmt((raw.get("criteria") or {}).get("eq1_reading", "authors_code")),
+            _fmt(_param(raw, "criteria.eq1_reading", "authors_code")),
             "`authors_code` (difference / Pre_c(X̂_Pre_c), stream_inspect.py l. 428)",
         ],
         [
             "TF32 on CUDA (ablate)",
-            _fmt(ablate.get("tf32", False)),
+            _fmt(_param(raw, "ablate.tf32", False)),
             "on for convolutions (torch 2.0's default on Ampere or newer GPUs)",
         ],
     ]
 
 
+def _declared_rows(raw: Mapping[str, Any], section: str) -> list[list[str]]:
+    """The rows of params.yaml ``section`` whose key :data:`PRINTED_PARAMS` lists (or the whole section)."""
+    rows = _flatten(raw.get(section) or {})
+    if section not in PRINTED_PARAMS:
+        rows = [(key, value) for key, value in rows if f"{section}.{key.split('.')[0]}" in PRINTED_PARAMS]
+    return [[f"`{key}`", _fmt(value)] for key, value in rows] or [["—", "—"]]
+
+
+def _params_details(raw: Mapping[str, Any], fz_settings: dict[str, dict[str, Any]], root: Path) -> list[str]:
+    """Every declared params key, and the FZ stage's settings files, folded away."""
+    summary = "Every parameter of params.yaml the report declares, and the FZ settings files"
+    lines = ["<details><summary>" + summary + "</summary>", ""]
+    for name in PARAMS_SECTIONS:
+        if raw.get(name) is not None:
+            lines += [
+                f"**params.yaml `{name}`**",
+                "",
+                *_table(["key", "value"], _declared_rows(raw, name)),
+                "",
+            ]
+    for block, content in fz_settings.items():
+        lines += [f"**`{artifacts.fz_dir(block, root)}/settings.json`**", "", "```json"]
+        lines += [json.dumps(content, indent=1, sort_keys=True)[:4000], "```", ""]
+    return [*lines, "</details>", ""]
+
+
 def _settings_section(
     raw: Mapping[str, Any],
     labels: RunLabels,
-    fz_settings: dict[str, dict[str, Any]],
+    weights_label: str,
     index: Mapping[str, Any] | None,
-    n_images: int | None,
-    n_classes: int | None,
+    counts: tuple[int | None, int | None],
 ) -> tuple[list[str], dict[str, Any]]:
-    ablate = raw.get("ablate") or {}
-    fz = raw.get("fz") or {}
-    data = raw.get("data") or {}
-
-    def fz_value(pattern: str) -> Any:
-        values = {b: _find_key(s, pattern) for b, s in fz_settings.items()}
-        values = {b: v for b, v in values.items() if v is not None}
-        if not values:
-            return _find_key(fz, pattern)
-        distinct = {json.dumps(v, sort_keys=True) for v in values.values()}
-        if len(distinct) == 1:
-            return next(iter(values.values()))
-        return "; ".join(f"{b}: {_fmt(v)}" for b, v in values.items())
-
-    steps = fz_value(r"^steps$")
-    pre_reading = fz_value(r"pre_reading")
-    crop_rule = _find_key(ablate, r"crop_rule|^crop$|crop")
-    source = _find_key(data, r"^(source|kind|dataset|mode)$")
-    path = _find_key(data, r"(path|root|dir)")
+    """The settings table (this run beside the paper's) and the settings the later sections judge by."""
+    n_images, n_classes = counts
+    steps, pre_reading = _param(raw, "fz.steps"), _param(raw, "fz.pre_reading")
+    crop_rule = _param(raw, "ablate.crop_rule")
+    source = _param(raw, "data.source")
     if index is not None and source is None:
         source = index.get("source")
-    settings = {
-        "steps": steps,
-        "pre_reading": pre_reading,
-        "crop_rule": crop_rule,
-        "n_images": n_images,
-    }
+    settings = {"steps": steps, "pre_reading": pre_reading, "crop_rule": crop_rule, "n_images": n_images}
     rows = [
-        ["weights", f"`{labels.weights}` ({labels.weights_label})", "IMAGENET1K_V1 (resnet18-f37072fd.pth)"],
-        ["FZ steps", _fmt(steps), f"{PAPER_FZ_STEPS} (authors' code; the text says nothing)"],
+        ["weights", f"`{labels.weights}` ({weights_label})", "IMAGENET1K_V1 (resnet18-f37072fd.pth)"],
+        ["FZ steps", _fmt(steps), f"{FZ_STEPS} (authors' code; the text says nothing)"],
         [
             "FZ Pre reading",
             _fmt(pre_reading),
@@ -392,35 +353,22 @@ def _settings_section(
         ],
         [
             "FZ image size / lr",
-            f"{_fmt(fz_value(r'image_size|^size$'))} / {_fmt(fz_value(r'^lr$'))}",
-            "224 / 0.05",
+            f"{_fmt(_param(raw, 'fz.image_size'))} / {_fmt(_param(raw, 'fz.lr'))}",
+            f"{FZ_IMAGE_SIZE} / {FZ_LR:g}",
         ],
         [
             "ablation crop rule",
             _fmt(crop_rule),
             "`authors_code` (crops 201…112 px) produced Fig. 2; the text's rule gives 231…128 px",
         ],
-        ["ablation trials", _fmt(_find_key(ablate, r"trials")), "10"],
+        ["ablation trials", _fmt(_param(raw, "ablate.trials")), str(ABLATION_TRIALS)],
         *_exactness_rows(raw),
         ["data source", _fmt(source), "ImageNet-1k validation"],
-        ["data path", _fmt(path), "—"],
-        ["evaluation images", _fmt(n_images), f"{PAPER_EVAL_IMAGES:,}"],
-        ["classes present", _fmt(n_classes), "1000"],
+        ["data path", _fmt(_param(raw, "data.root")), "—"],
+        ["evaluation images", _fmt(n_images), f"{EVAL_IMAGES:,}"],
+        ["classes present", _fmt(n_classes), str(EVAL_CLASSES)],
     ]
-    lines = ["## Settings used", ""]
-    lines += _table(["setting", "this run", "paper / authors"], rows)
-    lines += ["", "<details><summary>Every parameter of params.yaml and the FZ settings files</summary>", ""]
-    for name in ("model", "data", "fz", "activations", "criteria", "natural", "ablate", "figures", "report"):
-        section = raw.get(name)
-        if section is None:
-            continue
-        lines += [f"**params.yaml `{name}`**", ""]
-        lines += _table(["key", "value"], [[f"`{k}`", _fmt(v)] for k, v in _flatten(section)] or [["—", "—"]])
-        lines.append("")
-    for block, content in fz_settings.items():
-        lines += [f"**`{artifacts.fz_dir(block)}/settings.json`**", "", "```json"]
-        lines += [json.dumps(content, indent=1, sort_keys=True)[:4000], "```", ""]
-    lines += ["</details>", ""]
+    lines = ["## Settings used", "", *_table(["setting", "this run", "paper / authors"], rows), ""]
     return lines, settings
 
 
@@ -669,10 +617,10 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
     return lines
 
 
-IMAGE_POINTS = 100 / PAPER_EVAL_IMAGES  # one image of the 50,000 in percentage points: 0.002
+IMAGE_POINTS = 100 / EVAL_IMAGES  # one image of the 50,000 in percentage points: 0.002
 
 
-def is_possible_accuracy(value: float, images: int = PAPER_EVAL_IMAGES) -> bool:
+def is_possible_accuracy(value: float, images: int = EVAL_IMAGES) -> bool:
     """Can a top-1 accuracy over ``images`` images take this value (a multiple of 100 / images points)?"""
     count = value * images / 100
     return abs(count - round(count)) < 1e-6
@@ -879,14 +827,8 @@ def pre_reading_sentence(reading: str, eq1_reading: str) -> str:
     )
 
 
-def _differences(
-    labels: RunLabels,
-    settings: dict[str, Any],
-    criteria: dict[str, dict[str, Any]],
-    reference: dict[str, dict[str, Any]] | None,
-    paper: dict[str, Any],
-    verdicts: dict[tuple[str, str], tuple[int, int]],
-) -> list[str]:
+def _setting_differences(labels: RunLabels, settings: dict[str, Any]) -> list[str]:
+    """What differs from the paper's run before any result: network, weights, data, FZ and crop settings."""
     items = []
     if labels.arch != DEFAULT_ARCH:
         items.append(
@@ -901,44 +843,60 @@ def _differences(
     if labels.generated_data:
         items.append("The evaluation images were generated, not ImageNet validation images.")
     n_images = settings.get("n_images")
-    if n_images is not None and n_images < PAPER_EVAL_IMAGES:
+    if _subset(n_images):
         items.append(
-            f"Only {n_images:,} evaluation images were used (the paper: {PAPER_EVAL_IMAGES:,}); accuracies "
+            f"Only {n_images:,} evaluation images were used (the paper: {EVAL_IMAGES:,}); accuracies "
             "and top natural images come from this smaller set."
         )
     steps = settings.get("steps")
-    if isinstance(steps, int) and steps != PAPER_FZ_STEPS:
-        items.append(f"FZs were optimised for {steps} steps, not the authors' {PAPER_FZ_STEPS}.")
+    if isinstance(steps, int) and steps != FZ_STEPS:
+        items.append(f"FZs were optimised for {steps} steps, not the authors' {FZ_STEPS}.")
     reading = settings.get("pre_reading")
     if reading is not None and reading != "lucent_reference":
         items.append(pre_reading_sentence(reading, settings.get("eq1_reading", "authors_code")))
-    rule = settings.get("crop_rule")
-    if rule == "paper_text":
+    if settings.get("crop_rule") == "paper_text":
         items.append(
             "The ablation used the paper text's crop rule (231…128 px); Fig. 2 came from the authors' "
             "code rule (201…112 px)."
         )
-    paper_counts: dict[str, int] = paper.get("passing", {})
+    return items
+
+
+def _count_differences(
+    arch: str,
+    criteria: dict[str, dict[str, Any]],
+    reference: dict[str, dict[str, Any]] | None,
+    paper_counts: Mapping[str, int],
+) -> list[str]:
+    """Blocks whose passing count differs from the paper's, or between the two readings of Pre."""
+    items = []
     for block in sorted(criteria, key=block_order):
-        ours = criteria.get(block)
-        if ours is None or block not in paper_counts:
+        if block not in paper_counts:
             continue
-        count, total = ours.get("passing"), ours.get("channels")
-        full = total == num_channels(block, labels.arch)
+        count, total = criteria[block].get("passing"), criteria[block].get("channels")
         if count != paper_counts[block]:
-            scope = "" if full else f" (only {total} of {num_channels(block, labels.arch)} channels probed)"
+            width = num_channels(block, arch)
+            scope = "" if total == width else f" (only {total} of {width} channels probed)"
             items.append(
                 f"Block {block}: {_plural(count, 'passing channel')} here, {paper_counts[block]} in the "
                 f"paper{scope}."
             )
-        if reference is not None and block in reference:
-            other = reference[block].get("passing")
-            if other != count:
-                items.append(
-                    f"Block {block}: {other} pass with the `lucent_reference` Pre FZs against {count} with "
-                    "the exact Pre FZs."
-                )
-    authors_sets = paper.get("ablation_channels_authors_code", {})
+        other = reference[block].get("passing") if reference is not None and block in reference else count
+        if other != count:
+            items.append(
+                f"Block {block}: {other} pass with the `lucent_reference` Pre FZs against {count} with "
+                "the exact Pre FZs."
+            )
+    return items
+
+
+def _ablation_differences(
+    criteria: dict[str, dict[str, Any]],
+    authors_sets: Mapping[str, Sequence[int]],
+    verdicts: dict[tuple[str, str], tuple[int, int]],
+) -> list[str]:
+    """Ablations whose scaled ratios break the paper's claim, and ablated sets of another size."""
+    items = []
     for (block, name), (below, scaled) in verdicts.items():
         if scaled and below < scaled:
             items.append(
@@ -946,14 +904,28 @@ def _differences(
                 "ablation ratios are not below the no-scale ratio; the paper claims all are."
             )
         ours_count = criteria.get(block, {}).get("passing")
-        ablated_published = (block, "published") in verdicts
-        if name != "run" or ablated_published:
+        if name != "run" or (block, "published") in verdicts:
             continue
         if block in authors_sets and ours_count is not None and ours_count != len(authors_sets[block]):
             items.append(
                 f"Block {block}: the ablation removes this run's {_plural(ours_count, 'passing channel')}; "
                 f"the authors ablated their {len(authors_sets[block])}."
             )
+    return items
+
+
+def _differences(
+    labels: RunLabels,
+    settings: dict[str, Any],
+    criteria: dict[str, dict[str, Any]],
+    reference: dict[str, dict[str, Any]] | None,
+    paper: dict[str, Any],
+    verdicts: dict[tuple[str, str], tuple[int, int]],
+) -> list[str]:
+    """Everything that differs from the paper, in plain words."""
+    items = _setting_differences(labels, settings)
+    items += _count_differences(labels.arch, criteria, reference, paper.get("passing", {}))
+    items += _ablation_differences(criteria, paper.get("ablation_channels_authors_code", {}), verdicts)
     items.append(
         "Feature visualisation is stochastic; the paper itself notes that results may vary. The authors "
         "set no seeds; this run is seeded, so it is repeatable but not the authors' draw."
@@ -985,29 +957,8 @@ def _figures_section(root: Path) -> list[str]:
     return [*lines, ""]
 
 
-def build_report(
-    raw: Mapping[str, Any],
-    params: ReportParams,
-    root: Path = artifacts.OUTPUTS,
-    metrics: Path = artifacts.METRICS,
-) -> str:
-    """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
-    criteria = read_criteria_metrics(metrics / "criteria.json")
-    passing = read_passing(artifacts.passing_file(root))
-    ablation = read_ablation(metrics / "ablation.json")
-    reference_path = Path(params.reference_criteria)
-    reference = read_criteria_metrics(reference_path) if reference_path.is_file() else None
-    reference = reference or None  # the pre-reading stage writes {} when the comparison is off
-    reference_passing_path = artifacts.passing_file(REFERENCE_ROOT)
-    reference_passing = (
-        read_passing(reference_passing_path)
-        if reference is not None and reference_passing_path.is_file()
-        else None
-    )
-    paper = paper_reference()
-    index = read_eval_index(root)
-    fz_settings = read_fz_settings(root)
-
+def _eval_counts(index: Mapping[str, Any] | None, root: Path) -> tuple[int | None, int | None]:
+    """Evaluation images and classes present: from the cache's index, else from its labels."""
     n_images = n_classes = None
     if index is not None:
         files = index.get("files")
@@ -1022,30 +973,69 @@ def build_report(
         labels_array = np.load(labels_path, mmap_mode="r")
         n_images = n_images if n_images is not None else len(labels_array)
         n_classes = n_classes if n_classes is not None else len(np.unique(labels_array))
-    if isinstance(n_images, float):
-        n_images = int(n_images)
+    return (int(n_images) if n_images is not None else None), n_classes
 
+
+def _not_comparable(labels: RunLabels, weights_label: str, n_images: int | None) -> str | None:
+    """Why the published sets' accuracies cannot equal the authors' recorded ones, or None."""
+    reasons = [
+        text
+        for flag, text in (
+            (labels.random_weights, "random weights"),
+            (
+                not labels.random_weights and weights_label != PAPER_LABEL,
+                f"{weights_label}, not IMAGENET1K_V1",
+            ),
+            (labels.generated_data, "generated images"),
+            (n_images is not None and n_images != EVAL_IMAGES, f"{n_images} images, not {EVAL_IMAGES:,}"),
+        )
+        if flag
+    ]
+    return ", ".join(reasons) or None
+
+
+def _reference_run(
+    params: ReportParams, root: Path
+) -> tuple[dict[str, dict[str, Any]] | None, dict[str, list[int]] | None]:
+    """The criteria counts and passing lists of stage pre-reading (the authors' reading of Pre), or None
+    where it did not run (it writes {} when criteria.compare_pre_readings is off)."""
+    reference_path = Path(params.reference_criteria)
+    reference = read_criteria_metrics(reference_path) if reference_path.is_file() else None
+    if not reference:
+        return None, None
+    passing_path = artifacts.passing_file(artifacts.reference_root(root))
+    return reference, read_passing(passing_path) if passing_path.is_file() else None
+
+
+def build_report(
+    raw: Mapping[str, Any],
+    params: ReportParams,
+    root: Path = artifacts.OUTPUTS,
+    metrics: Path = artifacts.METRICS,
+) -> str:
+    """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
+    criteria = read_criteria_metrics(metrics / "criteria.json")
+    passing = read_passing(artifacts.passing_file(root))
+    ablation = read_ablation(metrics / "ablation.json")
+    reference, reference_passing = _reference_run(params, root)
+    index = read_eval_index(root)
+    n_images, n_classes = _eval_counts(index, root)
     labels = run_labels(raw, index)
-    paper = paper_for(labels.arch, paper)
+    weights_label = describe_weights(labels.weights, labels.arch)
+    paper = paper_for(labels.arch)
     lines = [
         f"# Scale invariance in the residual stream of {labels.network}: reproduced vs paper",
         "",
         *_banner(labels, n_images),
         "Paper: Longon, *Naturally Computed Scale Invariance in the Residual Stream of ResNet18* (CVPR 2025",
-        f"workshops). Paper numbers from: {paper.get('source')}. Weights: {labels.weights_label}.",
+        f"workshops). Paper numbers from: {paper.get('source')}. Weights: {weights_label}.",
         "",
     ]
-    settings_lines, settings = _settings_section(raw, labels, fz_settings, index, n_images, n_classes)
-    eq1_reading = (raw.get("criteria") or {}).get("eq1_reading", "authors_code")
-    settings["eq1_reading"] = eq1_reading
+    settings_lines, settings = _settings_section(raw, labels, weights_label, index, (n_images, n_classes))
+    settings["eq1_reading"] = eq1_reading = _param(raw, "criteria.eq1_reading", "authors_code")
+    pre_reading = settings.get("pre_reading") or "exact"
     lines += _criteria_section(
-        criteria,
-        reference,
-        paper,
-        passing,
-        reference_passing,
-        settings.get("pre_reading") or "exact",
-        arch=labels.arch,
+        criteria, reference, paper, passing, reference_passing, pre_reading, arch=labels.arch
     )
     lines += _eq1_section(criteria, reference, eq1_reading)
     lines += _channels_section(passing, paper)
@@ -1056,52 +1046,40 @@ def build_report(
     ]
     lines += _stability_section(metrics / "criteria.json")
     lines += _natural_criteria_section(metrics / "criteria_natural.json", root)
-    reasons = [
-        text
-        for flag, text in (
-            (labels.random_weights, "random weights"),
-            (
-                not labels.random_weights and labels.weights_label != PAPER_LABEL,
-                f"{labels.weights_label}, not IMAGENET1K_V1",
-            ),
-            (labels.generated_data, "generated images"),
-            (n_images is not None and n_images != PAPER_EVAL_IMAGES, f"{n_images} images, not 50,000"),
-        )
-        if flag
-    ]
+    comparable = _not_comparable(labels, weights_label, n_images)
     ablation_lines, verdicts = _ablation_section(
-        ablation, paper, settings.get("crop_rule"), params.decimals, skipped, ", ".join(reasons) or None
+        ablation, paper, settings.get("crop_rule"), params.decimals, skipped, comparable
     )
     lines += ablation_lines
     lines += _differences(labels, settings, criteria, reference, paper, verdicts)
-    lines += settings_lines
+    lines += settings_lines + _params_details(raw, read_fz_settings(root), root)
     lines += _figures_section(root)
     return "\n".join(lines).rstrip() + "\n"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", default=str(REPORT_FILE), help=f"where to write (default: {REPORT_FILE})")
+    parser.add_argument("--outputs", default=str(artifacts.OUTPUTS), help="outputs root (default: outputs)")
+    parser.add_argument("--out", default=None, help="where to write (default: <outputs>/report.md)")
 
 
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "report", ReportParams, source=str(args.params))
-    text = build_report(raw, params)
-    out = Path(getattr(args, "out", REPORT_FILE))
+    root = Path(args.outputs)
+    text = build_report(raw, params, root)
+    out = Path(args.out) if args.out else root / "report.md"
     with atomic_path(out) as temporary:
         temporary.write_text(text)
-        readable(temporary)
     print(f"wrote {out}")
 
 
 __all__ = [
+    "PRINTED_PARAMS",
     "AblationSeries",
     "MissingInputError",
     "ReportParams",
     "build_report",
-    "paper_reference",
     "read_ablation",
     "read_criteria_metrics",
     "read_passing",
-    "run_labels",
 ]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +47,15 @@ class ModelParams:
             "help": "resnet18 (the paper) | resnet34 | resnet50 | resnet101 | resnet152",
         },
     )
+
+
+# model.weights of a seeded random network (tests and the offline demo only): every output labels it
+RANDOM_WEIGHTS = re.compile(r"^random:(\d+)$")
+
+
+def is_random(weights: str) -> bool:
+    """Whether ``model.weights`` names a seeded random network (``random:<seed>``), not trained weights."""
+    return bool(RANDOM_WEIGHTS.match(weights))
 
 
 def resolve_device(name: str = "auto") -> torch.device:

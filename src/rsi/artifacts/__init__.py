@@ -108,3 +108,9 @@ def passing_file(root: Path = OUTPUTS) -> Path:
 
 def natural_file(block: str, root: Path = OUTPUTS) -> Path:
     return root / "natural" / f"{block_key(block)}.npz"
+
+
+def reference_root(root: Path = OUTPUTS) -> Path:
+    """The outputs root of stage pre-reading: its run with lucent's reading of Pre (fz/, activations/,
+    criteria/passing.json), beside the main run."""
+    return root / "reference"
