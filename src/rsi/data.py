@@ -94,6 +94,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
+from rsi.artifacts.eval import EvalCache, read_eval, write_eval
 from rsi.config import ParamsError, load_section, read_params
 from rsi.runtime import atomic_path, key_seed, write_json
 
@@ -497,8 +498,9 @@ def decode_to_cache(
     kept: list[int] = []
     resized: list[tuple[int, int]] = []
     skipped: list[dict[str, str]] = []
-    images_path = out_dir / "images.npy"
-    with atomic_path(images_path) as temporary:
+    handle, temporary = tempfile.mkstemp(dir=out_dir, prefix=".images.npy.", suffix=".tmp")
+    os.close(handle)
+    try:
         cache = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(total, size, size, 3))
         bar = tqdm(total=total, desc="prepare-data: decode", unit="img", disable=not progress)
         for batch in loader:
@@ -518,13 +520,22 @@ def decode_to_cache(
         if skipped and on_bad_file != "skip":
             raise _bad_files_error(skipped)
         if skipped:
-            _compact(temporary, len(kept))
-    labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
-    with atomic_path(out_dir / "labels.npy") as temporary, open(temporary, "wb") as handle:
-        np.save(handle, labels)
-    with atomic_path(out_dir / "resized.npy") as temporary, open(temporary, "wb") as handle:
-        np.save(handle, np.asarray(resized, dtype=np.int32).reshape(len(kept), 2))
-    index = {
+            _compact(Path(temporary), len(kept))
+        index = _index(listing, kept, skipped, source, size)
+        labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
+        shapes = np.asarray(resized, dtype=np.int32).reshape(len(kept), 2)
+        write_eval(out_dir, Path(temporary), EvalCache(np.empty(0), labels, shapes, index))
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return index
+
+
+def _index(
+    listing: Listing, kept: list[int], skipped: list[dict[str, str]], source: str, size: int
+) -> dict[str, Any]:
+    """index.json of the cache (the keys of rsi.artifacts.eval.INDEX_KEYS)."""
+    return {
         "source": source,
         "generated": source == "generated",
         "root": listing.root,
@@ -537,8 +548,6 @@ def decode_to_cache(
         "ignored_count": len(listing.ignored),
         "ignored": listing.ignored,
     }
-    write_json(out_dir / "index.json", index)
-    return index
 
 
 def _bad_files_error(bad: list[dict[str, str]], shown: int = 20) -> DataError:
@@ -596,7 +605,7 @@ class EvalSet:
 
     @property
     def generated(self) -> bool:
-        return bool(self.index.get("generated", False))
+        return bool(self.index["generated"])
 
     def resized_of(self, index: torch.Tensor) -> torch.Tensor:
         """(B, 2) int64 resized (height, width) of the images at global ``index`` (as batches yields it)."""
@@ -629,23 +638,9 @@ class EvalSet:
 
 
 def load_eval(directory: str | Path | None = None) -> EvalSet:
-    """Open the cache written by :func:`decode_to_cache` (memory-mapped)."""
-    directory = Path(directory) if directory is not None else artifacts.eval_dir()
-    for name in ("images.npy", "labels.npy", "resized.npy", "index.json"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} is missing: run `rsi prepare-data` (again)")
-    images = np.load(directory / "images.npy", mmap_mode="r")
-    labels = np.load(directory / "labels.npy")
-    resized = np.load(directory / "resized.npy")
-    index = json.loads((directory / "index.json").read_text())
-    square = images.ndim == 4 and images.shape[1] == images.shape[2] and images.shape[3] == 3
-    if not square or images.shape[1] % 8 or not len(images) == len(labels) == len(resized):
-        raise DataError(
-            f"{directory}: images {images.shape}, labels {labels.shape} and resized {resized.shape} do not "
-            f"match the cache format (N, {CACHE_SIZE}, {CACHE_SIZE}, 3) / (N,) / (N, 2); run "
-            "`rsi prepare-data` again"
-        )
-    return EvalSet(images, labels, index, resized)
+    """Open the cache written by :func:`decode_to_cache` (memory-mapped; :func:`rsi.artifacts.eval.read_eval`)."""
+    cache = read_eval(None if directory is None else Path(directory))
+    return EvalSet(cache.images, cache.labels, cache.index, cache.resized)
 
 
 # ----------------------------------------------------------------------------------------------- download
@@ -858,15 +853,9 @@ def prepare(
     if params.source != "generated" and params.download is not None:
         ensure_download(params.download, params.root, progress=progress)
     listing = make_listing(params, seed)
+    options = {"source": params.source, "on_bad_file": params.on_bad_file, "workers": params.workers}
     index = decode_to_cache(
-        listing,
-        out_dir,
-        source=params.source,
-        on_bad_file=params.on_bad_file,
-        workers=params.workers,
-        seed=seed,
-        generated=params.generated,
-        progress=progress,
+        listing, out_dir, **options, seed=seed, generated=params.generated, progress=progress
     )
     if metrics is not None:
         write_json(
@@ -875,7 +864,7 @@ def prepare(
                 "images": index["count"],
                 "skipped": index["skipped_count"],
                 "ignored": index["ignored_count"],
-                "classes": len({int(v) for v in np.load(out_dir / "labels.npy")}),
+                "classes": len({int(v) for v in read_eval(out_dir).labels}),
                 "generated": int(index["generated"]),
             },
         )
@@ -891,7 +880,9 @@ def top_level_seed(raw: dict[str, Any], source: str = "params.yaml") -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", default=str(artifacts.eval_dir()), help="cache folder (default outputs/eval)"
+        "--outputs",
+        default=str(artifacts.OUTPUTS),
+        help="outputs root: writes the cache to <outputs>/eval (default outputs)",
     )
     parser.add_argument("--metrics", default="metrics/data.json", help="image and skipped-file counts")
     parser.add_argument(
@@ -912,10 +903,11 @@ def run(args: argparse.Namespace) -> None:
         return
     if not distributed.is_main():
         return
-    index = prepare(params, args.out, seed=top_level_seed(raw, args.params), metrics=args.metrics)
+    out_dir = artifacts.eval_dir(Path(args.outputs))
+    index = prepare(params, out_dir, seed=top_level_seed(raw, args.params), metrics=args.metrics)
     label = " (GENERATED images, not ImageNet)" if index["generated"] else ""
     print(
-        f"{args.out}: {index['count']} images{label}, {index['skipped_count']} skipped, "
+        f"{out_dir}: {index['count']} images{label}, {index['skipped_count']} skipped, "
         f"{index['ignored_count']} non-image files ignored"
     )
 
