@@ -94,7 +94,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
-from rsi.artifacts.eval import EvalCache, read_eval, write_eval
+from rsi.artifacts.eval import read_eval, write_eval
 from rsi.config import ParamsError, load_section, read_params
 from rsi.runtime import atomic_path, key_seed, write_json
 
@@ -524,7 +524,7 @@ def decode_to_cache(
         index = _index(listing, kept, skipped, source, size)
         labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
         shapes = np.asarray(resized, dtype=np.int32).reshape(len(kept), 2)
-        write_eval(out_dir, Path(temporary), EvalCache(np.empty(0), labels, shapes, index))
+        write_eval(out_dir, Path(temporary), labels, shapes, index)
     finally:
         if os.path.exists(temporary):
             os.unlink(temporary)

@@ -27,6 +27,9 @@ from typing import Any
 import numpy as np
 
 from rsi import artifacts
+from rsi.artifacts.eval import read_eval
+from rsi.artifacts.natural import read_natural
+from rsi.artifacts.passing import read_passing
 from rsi.config import ParamsError, check_blocks, load_section, params_arch, read_params
 from rsi.report import (
     CHANNEL_SET_LABELS,
@@ -36,7 +39,6 @@ from rsi.report import (
     paper_reference,
     read_ablation,
     read_eval_index,
-    read_passing,
     readable,
     require,
     run_labels,
@@ -160,17 +162,13 @@ class NaturalStore:
 
     def images(self) -> np.ndarray:
         if self._images is None:
-            path = require(artifacts.eval_dir(self.root) / "images.npy", "prepare-data")
-            self._images = np.load(path, mmap_mode="r")
+            self._images = read_eval(artifacts.eval_dir(self.root)).images
         return self._images
 
     def _load(self, block: str) -> tuple[np.ndarray, dict[int, int]]:
         if block not in self._topk:
-            path = require(artifacts.natural_file(block, self.root), "natural")
-            with np.load(path, allow_pickle=False) as data:
-                topk = data["topk"]
-                channels = data["channels"] if "channels" in data.files else np.arange(topk.shape[1])
-            self._topk[block] = (topk, {int(c): i for i, c in enumerate(channels)})
+            topk = read_natural(block, self.root).topk
+            self._topk[block] = (topk, {c: c for c in range(topk.shape[1])})  # column c is channel c
         return self._topk[block]
 
     def check(self, block: str, channel: int) -> None:
@@ -511,7 +509,7 @@ def make_figures(
 ) -> list[Path]:
     """Every figure; returns the PNG paths written."""
     out_dir = root / "figures"
-    passing = read_passing(artifacts.passing_file(root))
+    passing = read_passing(artifacts.passing_file(root)).blocks
     ablation = read_ablation(metrics / "ablation.json")
     labels = run_labels(raw, read_eval_index(root))
     exemplary = paper_reference().get("exemplary", {})

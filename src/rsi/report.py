@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from rsi import artifacts
+from rsi.artifacts.criteria import read_criteria_metrics
+from rsi.artifacts.eval import read_eval
+from rsi.artifacts.natural_criteria import read_natural_criteria_metrics
+from rsi.artifacts.passing import read_passing
 from rsi.config import load_section, read_params
 from rsi.model import PAPER_LABEL, describe_weights, is_random
 from rsi.runtime import ModelParams, atomic_path
@@ -124,33 +128,6 @@ def _block_or_none(key: Any) -> str | None:
         return parse_block(str(key))
     except ValueError:
         return None
-
-
-def read_criteria_metrics(path: Path = CRITERIA_METRICS) -> dict[str, dict[str, Any]]:
-    """``{"2.1": {"channels": 128, "passing": 23, "percent": 17.97, ...}}`` from metrics/criteria.json
-    (``{"blocks": {"layer2_1": {...}}}``; a file without the ``blocks`` level is read the same)."""
-    data = _load_json(path, "criteria")
-    blocks = data.get("blocks", data) if isinstance(data, Mapping) else {}
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in blocks.items():
-        block = _block_or_none(key)
-        if block is not None and isinstance(value, Mapping):
-            entry = dict(value)
-            if "percent" not in entry and entry.get("channels"):
-                entry["percent"] = 100.0 * entry.get("passing", 0) / entry["channels"]
-            out[block] = entry
-    return out
-
-
-def read_passing(path: Path | None = None) -> dict[str, list[int]]:
-    """``{"2.1": [13, 30, ...]}`` from outputs/criteria/passing.json (keys ``2.1`` or ``layer2_1``)."""
-    data = _load_json(path or artifacts.passing_file(), "criteria")
-    out: dict[str, list[int]] = {}
-    for key, value in data.items():
-        block = _block_or_none(key)
-        if block is not None and isinstance(value, list):
-            out[block] = sorted(int(c) for c in value)
-    return out
 
 
 @dataclass(frozen=True)
@@ -275,15 +252,9 @@ def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]
     return out
 
 
-def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any] | None:
-    path = artifacts.eval_dir(root) / "index.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, Mapping) else {"files": data}
+def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any]:
+    """index.json of the evaluation cache under ``root`` (:func:`rsi.artifacts.eval.read_eval`)."""
+    return read_eval(artifacts.eval_dir(root)).index
 
 
 @dataclass(frozen=True)
@@ -644,15 +615,9 @@ def _eq1_section(
 
 def _stability_section(path: Path) -> list[str]:
     """The criteria stage's seed-to-seed stability of the passing sets, when it ran several FZ seeds."""
-    data = json.loads(path.read_text())
-    stability = data.get("stability") if isinstance(data, Mapping) else None
-    if not isinstance(stability, Mapping) or not stability:
+    blocks = read_criteria_metrics(path).stability
+    if not blocks:
         return []
-    blocks = {
-        b: v
-        for b, v in ((_block_or_none(k), v) for k, v in stability.items())
-        if b and isinstance(v, Mapping)
-    }
     keys: list[str] = []
     for entry in blocks.values():
         keys += [k for k in entry if k not in keys]
@@ -670,10 +635,7 @@ def _stability_section(path: Path) -> list[str]:
 def _natural_criteria_section(path: Path, root: Path) -> list[str]:
     """``criteria.natural_images`` (ours, not the paper's): natural-image counts beside the FZ-based ones,
     with their overlap per block; nothing when the natural-criteria stage was off."""
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    blocks = {
-        b: v for b, v in ((_block_or_none(k), v) for k, v in data.items()) if b and isinstance(v, Mapping)
-    }
+    blocks = read_natural_criteria_metrics(path).blocks
     if not blocks:
         return []
     header = ["block", "FZ passing", "natural passing", "natural Eq. 1", "natural Eq. 2"]
@@ -1092,38 +1054,21 @@ def build_report(
     metrics: Path = artifacts.METRICS,
 ) -> str:
     """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
-    criteria = read_criteria_metrics(metrics / "criteria.json")
-    passing = read_passing(artifacts.passing_file(root))
+    criteria = read_criteria_metrics(metrics / "criteria.json").blocks
+    passing = read_passing(artifacts.passing_file(root)).blocks
     ablation = read_ablation(metrics / "ablation.json")
     reference_path = Path(params.reference_criteria)
-    reference = read_criteria_metrics(reference_path) if reference_path.is_file() else None
-    reference = reference or None  # the pre-reading stage writes {} when the comparison is off
+    # the pre-reading stage writes {} when the comparison is off
+    reference = read_criteria_metrics(reference_path, "pre-reading").blocks or None
     reference_passing_path = artifacts.passing_file(REFERENCE_ROOT)
     reference_passing = (
-        read_passing(reference_passing_path)
-        if reference is not None and reference_passing_path.is_file()
-        else None
+        read_passing(reference_passing_path, "pre-reading").blocks if reference is not None else None
     )
     paper = paper_reference()
     index = read_eval_index(root)
     fz_settings = read_fz_settings(root)
 
-    n_images = n_classes = None
-    if index is not None:
-        files = index.get("files")
-        n_images = len(files) if isinstance(files, list) else _number(index.get("count"))
-        classes = index.get("class_ids", index.get("classes", index.get("labels")))
-        if isinstance(classes, list) and classes:
-            n_classes = len(set(map(str, classes)))
-    labels_path = artifacts.eval_dir(root) / "labels.npy"
-    if labels_path.is_file() and (n_images is None or n_classes is None):
-        import numpy as np
-
-        labels_array = np.load(labels_path, mmap_mode="r")
-        n_images = n_images if n_images is not None else len(labels_array)
-        n_classes = n_classes if n_classes is not None else len(np.unique(labels_array))
-    if isinstance(n_images, float):
-        n_images = int(n_images)
+    n_images, n_classes = len(index["files"]), len(index["classes"])
 
     labels = run_labels(raw, index)
     paper = paper_for(labels.arch, paper)
@@ -1201,7 +1146,5 @@ __all__ = [
     "build_report",
     "paper_reference",
     "read_ablation",
-    "read_criteria_metrics",
-    "read_passing",
     "run_labels",
 ]

@@ -24,14 +24,11 @@ STAGE = "criteria"
 # the columns of a criteria table the verdicts need (the writer adds the activations and the verdicts
 # under the other reading of Eq. 1, eq1_<reading> and passes_<reading>)
 TABLE_COLUMNS: tuple[str, ...] = ("channel", "eq2_ratio", "eq1", "eq2", "eq2_nonpositive", "mirror", "passes")
+# the counts of a block's verdicts, FZ (here) and natural (rsi.artifacts.natural_criteria)
+COUNT_KEYS: tuple[str, ...] = ("channels", "passing", "percent", "eq1_pass", "eq2_pass", "eq2_nonpositive")
 # the counts of one block in metrics/criteria.json (rsi.criteria.BlockCriteria.summary)
 SUMMARY_KEYS: tuple[str, ...] = (
-    "channels",
-    "passing",
-    "percent",
-    "eq1_pass",
-    "eq2_pass",
-    "eq2_nonpositive",
+    *COUNT_KEYS,
     "mirror_pass",
     "pre_of_pre_fz_nonpositive",
     "eq1_readings_differ",

@@ -47,14 +47,16 @@ def images_file(directory: Path | None = None) -> Path:
     return (eval_dir() if directory is None else Path(directory)) / "images.npy"
 
 
-def write_eval(directory: Path, images: Path, cache: EvalCache) -> None:
-    """Complete the cache in ``directory``: labels.npy, resized.npy and index.json from ``cache``, then
-    ``images``, a finished .npy the decoder streamed beside them (decoding is long, so it is written in
-    place, under a temporary name), renamed onto images.npy. ``cache.images`` is not used."""
-    for name, array in (("labels", cache.labels), ("resized", cache.resized)):
+def write_eval(
+    directory: Path, images: Path, labels: np.ndarray, resized: np.ndarray, index: dict[str, Any]
+) -> None:
+    """Complete the cache in ``directory``: labels.npy, resized.npy and index.json, then ``images``, the
+    finished images .npy that the decoder streamed to a temporary file in ``directory`` (decoding is
+    long, so the images are not held in memory), renamed onto images.npy."""
+    for name, array in (("labels", labels), ("resized", resized)):
         with atomic_path(directory / f"{name}.npy") as temporary, open(temporary, "wb") as handle:
             np.save(handle, array)
-    write_json(directory / "index.json", cache.index)
+    write_json(directory / "index.json", index)
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(images, 0o666 & ~umask)
