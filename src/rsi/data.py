@@ -1,67 +1,9 @@
-"""`rsi prepare-data`: the evaluation images, decoded once into a 256 px uint8 cache.
+"""`rsi prepare-data`: the evaluation images, decoded once into a 256 px uint8 cache (``outputs/eval``).
 
-Every image is read with PIL, converted to RGB (grayscale, CMYK, palette and RGBA alike, as torchvision's
-``pil_loader`` does), resized so its short side is 256 (bilinear, antialiased: torchvision's ``Resize(256)``
-on a PIL image), center-cropped to 256 x 256 and stored as uint8 in ``outputs/eval/images.npy``
-(N, 256, 256, 3), a memory-mappable .npy written under a temporary name and renamed when complete. Labels go
-to ``labels.npy`` (N,) int64, each image's (height, width) after the resize to ``resized.npy`` (N, 2) int32,
-and the file list, class map and skipped files to ``index.json``. Later stages
-(``rsi natural``, ``rsi ablate``) crop and resize on the device from this cache (``transforms.ablation_view``).
-
-Sources (``data.source``):
-
-* ``folders``: torchvision's ImageFolder / ImageNet layout, ``<root>/<wnid>/*.JPEG``. Files are listed in
-  ImageFolder's order (classes sorted, then ``os.walk`` with sorted names) and filtered by its image
-  extensions; other files are listed in index.json as ``ignored``. The class index is the wnid's ImageNet-1k
-  index, its position among the 1000 sorted ImageNet-1k wnids (``rsi/imagenet_wnids.txt``; with all 1000
-  folders that is ImageFolder's index, as torchvision's ImageNet class and the authors' ImageFolder use), so
-  a folder set with a subset of the classes keeps ImageNet's indices; a folder that is not an ImageNet-1k
-  wnid is an error, unless ``class_index`` says otherwise.
-* ``flat``: the official validation folder (``ILSVRC2012_val_00000001.JPEG`` ...) and a ground-truth file,
-  ``ground_truth``: one label per line for the sorted image files (the devkit's
-  ``ILSVRC2012_validation_ground_truth.txt``), or ``<file name> <label>`` per line. A label is a wnid
-  (``n01440764``) or an integer. Integers are translated by ``label_map`` when it is given: a text file of
-  ``<label> <wnid>`` lines, or the devkit's ``meta.mat`` (its ILSVRC2012_ID → WNID table, which is *not* the
-  sorted-wnid order). Integers without a ``label_map`` are class indices already (0-based, 0-999: anything
-  else is an error).
-* ``generated``: a small synthetic labelled set for the offline demo, deterministic from the top-level
-  ``seed``: oriented colour gratings, one orientation and tint per class, with random phase, a blob and
-  noise. It is not ImageNet: index.json says ``"generated": true`` and every later output repeats it.
-
-``class_index`` (wnid → class index): null (the ImageNet-1k index, see above), ``imagenette`` (the
-ImageNet-1k indices of Imagenette's 10 wnids, built in), or a file of ``<wnid>`` lines (line number =
-index, e.g. a 1000-line synset list) or ``<wnid> <index>`` lines or ``<wnid> <words>`` lines
-(``LOC_synset_mapping.txt``: line number = index). Every index must be an ImageNet-1k class, 0-999: the
-model's outputs are scored against it.
-
-Bad files: a file that cannot be opened or decoded as an image (unreadable, truncated, not an image) stops
-the stage, after one pass over all files, with an error naming every such file (the first 20 and a
-count), or, with ``on_bad_file: skip``, is left out, listed in index.json under ``skipped`` and counted in
-``metrics/data.json``.
-
-The later stages crop the 256 px cache on the device, exactly as the authors' PIL pipeline
-``Resize(256)``, ``CenterCrop(c)``, ``Resize(224)``: ``resized.npy`` (N, 2) keeps each image's size after
-``Resize(256)``, so a crop c < 256 is placed where the direct center crop of the resized image lies (the
-two-step crop, 256 then c, rounds two half-margins and can land one pixel off along an odd long side), and
-the resize to 224 rounds each of PIL's two passes to uint8 (``transforms.ablation_view``). Tested against
-the PIL pipeline itself.
-
-Subsets for quick runs: ``per_class`` keeps the first N files of every class (in the order above), then
-``random_subset`` keeps a seeded random N of those (kept in their original order).
-
-Imagenette demo plan (a small, real, labelled set a newcomer can fetch): ``data.download`` names a pinned
-archive and its SHA-256 (default below: fast.ai's imagenette2-320.tgz, 341,663,724 bytes, 3,925 validation
-images of 10 ImageNet classes, short side 320 so ``Resize(256)`` shrinks as it does for ImageNet).
-``rsi prepare-data --download-only`` (or prepare-data itself when ``root`` is missing) fetches it with
-:func:`download_archive`, which streams to a temporary file, checks the SHA-256 and only then renames it
-(exactly as torchvision fetches and checks the weights), and :func:`extract_archive` unpacks it under
-``download.into``: absolute and escaping member names are refused before anything is written, links and
-devices by tar's "data" filter; members go to a temporary folder beside the target and are renamed into
-place only when all passed, and a marker (``<archive>.unpacked.json``) records the archive's SHA-256. A
-present ``root`` without that marker (an older or interrupted unpacking) is re-checked against the archive
-member by member and refused if it differs (:func:`ensure_download`). Then ``root:
-data/imagenette2-320/val`` with ``class_index: imagenette``. Tests exercise this with a file:// URL and a
-local HTTP server on 127.0.0.1; they never reach the internet.
+Owns the image listing (``data.source``: folders, flat, generated), subsets, the pinned download and the
+decode; the cache's files are written and read through :mod:`rsi.artifacts.eval` (``load_eval`` wraps the
+reader with the batching later stages use). Sources, bad files, the crop rule and the download: see
+docs/data.md.
 """
 
 from __future__ import annotations

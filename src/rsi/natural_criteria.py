@@ -1,29 +1,9 @@
 """`rsi natural-criteria`: a second scale-invariance verdict per channel, from natural images.
 
-DESIGN (ours, not the paper's). The paper's criteria (Eq. 1 and Eq. 2, :mod:`rsi.criteria`) see only
-FZs; its Limitations ask for criteria that "incorporate responses to a wider range of natural images".
-With ``criteria.natural_images: true`` this stage adds one. For block b and channel c let
-
-* T_In_c: the k evaluation images with the largest center-neuron In_c (stage natural's top-k of the In
-  tap, ``outputs/natural/<layerL_K>.npz``), and T_Pre_c those of Pre_c;
-* X an image as the network sees it: the 224 px center crop of the 256 px cache, normalised (the view
-  stage natural ranked, :func:`rsi.transforms.ablation_view`);
-* S the scale transform of Eq. 1 (:func:`rsi.transforms.scale_crop` with ``activations.scale_fraction``:
-  center-crop half, bilinear resize back), applied to the normalised view as stage activations applies it
-  to the normalised FZ.
-
-Then, all responses center-neuron ones, means over the k images:
-
-* Eq. 1 (natural): mean_{X in T_In_c} ReLU(Pre_c(X)) < mean_{X in T_In_c} Pre_c(S(X)): the top natural
-  images of the In channel, enlarged, drive the Pre channel more (the FZ X̂_In_c replaced by T_In_c);
-* Eq. 2 (natural): eq2_low < mean_{X in T_In_c} Post_c(X) / mean_{X in T_Pre_c} Post_c(X) < eq2_high:
-  Post responds about equally to both summands' preferred natural images; a mean <= 0 fails, as in the
-  FZ Eq. 2 (:func:`rsi.criteria.eq2_post_ratio`).
-
-A channel passes when both hold; ``criteria.strict`` makes the inequalities strict, as for the FZ tests.
-The verdicts are :func:`natural_eq1_scale_gain` and :func:`natural_eq2_post_ratio` (pure functions);
-:func:`block_responses` computes the responses with one forward per distinct top-k image (the In and Pre
-taps' lists share images), in full float32 (no TF32 on CUDA).
+Ours, not the paper's (``criteria.natural_images``): Eq. 1 and Eq. 2 with each channel's top-k natural
+images in place of its FZs, derived in docs/natural_criteria.md. The verdicts are
+:func:`natural_eq1_scale_gain` and :func:`natural_eq2_post_ratio` (pure functions); :func:`block_responses`
+computes the responses (one forward per distinct top-k image, full float32).
 
 Outputs (written and read only through :mod:`rsi.artifacts.natural_criteria`): per block the responses
 and verdicts, ``passing.json`` (channels passing the natural test, and ``both``: it and the FZ criteria),
