@@ -13,7 +13,14 @@ import pytest
 import torch
 
 from rsi import artifacts, cli, paper
-from rsi.artifacts import FZ_IMAGES
+from rsi.artifacts import FZ_IMAGES, ArtifactError
+from rsi.artifacts.criteria import (
+    read_criteria_metrics,
+    read_criteria_table,
+    read_seed_passing,
+    stability_file,
+)
+from rsi.artifacts.passing import Passing, read_passing, write_passing
 from rsi.config import ParamsError, load_section
 from rsi.criteria import (
     CriteriaParams,
@@ -147,8 +154,8 @@ def test_stability_counts_and_overlaps():
         2: {"2.1": [1, 2, 3, 4], "3.1": []},
     }
     out = stability(passing)
-    assert set(out) == {"layer2_1", "layer3_1"}
-    block = out["layer2_1"]
+    assert set(out) == {"2.1", "3.1"}
+    block = out["2.1"]
     assert (block["passing_seed0"], block["passing_seed1"], block["passing_seed2"]) == (3, 3, 4)
     assert block["jaccard_seed0_seed1"] == 0.5
     assert block["jaccard_seed0_seed2"] == 0.75
@@ -156,7 +163,7 @@ def test_stability_counts_and_overlaps():
     assert block["jaccard_mean"] == round((0.5 + 0.75 + 0.75) / 3, 6)
     assert block["jaccard_min"] == 0.5
     assert block["passing_all_seeds"] == 2
-    assert out["layer3_1"]["jaccard_mean"] == 1.0 and out["layer3_1"]["passing_all_seeds"] == 0
+    assert out["3.1"]["jaccard_mean"] == 1.0 and out["3.1"]["passing_all_seeds"] == 0
     assert all("." not in key for entry in out.values() for key in entry)
 
 
@@ -358,10 +365,12 @@ def test_criteria_stage_writes_tables_lists_and_metrics(tmp_path, monkeypatch):
     Path("params.yaml").write_text("criteria:\n  blocks: [layer2_1]\n")
     write_acts(artifacts.OUTPUTS, "2.1", make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE), CHANNELS)
     assert run_cli(monkeypatch, "criteria") == 0
-    assert json.loads(Path("outputs/criteria/passing.json").read_text()) == {"2.1": [10, 14, 15]}
-    data = json.loads(Path("metrics/criteria.json").read_text())
-    assert data["layer2_1"]["passing"] == 3 and data["total"]["passing"] == 3
-    assert "stability" not in data
+    assert read_passing(Path("outputs/criteria/passing.json")) == Passing({"2.1": [10, 14, 15]})
+    data = read_criteria_metrics()
+    assert data.blocks["2.1"]["passing"] == 3 and data.total["passing"] == 3
+    assert data.stability is None and data.numerics is None
+    table = read_criteria_table(artifacts.criteria_table("2.1"))
+    assert (table.channels, table.passing) == (list(CHANNELS), [10, 14, 15])
     with open("outputs/criteria/layer2_1.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(r["channel"]) for r in rows] == list(CHANNELS)
@@ -390,8 +399,49 @@ def test_criteria_stage_across_seeds(tmp_path, monkeypatch):
     assert data["stability"]["layer2_1"]["passing_seed1"] == 2
     assert data["stability"]["layer2_1"]["jaccard_mean"] == round(2 / 3, 6)
     assert json.loads(Path("outputs/criteria/passing.json").read_text()) == {"2.1": [10, 14, 15]}
-    lists = json.loads(Path("outputs/criteria/stability.json").read_text())
-    assert lists["passing"]["seed1"] == {"2.1": [14, 15]}
+    lists = read_seed_passing(stability_file())
+    assert lists.seeds == [0, 1] and lists.passing[1] == {"2.1": [14, 15]}
+    assert read_criteria_metrics().stability["2.1"]["passing_seed1"] == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "text", "key"),
+    [
+        ("metrics/criteria.json", '{"layer2_1": {"channels": 8}}', "'total'"),
+        ("metrics/criteria.json", '{"layer2_1": {"channels": 8}, "total": {}}', "'passing'"),
+        ("outputs/criteria/stability.json", '{"seeds": [0, 1], "passing": {"seed0": {}}}', "'seed1'"),
+        ("outputs/criteria/layer2_1.csv", "channel,eq1,eq2,passes\n", "'eq2_ratio'"),
+    ],
+)
+def test_each_criteria_reader_names_the_file_the_stage_and_the_missing_key(
+    tmp_path, monkeypatch, path, text, key
+):
+    monkeypatch.chdir(tmp_path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text)
+    reader = {
+        "metrics/criteria.json": read_criteria_metrics,
+        "outputs/criteria/stability.json": read_seed_passing,
+        "outputs/criteria/layer2_1.csv": read_criteria_table,
+    }[path]
+    with pytest.raises(ArtifactError) as error:
+        reader(Path(path))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{path}: no {key}") and "`rsi criteria`" in message
+
+
+def test_passing_json_is_read_as_criteria_writes_it(tmp_path):
+    path = tmp_path / "passing.json"
+    write_passing(Passing({"2.1": [3, 1], "3.1": []}), path)
+    assert path.read_text() == '{\n  "2.1": [\n    3,\n    1\n  ],\n  "3.1": []\n}\n'
+    assert read_passing(path).blocks == {"2.1": [3, 1], "3.1": []}  # file order
+    path.write_text('{"layer2_1": [3]}')
+    with pytest.raises(
+        ArtifactError, match=r"passing\.json: key 'layer2_1' is not a block as `rsi criteria`"
+    ):
+        read_passing(path)
+    with pytest.raises(ArtifactError, match=r"is missing: it is written by `rsi pre-reading`"):
+        read_passing(tmp_path / "nowhere.json", stage="pre-reading")
 
 
 def test_criteria_stage_names_the_missing_activations(tmp_path, monkeypatch, capsys):

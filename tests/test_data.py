@@ -21,6 +21,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from rsi import cli, data
+from rsi.artifacts import ArtifactError, MissingArtifactError
+from rsi.artifacts.eval import read_eval
 from rsi.config import ParamsError, load_section
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD, ablation_crop, ablation_view
 
@@ -335,9 +337,31 @@ def test_cache_without_resized_sizes_asks_for_prepare_data(tmp_path):
     root.mkdir(parents=True)
     smooth_image(40, 40, 0).save(root / "a.png")
     data.decode_to_cache(data.list_folders(tmp_path / "val"), tmp_path / "eval", progress=False)
+    assert sorted(path.name for path in (tmp_path / "eval").iterdir()) == [
+        "images.npy",
+        "index.json",
+        "labels.npy",
+        "resized.npy",
+    ]  # and no temporary file left
     (tmp_path / "eval" / "resized.npy").unlink()
-    with pytest.raises(FileNotFoundError, match=r"resized\.npy is missing: run `rsi prepare-data`"):
+    with pytest.raises(
+        MissingArtifactError, match=r"eval/resized\.npy is missing: it is written by `rsi prepare-data`"
+    ):
         data.load_eval(tmp_path / "eval")
+
+
+def test_an_index_without_a_key_names_the_file_the_stage_and_the_key(tmp_path):
+    listing = data.list_folders(make_folders(tmp_path / "val", per_class=1))
+    data.decode_to_cache(listing, tmp_path / "eval", size=64, progress=False)
+    index = json.loads((tmp_path / "eval" / "index.json").read_text())
+    del index["classes"]
+    (tmp_path / "eval" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ArtifactError) as error:
+        read_eval(tmp_path / "eval")
+    message = str(error.value)
+    assert (
+        "\n" not in message and "eval/index.json: no 'classes'" in message and "`rsi prepare-data`" in message
+    )
 
 
 def test_cache_is_torchvision_resize_and_crop():
@@ -575,7 +599,7 @@ def test_prepare_data_cli(tmp_path, monkeypatch):
     root = make_folders(tmp_path / "val", per_class=1)
     (tmp_path / "params.yaml").write_text(f"seed: 1\ndata: {{source: folders, root: {root}}}\n")
     monkeypatch.chdir(tmp_path)
-    assert cli.main(["prepare-data", "--out", "outputs/eval", "--metrics", "metrics/data.json"]) == 0
+    assert cli.main(["prepare-data", "--outputs", "outputs", "--metrics", "metrics/data.json"]) == 0
     assert data.load_eval("outputs/eval").images.shape == (3, 256, 256, 3)
     assert json.loads(Path("metrics/data.json").read_text())["images"] == 3
     with pytest.raises(data.DataError, match="nowhere"):

@@ -142,12 +142,6 @@ def test_editing_figures_reruns_figures_and_report_and_no_fz():
     assert rerun_by_editing("src/rsi/whole_channel.py") == {"whole-channel", "figures", "report"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="figures still imports report.py's readers (read_ablation, read_eval_index, ...) until the "
-    "artifacts readers replace them at the merge of issue 13; then drop src/rsi/report.py, model.py and "
-    "transforms.py from the figures deps and this marker",
-)
 def test_editing_the_report_reruns_only_the_report():
     assert rerun_by_editing("src/rsi/report.py") == {"report"}
 

@@ -23,9 +23,15 @@ from rsi.artifacts.ablation import (
     trials_file,
     write_ablation,
 )
+from rsi.artifacts.criteria import CriteriaMetrics, write_criteria_metrics
+from rsi.artifacts.eval import INDEX_KEYS, write_eval
+from rsi.artifacts.natural import NaturalStats, write_natural
+from rsi.artifacts.natural_criteria import NaturalCriteriaMetrics, write_natural_criteria_metrics
+from rsi.artifacts.passing import Passing, write_passing
 from rsi.artifacts.whole_channel import whole_channel_file
 from rsi.cli import main
-from rsi.taps import Tap, block_key
+from rsi.runtime import write_json
+from rsi.taps import Tap
 
 FZ_SIDE = 32
 EVAL_SIDE = 40
@@ -53,6 +59,37 @@ def _ablation_block(no_scale: float, scaled: list[float], published: bool = Fals
     if published:
         sets["published"] = _ablation_set(0.97, [0.96, 0.95, 0.94, 0.93, 0.92], PUBLISHED_2_1)
     return BlockMetrics(BASELINE, sets)
+
+
+def fake_natural(rng: np.random.Generator, width: int, k: int = 9, images: int = N_EVAL) -> NaturalStats:
+    """A random block of stage natural's statistics over ``images`` evaluation images."""
+    return NaturalStats(
+        mean=rng.random((3, width), dtype=np.float32),
+        topk=rng.integers(0, images, (3, width, k)),
+        topk_values=rng.random((3, width, k), dtype=np.float32),
+        count=images,
+        weights="RANDOM WEIGHTS",
+        generated=True,
+        numerics={"cudnn_allow_tf32": False, "matmul_allow_tf32": False},
+    )
+
+
+def write_fake_eval(directory: Path, rng: np.random.Generator, source: str = "generated") -> None:
+    """A random evaluation cache of N_EVAL images, written by stage prepare-data's writer."""
+    images, side = N_EVAL, EVAL_SIDE
+    directory.mkdir(parents=True, exist_ok=True)
+    temporary = directory / ".images.npy.tmp"
+    with open(temporary, "wb") as handle:
+        np.save(handle, rng.integers(0, 256, (images, side, side, 3), dtype=np.uint8))
+    index = dict.fromkeys(INDEX_KEYS, 0) | {
+        "source": source,
+        "generated": source == "generated",
+        "root": source,
+    }
+    index |= {"files": [f"img{i}.png" for i in range(images)], "classes": {f"n0{i}": i for i in range(4)}}
+    index |= {"count": images, "size": side, "skipped": [], "ignored": []}
+    labels = np.arange(images, dtype=np.int64) % 4
+    write_eval(directory, temporary, labels, np.full((images, 2), side, np.int32), index)
 
 
 def write_fake_outputs(
@@ -87,44 +124,27 @@ def write_fake_outputs(
         (artifacts.fz_dir(block, outputs) / "settings.json").write_text(
             json.dumps({"steps": 16, "pre_reading": "exact", "jitter": {"pre": 4}})
         )
-        natural = artifacts.natural_file(block, outputs)
-        natural.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(
-            natural,
-            mean=rng.random((3, width), dtype=np.float32),
-            topk=rng.integers(0, N_EVAL, (3, width, 9)),
-            topk_values=rng.random((3, width, 9), dtype=np.float32),
-        )
+        write_natural(block, fake_natural(rng, width), outputs)
 
-    eval_dir = artifacts.eval_dir(outputs)
-    eval_dir.mkdir(parents=True, exist_ok=True)
-    np.save(eval_dir / "images.npy", rng.integers(0, 256, (N_EVAL, EVAL_SIDE, EVAL_SIDE, 3), dtype=np.uint8))
-    np.save(eval_dir / "labels.npy", np.arange(N_EVAL, dtype=np.int64) % 4)
-    np.save(eval_dir / "resized.npy", np.full((N_EVAL, 2), EVAL_SIDE, dtype=np.int32))
-    (eval_dir / "index.json").write_text(
-        json.dumps(
-            {"files": [f"img{i}.png" for i in range(N_EVAL)], "class_ids": ["n01", "n02", "n03", "n04"]}
-        )
-    )
-
-    passing = artifacts.passing_file(outputs)
-    passing.parent.mkdir(parents=True, exist_ok=True)
-    passing.write_text(json.dumps(PASSING))
-    metrics.mkdir(parents=True, exist_ok=True)
-    criteria = {  # as rsi.criteria writes it: blocks by layerL_K, a total
-        block_key(block): {
+    write_fake_eval(artifacts.eval_dir(outputs), rng, data_source)
+    write_passing(Passing(PASSING), artifacts.passing_file(outputs))
+    counts = {"eq1_pass": 5, "eq2_pass": 4, "eq2_nonpositive": 1, "mirror_pass": 0}
+    counts.update(pre_of_pre_fz_nonpositive=0, eq1_readings_differ=0, passing_readings_differ=0)
+    blocks = {
+        block: {
             "channels": width,
             "passing": len(PASSING[block]),
             "percent": round(100 * len(PASSING[block]) / width, 4),
-            "eq1_pass": 5,
-            "eq2_pass": 4,
-            "eq2_nonpositive": 1,
-            "mirror_pass": 0,
         }
+        | counts
         for block, width in PROBED.items()
     }
-    criteria["total"] = {"channels": 14, "passing": 4, "percent": 28.5714}
-    (metrics / "criteria.json").write_text(json.dumps(criteria))
+    total = {"channels": 14, "passing": 4, "percent": 28.5714}
+    write_criteria_metrics(CriteriaMetrics(blocks, total), metrics / "criteria.json")
+    # the optional stages, off: pre-reading and natural-criteria write {} metrics (and no lists)
+    write_json(metrics / "criteria_lucent_reference.json", {})
+    write_passing(Passing({}), artifacts.passing_file(artifacts.reference_root(outputs)))
+    write_natural_criteria_metrics(NaturalCriteriaMetrics({}), metrics / "criteria_natural.json")
     ablation = AblationMetrics(
         images=N_EVAL,
         random_weights=True,

@@ -12,7 +12,8 @@ from PIL import Image
 from torchvision import transforms as T
 
 from rsi import artifacts, cli, data, natural
-from rsi.runtime import load_npz
+from rsi.artifacts import ArtifactError, MissingArtifactError
+from rsi.artifacts.natural import KEYS, read_natural
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CACHE, VIEW = 64, 56  # a small cache keeps the tests fast; the pipeline uses 256 / 224
@@ -111,10 +112,30 @@ def test_cli_writes_one_file_per_block(tiny_cache, monkeypatch):
     )
     assert cli.main(["natural"]) == 0
     for block, channels in (("2.1", 128), ("3.1", 256)):
-        stored = load_npz(artifacts.natural_file(block))
-        assert stored["mean"].shape == (3, channels) and stored["mean"].dtype == np.float32
-        assert stored["topk"].shape == (3, channels, 12)  # k is capped at the 12 images
-        assert stored["topk"].dtype == np.int64 and stored["topk_values"].shape == (3, channels, 12)
-        assert int(stored["count"]) == 12 and "RANDOM" in str(stored["weights"])
-        assert not bool(stored["generated"])
-        assert sorted(stored["topk"][0, 0].tolist()) == list(range(12))
+        stored = read_natural(block)
+        assert stored.mean.shape == (3, channels) and stored.mean.dtype == np.float32
+        assert stored.topk.shape == (3, channels, 12)  # k is capped at the 12 images
+        assert stored.topk.dtype == np.int64 and stored.topk_values.shape == (3, channels, 12)
+        assert stored.count == 12 and "RANDOM" in stored.weights
+        assert not stored.generated and stored.numerics == {
+            "cudnn_allow_tf32": False,
+            "matmul_allow_tf32": False,
+        }
+        assert sorted(stored.topk[0, 0].tolist()) == list(range(12))
+    with np.load(artifacts.natural_file("2.1")) as data:  # exactly what the contract reads, nothing else
+        assert data.files == list(KEYS)
+
+
+def test_a_natural_file_without_a_key_names_the_file_the_stage_and_the_key(tmp_path):
+    path = artifacts.natural_file("2.1", tmp_path)
+    path.parent.mkdir(parents=True)
+    np.savez(path, mean=np.zeros((3, 4), np.float32), topk=np.zeros((3, 4, 2), np.int64))
+    with pytest.raises(ArtifactError) as error:
+        read_natural("2.1", tmp_path)
+    message = str(error.value)
+    assert "\n" not in message and f"{path}: no 'topk_values'" in message and "`rsi natural`" in message
+    path.unlink()
+    with pytest.raises(
+        MissingArtifactError, match=r"layer2_1\.npz is missing: it is written by `rsi natural`"
+    ):
+        read_natural("2.1", tmp_path)

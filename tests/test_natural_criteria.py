@@ -4,7 +4,6 @@ stage's files and its off state, the report's section and the figure of the chan
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -12,11 +11,22 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from test_figures import fake_natural, write_fake_eval
 
 from rsi import artifacts, cli, data, natural, natural_criteria, natural_figures
+from rsi.artifacts import ArtifactError
+from rsi.artifacts.criteria import TABLE_COLUMNS, CriteriaTable, write_criteria_table
+from rsi.artifacts.natural import read_natural, write_natural
+from rsi.artifacts.natural_criteria import (
+    NaturalPassing,
+    read_natural_criteria_block,
+    read_natural_criteria_metrics,
+    read_natural_passing,
+    write_natural_passing,
+)
+from rsi.artifacts.passing import Passing
 from rsi.criteria import CriteriaParams
 from rsi.report import _natural_criteria_section, run_labels
-from rsi.runtime import load_npz
 from rsi.taps import Tap, center, forward_taps
 from rsi.transforms import ablation_view, scale_crop
 
@@ -169,37 +179,36 @@ def test_off_state_writes_empty_metrics_and_needs_no_input(tmp_path, monkeypatch
 
 
 def fake_fz_criteria(probed: list[int], passing: list[int]) -> None:
-    """outputs/criteria/layer2_1.csv with the columns natural_criteria reads (channel, passes)."""
-    path = artifacts.criteria_table("2.1")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["channel", "eq1", "eq2", "passes"])
-        for channel in probed:
-            writer.writerow([channel, True, True, channel in passing])
+    """outputs/criteria/layer2_1.csv with the columns every criteria table has (verdicts made up)."""
+    rows = [[str(c), "nan", "True", "True", "False", "False", str(c in passing)] for c in probed]
+    write_criteria_table(CriteriaTable(list(TABLE_COLUMNS), rows), artifacts.criteria_table("2.1"))
 
 
 def test_stage_writes_verdicts_metrics_and_the_report_section(tiny_cache, monkeypatch):
     monkeypatch.chdir(tiny_cache)
     write_params(True)
     assert cli.main(["natural"]) == 0
-    stored = load_npz(artifacts.natural_file("2.1"))
+    stored = read_natural("2.1")
     assert cli.main(["natural-criteria"]) == 2  # the FZ criteria's table is missing: one-line error
     fz_passing = [0, 1, 2, 3, 4, 5]
     fake_fz_criteria(list(range(8)), fz_passing)
     assert cli.main(["natural-criteria"]) == 0
-    out = load_npz("outputs/natural_criteria/layer2_1.npz")
+    out = read_natural_criteria_block("2.1")
     params = CriteriaParams(natural_images=True)
-    verdicts = natural_criteria.natural_verdicts("2.1", out, out["channels"], params)
-    np.testing.assert_array_equal(out["passes"], verdicts.passes)
-    assert out["pre_of_in_top"].shape == (128, 3) and stored["topk"].shape == (3, 128, 3)
-    metrics = json.loads(Path("metrics/criteria_natural.json").read_text())["layer2_1"]
+    responses = {key: getattr(out, key) for key in natural_criteria.RESPONSES}
+    verdicts = natural_criteria.natural_verdicts("2.1", responses, out.channels, params)
+    np.testing.assert_array_equal(out.passes, verdicts.passes)
+    assert out.pre_of_in_top.shape == (128, 3) and stored.topk.shape == (3, 128, 3)
+    metrics = read_natural_criteria_metrics().blocks["2.1"]
     natural_probed = {c for c in verdicts.passing if c < 8}
     assert metrics["channels"] == 128 and metrics["passing"] == len(verdicts.passing)
     assert metrics["fz_probed"] == 8 and metrics["both"] == len(natural_probed & set(fz_passing))
-    passing = json.loads(Path("outputs/natural_criteria/passing.json").read_text())
-    assert passing["natural"]["layer2_1"] == verdicts.passing
-    assert passing["both"]["layer2_1"] == sorted(natural_probed & set(fz_passing))
+    passing = read_natural_passing()
+    assert passing.natural.blocks == {"2.1": verdicts.passing}
+    assert passing.both.blocks == {"2.1": sorted(natural_probed & set(fz_passing))}
+    assert json.loads(Path("outputs/natural_criteria/passing.json").read_text())["both"] == {
+        "layer2_1": passing.both.blocks["2.1"]
+    }
     section = "\n".join(_natural_criteria_section(Path("metrics/criteria_natural.json"), Path("outputs")))
     assert "ours, not the paper's" in section
     row = f"| 2.1 | 6 of 8 | {metrics['passing']} of 128 |"
@@ -214,13 +223,10 @@ def test_the_figure_shows_the_channels_passing_both(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         images = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
         np.savez(path, images=images, channels=np.array([0, 2, 5, 7]))
-    artifacts.natural_file("2.1", root).parent.mkdir(parents=True)
-    np.savez(artifacts.natural_file("2.1", root), topk=rng.integers(0, 12, (3, 128, 9)))
-    artifacts.eval_dir(root).mkdir(parents=True)
-    np.save(artifacts.eval_dir(root) / "images.npy", rng.integers(0, 256, (12, 40, 40, 3), dtype=np.uint8))
-    (root / "natural_criteria").mkdir()
-    both = {"natural": {"layer2_1": [2, 5, 9]}, "both": {"layer2_1": [2, 5], "layer3_1": []}}
-    (root / "natural_criteria" / "passing.json").write_text(json.dumps(both))
+    write_natural("2.1", fake_natural(rng, 128), root)
+    write_fake_eval(artifacts.eval_dir(root), rng)
+    both = NaturalPassing(Passing({"2.1": [2, 5, 9]}), Passing({"2.1": [2, 5], "3.1": []}))
+    write_natural_passing(both, root)
     (root / "figures").mkdir()
     (root / "figures" / "natural_both_layer4_1.png").write_bytes(b"stale")
     labels = run_labels({"model": {"weights": "random:0"}, "data": {"source": "generated"}})
@@ -231,3 +237,24 @@ def test_the_figure_shows_the_channels_passing_both(tmp_path):
 
     with Image.open(written[0]) as image:
         assert len(set(image.convert("L").getdata())) > 10
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "key"),
+    [
+        ("passing.json", '{"natural": {"layer2_1": [1]}}', "'both'"),
+        ("metrics", '{"layer2_1": {"channels": 128}}', "'passing'"),
+    ],
+)
+def test_each_natural_criteria_reader_names_the_file_the_stage_and_the_key(tmp_path, name, text, key):
+    path = tmp_path / "natural_criteria" / "passing.json" if name == "passing.json" else tmp_path / "m.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    with pytest.raises(ArtifactError) as error:
+        read_natural_passing(tmp_path) if name == "passing.json" else read_natural_criteria_metrics(path)
+    message = str(error.value)
+    assert (
+        "\n" not in message
+        and message.startswith(f"{path}: no {key}")
+        and "`rsi natural-criteria`" in message
+    )

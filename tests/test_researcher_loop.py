@@ -17,7 +17,8 @@ import pytest
 import yaml
 
 from rsi import paper
-from rsi.criteria import evaluate_block, write_passing_counts
+from rsi.artifacts.criteria import write_passing_counts
+from rsi.criteria import evaluate_block, passing_counts
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -72,7 +73,7 @@ def test_the_passing_counts_plot_renders_beside_the_papers(tmp_path):
     acts[1, 1, 0] = 2.0  # channel 0: Pre(S(X̂_In)) > Pre(X̂_In) (Eq. 1); Post ratio 1 (Eq. 2)
     results = [evaluate_block("2.1", acts, [0, 1, 2, 3]), evaluate_block("3.1", np.ones((5, 3, 2)), [0, 1])]
     table = tmp_path / "outputs" / "criteria" / "passing_counts.csv"
-    write_passing_counts(results, table)
+    write_passing_counts(passing_counts(results), table)
     assert table.read_text().splitlines() == [
         "block,channels,passing,percent",
         "2.1,4,1,25.0",

@@ -27,7 +27,6 @@ overlap of the passing sets). With one seed (the default, as the paper) everythi
 from __future__ import annotations
 
 import argparse
-import csv
 import itertools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,12 +38,25 @@ import numpy as np
 
 from rsi import artifacts
 from rsi.artifacts import FZ_IMAGES, OUTPUTS
+from rsi.artifacts.criteria import (
+    METRICS_FILE,
+    CriteriaMetrics,
+    CriteriaTable,
+    PassingCount,
+    SeedPassing,
+    passing_counts_file,
+    stability_file,
+    write_criteria_metrics,
+    write_criteria_table,
+    write_passing_counts,
+    write_seed_passing,
+)
+from rsi.artifacts.passing import Passing, write_passing
 from rsi.config import ParamsError, as_dict, check_blocks, check_distinct, load_section, read_params
-from rsi.runtime import atomic_path, full_float32, load_npz, write_json
-from rsi.taps import TAP_KINDS, block_key
+from rsi.runtime import full_float32, load_npz, write_json
+from rsi.taps import TAP_KINDS, block_key, parse_block
 
 DEFAULT_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
-METRICS_FILE = artifacts.METRICS / "criteria.json"
 
 
 # ----------------------------------------------------------------------------------------------- params
@@ -136,11 +148,11 @@ class CriteriaParams:
         if not low < high:
             raise ParamsError(f"criteria.eq2_low = {low:g} must be below criteria.eq2_high = {high:g}")
 
-    def roots(self) -> dict[int, Path]:
+    def roots(self, outputs: Path = OUTPUTS) -> dict[int, Path]:
         """The outputs root of every seed: ``outputs`` for the first (the main run, whose FZs every
         later stage uses), ``seed_root`` for each further seed (made by the ``stability`` stage)."""
         return {
-            seed: OUTPUTS if i == 0 else Path(self.seed_root.format(seed=seed))
+            seed: Path(outputs) if i == 0 else Path(self.seed_root.format(seed=seed))
             for i, seed in enumerate(self.seeds)
         }
 
@@ -266,7 +278,7 @@ def jaccard(a: Sequence[int] | set[int], b: Sequence[int] | set[int]) -> float:
 
 
 def stability(passing_by_seed: Mapping[int, Mapping[str, Sequence[int]]]) -> dict[str, dict[str, float]]:
-    """Per block (``layerL_K`` keys): passing count per seed, pairwise Jaccard of the passing sets, their
+    """Per block (``"2.1"`` keys): passing count per seed, pairwise Jaccard of the passing sets, their
     mean and minimum, and how many channels pass under every seed. Numbers only."""
     seeds = list(passing_by_seed)
     blocks: list[str] = []
@@ -284,7 +296,7 @@ def stability(passing_by_seed: Mapping[int, Mapping[str, Sequence[int]]]) -> dic
             entry["jaccard_mean"] = round(float(np.mean(values)), 6)
             entry["jaccard_min"] = round(min(values), 6)
         entry["passing_all_seeds"] = len(set.intersection(*sets.values())) if sets else 0
-        out[block_key(block)] = entry
+        out[parse_block(block)] = entry
     return out
 
 
@@ -398,11 +410,13 @@ def evaluate_block(
     )
 
 
-def metrics(results: Sequence[BlockCriteria]) -> dict[str, Any]:
-    """``metrics/criteria.json``: per block (``layerL_K``) and ``total``; numbers only."""
-    out: dict[str, Any] = {block_key(result.block): result.summary() for result in results}
+def criteria_metrics(
+    results: Sequence[BlockCriteria], stability: dict[str, dict[str, float]] | None = None
+) -> CriteriaMetrics:
+    """``metrics/criteria.json``: per block, their ``total`` and (several seeds) the ``stability``."""
+    blocks = {result.block: result.summary() for result in results}
     total: dict[str, float] = {}
-    for summary in list(out.values()):
+    for summary in blocks.values():
         for key, value in summary.items():
             if key != "percent":
                 total[key] = total.get(key, 0) + value
@@ -410,8 +424,14 @@ def metrics(results: Sequence[BlockCriteria]) -> dict[str, Any]:
         total["percent"] = (
             round(100.0 * total["passing"] / total["channels"], 4) if total["channels"] else 0.0
         )
-    out["total"] = total
-    return out
+    return CriteriaMetrics(blocks, total, stability)
+
+
+def metrics(results: Sequence[BlockCriteria]) -> dict[str, Any]:
+    """The JSON of :func:`criteria_metrics` without stability, as ``rsi pre-reading`` still writes it
+    (until it writes through :func:`rsi.artifacts.criteria.write_criteria_metrics`)."""
+    record = criteria_metrics(results)
+    return {**{block_key(block): entry for block, entry in record.blocks.items()}, "total": record.total}
 
 
 # ------------------------------------------------------------------------------------------------ I/O
@@ -429,39 +449,37 @@ def load_activations(block: str, root: Path = OUTPUTS) -> dict[str, np.ndarray]:
     return load_npz(path)
 
 
-def write_table(result: BlockCriteria, path: Path) -> None:
-    """One CSV row per channel: the activations, the Eq. 2 ratio and the verdicts."""
+def criteria_table(result: BlockCriteria) -> CriteriaTable:
+    """One row per channel: the activations, the Eq. 2 ratio and the verdicts (also under the other
+    reading of Eq. 1)."""
     header = ["channel", *result.columns, "eq2_ratio", "eq1", "eq2", "eq2_nonpositive", "mirror", "passes"]
     other = "paper_text" if result.eq1_reading == "authors_code" else "authors_code"
     header += [f"eq1_{other}", f"passes_{other}"]  # the verdicts under the other reading of Eq. 1
     eq1_other = result._other(result.eq1_other, result.eq1)
     passes_other = result._other(result.passes_other, result.passes)
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(header)
-        for i, channel in enumerate(result.channels):
-            values = [f"{float(column[i]):.9g}" for column in result.columns.values()]
-            flags = [
-                result.eq1[i],
-                result.eq2[i],
-                result.eq2_nonpositive[i],
-                result.mirror[i],
-                result.passes[i],
-                eq1_other[i],
-                passes_other[i],
-            ]
-            writer.writerow([int(channel), *values, repr(float(result.ratio[i])), *map(bool, flags)])
+    rows = []
+    for i, channel in enumerate(result.channels):
+        values = [f"{float(column[i]):.9g}" for column in result.columns.values()]
+        flags = [
+            result.eq1[i],
+            result.eq2[i],
+            result.eq2_nonpositive[i],
+            result.mirror[i],
+            result.passes[i],
+            eq1_other[i],
+            passes_other[i],
+        ]
+        rows.append(
+            [str(int(channel)), *values, repr(float(result.ratio[i])), *(str(bool(f)) for f in flags)]
+        )
+    return CriteriaTable(header, rows)
 
 
-def write_passing_counts(results: Sequence[BlockCriteria], path: Path) -> None:
-    """The DVC plot of passing channels per block (``block``, ``channels``, ``passing``, ``percent``),
-    drawn beside the paper's counts (``paper/passing_counts.csv``) by dvc.yaml's top-level ``plots``."""
-    with atomic_path(path) as temporary, open(temporary, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["block", "channels", "passing", "percent"])
-        for result in results:
-            summary = result.summary()
-            writer.writerow([result.block, summary["channels"], summary["passing"], summary["percent"]])
+def passing_counts(results: Sequence[BlockCriteria]) -> list[PassingCount]:
+    """The bars of the DVC plot of passing channels per block, drawn beside the paper's counts
+    (``paper/passing_counts.csv``) by dvc.yaml's top-level ``plots``."""
+    summaries = [(result.block, result.summary()) for result in results]
+    return [PassingCount(b, s["channels"], s["passing"], s["percent"]) for b, s in summaries]
 
 
 def _label(data: Mapping[str, np.ndarray], key: str) -> str | None:
@@ -471,7 +489,12 @@ def _label(data: Mapping[str, np.ndarray], key: str) -> str | None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Eq. 1 and Eq. 2 of the paper per channel of each block in criteria.blocks, from "
-        "outputs/activations; writes outputs/criteria/ and metrics/criteria.json."
+        "<outputs>/activations; writes <outputs>/criteria/ and metrics/criteria.json."
+    )
+    parser.add_argument(
+        "--outputs",
+        default=str(artifacts.OUTPUTS),
+        help="outputs root of the main seed: reads activations, writes criteria (default outputs)",
     )
 
 
@@ -493,7 +516,8 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "criteria", CriteriaParams, source=args.params)
     numerics = full_float32()  # numpy only here; recorded like every result stage
-    roots = params.roots()
+    outputs = Path(args.outputs)
+    roots = params.roots(outputs)
     primary = params.seeds[0]
     results: dict[int, list[BlockCriteria]] = {}
     provenance: dict[str, dict[str, Any]] = {}
@@ -509,20 +533,15 @@ def run(args: argparse.Namespace) -> None:
                 "scale_fraction": float(data["scale_fraction"]) if "scale_fraction" in data else None,
             }
     for result in results[primary]:
-        write_table(result, artifacts.criteria_table(result.block))
+        write_criteria_table(criteria_table(result), artifacts.criteria_table(result.block, outputs))
     passing_by_seed = {seed: {r.block: r.passing for r in blocks} for seed, blocks in results.items()}
-    write_json(artifacts.passing_file(), passing_by_seed[primary])
-    write_passing_counts(results[primary], artifacts.passing_file().parent / "passing_counts.csv")
-    out = metrics(results[primary])
-    if len(roots) > 1:
-        out["stability"] = stability(passing_by_seed)
-    write_json(METRICS_FILE, out)
+    write_passing(Passing(passing_by_seed[primary]), artifacts.passing_file(outputs))
+    write_passing_counts(passing_counts(results[primary]), passing_counts_file(outputs))
+    seeds_stability = stability(passing_by_seed) if len(roots) > 1 else None
+    write_criteria_metrics(criteria_metrics(results[primary], seeds_stability), METRICS_FILE)
+    write_seed_passing(SeedPassing(list(params.seeds), passing_by_seed), stability_file(outputs))
     write_json(
-        artifacts.passing_file().parent / "stability.json",
-        {"seeds": list(params.seeds), "passing": {f"seed{s}": p for s, p in passing_by_seed.items()}},
-    )
-    write_json(
-        artifacts.passing_file().parent / "settings.json",
+        artifacts.passing_file(outputs).parent / "settings.json",
         {
             "criteria": as_dict(params),
             "primary_seed": primary,
@@ -538,4 +557,4 @@ def run(args: argparse.Namespace) -> None:
             f"Post <= 0 {summary['eq2_nonpositive']}; Eq. 1 read as {params.eq1_reading}, "
             f"{summary['passing_readings_differ']} verdicts differ under the other reading)"
         )
-    print(f"wrote {METRICS_FILE} and {artifacts.passing_file()}")
+    print(f"wrote {METRICS_FILE} and {artifacts.passing_file(outputs)}")

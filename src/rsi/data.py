@@ -1,67 +1,9 @@
-"""`rsi prepare-data`: the evaluation images, decoded once into a 256 px uint8 cache.
+"""`rsi prepare-data`: the evaluation images, decoded once into a 256 px uint8 cache (``outputs/eval``).
 
-Every image is read with PIL, converted to RGB (grayscale, CMYK, palette and RGBA alike, as torchvision's
-``pil_loader`` does), resized so its short side is 256 (bilinear, antialiased: torchvision's ``Resize(256)``
-on a PIL image), center-cropped to 256 x 256 and stored as uint8 in ``outputs/eval/images.npy``
-(N, 256, 256, 3), a memory-mappable .npy written under a temporary name and renamed when complete. Labels go
-to ``labels.npy`` (N,) int64, each image's (height, width) after the resize to ``resized.npy`` (N, 2) int32,
-and the file list, class map and skipped files to ``index.json``. Later stages
-(``rsi natural``, ``rsi ablate``) crop and resize on the device from this cache (``transforms.ablation_view``).
-
-Sources (``data.source``):
-
-* ``folders``: torchvision's ImageFolder / ImageNet layout, ``<root>/<wnid>/*.JPEG``. Files are listed in
-  ImageFolder's order (classes sorted, then ``os.walk`` with sorted names) and filtered by its image
-  extensions; other files are listed in index.json as ``ignored``. The class index is the wnid's ImageNet-1k
-  index, its position among the 1000 sorted ImageNet-1k wnids (``rsi/imagenet_wnids.txt``; with all 1000
-  folders that is ImageFolder's index, as torchvision's ImageNet class and the authors' ImageFolder use), so
-  a folder set with a subset of the classes keeps ImageNet's indices; a folder that is not an ImageNet-1k
-  wnid is an error, unless ``class_index`` says otherwise.
-* ``flat``: the official validation folder (``ILSVRC2012_val_00000001.JPEG`` ...) and a ground-truth file,
-  ``ground_truth``: one label per line for the sorted image files (the devkit's
-  ``ILSVRC2012_validation_ground_truth.txt``), or ``<file name> <label>`` per line. A label is a wnid
-  (``n01440764``) or an integer. Integers are translated by ``label_map`` when it is given: a text file of
-  ``<label> <wnid>`` lines, or the devkit's ``meta.mat`` (its ILSVRC2012_ID → WNID table, which is *not* the
-  sorted-wnid order). Integers without a ``label_map`` are class indices already (0-based, 0-999: anything
-  else is an error).
-* ``generated``: a small synthetic labelled set for the offline demo, deterministic from the top-level
-  ``seed``: oriented colour gratings, one orientation and tint per class, with random phase, a blob and
-  noise. It is not ImageNet: index.json says ``"generated": true`` and every later output repeats it.
-
-``class_index`` (wnid → class index): null (the ImageNet-1k index, see above), ``imagenette`` (the
-ImageNet-1k indices of Imagenette's 10 wnids, built in), or a file of ``<wnid>`` lines (line number =
-index, e.g. a 1000-line synset list) or ``<wnid> <index>`` lines or ``<wnid> <words>`` lines
-(``LOC_synset_mapping.txt``: line number = index). Every index must be an ImageNet-1k class, 0-999: the
-model's outputs are scored against it.
-
-Bad files: a file that cannot be opened or decoded as an image (unreadable, truncated, not an image) stops
-the stage, after one pass over all files, with an error naming every such file (the first 20 and a
-count), or, with ``on_bad_file: skip``, is left out, listed in index.json under ``skipped`` and counted in
-``metrics/data.json``.
-
-The later stages crop the 256 px cache on the device, exactly as the authors' PIL pipeline
-``Resize(256)``, ``CenterCrop(c)``, ``Resize(224)``: ``resized.npy`` (N, 2) keeps each image's size after
-``Resize(256)``, so a crop c < 256 is placed where the direct center crop of the resized image lies (the
-two-step crop, 256 then c, rounds two half-margins and can land one pixel off along an odd long side), and
-the resize to 224 rounds each of PIL's two passes to uint8 (``transforms.ablation_view``). Tested against
-the PIL pipeline itself.
-
-Subsets for quick runs: ``per_class`` keeps the first N files of every class (in the order above), then
-``random_subset`` keeps a seeded random N of those (kept in their original order).
-
-Imagenette demo plan (a small, real, labelled set a newcomer can fetch): ``data.download`` names a pinned
-archive and its SHA-256 (default below: fast.ai's imagenette2-320.tgz, 341,663,724 bytes, 3,925 validation
-images of 10 ImageNet classes, short side 320 so ``Resize(256)`` shrinks as it does for ImageNet).
-``rsi prepare-data --download-only`` (or prepare-data itself when ``root`` is missing) fetches it with
-:func:`download_archive`, which streams to a temporary file, checks the SHA-256 and only then renames it
-(exactly as torchvision fetches and checks the weights), and :func:`extract_archive` unpacks it under
-``download.into``: absolute and escaping member names are refused before anything is written, links and
-devices by tar's "data" filter; members go to a temporary folder beside the target and are renamed into
-place only when all passed, and a marker (``<archive>.unpacked.json``) records the archive's SHA-256. A
-present ``root`` without that marker (an older or interrupted unpacking) is re-checked against the archive
-member by member and refused if it differs (:func:`ensure_download`). Then ``root:
-data/imagenette2-320/val`` with ``class_index: imagenette``. Tests exercise this with a file:// URL and a
-local HTTP server on 127.0.0.1; they never reach the internet.
+Owns the image listing (``data.source``: folders, flat, generated), subsets, the pinned download and the
+decode; the cache's files are written and read through :mod:`rsi.artifacts.eval` (``load_eval`` wraps the
+reader with the batching later stages use). Sources, bad files, the crop rule and the download: see
+docs/data.md.
 """
 
 from __future__ import annotations
@@ -94,6 +36,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
+from rsi.artifacts.eval import read_eval, write_eval
 from rsi.config import ParamsError, load_section, read_params
 from rsi.runtime import atomic_path, key_seed, write_json
 
@@ -497,8 +440,9 @@ def decode_to_cache(
     kept: list[int] = []
     resized: list[tuple[int, int]] = []
     skipped: list[dict[str, str]] = []
-    images_path = out_dir / "images.npy"
-    with atomic_path(images_path) as temporary:
+    handle, temporary = tempfile.mkstemp(dir=out_dir, prefix=".images.npy.", suffix=".tmp")
+    os.close(handle)
+    try:
         cache = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(total, size, size, 3))
         bar = tqdm(total=total, desc="prepare-data: decode", unit="img", disable=not progress)
         for batch in loader:
@@ -518,13 +462,22 @@ def decode_to_cache(
         if skipped and on_bad_file != "skip":
             raise _bad_files_error(skipped)
         if skipped:
-            _compact(temporary, len(kept))
-    labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
-    with atomic_path(out_dir / "labels.npy") as temporary, open(temporary, "wb") as handle:
-        np.save(handle, labels)
-    with atomic_path(out_dir / "resized.npy") as temporary, open(temporary, "wb") as handle:
-        np.save(handle, np.asarray(resized, dtype=np.int32).reshape(len(kept), 2))
-    index = {
+            _compact(Path(temporary), len(kept))
+        index = _index(listing, kept, skipped, source, size)
+        labels = np.asarray([listing.labels[i] for i in kept], dtype=np.int64)
+        shapes = np.asarray(resized, dtype=np.int32).reshape(len(kept), 2)
+        write_eval(out_dir, Path(temporary), labels, shapes, index)
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+    return index
+
+
+def _index(
+    listing: Listing, kept: list[int], skipped: list[dict[str, str]], source: str, size: int
+) -> dict[str, Any]:
+    """index.json of the cache (the keys of rsi.artifacts.eval.INDEX_KEYS)."""
+    return {
         "source": source,
         "generated": source == "generated",
         "root": listing.root,
@@ -537,8 +490,6 @@ def decode_to_cache(
         "ignored_count": len(listing.ignored),
         "ignored": listing.ignored,
     }
-    write_json(out_dir / "index.json", index)
-    return index
 
 
 def _bad_files_error(bad: list[dict[str, str]], shown: int = 20) -> DataError:
@@ -596,7 +547,7 @@ class EvalSet:
 
     @property
     def generated(self) -> bool:
-        return bool(self.index.get("generated", False))
+        return bool(self.index["generated"])
 
     def resized_of(self, index: torch.Tensor) -> torch.Tensor:
         """(B, 2) int64 resized (height, width) of the images at global ``index`` (as batches yields it)."""
@@ -629,23 +580,9 @@ class EvalSet:
 
 
 def load_eval(directory: str | Path | None = None) -> EvalSet:
-    """Open the cache written by :func:`decode_to_cache` (memory-mapped)."""
-    directory = Path(directory) if directory is not None else artifacts.eval_dir()
-    for name in ("images.npy", "labels.npy", "resized.npy", "index.json"):
-        if not (directory / name).is_file():
-            raise FileNotFoundError(f"{directory / name} is missing: run `rsi prepare-data` (again)")
-    images = np.load(directory / "images.npy", mmap_mode="r")
-    labels = np.load(directory / "labels.npy")
-    resized = np.load(directory / "resized.npy")
-    index = json.loads((directory / "index.json").read_text())
-    square = images.ndim == 4 and images.shape[1] == images.shape[2] and images.shape[3] == 3
-    if not square or images.shape[1] % 8 or not len(images) == len(labels) == len(resized):
-        raise DataError(
-            f"{directory}: images {images.shape}, labels {labels.shape} and resized {resized.shape} do not "
-            f"match the cache format (N, {CACHE_SIZE}, {CACHE_SIZE}, 3) / (N,) / (N, 2); run "
-            "`rsi prepare-data` again"
-        )
-    return EvalSet(images, labels, index, resized)
+    """Open the cache written by :func:`decode_to_cache` (memory-mapped; :func:`rsi.artifacts.eval.read_eval`)."""
+    cache = read_eval(None if directory is None else Path(directory))
+    return EvalSet(cache.images, cache.labels, cache.index, cache.resized)
 
 
 # ----------------------------------------------------------------------------------------------- download
@@ -858,15 +795,9 @@ def prepare(
     if params.source != "generated" and params.download is not None:
         ensure_download(params.download, params.root, progress=progress)
     listing = make_listing(params, seed)
+    options = {"source": params.source, "on_bad_file": params.on_bad_file, "workers": params.workers}
     index = decode_to_cache(
-        listing,
-        out_dir,
-        source=params.source,
-        on_bad_file=params.on_bad_file,
-        workers=params.workers,
-        seed=seed,
-        generated=params.generated,
-        progress=progress,
+        listing, out_dir, **options, seed=seed, generated=params.generated, progress=progress
     )
     if metrics is not None:
         write_json(
@@ -875,7 +806,7 @@ def prepare(
                 "images": index["count"],
                 "skipped": index["skipped_count"],
                 "ignored": index["ignored_count"],
-                "classes": len({int(v) for v in np.load(out_dir / "labels.npy")}),
+                "classes": len({int(v) for v in read_eval(out_dir).labels}),
                 "generated": int(index["generated"]),
             },
         )
@@ -891,7 +822,9 @@ def top_level_seed(raw: dict[str, Any], source: str = "params.yaml") -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--out", default=str(artifacts.eval_dir()), help="cache folder (default outputs/eval)"
+        "--outputs",
+        default=str(artifacts.OUTPUTS),
+        help="outputs root: writes the cache to <outputs>/eval (default outputs)",
     )
     parser.add_argument("--metrics", default="metrics/data.json", help="image and skipped-file counts")
     parser.add_argument(
@@ -912,10 +845,11 @@ def run(args: argparse.Namespace) -> None:
         return
     if not distributed.is_main():
         return
-    index = prepare(params, args.out, seed=top_level_seed(raw, args.params), metrics=args.metrics)
+    out_dir = artifacts.eval_dir(Path(args.outputs))
+    index = prepare(params, out_dir, seed=top_level_seed(raw, args.params), metrics=args.metrics)
     label = " (GENERATED images, not ImageNet)" if index["generated"] else ""
     print(
-        f"{args.out}: {index['count']} images{label}, {index['skipped_count']} skipped, "
+        f"{out_dir}: {index['count']} images{label}, {index['skipped_count']} skipped, "
         f"{index['ignored_count']} non-image files ignored"
     )
 

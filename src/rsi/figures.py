@@ -26,16 +26,13 @@ import numpy as np
 
 from rsi import artifacts
 from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
+from rsi.artifacts.eval import read_eval
+from rsi.artifacts.natural import read_natural
 from rsi.artifacts.passing import read_passing
 from rsi.artifacts.whole_channel import WholeChannelFZs, read_whole_channel
 from rsi.channel_plan import ChannelPlan, FiguresParams, column_tap, plan_channels
 from rsi.config import load_section, read_params
 from rsi.labels import RunLabels, run_labels
-from rsi.report import (
-    MissingInputError,
-    read_eval_index,
-    require,
-)
 from rsi.runtime import atomic_path
 from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, block_key
 
@@ -75,7 +72,7 @@ class FZStore:
 
     def _load(self, tap: Tap) -> tuple[np.ndarray, dict[int, int]]:
         if tap not in self._files:
-            path = require(artifacts.fz_file(tap, self.root), "fz")
+            path = artifacts.require_file(artifacts.fz_file(tap, self.root), "fz")
             with np.load(path, allow_pickle=False) as data:
                 images = data["images"]
                 channels = data["channels"] if "channels" in data.files else np.arange(len(images))
@@ -85,7 +82,7 @@ class FZStore:
     def image(self, tap: Tap, channel: int) -> np.ndarray:
         images, index = self._load(tap)
         if channel not in index:
-            raise MissingInputError(
+            raise artifacts.ArtifactError(
                 f"{artifacts.fz_file(tap, self.root)} has no FZ of channel {channel} (it holds "
                 f"{len(index)} channels): render it with `rsi fz` (stage fz) or choose other figures.channels"
             )
@@ -111,22 +108,18 @@ class NaturalStore:
 
     def images(self) -> np.ndarray:
         if self._images is None:
-            path = require(artifacts.eval_dir(self.root) / "images.npy", "prepare-data")
-            self._images = np.load(path, mmap_mode="r")
+            self._images = read_eval(artifacts.eval_dir(self.root)).images
         return self._images
 
     def _load(self, block: str) -> tuple[np.ndarray, dict[int, int]]:
         if block not in self._topk:
-            path = require(artifacts.natural_file(block, self.root), "natural")
-            with np.load(path, allow_pickle=False) as data:
-                topk = data["topk"]
-                channels = data["channels"] if "channels" in data.files else np.arange(topk.shape[1])
-            self._topk[block] = (topk, {int(c): i for i, c in enumerate(channels)})
+            topk = read_natural(block, self.root).topk
+            self._topk[block] = (topk, {c: c for c in range(topk.shape[1])})  # column c is channel c
         return self._topk[block]
 
     def check(self, block: str, channel: int) -> None:
         if channel not in self._load(block)[1]:
-            raise MissingInputError(
+            raise artifacts.ArtifactError(
                 f"{artifacts.natural_file(block, self.root)} has no channel {channel}: re-run `rsi natural`"
             )
 
@@ -431,7 +424,7 @@ def make_figures(
     out_dir = root / "figures"
     passing = read_passing(artifacts.passing_file(root)).blocks
     ablation = read_ablation_metrics(metrics / "ablation.json").series()
-    labels = run_labels(raw, read_eval_index(root))
+    labels = run_labels(raw, read_eval(artifacts.eval_dir(root)).index)
     plan = plan_channels(params, passing)
     for block in plan.empty:
         print(f"block {block}: no criteria-passing channels, no grid drawn")

@@ -14,10 +14,8 @@ forward per batch (``taps.forward_taps`` with all the taps). For each tap and ch
 Under ``torchrun`` the evaluation set is sharded across ranks in whole batches (batch b on rank b % world, so
 every image is computed in the batch it has in one process); per-batch float64 sums are all-reduced and
 summed in batch order, and the top-k lists gathered and merged, so the result is byte for byte that of one
-process. Output per block:
-``outputs/natural/<layerL_K>.npz`` with ``mean`` (3, C) float32, ``topk`` (3, C, k) int64, ``topk_values``
-(3, C, k) float32 (rows In, Pre, Post as ``taps.TAP_KINDS``), plus ``count`` (images), ``weights`` (what
-produced them) and ``generated`` (true when the images are the synthetic offline set).
+process. Output per block: ``outputs/natural/<layerL_K>.npz``, written and read only through
+:mod:`rsi.artifacts.natural`.
 """
 
 from __future__ import annotations
@@ -33,10 +31,11 @@ import torch.distributed as dist
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
+from rsi.artifacts.natural import NaturalStats, write_natural
 from rsi.config import check_blocks, load_section, read_params
 from rsi.data import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
-from rsi.runtime import ModelParams, full_float32, resolve_device, save_npz
+from rsi.runtime import ModelParams, full_float32, resolve_device
 from rsi.taps import TAP_KINDS, Tap, arch_of, center, forward_taps, num_channels
 from rsi.transforms import ablation_view
 
@@ -54,8 +53,8 @@ class NaturalParams:
 
 
 @dataclass
-class NaturalStats:
-    """One block's result: arrays as written to ``outputs/natural/<layerL_K>.npz``."""
+class NaturalMeasure:
+    """One block's measurement (the arrays of :class:`rsi.artifacts.natural.NaturalStats`)."""
 
     mean: np.ndarray  # (3, C) float32
     topk: np.ndarray  # (3, C, k) int64
@@ -86,7 +85,7 @@ def natural_pass(
     batch_size: int = 256,
     device: torch.device | str = "cpu",
     progress: bool = True,
-) -> dict[str, NaturalStats]:
+) -> dict[str, NaturalMeasure]:
     """Means and top-k of the center neurons of every block's In/Pre/Post (see the module docstring).
     Every rank returns the same merged result."""
     device = torch.device(device)
@@ -129,7 +128,7 @@ def natural_pass(
         values = torch.stack([_pad(top_values[tap], k_eff, float("-inf")) for tap in block_taps])
         index = torch.stack([_pad(top_index[tap], k_eff, _NO_INDEX) for tap in block_taps])
         values, index = _gather_topk(values, index, k_eff)
-        results[block] = NaturalStats(
+        results[block] = NaturalMeasure(
             mean=mean.float().cpu().numpy(),
             topk=index.cpu().numpy(),
             topk_values=values.float().cpu().numpy(),
@@ -161,27 +160,6 @@ def _gather_topk(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[tor
     return flat_values.reshape(*shape[:-1], k), flat_index.reshape(*shape[:-1], k)
 
 
-def write_natural(
-    results: dict[str, NaturalStats],
-    root: str | Path,
-    *,
-    weights: str,
-    generated: bool,
-    numerics: dict[str, bool] | None = None,
-) -> None:
-    for block, stats in results.items():
-        save_npz(
-            artifacts.natural_file(block, Path(root)),
-            mean=stats.mean,
-            topk=stats.topk,
-            topk_values=stats.topk_values,
-            count=np.int64(stats.count),
-            weights=np.str_(weights),
-            generated=np.bool_(generated),
-            **{key: np.bool_(value) for key, value in (numerics or {}).items()},
-        )
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--outputs",
@@ -205,12 +183,11 @@ def run(args: argparse.Namespace) -> None:
         model, eval_set, params.blocks, k=params.k, batch_size=params.batch_size, device=device
     )
     if distributed.is_main():
-        write_natural(
-            results,
-            args.outputs,
-            weights=describe_weights(model_params.weights, model_params.arch),
-            generated=eval_set.generated,
-            numerics=numerics,
-        )
+        weights = describe_weights(model_params.weights, model_params.arch)
+        for block, measure in results.items():
+            stats = NaturalStats(
+                **vars(measure), weights=weights, generated=eval_set.generated, numerics=numerics
+            )
+            write_natural(block, stats, Path(args.outputs))
         print(f"natural: {len(eval_set)} images, blocks {', '.join(params.blocks)} → {args.outputs}/natural")
     distributed.barrier()

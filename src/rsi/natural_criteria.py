@@ -1,43 +1,20 @@
 """`rsi natural-criteria`: a second scale-invariance verdict per channel, from natural images.
 
-DESIGN (ours, not the paper's). The paper's criteria (Eq. 1 and Eq. 2, :mod:`rsi.criteria`) see only
-FZs; its Limitations ask for criteria that "incorporate responses to a wider range of natural images".
-With ``criteria.natural_images: true`` this stage adds one. For block b and channel c let
+Ours, not the paper's (``criteria.natural_images``): Eq. 1 and Eq. 2 with each channel's top-k natural
+images in place of its FZs, derived in docs/natural_criteria.md. The verdicts are
+:func:`natural_eq1_scale_gain` and :func:`natural_eq2_post_ratio` (pure functions); :func:`block_responses`
+computes the responses (one forward per distinct top-k image, full float32).
 
-* T_In_c: the k evaluation images with the largest center-neuron In_c (stage natural's top-k of the In
-  tap, ``outputs/natural/<layerL_K>.npz``), and T_Pre_c those of Pre_c;
-* X an image as the network sees it: the 224 px center crop of the 256 px cache, normalised (the view
-  stage natural ranked, :func:`rsi.transforms.ablation_view`);
-* S the scale transform of Eq. 1 (:func:`rsi.transforms.scale_crop` with ``activations.scale_fraction``:
-  center-crop half, bilinear resize back), applied to the normalised view as stage activations applies it
-  to the normalised FZ.
-
-Then, all responses center-neuron ones, means over the k images:
-
-* Eq. 1 (natural): mean_{X in T_In_c} ReLU(Pre_c(X)) < mean_{X in T_In_c} Pre_c(S(X)): the top natural
-  images of the In channel, enlarged, drive the Pre channel more (the FZ X̂_In_c replaced by T_In_c);
-* Eq. 2 (natural): eq2_low < mean_{X in T_In_c} Post_c(X) / mean_{X in T_Pre_c} Post_c(X) < eq2_high:
-  Post responds about equally to both summands' preferred natural images; a mean <= 0 fails, as in the
-  FZ Eq. 2 (:func:`rsi.criteria.eq2_post_ratio`).
-
-A channel passes when both hold; ``criteria.strict`` makes the inequalities strict, as for the FZ tests.
-The verdicts are :func:`natural_eq1_scale_gain` and :func:`natural_eq2_post_ratio` (pure functions);
-:func:`block_responses` computes the responses with one forward per distinct top-k image (the In and Pre
-taps' lists share images), in full float32 (no TF32 on CUDA).
-
-Outputs: ``outputs/natural_criteria/<layerL_K>.npz`` (``channels`` (C,), the responses (C, k) each:
-``pre_of_in_top``, ``pre_of_scaled_in_top``, ``post_of_in_top``, ``post_of_pre_top``, and the verdicts
-``eq1``, ``eq2``, ``eq2_ratio``, ``passes``), ``outputs/natural_criteria/passing.json`` ({block: channels
-passing the natural test}, ``both`` {block: channels passing it and the FZ criteria}) and
-``metrics/criteria_natural.json`` (per block: counts, and the overlap with the FZ verdicts over the
-channels the FZ criteria probed: ``both`` and ``jaccard``). Off (the default) it writes ``{}`` metrics and
-a note, and computes nothing.
+Outputs (written and read only through :mod:`rsi.artifacts.natural_criteria`): per block the responses
+and verdicts, ``passing.json`` (channels passing the natural test, and ``both``: it and the FZ criteria),
+``settings.json`` and ``metrics/criteria_natural.json`` (per block: counts, and the overlap with the FZ
+verdicts over the channels the FZ criteria probed: ``both`` and ``jaccard``). Off (the default) it writes
+``{}`` metrics and a note, and computes nothing.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,17 +25,29 @@ import torch
 from torch import nn
 
 from rsi import artifacts
+from rsi.artifacts.criteria import read_criteria_table
+from rsi.artifacts.natural import NaturalStats, read_natural
+from rsi.artifacts.natural_criteria import (
+    NaturalCriteriaBlock,
+    NaturalCriteriaMetrics,
+    NaturalCriteriaSettings,
+    NaturalPassing,
+    natural_criteria_dir,
+    write_natural_criteria_block,
+    write_natural_criteria_metrics,
+    write_natural_criteria_settings,
+    write_natural_passing,
+)
+from rsi.artifacts.passing import Passing
 from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams, Eq2Result, eq2_post_ratio, jaccard
 from rsi.data import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
 from rsi.natural import NaturalParams, center_values
-from rsi.runtime import ModelParams, full_float32, load_npz, resolve_device, save_npz, write_json
-from rsi.taps import TAP_KINDS, Tap, block_key, forward_taps
+from rsi.runtime import ModelParams, full_float32, resolve_device
+from rsi.taps import TAP_KINDS, Tap, forward_taps
 from rsi.transforms import ablation_view, scale_crop
 
-OUT_DIR = artifacts.OUTPUTS / "natural_criteria"
-METRICS_FILE = artifacts.METRICS / "criteria_natural.json"
 RESPONSES: tuple[str, ...] = ("pre_of_in_top", "pre_of_scaled_in_top", "post_of_in_top", "post_of_pre_top")
 
 
@@ -220,32 +209,21 @@ def block_responses(
 # ------------------------------------------------------------------------------------------- the stage
 
 
-def read_natural(block: str, root: Path, weights: str, arch: str) -> dict[str, np.ndarray]:
+def checked_natural(block: str, root: Path, weights: str, arch: str) -> NaturalStats:
     """Stage natural's file of a block, checked against this run's weights."""
-    path = artifacts.natural_file(block, root)
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} is missing: criteria.natural_images reads stage natural's top-k of block {block}; "
-            f"list {block_key(block)} in natural.blocks and run `rsi natural` (or `dvc repro`)"
-        )
-    data = load_npz(path)
-    if "weights" in data and str(data["weights"]) != describe_weights(weights, arch):
+    stats = read_natural(block, root)
+    if stats.weights != describe_weights(weights, arch):
         raise ValueError(
-            f"{path} was made with {data['weights']}, model.weights = {weights!r} is "
-            f"{describe_weights(weights, arch)}: re-run `rsi natural`"
+            f"{artifacts.natural_file(block, root)} was made with {stats.weights}, model.weights = "
+            f"{weights!r} is {describe_weights(weights, arch)}: re-run `rsi natural`"
         )
-    return data
+    return stats
 
 
 def fz_verdicts(block: str, root: Path) -> tuple[list[int], list[int]]:
     """(probed, passing) channels of the FZ criteria of a block, from ``outputs/criteria/<layerL_K>.csv``."""
-    path = artifacts.criteria_table(block, root)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run `rsi criteria` (or `dvc repro`)")
-    with open(path, newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    probed = [int(row["channel"]) for row in rows]
-    return probed, [int(row["channel"]) for row in rows if row["passes"] == "True"]
+    table = read_criteria_table(artifacts.criteria_table(block, root))
+    return table.channels, table.passing
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -261,13 +239,13 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
     root = Path(args.outputs)
-    out_dir, metrics_file = root / "natural_criteria", METRICS_FILE
+    out_dir = natural_criteria_dir(root)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in [*out_dir.glob("*.npz"), *out_dir.glob("*.json"), *out_dir.glob("README.txt")]:
         stale.unlink()  # outside DVC (which empties outs first) an earlier run's verdicts would linger
     if not criteria.natural_images:
         (out_dir / "README.txt").write_text("criteria.natural_images is false: nothing computed\n")
-        write_json(metrics_file, {})
+        write_natural_criteria_metrics(NaturalCriteriaMetrics({}))
         print("criteria.natural_images is false: no natural-image criteria")
         return
     from rsi.activations import ActivationsParams  # the scale fraction of S: one definition
@@ -278,48 +256,40 @@ def run(args: argparse.Namespace) -> None:
         raw, "natural", NaturalParams, source=args.params
     ).batch_size  # declared: float rounding
     stored = {
-        block: read_natural(block, root, model_params.weights, model_params.arch) for block in criteria.blocks
+        block: checked_natural(block, root, model_params.weights, model_params.arch)
+        for block in criteria.blocks
     }
     fz = {block: fz_verdicts(block, root) for block in criteria.blocks}
     eval_set = load_eval(artifacts.eval_dir(root))
     device = resolve_device(model_params.device)
     model = load_model(model_params.weights, model_params.arch).to(device)
     numerics = full_float32()  # full float32 on CUDA, as every result stage
-    metrics: dict[str, Any] = {}
-    passing: dict[str, Any] = {"natural": {}, "both": {}}
+    metrics: dict[str, dict[str, float]] = {}
+    natural: dict[str, list[int]] = {}
+    both: dict[str, list[int]] = {}
     for block in criteria.blocks:
+        topk = stored[block].topk
         responses = block_responses(
-            model,
-            eval_set,
-            block,
-            stored[block]["topk"],
-            scale_fraction=scale_fraction,
-            batch_size=batch_size,
-            device=device,
+            model, eval_set, block, topk, scale_fraction=scale_fraction, batch_size=batch_size, device=device
         )
-        channels = np.arange(stored[block]["topk"].shape[1], dtype=np.int64)
+        channels = np.arange(topk.shape[1], dtype=np.int64)
         verdicts = natural_verdicts(block, responses, channels, criteria)
-        save_npz(
-            out_dir / f"{block_key(block)}.npz",
-            channels=channels,
+        record = NaturalCriteriaBlock(
+            channels,
             **responses,
             eq1=verdicts.eq1,
             eq2=verdicts.eq2.passes,
             eq2_ratio=verdicts.eq2.ratio,
             passes=verdicts.passes,
         )
-        metrics[block_key(block)] = overlap(verdicts, *fz[block])
-        both = sorted(set(verdicts.passing) & set(fz[block][1]))
-        passing["natural"][block_key(block)], passing["both"][block_key(block)] = verdicts.passing, both
-        entry = metrics[block_key(block)]
+        write_natural_criteria_block(block, record, root)
+        metrics[block] = entry = overlap(verdicts, *fz[block])
+        natural[block], both[block] = verdicts.passing, sorted(set(verdicts.passing) & set(fz[block][1]))
         print(
             f"block {block}: {entry['passing']}/{entry['channels']} channels pass on natural images; "
             f"{entry['both']} pass both (Jaccard with the FZ verdicts {entry['jaccard']:.3f})"
         )
-    write_json(out_dir / "passing.json", passing)
-    write_json(out_dir / "settings.json", {"scale_fraction": scale_fraction, **numerics, "k": _k(stored)})
-    write_json(metrics_file, metrics)
-
-
-def _k(stored: dict[str, dict[str, np.ndarray]]) -> int:
-    return int(next(iter(stored.values()))["topk"].shape[-1]) if stored else 0
+    write_natural_passing(NaturalPassing(Passing(natural), Passing(both)), root)
+    k = int(next(iter(stored.values())).topk.shape[-1]) if stored else 0
+    write_natural_criteria_settings(NaturalCriteriaSettings(scale_fraction, numerics, k), root)
+    write_natural_criteria_metrics(NaturalCriteriaMetrics(metrics))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rsi.artifacts.natural_criteria import natural_passing_file, read_natural_passing
 from rsi.channel_plan import column_tap
 from rsi.figures import (
     PANEL,
@@ -21,8 +22,7 @@ from rsi.figures import (
     _warning,
 )
 from rsi.labels import RunLabels
-from rsi.runtime import read_json
-from rsi.taps import block_key, block_order, parse_block
+from rsi.taps import block_key, block_order
 
 PATTERN = "natural_both_{}.png"
 MAX_ROWS = 16  # channels per block drawn (the first, by channel number)
@@ -37,11 +37,9 @@ COLUMNS = (
 def passing_both(root: Path) -> dict[str, list[int]]:
     """``{"2.1": [channels]}`` passing both verdicts, from ``outputs/natural_criteria/passing.json``;
     empty when the stage was off (or never ran)."""
-    path = root / "natural_criteria" / "passing.json"
-    if not path.is_file():
+    if not natural_passing_file(root).is_file():  # the stage writes none when criteria.natural_images is off
         return {}
-    both = read_json(path).get("both", {})
-    return {parse_block(k): [int(c) for c in v] for k, v in both.items() if v}
+    return {block: channels for block, channels in read_natural_passing(root).both.blocks.items() if channels}
 
 
 def draw_block(

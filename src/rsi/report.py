@@ -20,6 +20,10 @@ from typing import Any
 
 from rsi import artifacts
 from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
+from rsi.artifacts.criteria import read_criteria_metrics
+from rsi.artifacts.eval import read_eval
+from rsi.artifacts.natural_criteria import read_natural_criteria_metrics
+from rsi.artifacts.passing import read_passing
 from rsi.config import load_section, read_params
 from rsi.labels import RunLabels, run_labels
 from rsi.model import PAPER_LABEL, describe_weights
@@ -93,56 +97,11 @@ class ReportParams:
 # Reading the stage outputs (one small function per file).
 
 
-class MissingInputError(FileNotFoundError):
-    """An input of this stage is absent; the message names the file and the stage that makes it."""
-
-
-def require(path: Path, stage: str) -> Path:
-    path = Path(path)
-    if not path.is_file():
-        raise MissingInputError(
-            f"{path} is missing: it is made by `rsi {stage}` (DVC stage {stage!r}); "
-            f"run `dvc repro` (or `rsi {stage}`) first"
-        )
-    return path
-
-
-def _load_json(path: Path, stage: str) -> Any:
-    return json.loads(require(path, stage).read_text())
-
-
 def _block_or_none(key: Any) -> str | None:
     try:
         return parse_block(str(key))
     except ValueError:
         return None
-
-
-def read_criteria_metrics(path: Path = CRITERIA_METRICS) -> dict[str, dict[str, Any]]:
-    """``{"2.1": {"channels": 128, "passing": 23, "percent": 17.97, ...}}`` from metrics/criteria.json
-    (``{"blocks": {"layer2_1": {...}}}``; a file without the ``blocks`` level is read the same)."""
-    data = _load_json(path, "criteria")
-    blocks = data.get("blocks", data) if isinstance(data, Mapping) else {}
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in blocks.items():
-        block = _block_or_none(key)
-        if block is not None and isinstance(value, Mapping):
-            entry = dict(value)
-            if "percent" not in entry and entry.get("channels"):
-                entry["percent"] = 100.0 * entry.get("passing", 0) / entry["channels"]
-            out[block] = entry
-    return out
-
-
-def read_passing(path: Path | None = None) -> dict[str, list[int]]:
-    """``{"2.1": [13, 30, ...]}`` from outputs/criteria/passing.json (keys ``2.1`` or ``layer2_1``)."""
-    data = _load_json(path or artifacts.passing_file(), "criteria")
-    out: dict[str, list[int]] = {}
-    for key, value in data.items():
-        block = _block_or_none(key)
-        if block is not None and isinstance(value, list):
-            out[block] = sorted(int(c) for c in value)
-    return out
 
 
 def _number(value: Any) -> float | None:
@@ -174,15 +133,9 @@ def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]
     return out
 
 
-def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any] | None:
-    path = artifacts.eval_dir(root) / "index.json"
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError:
-        return None
-    return data if isinstance(data, Mapping) else {"files": data}
+def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any]:
+    """index.json of the evaluation cache under ``root`` (:func:`rsi.artifacts.eval.read_eval`)."""
+    return read_eval(artifacts.eval_dir(root)).index
 
 
 NOT_IN_PAPER = "not in the paper"
@@ -500,15 +453,9 @@ def _eq1_section(
 
 def _stability_section(path: Path) -> list[str]:
     """The criteria stage's seed-to-seed stability of the passing sets, when it ran several FZ seeds."""
-    data = json.loads(path.read_text())
-    stability = data.get("stability") if isinstance(data, Mapping) else None
-    if not isinstance(stability, Mapping) or not stability:
+    blocks = read_criteria_metrics(path).stability
+    if not blocks:
         return []
-    blocks = {
-        b: v
-        for b, v in ((_block_or_none(k), v) for k, v in stability.items())
-        if b and isinstance(v, Mapping)
-    }
     keys: list[str] = []
     for entry in blocks.values():
         keys += [k for k in entry if k not in keys]
@@ -526,10 +473,7 @@ def _stability_section(path: Path) -> list[str]:
 def _natural_criteria_section(path: Path, root: Path) -> list[str]:
     """``criteria.natural_images`` (ours, not the paper's): natural-image counts beside the FZ-based ones,
     with their overlap per block; nothing when the natural-criteria stage was off."""
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    blocks = {
-        b: v for b, v in ((_block_or_none(k), v) for k, v in data.items()) if b and isinstance(v, Mapping)
-    }
+    blocks = read_natural_criteria_metrics(path).blocks
     if not blocks:
         return []
     header = ["block", "FZ passing", "natural passing", "natural Eq. 1", "natural Eq. 2"]
@@ -957,25 +901,6 @@ def _figures_section(root: Path) -> list[str]:
     return [*lines, ""]
 
 
-def _eval_counts(index: Mapping[str, Any] | None, root: Path) -> tuple[int | None, int | None]:
-    """Evaluation images and classes present: from the cache's index, else from its labels."""
-    n_images = n_classes = None
-    if index is not None:
-        files = index.get("files")
-        n_images = len(files) if isinstance(files, list) else _number(index.get("count"))
-        classes = index.get("class_ids", index.get("classes", index.get("labels")))
-        if isinstance(classes, list) and classes:
-            n_classes = len(set(map(str, classes)))
-    labels_path = artifacts.eval_dir(root) / "labels.npy"
-    if labels_path.is_file() and (n_images is None or n_classes is None):
-        import numpy as np
-
-        labels_array = np.load(labels_path, mmap_mode="r")
-        n_images = n_images if n_images is not None else len(labels_array)
-        n_classes = n_classes if n_classes is not None else len(np.unique(labels_array))
-    return (int(n_images) if n_images is not None else None), n_classes
-
-
 def _not_comparable(labels: RunLabels, weights_label: str, n_images: int | None) -> str | None:
     """Why the published sets' accuracies cannot equal the authors' recorded ones, or None."""
     reasons = [
@@ -1000,11 +925,11 @@ def _reference_run(
     """The criteria counts and passing lists of stage pre-reading (the authors' reading of Pre), or None
     where it did not run (it writes {} when criteria.compare_pre_readings is off)."""
     reference_path = Path(params.reference_criteria)
-    reference = read_criteria_metrics(reference_path) if reference_path.is_file() else None
+    reference = read_criteria_metrics(reference_path, "pre-reading").blocks
     if not reference:
         return None, None
     passing_path = artifacts.passing_file(artifacts.reference_root(root))
-    return reference, read_passing(passing_path) if passing_path.is_file() else None
+    return reference, read_passing(passing_path, "pre-reading").blocks
 
 
 def build_report(
@@ -1014,12 +939,12 @@ def build_report(
     metrics: Path = artifacts.METRICS,
 ) -> str:
     """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
-    criteria = read_criteria_metrics(metrics / "criteria.json")
-    passing = read_passing(artifacts.passing_file(root))
+    criteria = read_criteria_metrics(metrics / "criteria.json").blocks
+    passing = read_passing(artifacts.passing_file(root)).blocks
     ablation = read_ablation(metrics / "ablation.json")
     reference, reference_passing = _reference_run(params, root)
     index = read_eval_index(root)
-    n_images, n_classes = _eval_counts(index, root)
+    n_images, n_classes = len(index["files"]), len(index["classes"])
     labels = run_labels(raw, index)
     weights_label = describe_weights(labels.weights, labels.arch)
     paper = paper_for(labels.arch)
@@ -1076,10 +1001,7 @@ def run(args: argparse.Namespace) -> None:
 __all__ = [
     "PRINTED_PARAMS",
     "AblationSeries",
-    "MissingInputError",
     "ReportParams",
     "build_report",
     "read_ablation",
-    "read_criteria_metrics",
-    "read_passing",
 ]

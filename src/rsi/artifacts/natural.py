@@ -1,0 +1,64 @@
+"""The natural-image statistics of ``rsi natural``: ``outputs/natural/<layerL_K>.npz`` per block.
+
+Arrays, rows In, Pre, Post (``taps.TAP_KINDS``), of the center neuron of each channel: ``mean`` (3, C)
+float32 over the evaluation set, ``topk`` (3, C, k) int64 evaluation indices of the largest activations,
+largest first, ``topk_values`` (3, C, k) float32; and the labels ``count`` (images), ``weights`` (what
+produced them), ``generated`` (the images are the synthetic offline set) and the TF32 flags in force
+(:data:`NUMERICS_KEYS`). Channel c is column c: the pass covers every channel of a block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from rsi.artifacts import OUTPUTS, natural_file, require_file, require_keys
+from rsi.runtime import save_npz
+
+STAGE = "natural"
+NUMERICS_KEYS: tuple[str, ...] = ("cudnn_allow_tf32", "matmul_allow_tf32")
+KEYS: tuple[str, ...] = ("mean", "topk", "topk_values", "count", "weights", "generated", *NUMERICS_KEYS)
+
+
+@dataclass(frozen=True)
+class NaturalStats:
+    """One block's file: the arrays, the image count, and what produced them."""
+
+    mean: np.ndarray  # (3, C) float32
+    topk: np.ndarray  # (3, C, k) int64
+    topk_values: np.ndarray  # (3, C, k) float32
+    count: int
+    weights: str
+    generated: bool
+    numerics: dict[str, bool]  # NUMERICS_KEYS → flag
+
+
+def write_natural(block: str, stats: NaturalStats, root: Path = OUTPUTS) -> None:
+    require_keys(natural_file(block, root), stats.numerics, NUMERICS_KEYS, STAGE)
+    save_npz(
+        natural_file(block, root),
+        mean=stats.mean,
+        topk=stats.topk,
+        topk_values=stats.topk_values,
+        count=np.int64(stats.count),
+        weights=np.str_(stats.weights),
+        generated=np.bool_(stats.generated),
+        **{key: np.bool_(stats.numerics[key]) for key in NUMERICS_KEYS},
+    )
+
+
+def read_natural(block: str, root: Path = OUTPUTS) -> NaturalStats:
+    path = require_file(natural_file(block, root), STAGE)
+    with np.load(path, allow_pickle=False) as data:
+        require_keys(path, data.files, KEYS, STAGE)
+        return NaturalStats(
+            mean=data["mean"],
+            topk=data["topk"],
+            topk_values=data["topk_values"],
+            count=int(data["count"]),
+            weights=str(data["weights"]),
+            generated=bool(data["generated"]),
+            numerics={key: bool(data[key]) for key in NUMERICS_KEYS},
+        )
