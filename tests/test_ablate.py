@@ -18,12 +18,14 @@ import pytest
 import torch
 from PIL import Image
 from scipy import stats
+from test_figures import fake_natural
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from rsi import ablate, cli, data, natural
 from rsi.ablate import AblateParams, AblationError, Condition, ScreenParams, eq3_ratio, screen
 from rsi.artifacts.ablation import PLOT_FIELDS, SetMetrics, write_ablation
+from rsi.artifacts.natural import write_natural
 from rsi.config import ParamsError, load_section
 from rsi.model import load_resnet18
 from rsi.taps import Tap, forward_from, forward_taps
@@ -562,8 +564,7 @@ def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
     )
     Path("outputs/criteria").mkdir(parents=True)
     Path("outputs/criteria/passing.json").write_text(json.dumps({"2.1": []}))
-    ablate.artifacts.natural_file("2.1").parent.mkdir(parents=True)
-    np.savez(ablate.artifacts.natural_file("2.1"), mean=np.ones((3, 128)))
+    write_natural("2.1", fake_natural(np.random.default_rng(0), 128))
     assert cli.main(["ablate"]) == 0
     assert seen and set(seen) == {(False, False)}
     metrics = json.loads(Path("metrics/ablation.json").read_text())

@@ -37,6 +37,8 @@ from rsi.artifacts.ablation import (
     trials_file,
     write_ablation,
 )
+from rsi.artifacts.natural import read_natural
+from rsi.artifacts.passing import read_passing
 from rsi.config import (
     ParamsError,
     as_dict,
@@ -53,8 +55,6 @@ from rsi.runtime import (
     ModelParams,
     full_float32,
     keyed_generator,
-    load_npz,
-    read_json,
     resolve_device,
 )
 from rsi.taps import (
@@ -515,17 +515,10 @@ def ablation_metrics(results: Sequence[SetResult], settings: Mapping[str, Any]) 
 # ----------------------------------------------------------------------------------------------- stage
 
 
-def read_passing(path: str | Path) -> dict[str, list[int]]:
-    """passing.json ({"2.1": [...]}, keys in any block spelling) as {"2.1": [...]}."""
-    raw = read_json(path)
-    if not isinstance(raw, Mapping):
-        raise ParamsError(f"{path}: expected a mapping of block to channel list")
-    return {parse_block(k): [int(c) for c in v] for k, v in raw.items()}
-
-
-def post_means_of(block: str, root: str | Path) -> np.ndarray:
-    data = load_npz(artifacts.natural_file(block, Path(root)))
-    return data["mean"][TAP_KINDS.index("post")].astype(np.float64)
+def post_means_of(block: str, root: Path) -> np.ndarray:
+    """The mean Post activation per channel of ``block`` over the evaluation set (stage natural): the
+    value a mean ablation writes into a channel."""
+    return read_natural(block, root).mean[TAP_KINDS.index("post")].astype(np.float64)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -562,7 +555,7 @@ def _check_inputs(
             f"{source}: ablate.screening has no entry for {block_key(missing[0])} "
             f"(add {block_key(missing[0])}: {{rule: within, tolerance: 1.0}})"
         )
-    passing = read_passing(artifacts.passing_file(outputs))
+    passing = read_passing(artifacts.passing_file(outputs)).blocks
     unprobed = [block for block in params.blocks if block not in passing]
     if unprobed and "run" in params.channel_sets:
         raise AblationError(
