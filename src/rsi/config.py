@@ -258,3 +258,56 @@ def as_dict(obj: Any) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(obj))
+
+
+# ------------------------------------------------------------------------ keys read by several stages
+# The top-level seed, criteria.blocks and the --block argument are read by stages that do not compute
+# with the section that owns them (activations measures criteria.blocks without testing Eq. 1 or 2), so
+# they are read here, below every stage: a stage's DVC deps stay the modules it computes with.
+
+
+def load_seed(raw: Mapping[str, Any], *, source: str = "params.yaml") -> int:
+    """The top-level ``seed`` (default 0): keys every random draw of the FZ, natural and ablate stages."""
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParamsError(f"{source}: seed = {seed!r} is not allowed: expected an integer >= 0")
+    return seed
+
+
+# criteria.blocks when params.yaml names none: the paper's probed blocks, 1.1 to 4.1
+PROBED_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+
+
+def check_probed_blocks(blocks: tuple[Any, ...]) -> tuple[str, ...]:
+    """The ``check`` of criteria.blocks: at least one block, each known to the params' model.arch."""
+    if not blocks:
+        raise ValueError("list at least one block")
+    return check_blocks(blocks)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProbedBlocks:
+    blocks: tuple[str | float, ...] = dataclasses.field(
+        default=PROBED_BLOCKS,
+        metadata={"check": check_probed_blocks, "help": "blocks probed (paper: 1.1 to 4.1); 2.1 or layer2_1"},
+    )
+
+
+def probed_blocks(raw: Mapping[str, Any], *, source: str = "params.yaml") -> tuple[str, ...]:
+    """criteria.blocks of a params mapping (the blocks whose channels are probed), checked as
+    rsi.criteria.CriteriaParams checks it, without the rest of the criteria section."""
+    section = raw.get("criteria")
+    only = {"blocks": section["blocks"]} if isinstance(section, Mapping) and "blocks" in section else {}
+    return load_section({**raw, "criteria": only}, "criteria", _ProbedBlocks, source=source).blocks
+
+
+def block_argument(value: str) -> str:
+    """The argparse ``type`` of ``--block``: a block name in ``2.1`` form from ``2.1`` or ``layer2_1``."""
+    import argparse
+
+    from rsi.taps import parse_block
+
+    try:
+        return parse_block(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -52,11 +52,22 @@ import torch
 from torch import Tensor, nn
 
 from rsi import distributed
-from rsi.artifacts import OUTPUTS, fz_dir, fz_file, in_fz_source
-from rsi.config import ParamsError, as_dict, check_distinct, load_section, params_arch, read_params
-from rsi.fz_param import from_storage, image_batch, initial_spectrum, to_storage
+from rsi.artifacts import OUTPUTS, fz_dir, fz_file, fz_settings_file, in_fz_source
+from rsi.artifacts.fz import ARRAYS as FZ_ARRAYS
+from rsi.artifacts.fz import FZFile, FZSettings, read_fz, write_fz, write_fz_settings
+from rsi.config import (  # load_seed: also rsi.fz.load_seed for figures.py and ablate.py until merged
+    ParamsError,
+    as_dict,
+    block_argument,
+    check_distinct,
+    load_section,
+    load_seed,
+    params_arch,
+    read_params,
+)
+from rsi.fz_param import image_batch, initial_spectrum, to_storage
 from rsi.fz_transforms import apply_planned, by_shape, draw_table, n_draw_columns, plan_draws, transform_ops
-from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device, save_npz, write_json
+from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device
 from rsi.taps import (
     DEFAULT_ARCH,
     Tap,
@@ -191,14 +202,6 @@ class FZParams:
 def load_fz_params(raw: dict[str, Any], *, source: str = "params.yaml") -> FZParams:
     """Section ``fz`` of a params mapping, validated."""
     return load_section(raw, "fz", FZParams, source=source)
-
-
-def load_seed(raw: dict[str, Any], *, source: str = "params.yaml") -> int:
-    """The top-level ``seed`` (default 0)."""
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParamsError(f"{source}: seed = {seed!r} is not allowed: expected an integer >= 0")
-    return seed
 
 
 # ------------------------------------------------------------------------------- what a tap renders
@@ -548,14 +551,11 @@ def _chunk_done(path: Path, chunk: Sequence[int], settings_hash: str) -> bool:
 
 
 def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) -> None:
-    save_npz(
-        path,
-        images=to_storage(result.images, storage),
-        channels=result.channels.astype(np.int64),
-        objective=result.objective.astype(np.float32),
-        initial_objective=result.initial_objective.astype(np.float32),
-        settings_hash=np.array(settings_hash),
+    """A chunk: an FZ file of its channels (rsi.artifacts.fz) with the settings hash that made it."""
+    stored = FZFile(
+        to_storage(result.images, storage), result.channels, result.objective, result.initial_objective
     )
+    write_fz(path, stored, settings_hash=np.array(settings_hash))
 
 
 def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, poll_s: float = 2.0) -> None:
@@ -572,27 +572,13 @@ def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, p
         time.sleep(poll_s)
 
 
-def assemble(spec: TapSpec, chunks: Sequence[Sequence[int]], resume_root: Path, root: Path) -> Path:
+def assemble(spec: TapSpec, chunks: Sequence[Sequence[int]], resume_root: Path, root: Path) -> FZFile:
     """Concatenate a tap's chunk files into ``outputs/fz/<layerL_K>/<tap>.npz`` (atomically)."""
     directory = resume_dir(spec, resume_root)
-    parts = [load_npz(chunk_path(directory, chunk)) for chunk in chunks]
-    out = fz_file(spec.tap, root)
-    save_npz(
-        out,
-        images=np.concatenate([p["images"] for p in parts]),
-        channels=np.concatenate([p["channels"] for p in parts]).astype(np.int64),
-        objective=np.concatenate([p["objective"] for p in parts]).astype(np.float32),
-        initial_objective=np.concatenate([p["initial_objective"] for p in parts]).astype(np.float32),
-    )
-    return out
-
-
-def load_fz_images(tap: Tap, root: Path = OUTPUTS) -> tuple[Tensor, np.ndarray]:
-    """A saved FZ file as (images float32 (C, 3, H, W) in [0, 1], channels int64 (C,)). 8-bit files
-    come back as value / 255, i.e. what the authors measured after saving and reloading their PNGs."""
-    data = load_npz(fz_file(tap, Path(root)))
-    images = torch.from_numpy(from_storage(data["images"]))
-    return images, data["channels"].astype(np.int64)
+    parts = [read_fz(chunk_path(directory, chunk)) for chunk in chunks]
+    whole = FZFile(*(np.concatenate([getattr(p, key) for p in parts]) for key in FZ_ARRAYS))
+    write_fz(fz_file(spec.tap, root), whole)
+    return whole
 
 
 def lock_path(out_dir: Path, resume_root: Path) -> Path:
@@ -741,45 +727,36 @@ def _assemble_block(
     for spec in specs:
         directory = resume_dir(spec, resume_root)
         _wait_for([(chunk_path(directory, chunk), chunk) for chunk in chunks], spec.hash())
-        written[spec.tap] = assemble(spec, chunks, resume_root, root)
-        data = load_npz(written[spec.tap])
+        data = assemble(spec, chunks, resume_root, root)
+        written[spec.tap] = fz_file(spec.tap, root)
         print(
-            f"rsi fz: {spec.tap}: {len(data['channels'])} channels, center neuron mean "
-            f"{data['initial_objective'].mean():.3f} -> {data['objective'].mean():.3f} "
-            f"(higher in {int((data['objective'] > data['initial_objective']).sum())})",
+            f"rsi fz: {spec.tap}: {len(data.channels)} channels, center neuron mean "
+            f"{data.initial_objective.mean():.3f} -> {data.objective.mean():.3f} "
+            f"(higher in {int((data.objective > data.initial_objective).sum())})",
             flush=True,
         )
-    write_json(
-        fz_dir(block, root) / "settings.json",
-        {
-            "block": block,
-            "weights": weights,
-            "weights_label": describe_weights(weights, specs[0].arch),
-            "seed": seed,
-            "channels": sum(len(chunk) for chunk in chunks),
-            "taps": {spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
-        },
+    settings = FZSettings(
+        block=block,
+        weights=weights,
+        weights_label=describe_weights(weights, specs[0].arch),
+        seed=seed,
+        channels=sum(len(chunk) for chunk in chunks),
+        taps={spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
     )
+    write_fz_settings(fz_settings_file(block, root), settings)
     return written
 
 
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def _block_argument(value: str) -> str:
-    try:
-        return parse_block(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--block", required=True, type=_block_argument, help="block to render: 2.1, layer2_1 …"
+        "--block", required=True, type=block_argument, help="block to render: 2.1, layer2_1 …"
     )
-    parser.add_argument("--out", default=str(OUTPUTS), help="outputs folder (default: outputs)")
+    parser.add_argument("--outputs", default=str(OUTPUTS), help="outputs root (default: outputs)")
     parser.add_argument(
-        "--resume-dir", default=None, help="finished chunks (default: <out>/.resume; safe to delete)"
+        "--resume-dir", default=None, help="finished chunks (default: <outputs>/.resume; safe to delete)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -816,7 +793,7 @@ def run(args: argparse.Namespace) -> None:
             seed=seed,
             weights=model_params.weights,
             device=device,
-            root=Path(args.out),
+            root=Path(args.outputs),
             resume_root=Path(args.resume_dir) if args.resume_dir else None,
             progress=not args.no_progress,
         )
