@@ -14,6 +14,7 @@ import torch
 
 from rsi import artifacts, cli, paper
 from rsi.artifacts import FZ_IMAGES
+from rsi.artifacts.activations import Activations, write_activations
 from rsi.config import ParamsError, load_section
 from rsi.criteria import (
     CriteriaParams,
@@ -28,7 +29,6 @@ from rsi.criteria import (
     passing_channels,
     stability,
 )
-from rsi.runtime import save_npz
 from rsi.taps import TAP_KINDS
 
 # ---------------------------------------------------------------------------------------------- Eq. 1
@@ -339,13 +339,18 @@ def test_criteria_params_errors(section, message):
 
 
 def write_acts(root: Path, block: str, acts: np.ndarray, channels: np.ndarray) -> None:
-    save_npz(
-        artifacts.activations_file(block, root),
+    record = Activations(
         acts=acts,
         channels=channels,
-        weights=np.asarray("RANDOM WEIGHTS (not the paper's model)"),
-        extractor=np.asarray("taps"),
+        fz_images=FZ_IMAGES,
+        taps=TAP_KINDS,
+        weights="RANDOM WEIGHTS (not the paper's model)",
+        extractor="taps",
+        scale_fraction=0.5,
+        shrink_fraction=0.5,
+        numerics={"cudnn_allow_tf32": False, "matmul_allow_tf32": False},
     )
+    write_activations(artifacts.activations_file(block, root), record)
 
 
 def run_cli(monkeypatch, *argv: str) -> int:
@@ -400,7 +405,7 @@ def test_criteria_stage_names_the_missing_activations(tmp_path, monkeypatch, cap
     assert run_cli(monkeypatch, "criteria") == 2
     error = capsys.readouterr().err
     assert "outputs/activations/layer2_1.npz is missing" in error
-    assert "rsi activations --block 2.1" in error
+    assert "`rsi activations` (DVC stage 'activations')" in error
 
 
 def test_paper_reference_values_are_consistent():

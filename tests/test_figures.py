@@ -13,6 +13,7 @@ from PIL import Image
 
 import rsi.fz
 from rsi import artifacts
+from rsi.artifacts.fz import FZSettings, write_fz_settings
 from rsi.cli import main
 from rsi.taps import Tap, block_key
 
@@ -78,9 +79,9 @@ def write_fake_outputs(
                 objective=rng.random(width, dtype=np.float32),
                 initial_objective=rng.random(width, dtype=np.float32),
             )
-        (artifacts.fz_dir(block, outputs) / "settings.json").write_text(
-            json.dumps({"steps": 16, "pre_reading": "exact", "jitter": {"pre": 4}})
-        )
+        taps_settings = {"pre": {"steps": 16, "pre_reading": "exact", "jitter": 4}}
+        settings = FZSettings(block, weights, "weights", 0, width, taps_settings)
+        write_fz_settings(artifacts.fz_settings_file(block, outputs), settings)
         natural = artifacts.natural_file(block, outputs)
         natural.parent.mkdir(parents=True, exist_ok=True)
         np.savez(

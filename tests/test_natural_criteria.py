@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from rsi import artifacts, cli, data, natural, natural_criteria, natural_figures
+from rsi.artifacts.fz import FZFile, write_fz
 from rsi.criteria import CriteriaParams
 from rsi.report import _natural_criteria_section, run_labels
 from rsi.runtime import load_npz
@@ -213,7 +214,7 @@ def test_the_figure_shows_the_channels_passing_both(tmp_path):
         path = artifacts.fz_file(tap, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         images = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
-        np.savez(path, images=images, channels=np.array([0, 2, 5, 7]))
+        write_fz(path, FZFile(images, np.array([0, 2, 5, 7]), np.zeros(4), np.zeros(4)))
     artifacts.natural_file("2.1", root).parent.mkdir(parents=True)
     np.savez(artifacts.natural_file("2.1", root), topk=rng.integers(0, 12, (3, 128, 9)))
     artifacts.eval_dir(root).mkdir(parents=True)

@@ -150,9 +150,9 @@ def test_a_second_fz_seed_reports_stability_without_rerendering_the_main_run(wor
     assert {"stability@1", "criteria"} <= stages
     # stability@0 re-runs (it reads criteria.seeds) but only rewrites its note: the main run is not redone
     assert not stages & {"fz@layer2_0", "fz@layer2_1", "activations"}
-    assert (workspace / "stability/seed0/main_run.txt").is_file()
-    assert not (workspace / "stability/seed0/fz").exists()
-    assert (workspace / "stability/seed1/fz/layer2_1/pre.npz").is_file()
+    assert (workspace / "outputs/stability/seed0/main_run.txt").is_file()
+    assert not (workspace / "outputs/stability/seed0/fz").exists()
+    assert (workspace / "outputs/stability/seed1/fz/layer2_1/pre.npz").is_file()
     stability = json.loads((workspace / "metrics/criteria.json").read_text())["stability"]["layer2_1"]
     assert {"passing_seed0", "passing_seed1", "jaccard_seed0_seed1"} <= set(stability)
 
@@ -167,11 +167,11 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     assert not stages & {"fz@layer2_0", "fz@layer2_1", "activations", "natural", "ablate"}
     reference = json.loads((workspace / "metrics/criteria_lucent_reference.json").read_text())
     assert reference["layer2_1"]["channels"] == 6
-    settings = json.loads((workspace / "reference/fz/layer2_1/settings.json").read_text())
+    settings = json.loads((workspace / "outputs/reference/fz/layer2_1/settings.json").read_text())
     assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
     report = (workspace / "outputs/report.md").read_text()
     assert "the authors' reading: comparable with the paper's counts" in report
-    assert json.loads((workspace / "reference/criteria/passing.json").read_text()).keys() == {"2.1"}
+    assert json.loads((workspace / "outputs/reference/criteria/passing.json").read_text()).keys() == {"2.1"}
 
 
 def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_run):
