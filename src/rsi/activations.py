@@ -255,16 +255,11 @@ def measure(
     numerics = full_float32()
     read = make_reader(params.extractor, model, device)
     label = describe_weights(weights, arch_of(model))
+    fractions = {"scale_fraction": params.scale_fraction, "shrink_fraction": params.shrink_fraction}
     written = {}
     for block in blocks:
         block_fzs = load_block_fzs(block, outputs)
-        acts = block_activations(
-            read,
-            block_fzs,
-            batch_size=params.batch_size,
-            scale_fraction=params.scale_fraction,
-            shrink_fraction=params.shrink_fraction,
-        )
+        acts = block_activations(read, block_fzs, batch_size=params.batch_size, **fractions)
         record = Activations(
             acts=acts,
             channels=block_fzs.channels,
