@@ -201,8 +201,8 @@ def test_two_processes_per_stage_write_the_locked_bytes(workspace, first_run):
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran_stages(run(["dvc", "repro"], workspace)) == set()
     shutil.rmtree(workspace / "outputs" / ".resume")
-    # stability@1 and pre-reading also relaunch, but their activations (rank 0 alone, one thread per worker)
-    # were seen to differ from the one-process bytes once: not claimed here until that is understood
+    # stability@1 and pre-reading relaunch too (off in these params); their activations once differed from
+    # one process's because workers ran one thread each (CPU rounding depends on it): rsi.launch.worker_threads
     sharded = ["fz@layer2_1", "natural", "ablate"]
     log = run(["dvc", "repro", "--force", "--single-item", *sharded], workspace)
     assert ran_stages(log) == set(sharded) and log.count("2 process(es) per node") == len(sharded)
