@@ -1,7 +1,9 @@
 """params.yaml into typed, validated, frozen dataclasses.
 
 Each stage module declares its own section as a dataclass (``FZParams`` in ``rsi.fz`` …); this module only
-validates. Every error names the file, the key path, the value, and what is allowed.
+validates. Every error names the file, the key path, the value, and what is allowed. It also reads the few
+keys that stages read without computing with their section (the top-level ``seed``, ``criteria.blocks``)
+and the ``--block`` argument, so that no stage imports another stage's module for them.
 
 Field metadata understood: ``min``, ``max`` (inclusive bounds), ``check`` (a callable that returns the
 normalised value or raises ValueError with a message), ``help`` (documentation, shown in errors).

@@ -5,32 +5,11 @@ torch-lucent's FFT / decorrelated-colour image parameterisation at 224 px, Adam 
 the objective ``objectives.neuron(module, c)`` (the center neuron (H//2, W//2) of channel c), their
 transform chain with a per-block jitter, and 8-bit storage (value·255 truncated, as their PNGs).
 
-How it is fast and reproducible:
-
-* Many channels per forward/backward: image i of a batch is channel c_i's FZ and the loss is minus the
-  sum over i of c_i's center neuron in image i. The network is in eval mode (BatchNorm uses its running
-  statistics, so images do not interact) and Adam is elementwise, so every image is optimised as if it
-  were alone, up to float rounding. The forward stops at the target tap (rsi.taps.forward_taps).
-* Every random draw is per image, from generators keyed on (seed, block, tap, channel): the initial
-  spectrum and a table of transform draws per step (rsi.fz_transforms says why lucent's batch-wide draw
-  would not do). No FZ depends on another channel's draws. The draws, the scale groups and the constant
-  tensors are put on the device once per batch (rsi.fz_transforms.plan_draws), so a step makes no random
-  draw, sort or host copy of its own (kornia's warp still copies two 3x3 constants per call).
-* The batch geometry is declared: ``fz.batch_channels`` consecutive channels per batch. It is a DVC param
-  because convolutions round differently for other batch sizes (measured on the CPU: most activations or
-  their gradients differ in the last bit between batches of 1, 3 and 16), and 2,560 steps amplify that
-  into visibly different FZs. Out of memory is an error naming the key, never a silent change of batch. Chunks hold
-  ``fz.chunk_batches`` whole batches and ranks take whole chunks, so neither the chunk size nor the number
-  of processes changes a byte (tests/test_fz.py).
-* Resumable: channels are rendered in chunks, each written atomically to
-  ``outputs/.resume/fz/<layerL_K>/<tap>/<settings hash>/chunk_<first>.npz`` (outside the DVC output,
-  which DVC deletes before a run); a rerun skips finished chunks whose settings hash (batch geometry
-  included) matches. The chunks are then assembled atomically into ``outputs/fz/<layerL_K>/<tap>.npz``
-  (see rsi.artifacts). ``outputs/.resume`` can be deleted at any time; it only saves work.
-* One writer per output: a run holds an fcntl lock on ``<resume>/locks/`` for its output folder, and a
-  second run on the same output stops at once, naming the process (pid, host) that holds it.
-* Under torchrun every rank renders its share of the chunks (rsi.distributed.shard) and rank 0 waits
-  for all chunk files, then assembles. Ranks share the output folder (one machine, or a shared disk).
+The module owns the ``fz`` params (FZParams, BlockFZParams), what decides a tap's pixels (TapSpec), the
+batched optimisation (render_channels), the resume chunks under ``outputs/.resume`` and the output lock,
+and render_block, the stage as a function (stages stability and pre-reading call it). Its files are
+rsi.artifacts.fz's. How it is fast and reproducible (batching, keyed draws, declared batch geometry,
+resume, lock, ranks): docs/fz.md.
 """
 
 from __future__ import annotations
