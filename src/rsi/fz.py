@@ -34,7 +34,7 @@ from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, fz_settings_file, in_fz_source
 from rsi.artifacts.fz import ARRAYS as FZ_ARRAYS
 from rsi.artifacts.fz import FZFile, FZSettings, read_fz, write_fz, write_fz_settings
-from rsi.config import (  # load_seed: also rsi.fz.load_seed for figures.py and ablate.py until merged
+from rsi.config import (  # load_seed: also rsi.fz.load_seed, which figures.py calls, until merged
     ParamsError,
     as_dict,
     block_argument,
