@@ -20,8 +20,9 @@ Criteria stability: FZs are stochastic ("results may vary", section 3). With ``c
 than one seed, the first is the main run (``outputs/``, the top-level ``seed``), and the activations of each
 further seed k are read from ``criteria.seed_root`` with ``{seed}`` = k (default
 ``outputs/stability/seed{seed}``, made by the ``stability`` stage, ``rsi stability --seed k``); the main
-run's lists and tables are the ones the later stages use, and the metrics gain a ``stability`` section (passing count per seed and Jaccard
-overlap of the passing sets). With one seed (the default, as the paper) everything lives under ``outputs``.
+run's lists and tables are the ones the later stages use, and the metrics gain a ``stability`` section
+(passing count per seed and Jaccard overlap of the passing sets). With one seed (the default, as the
+paper) everything lives under ``outputs``.
 """
 
 from __future__ import annotations
