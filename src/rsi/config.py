@@ -295,12 +295,19 @@ class _ProbedBlocks:
     )
 
 
+def load_keys(raw: Mapping[str, Any], name: str, cls: type[T], *, source: str = "params.yaml") -> T:
+    """The keys of section ``name`` that ``cls`` declares, as :func:`load_section` loads them; the other
+    keys of the section are left to the section's own dataclass (cli validates the whole file first)."""
+    section = raw.get(name)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    only = {k: v for k, v in section.items() if k in names} if isinstance(section, Mapping) else section
+    return load_section({**raw, name: only}, name, cls, source=source)
+
+
 def probed_blocks(raw: Mapping[str, Any], *, source: str = "params.yaml") -> tuple[str, ...]:
     """criteria.blocks of a params mapping (the blocks whose channels are probed), checked as
     rsi.criteria.CriteriaParams checks it, without the rest of the criteria section."""
-    section = raw.get("criteria")
-    only = {"blocks": section["blocks"]} if isinstance(section, Mapping) and "blocks" in section else {}
-    return load_section({**raw, "criteria": only}, "criteria", _ProbedBlocks, source=source).blocks
+    return load_keys(raw, "criteria", _ProbedBlocks, source=source).blocks
 
 
 def block_argument(value: str) -> str:

@@ -39,18 +39,18 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from rsi import artifacts
-from rsi.artifacts import FZ_IMAGES, OUTPUTS
+from rsi.artifacts import FZ_IMAGES
 from rsi.artifacts.activations import Activations, read_activations
 from rsi.config import (
     PROBED_BLOCKS,
     ParamsError,
     as_dict,
-    check_distinct,
     check_probed_blocks,
     load_section,
     read_params,
 )
 from rsi.runtime import atomic_path, full_float32, write_json
+from rsi.seeds import check_seed_root, check_seeds, seed_roots
 from rsi.taps import TAP_KINDS, block_key
 
 METRICS_FILE = artifacts.METRICS / "criteria.json"
@@ -72,20 +72,6 @@ def parse_fraction(value: Any) -> float:
     return number
 
 
-def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
-    return check_distinct(seeds, "seed", empty="list at least one seed")
-
-
-def _check_seed_root(template: str) -> str:
-    if "{seed}" not in template:
-        raise ValueError("the template must contain '{seed}', e.g. outputs/stability/seed{seed}")
-    try:
-        template.format(seed=0)
-    except (KeyError, IndexError, ValueError) as error:
-        raise ValueError(f"only the placeholder '{{seed}}' may appear ({error!r})") from None
-    return template
-
-
 @dataclass(frozen=True)
 class CriteriaParams:
     """params.yaml ``criteria``."""
@@ -105,7 +91,7 @@ class CriteriaParams:
         default=False, metadata={"help": "also require the authors' unreported mirror test"}
     )
     seeds: tuple[int, ...] = field(
-        default=(0,), metadata={"check": _check_seeds, "help": "FZ seeds compared for stability"}
+        default=(0,), metadata={"check": check_seeds, "help": "FZ seeds compared for stability"}
     )
     compare_pre_readings: bool = field(
         default=False,
@@ -128,7 +114,7 @@ class CriteriaParams:
     )
     seed_root: str = field(
         default=artifacts.SEED_ROOT,
-        metadata={"check": _check_seed_root, "help": "outputs root of each seed when seeds > 1"},
+        metadata={"check": check_seed_root, "help": "outputs root of each seed when seeds > 1"},
     )
 
     def __post_init__(self) -> None:
@@ -140,12 +126,8 @@ class CriteriaParams:
             raise ParamsError(f"criteria.eq2_low = {low:g} must be below criteria.eq2_high = {high:g}")
 
     def roots(self) -> dict[int, Path]:
-        """The outputs root of every seed: ``outputs`` for the first (the main run, whose FZs every
-        later stage uses), ``seed_root`` for each further seed (made by the ``stability`` stage)."""
-        return {
-            seed: OUTPUTS if i == 0 else Path(self.seed_root.format(seed=seed))
-            for i, seed in enumerate(self.seeds)
-        }
+        """The outputs root of every seed (rsi.seeds.seed_roots)."""
+        return seed_roots(self.seeds, self.seed_root)
 
 
 # ------------------------------------------------------------------------------------ the paper's tests

@@ -6,7 +6,8 @@ the main run (``outputs/``, which must be params.yaml's top-level ``seed``); thi
 (:func:`rsi.activations.measure`) under ``criteria.seed_root`` (default ``outputs/stability/seed<K>``,
 :func:`rsi.artifacts.seed_root`); `rsi criteria` then reports per-seed passing counts and Jaccard
 overlaps. For the main seed it only writes a note, so the default one-seed pipeline renders nothing twice.
-The files are those of stages fz and activations (rsi.artifacts.fz, rsi.artifacts.activations).
+The files are those of stages fz and activations (rsi.artifacts.fz, rsi.artifacts.activations); the
+criteria keys it reads are rsi.seeds', so editing the criteria re-renders no seed.
 """
 
 from __future__ import annotations
@@ -17,9 +18,9 @@ from pathlib import Path
 from rsi import activations, distributed, fz
 from rsi.artifacts import OUTPUTS, seed_root
 from rsi.config import ParamsError, load_section, load_seed, read_params
-from rsi.criteria import CriteriaParams
 from rsi.model import load_model
 from rsi.runtime import ModelParams
+from rsi.seeds import load_seed_runs
 from rsi.taps import parse_block
 
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
-    criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
+    criteria = load_seed_runs(raw, source=args.params)
     main_seed = load_seed(raw, source=args.params)
     if criteria.seeds[0] != main_seed:
         raise ParamsError(
