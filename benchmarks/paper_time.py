@@ -40,7 +40,8 @@ import numpy as np
 import torch
 
 from rsi import ablate, activations, data, natural
-from rsi.activations import ActivationsParams, BlockFZs, FZFile, block_fz_taps, make_reader
+from rsi.activations import ActivationsParams, BlockFZs, block_fz_taps, make_reader
+from rsi.artifacts.fz import FZFile
 from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams
 from rsi.fz import TapSpec, load_fz_params, render_channels
@@ -152,9 +153,10 @@ def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
         count = min(args.channels or total, total)
         channels = np.arange(count, dtype=np.int64)
         sources = {}
-        for kind, tap in block_fz_taps(block).items():
+        zeros = np.zeros(count, np.float32)
+        for kind in block_fz_taps(block):
             images = generator.integers(0, 256, (count, 3, size, size), dtype=np.uint8)
-            sources[kind] = (FZFile(tap=tap, path=Path("random"), images=images, channels=channels), channels)
+            sources[kind] = (FZFile(images, channels, zeros, zeros), channels)
         fzs = BlockFZs(block=block, channels=channels, sources=sources)
 
         def work(fzs=fzs) -> None:

@@ -14,28 +14,29 @@ import torch
 
 from rsi import artifacts, cli, paper
 from rsi.artifacts import FZ_IMAGES, ArtifactError
+from rsi.artifacts.activations import Activations, write_activations
 from rsi.artifacts.criteria import (
     read_criteria_metrics,
     read_criteria_table,
     read_seed_passing,
     stability_file,
+    write_criteria_metrics,
 )
 from rsi.artifacts.passing import Passing, read_passing, write_passing
 from rsi.config import ParamsError, load_section
 from rsi.criteria import (
     CriteriaParams,
+    criteria_metrics,
     eq1_authors_code,
     eq1_scale_gain,
     eq2_post_ratio,
     evaluate_block,
     jaccard,
-    metrics,
     mirror_shrink_gain,
     parse_fraction,
     passing_channels,
     stability,
 )
-from rsi.runtime import save_npz
 from rsi.taps import TAP_KINDS
 
 # ---------------------------------------------------------------------------------------------- Eq. 1
@@ -276,10 +277,11 @@ def test_both_readings_of_eq1_are_counted_per_block():
         evaluate_block("2.1", acts, CHANNELS, eq1_reading="text")
 
 
-def test_metrics_have_numbers_only_and_dvc_safe_keys():
+def test_metrics_have_numbers_only_and_dvc_safe_keys(tmp_path):
     acts = make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE)
     results = [evaluate_block("2.1", acts, CHANNELS), evaluate_block("3.1", acts[:, :, :4], CHANNELS[:4])]
-    out = metrics(results)
+    write_criteria_metrics(criteria_metrics(results), tmp_path / "criteria.json")
+    out = json.loads((tmp_path / "criteria.json").read_text())
     assert list(out) == ["layer2_1", "layer3_1", "total"]
     assert out["total"]["channels"] == 10 and out["total"]["passing"] == 3 + 1
     assert out["total"]["percent"] == 40.0
@@ -346,13 +348,18 @@ def test_criteria_params_errors(section, message):
 
 
 def write_acts(root: Path, block: str, acts: np.ndarray, channels: np.ndarray) -> None:
-    save_npz(
-        artifacts.activations_file(block, root),
+    record = Activations(
         acts=acts,
         channels=channels,
-        weights=np.asarray("RANDOM WEIGHTS (not the paper's model)"),
-        extractor=np.asarray("taps"),
+        fz_images=FZ_IMAGES,
+        taps=TAP_KINDS,
+        weights="RANDOM WEIGHTS (not the paper's model)",
+        extractor="taps",
+        scale_fraction=0.5,
+        shrink_fraction=0.5,
+        numerics={"cudnn_allow_tf32": False, "matmul_allow_tf32": False},
     )
+    write_activations(artifacts.activations_file(block, root), record)
 
 
 def run_cli(monkeypatch, *argv: str) -> int:
@@ -450,7 +457,7 @@ def test_criteria_stage_names_the_missing_activations(tmp_path, monkeypatch, cap
     assert run_cli(monkeypatch, "criteria") == 2
     error = capsys.readouterr().err
     assert "outputs/activations/layer2_1.npz is missing" in error
-    assert "rsi activations --block 2.1" in error
+    assert "`rsi activations` (DVC stage 'activations')" in error
 
 
 def test_paper_reference_values_are_consistent():

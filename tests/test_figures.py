@@ -25,6 +25,7 @@ from rsi.artifacts.ablation import (
 )
 from rsi.artifacts.criteria import CriteriaMetrics, write_criteria_metrics
 from rsi.artifacts.eval import INDEX_KEYS, write_eval
+from rsi.artifacts.fz import FZSettings, write_fz_settings
 from rsi.artifacts.natural import NaturalStats, write_natural
 from rsi.artifacts.natural_criteria import NaturalCriteriaMetrics, write_natural_criteria_metrics
 from rsi.artifacts.passing import Passing, write_passing
@@ -121,9 +122,9 @@ def write_fake_outputs(
                 objective=rng.random(width, dtype=np.float32),
                 initial_objective=rng.random(width, dtype=np.float32),
             )
-        (artifacts.fz_dir(block, outputs) / "settings.json").write_text(
-            json.dumps({"steps": 16, "pre_reading": "exact", "jitter": {"pre": 4}})
-        )
+        taps_settings = {"pre": {"steps": 16, "pre_reading": "exact", "jitter": 4}}
+        settings = FZSettings(block, weights, "weights", 0, width, taps_settings)
+        write_fz_settings(artifacts.fz_settings_file(block, outputs), settings)
         write_natural(block, fake_natural(rng, width), outputs)
 
     write_fake_eval(artifacts.eval_dir(outputs), rng, data_source)

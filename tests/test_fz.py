@@ -15,13 +15,13 @@ import yaml
 
 from rsi import fz as fzmod
 from rsi.artifacts import fz_file
+from rsi.artifacts.fz import read_fz
 from rsi.config import ParamsError
 from rsi.fz import (
     DEFAULT_BLOCKS,
     BlockFZParams,
     FZParams,
     TapSpec,
-    load_fz_images,
     load_fz_params,
     render_block,
     render_channels,
@@ -359,7 +359,7 @@ def test_every_stage_that_renders_fzs_declares_the_batch_geometry():
     keys proven byte-identical (fz.chunk_batches, launch/device keys) stay undeclared."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     renderers = {n: s.get("do", s) for n, s in stages.items() if "src/rsi/fz.py" in s.get("do", s)["deps"]}
-    assert set(renderers) == {"fz", "stability", "pre-reading", "figures"}
+    assert set(renderers) == {"fz", "stability", "pre-reading", "whole-channel"}
     for name, stage in renderers.items():
         assert "fz.batch_channels" in stage["params"], name
         assert "fz.chunk_batches" not in stage["params"], name
@@ -421,10 +421,10 @@ def test_uint8_storage_is_value_times_255_truncated(random_model, tmp_path):
     assert full.dtype == np.float32 and stored.dtype == np.uint8
     np.testing.assert_array_equal(stored, np.floor(full * np.float32(255)).astype(np.uint8))
     assert (np.floor(full * 255) != np.round(full * 255)).any()  # truncation, not rounding, matters here
-    images, channels = load_fz_images(tap, tmp_path / "u")
-    assert images.dtype == torch.float32 and images.shape == (2, 3, 32, 32)
-    assert channels.dtype == np.int64 and channels.tolist() == [0, 1]
-    torch.testing.assert_close(images, torch.from_numpy(stored.astype(np.float32) / 255))
+    back = read_fz(fz_file(tap, tmp_path / "u"))  # the stored bytes, as they are
+    assert back.images.dtype == np.uint8 and back.images.shape == (2, 3, 32, 32)
+    assert back.channels.dtype == np.int64 and back.channels.tolist() == [0, 1]
+    np.testing.assert_array_equal(back.images, stored)
 
 
 @pytest.mark.slow

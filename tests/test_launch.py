@@ -52,6 +52,24 @@ def test_params_yaml_launch_section_is_the_default():
     assert load_section(raw, "launch", LaunchParams) == LaunchParams(nproc_per_node="auto")
 
 
+def test_cpu_workers_compute_with_the_threads_of_one_process(tmp_path, monkeypatch):
+    """CPU kernels round by thread count (a 224 px FZ differs after 4 steps between 1 and 2 threads), so
+    each CPU worker gets the threads one process uses, not torchrun's default of 1; an explicit
+    OMP_NUM_THREADS, which one process would use too, is kept."""
+    import torch
+    import torch.distributed.run as torchrun
+
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(cpu_params(nproc_per_node=2)))
+    seen = []
+    monkeypatch.setattr(torchrun, "run", lambda args: seen.append(os.environ["OMP_NUM_THREADS"]))
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert launch.maybe_relaunch("fz", "params.yaml", ["fz", "--block", "2.1"]) == 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert launch.maybe_relaunch("fz", "params.yaml", ["fz", "--block", "2.1"]) == 0
+    assert seen == [str(torch.get_num_threads()), "3"]
+
+
 def test_a_worker_never_relaunches_itself(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")

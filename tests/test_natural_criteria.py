@@ -16,6 +16,7 @@ from test_figures import fake_natural, write_fake_eval
 from rsi import artifacts, cli, data, natural, natural_criteria, natural_figures
 from rsi.artifacts import ArtifactError
 from rsi.artifacts.criteria import TABLE_COLUMNS, CriteriaTable, write_criteria_table
+from rsi.artifacts.fz import FZFile, write_fz
 from rsi.artifacts.natural import read_natural, write_natural
 from rsi.artifacts.natural_criteria import (
     NaturalPassing,
@@ -222,7 +223,7 @@ def test_the_figure_shows_the_channels_passing_both(tmp_path):
         path = artifacts.fz_file(tap, root)
         path.parent.mkdir(parents=True, exist_ok=True)
         images = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
-        np.savez(path, images=images, channels=np.array([0, 2, 5, 7]))
+        write_fz(path, FZFile(images, np.array([0, 2, 5, 7]), np.zeros(4), np.zeros(4)))
     write_natural("2.1", fake_natural(rng, 128), root)
     write_fake_eval(artifacts.eval_dir(root), rng)
     both = NaturalPassing(Passing({"2.1": [2, 5, 9]}), Passing({"2.1": [2, 5], "3.1": []}))

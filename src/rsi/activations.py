@@ -20,6 +20,9 @@ each module's output, so on ``layerL.K.bn2`` it holds the true Pre, before Basic
 ``out += identity`` and ReLU. ``activations.extractor: taps`` uses this package's copying taps instead;
 tests check that the two agree exactly. All three taps come from one forward per batch, and only the
 center neurons are kept.
+
+:func:`measure` is the stage's work as a function (stages stability and pre-reading call it for their own
+FZs); the file it writes is rsi.artifacts.activations', the FZ files it reads rsi.artifacts.fz's.
 """
 
 from __future__ import annotations
@@ -38,12 +41,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from rsi import artifacts
-from rsi.artifacts import FZ_IMAGES, OUTPUTS
-from rsi.config import ParamsError, check_blocks, load_section, read_params
-from rsi.criteria import CriteriaParams
+from rsi.artifacts import FZ_IMAGES, OUTPUTS, require_file
+from rsi.artifacts import fz as fz_files
+from rsi.artifacts.activations import Activations, write_activations
+from rsi.artifacts.fz import FZFile
+from rsi.config import ParamsError, block_argument, check_blocks, load_section, probed_blocks, read_params
 from rsi.model import describe_weights, load_model
-from rsi.runtime import ModelParams, full_float32, resolve_device, save_npz
-from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, arch_of, center, forward_taps, parse_block
+from rsi.runtime import ModelParams, full_float32, resolve_device
+from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, arch_of, center, forward_taps
 from rsi.transforms import normalize, scale_crop, shrink_pad
 
 Extractor = Literal["thingsvision", "taps"]
@@ -90,51 +95,13 @@ class ActivationsParams:
 # ------------------------------------------------------------------------------------------- FZ files
 
 
-@dataclass(frozen=True)
-class FZFile:
-    """One FZ file of the contract: raw ``images`` (C, 3, H, W) uint8 or float, and their ``channels``."""
-
-    tap: Tap
-    path: Path
-    images: np.ndarray
-    channels: np.ndarray
-
-    def floats(self, positions: np.ndarray) -> Tensor:
-        """Images at ``positions`` as float32 in [0, 1] (uint8 read back as value/255)."""
-        raw = torch.from_numpy(np.ascontiguousarray(self.images[positions]))
-        if raw.dtype == torch.uint8:
-            return raw.float().div_(255.0)
-        return raw.float()
-
-
-def require_fz(tap: Tap, root: Path = OUTPUTS, *, role: str = "") -> Path:
-    """The path of an FZ file, or a FileNotFoundError naming the file, its use and the command."""
-    path = artifacts.fz_file(tap, root)
-    if not path.is_file():
-        used = f", used as {role}" if role else ""
-        raise FileNotFoundError(
-            f"{path} is missing (the {tap.kind} FZ of block {tap.block}{used}): make it with the fz stage, "
-            f"`rsi fz` for block {tap.block} (or `dvc repro`)"
-        )
-    return path
-
-
-def read_fz(tap: Tap, root: Path = OUTPUTS, *, role: str = "") -> FZFile:
-    """Read and check ``outputs/fz/<layerL_K>/<tap>.npz``; a missing file names the command that makes it."""
-    path = require_fz(tap, root, role=role)
-    with np.load(path, allow_pickle=False) as data:
-        missing = [key for key in ("images", "channels") if key not in data.files]
-        if missing:
-            raise ValueError(f"{path}: no {missing[0]!r} array (the fz file contract: images, channels)")
-        images, channels = data["images"], data["channels"].astype(np.int64)
-    if images.ndim != 4 or images.shape[1] != 3 or images.shape[0] != channels.shape[0]:
-        raise ValueError(
-            f"{path}: images of shape {images.shape} and {channels.shape[0]} channels; "
-            "expected images (C, 3, H, W) with one image per channel"
-        )
-    if images.dtype != np.uint8 and not np.issubdtype(images.dtype, np.floating):
-        raise ValueError(f"{path}: images are {images.dtype}; expected uint8 or float32 in [0, 1]")
-    return FZFile(tap=tap, path=path, images=images, channels=channels)
+def fz_floats(fz: FZFile, positions: np.ndarray) -> Tensor:
+    """The images of ``fz`` at ``positions`` as float32 in [0, 1] (uint8 read back as value/255, as
+    ToTensor reads the authors' 8-bit PNGs)."""
+    raw = torch.from_numpy(np.ascontiguousarray(fz.images[positions]))
+    if raw.dtype == torch.uint8:
+        return raw.float().div_(255.0)
+    return raw.float()
 
 
 @dataclass(frozen=True)
@@ -151,29 +118,24 @@ def block_fz_taps(block: str) -> dict[str, Tap]:
     return {"in": artifacts.in_fz_source(block), "pre": Tap(block, "pre"), "post": Tap(block, "post")}
 
 
-def _role(kind: str, block: str) -> str:
-    return f"X̂_{kind.capitalize()} of block {block}"
-
-
 def require_block_fzs(block: str, root: Path = OUTPUTS) -> None:
     """Check that every FZ file of ``block`` exists, without loading any."""
-    for kind, tap in block_fz_taps(block).items():
-        require_fz(tap, root, role=_role(kind, block))
+    for tap in block_fz_taps(block).values():
+        require_file(artifacts.fz_file(tap, root), fz_files.STAGE)
 
 
 def load_block_fzs(block: str, root: Path = OUTPUTS) -> BlockFZs:
     """X̂_In (from :func:`rsi.artifacts.in_fz_source`), X̂_Pre and X̂_Post of ``block``."""
-    files = {kind: read_fz(tap, root, role=_role(kind, block)) for kind, tap in block_fz_taps(block).items()}
+    paths = {kind: artifacts.fz_file(tap, root) for kind, tap in block_fz_taps(block).items()}
+    files = {kind: fz_files.read_fz(path) for kind, path in paths.items()}
     in_channels = files["in"].channels
     common = [c for c in in_channels if all(c in f.channels for f in files.values())]
     if not common:
-        raise ValueError(
-            f"block {block}: the FZ files {[str(f.path) for f in files.values()]} share no channel"
-        )
+        raise ValueError(f"block {block}: the FZ files {[str(p) for p in paths.values()]} share no channel")
     if any(len(f.channels) != len(common) for f in files.values()):
         print(
             f"rsi activations: block {block}: using the {len(common)} channels all three FZ files hold "
-            f"({', '.join(f'{f.path}: {len(f.channels)}' for f in files.values())})",
+            f"({', '.join(f'{paths[k]}: {len(f.channels)}' for k, f in files.items())})",
             file=sys.stderr,
         )
     channels = np.asarray(common, dtype=np.int64)
@@ -190,7 +152,7 @@ def fz_inputs(
     """Normalised model inputs for one of :data:`FZ_IMAGES`, for the channels ``fzs.channels[batch]``."""
     source = {"in_fz": "in", "scaled_in_fz": "in", "pre_fz": "pre", "shrunk_pre_fz": "pre", "post_fz": "post"}
     fz, positions = fzs.sources[source[image]]
-    images = normalize(fz.floats(positions[batch]))
+    images = normalize(fz_floats(fz, positions[batch]))
     if image == "scaled_in_fz":
         return scale_crop(images, scale_fraction)
     if image == "shrunk_pre_fz":
@@ -274,11 +236,45 @@ def block_activations(
     return acts
 
 
-def _block_argument(value: str) -> str:
-    try:
-        return parse_block(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from error
+def measure(
+    model: nn.Module,
+    blocks: Sequence[str],
+    params: ActivationsParams,
+    *,
+    weights: str,
+    device: torch.device | str = "cpu",
+    outputs: Path = OUTPUTS,
+) -> dict[str, Path]:
+    """Measure the activations of ``blocks`` from the FZs under ``outputs``/fz into ``outputs``/activations
+    (every FZ file is checked before any work); ``weights`` is model.weights, for the record. Returns the
+    files written. Full float32 on CUDA (PyTorch allows TF32 convolutions by default)."""
+    outputs = Path(outputs)
+    for block in blocks:
+        require_block_fzs(block, outputs)
+    model.to(device)
+    numerics = full_float32()
+    read = make_reader(params.extractor, model, device)
+    label = describe_weights(weights, arch_of(model))
+    fractions = {"scale_fraction": params.scale_fraction, "shrink_fraction": params.shrink_fraction}
+    written = {}
+    for block in blocks:
+        block_fzs = load_block_fzs(block, outputs)
+        acts = block_activations(read, block_fzs, batch_size=params.batch_size, **fractions)
+        record = Activations(
+            acts=acts,
+            channels=block_fzs.channels,
+            fz_images=FZ_IMAGES,
+            taps=TAP_KINDS,
+            weights=label,
+            extractor=params.extractor,
+            scale_fraction=params.scale_fraction,
+            shrink_fraction=params.shrink_fraction,
+            numerics=numerics,
+        )
+        written[block] = artifacts.activations_file(block_fzs.block, outputs)
+        write_activations(written[block], record)
+        print(f"block {block_fzs.block}: {len(block_fzs.channels)} channels → {written[block]} ({label})")
+    return written
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -287,14 +283,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="extend",
         nargs="+",
         metavar="BLOCK",
-        type=_block_argument,
+        type=block_argument,
         help="blocks to measure (2.1 or layer2_1; default: criteria.blocks)",
     )
     parser.add_argument(
-        "--root",
+        "--outputs",
         default=str(OUTPUTS),
-        help="outputs root: FZs from ROOT/fz, activations into ROOT/activations (default: outputs; "
-        "for one FZ seed of criteria.seeds: outputs/seed<k>)",
+        help="outputs root: FZs from OUTPUTS/fz, activations into OUTPUTS/activations (default: outputs)",
     )
 
 
@@ -308,36 +303,13 @@ def run(args: argparse.Namespace) -> None:
         except ValueError as error:
             raise ParamsError(f"--block {' '.join(args.block)}: {error}") from error
     else:
-        blocks = load_section(raw, "criteria", CriteriaParams, source=args.params).blocks
-    root = Path(args.root)
-    for block in blocks:  # every FZ file checked before any work
-        require_block_fzs(block, root)
+        blocks = probed_blocks(raw, source=args.params)
     model = load_model(model_params.weights, model_params.arch)
-    device = resolve_device(model_params.device)
-    model.to(device)
-    numerics = full_float32()  # full float32 on CUDA (PyTorch allows TF32 convolutions by default)
-    read = make_reader(params.extractor, model, device)
-    label = describe_weights(model_params.weights, model_params.arch)
-    for block in blocks:
-        block_fzs = load_block_fzs(block, root)
-        acts = block_activations(
-            read,
-            block_fzs,
-            batch_size=params.batch_size,
-            scale_fraction=params.scale_fraction,
-            shrink_fraction=params.shrink_fraction,
-        )
-        path = artifacts.activations_file(block_fzs.block, root)
-        save_npz(
-            path,
-            acts=acts,
-            channels=block_fzs.channels,
-            fz_images=np.asarray(FZ_IMAGES),
-            taps=np.asarray(TAP_KINDS),
-            weights=np.asarray(label),
-            extractor=np.asarray(params.extractor),
-            scale_fraction=np.asarray(params.scale_fraction),
-            shrink_fraction=np.asarray(params.shrink_fraction),
-            **{key: np.asarray(value) for key, value in numerics.items()},
-        )
-        print(f"block {block_fzs.block}: {len(block_fzs.channels)} channels → {path} ({label})")
+    measure(
+        model,
+        blocks,
+        params,
+        weights=model_params.weights,
+        device=resolve_device(model_params.device),
+        outputs=Path(args.outputs),
+    )

@@ -42,7 +42,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 # top-level key of the params file → "module:attr", the section's dataclass (validated with load_section)
 # or a function (raw, source=) for a scalar key. Every known top-level key is listed here and only here.
 SECTIONS: dict[str, str] = {
-    "seed": "rsi.fz:load_seed",
+    "seed": "rsi.config:load_seed",
     "model": "rsi.runtime:ModelParams",
     "fz": "rsi.fz:FZParams",
     "activations": "rsi.activations:ActivationsParams",

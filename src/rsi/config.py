@@ -1,7 +1,9 @@
 """params.yaml into typed, validated, frozen dataclasses.
 
 Each stage module declares its own section as a dataclass (``FZParams`` in ``rsi.fz`` …); this module only
-validates. Every error names the file, the key path, the value, and what is allowed.
+validates. Every error names the file, the key path, the value, and what is allowed. It also reads the few
+keys that stages read without computing with their section (the top-level ``seed``, ``criteria.blocks``)
+and the ``--block`` argument, so that no stage imports another stage's module for them.
 
 Field metadata understood: ``min``, ``max`` (inclusive bounds), ``check`` (a callable that returns the
 normalised value or raises ValueError with a message), ``help`` (documentation, shown in errors).
@@ -258,3 +260,63 @@ def as_dict(obj: Any) -> dict[str, Any]:
         return value
 
     return plain(dataclasses.asdict(obj))
+
+
+# ------------------------------------------------------------------------ keys read by several stages
+# The top-level seed, criteria.blocks and the --block argument are read by stages that do not compute
+# with the section that owns them (activations measures criteria.blocks without testing Eq. 1 or 2), so
+# they are read here, below every stage: a stage's DVC deps stay the modules it computes with.
+
+
+def load_seed(raw: Mapping[str, Any], *, source: str = "params.yaml") -> int:
+    """The top-level ``seed`` (default 0): keys every random draw of the FZ, natural and ablate stages."""
+    seed = raw.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ParamsError(f"{source}: seed = {seed!r} is not allowed: expected an integer >= 0")
+    return seed
+
+
+# criteria.blocks when params.yaml names none: the paper's probed blocks, 1.1 to 4.1
+PROBED_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+
+
+def check_probed_blocks(blocks: tuple[Any, ...]) -> tuple[str, ...]:
+    """The ``check`` of criteria.blocks: at least one block, each known to the params' model.arch."""
+    if not blocks:
+        raise ValueError("list at least one block")
+    return check_blocks(blocks)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ProbedBlocks:
+    blocks: tuple[str | float, ...] = dataclasses.field(
+        default=PROBED_BLOCKS,
+        metadata={"check": check_probed_blocks, "help": "blocks probed (paper: 1.1 to 4.1); 2.1 or layer2_1"},
+    )
+
+
+def load_keys(raw: Mapping[str, Any], name: str, cls: type[T], *, source: str = "params.yaml") -> T:
+    """The keys of section ``name`` that ``cls`` declares, as :func:`load_section` loads them; the other
+    keys of the section are left to the section's own dataclass (cli validates the whole file first)."""
+    section = raw.get(name)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    only = {k: v for k, v in section.items() if k in names} if isinstance(section, Mapping) else section
+    return load_section({**raw, name: only}, name, cls, source=source)
+
+
+def probed_blocks(raw: Mapping[str, Any], *, source: str = "params.yaml") -> tuple[str, ...]:
+    """criteria.blocks of a params mapping (the blocks whose channels are probed), checked as
+    rsi.criteria.CriteriaParams checks it, without the rest of the criteria section."""
+    return load_keys(raw, "criteria", _ProbedBlocks, source=source).blocks
+
+
+def block_argument(value: str) -> str:
+    """The argparse ``type`` of ``--block``: a block name in ``2.1`` form from ``2.1`` or ``layer2_1``."""
+    import argparse
+
+    from rsi.taps import parse_block
+
+    try:
+        return parse_block(value)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -18,10 +18,11 @@ and ``metrics/criteria.json`` (numbers only, DVC-safe keys, for ``dvc metrics di
 
 Criteria stability: FZs are stochastic ("results may vary", section 3). With ``criteria.seeds`` listing more
 than one seed, the first is the main run (``outputs/``, the top-level ``seed``), and the activations of each
-further seed k are read from ``criteria.seed_root`` with ``{seed}`` = k (default ``stability/seed{seed}``,
-made by the ``stability`` stage, ``rsi stability --seed k``); the main run's lists and tables are the ones
-the later stages use, and the metrics gain a ``stability`` section (passing count per seed and Jaccard
-overlap of the passing sets). With one seed (the default, as the paper) everything lives under ``outputs``.
+further seed k are read from ``criteria.seed_root`` with ``{seed}`` = k (default
+``outputs/stability/seed{seed}``, made by the ``stability`` stage, ``rsi stability --seed k``); the main
+run's lists and tables are the ones the later stages use, and the metrics gain a ``stability`` section
+(passing count per seed and Jaccard overlap of the passing sets). With one seed (the default, as the
+paper) everything lives under ``outputs``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import numpy as np
 
 from rsi import artifacts
 from rsi.artifacts import FZ_IMAGES, OUTPUTS
+from rsi.artifacts.activations import Activations, read_activations
 from rsi.artifacts.criteria import (
     METRICS_FILE,
     CriteriaMetrics,
@@ -52,12 +54,17 @@ from rsi.artifacts.criteria import (
     write_seed_passing,
 )
 from rsi.artifacts.passing import Passing, write_passing
-from rsi.config import ParamsError, as_dict, check_blocks, check_distinct, load_section, read_params
-from rsi.runtime import full_float32, load_npz, write_json
-from rsi.taps import TAP_KINDS, block_key, parse_block
-
-DEFAULT_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
-
+from rsi.config import (
+    PROBED_BLOCKS,
+    ParamsError,
+    as_dict,
+    check_probed_blocks,
+    load_section,
+    read_params,
+)
+from rsi.runtime import full_float32, write_json
+from rsi.seeds import check_seed_root, check_seeds, seed_roots
+from rsi.taps import TAP_KINDS, parse_block
 
 # ----------------------------------------------------------------------------------------------- params
 
@@ -75,33 +82,13 @@ def parse_fraction(value: Any) -> float:
     return number
 
 
-def _check_blocks(blocks: tuple[Any, ...]) -> tuple[str, ...]:
-    if not blocks:
-        raise ValueError("list at least one block")
-    return check_blocks(blocks)
-
-
-def _check_seeds(seeds: tuple[int, ...]) -> tuple[int, ...]:
-    return check_distinct(seeds, "seed", empty="list at least one seed")
-
-
-def _check_seed_root(template: str) -> str:
-    if "{seed}" not in template:
-        raise ValueError("the template must contain '{seed}', e.g. stability/seed{seed}")
-    try:
-        template.format(seed=0)
-    except (KeyError, IndexError, ValueError) as error:
-        raise ValueError(f"only the placeholder '{{seed}}' may appear ({error!r})") from None
-    return template
-
-
 @dataclass(frozen=True)
 class CriteriaParams:
     """params.yaml ``criteria``."""
 
     blocks: tuple[str | float, ...] = field(
-        default=DEFAULT_BLOCKS,
-        metadata={"check": _check_blocks, "help": "blocks probed (paper: 1.1 to 4.1); 2.1 or layer2_1"},
+        default=PROBED_BLOCKS,
+        metadata={"check": check_probed_blocks, "help": "blocks probed (paper: 1.1 to 4.1); 2.1 or layer2_1"},
     )
     eq2_low: float | str = field(
         default=2 / 3, metadata={"check": parse_fraction, "help": "Eq. 2 lower bound (paper: 2/3)"}
@@ -114,7 +101,7 @@ class CriteriaParams:
         default=False, metadata={"help": "also require the authors' unreported mirror test"}
     )
     seeds: tuple[int, ...] = field(
-        default=(0,), metadata={"check": _check_seeds, "help": "FZ seeds compared for stability"}
+        default=(0,), metadata={"check": check_seeds, "help": "FZ seeds compared for stability"}
     )
     compare_pre_readings: bool = field(
         default=False,
@@ -136,25 +123,21 @@ class CriteriaParams:
         },
     )
     seed_root: str = field(
-        default="stability/seed{seed}",
-        metadata={"check": _check_seed_root, "help": "outputs root of each seed when seeds > 1"},
+        default=artifacts.SEED_ROOT,
+        metadata={"check": check_seed_root, "help": "outputs root of each seed when seeds > 1"},
     )
 
     def __post_init__(self) -> None:
         low, high = parse_fraction(self.eq2_low), parse_fraction(self.eq2_high)
         object.__setattr__(self, "eq2_low", low)
         object.__setattr__(self, "eq2_high", high)
-        object.__setattr__(self, "blocks", _check_blocks(tuple(self.blocks)))
+        object.__setattr__(self, "blocks", check_probed_blocks(tuple(self.blocks)))
         if not low < high:
             raise ParamsError(f"criteria.eq2_low = {low:g} must be below criteria.eq2_high = {high:g}")
 
     def roots(self, outputs: Path = OUTPUTS) -> dict[int, Path]:
-        """The outputs root of every seed: ``outputs`` for the first (the main run, whose FZs every
-        later stage uses), ``seed_root`` for each further seed (made by the ``stability`` stage)."""
-        return {
-            seed: Path(outputs) if i == 0 else Path(self.seed_root.format(seed=seed))
-            for i, seed in enumerate(self.seeds)
-        }
+        """The outputs root of every seed (rsi.seeds.seed_roots), the main seed's being ``outputs``."""
+        return {**seed_roots(self.seeds, self.seed_root), self.seeds[0]: Path(outputs)}
 
 
 # ------------------------------------------------------------------------------------ the paper's tests
@@ -427,26 +410,7 @@ def criteria_metrics(
     return CriteriaMetrics(blocks, total, stability)
 
 
-def metrics(results: Sequence[BlockCriteria]) -> dict[str, Any]:
-    """The JSON of :func:`criteria_metrics` without stability, as ``rsi pre-reading`` still writes it
-    (until it writes through :func:`rsi.artifacts.criteria.write_criteria_metrics`)."""
-    record = criteria_metrics(results)
-    return {**{block_key(block): entry for block, entry in record.blocks.items()}, "total": record.total}
-
-
 # ------------------------------------------------------------------------------------------------ I/O
-
-
-def load_activations(block: str, root: Path = OUTPUTS) -> dict[str, np.ndarray]:
-    """The activations file of a block; a missing one names the command that makes it."""
-    path = artifacts.activations_file(block, root)
-    if not path.is_file():
-        where = "" if root == OUTPUTS else f" --root {root}"
-        raise FileNotFoundError(
-            f"{path} is missing (activations of block {block}): make it with "
-            f"`rsi activations{where} --block {block}` or `dvc repro`"
-        )
-    return load_npz(path)
 
 
 def criteria_table(result: BlockCriteria) -> CriteriaTable:
@@ -482,10 +446,6 @@ def passing_counts(results: Sequence[BlockCriteria]) -> list[PassingCount]:
     return [PassingCount(b, s["channels"], s["passing"], s["percent"]) for b, s in summaries]
 
 
-def _label(data: Mapping[str, np.ndarray], key: str) -> str | None:
-    return str(data[key]) if key in data else None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Eq. 1 and Eq. 2 of the paper per channel of each block in criteria.blocks, from "
@@ -498,12 +458,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def evaluate_stored(block: str, data: dict[str, np.ndarray], params: CriteriaParams) -> BlockCriteria:
-    """The criteria of one block's stored activations (``load_activations``) under ``params``."""
+def evaluate_stored(block: str, data: Activations, params: CriteriaParams) -> BlockCriteria:
+    """The criteria of one block's stored activations (``rsi.artifacts.activations``) under ``params``."""
     return evaluate_block(
         block,
-        data["acts"],
-        data["channels"],
+        data.acts,
+        data.channels,
         low=params.eq2_low,
         high=params.eq2_high,
         strict=params.strict,
@@ -524,13 +484,15 @@ def run(args: argparse.Namespace) -> None:
     for seed, root in roots.items():
         results[seed] = []
         for block in params.blocks:
-            data = load_activations(block, root)
+            # the main seed's activations are stage activations', a further seed's stage stability's
+            stage = "activations" if seed == primary else "stability"
+            data = read_activations(artifacts.activations_file(block, root), stage=stage)
             results[seed].append(evaluate_stored(block, data, params))
             provenance.setdefault(f"seed{seed}", {})[block] = {
                 "root": str(root),
-                "weights": _label(data, "weights"),
-                "extractor": _label(data, "extractor"),
-                "scale_fraction": float(data["scale_fraction"]) if "scale_fraction" in data else None,
+                "weights": data.weights,
+                "extractor": data.extractor,
+                "scale_fraction": data.scale_fraction,
             }
     for result in results[primary]:
         write_criteria_table(criteria_table(result), artifacts.criteria_table(result.block, outputs))

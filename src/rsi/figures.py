@@ -72,11 +72,10 @@ class FZStore:
 
     def _load(self, tap: Tap) -> tuple[np.ndarray, dict[int, int]]:
         if tap not in self._files:
-            path = artifacts.require_file(artifacts.fz_file(tap, self.root), "fz")
-            with np.load(path, allow_pickle=False) as data:
-                images = data["images"]
-                channels = data["channels"] if "channels" in data.files else np.arange(len(images))
-            self._files[tap] = (images, {int(c): i for i, c in enumerate(channels)})
+            from rsi.artifacts.fz import read_fz
+
+            fz = read_fz(artifacts.fz_file(tap, self.root))
+            self._files[tap] = (fz.images, {int(c): i for i, c in enumerate(fz.channels)})
         return self._files[tap]
 
     def image(self, tap: Tap, channel: int) -> np.ndarray:

@@ -5,32 +5,11 @@ torch-lucent's FFT / decorrelated-colour image parameterisation at 224 px, Adam 
 the objective ``objectives.neuron(module, c)`` (the center neuron (H//2, W//2) of channel c), their
 transform chain with a per-block jitter, and 8-bit storage (value·255 truncated, as their PNGs).
 
-How it is fast and reproducible:
-
-* Many channels per forward/backward: image i of a batch is channel c_i's FZ and the loss is minus the
-  sum over i of c_i's center neuron in image i. The network is in eval mode (BatchNorm uses its running
-  statistics, so images do not interact) and Adam is elementwise, so every image is optimised as if it
-  were alone, up to float rounding. The forward stops at the target tap (rsi.taps.forward_taps).
-* Every random draw is per image, from generators keyed on (seed, block, tap, channel): the initial
-  spectrum and a table of transform draws per step (rsi.fz_transforms says why lucent's batch-wide draw
-  would not do). No FZ depends on another channel's draws. The draws, the scale groups and the constant
-  tensors are put on the device once per batch (rsi.fz_transforms.plan_draws), so a step makes no random
-  draw, sort or host copy of its own (kornia's warp still copies two 3x3 constants per call).
-* The batch geometry is declared: ``fz.batch_channels`` consecutive channels per batch. It is a DVC param
-  because convolutions round differently for other batch sizes (measured on the CPU: most activations or
-  their gradients differ in the last bit between batches of 1, 3 and 16), and 2,560 steps amplify that
-  into visibly different FZs. Out of memory is an error naming the key, never a silent change of batch. Chunks hold
-  ``fz.chunk_batches`` whole batches and ranks take whole chunks, so neither the chunk size nor the number
-  of processes changes a byte (tests/test_fz.py).
-* Resumable: channels are rendered in chunks, each written atomically to
-  ``outputs/.resume/fz/<layerL_K>/<tap>/<settings hash>/chunk_<first>.npz`` (outside the DVC output,
-  which DVC deletes before a run); a rerun skips finished chunks whose settings hash (batch geometry
-  included) matches. The chunks are then assembled atomically into ``outputs/fz/<layerL_K>/<tap>.npz``
-  (see rsi.artifacts). ``outputs/.resume`` can be deleted at any time; it only saves work.
-* One writer per output: a run holds an fcntl lock on ``<resume>/locks/`` for its output folder, and a
-  second run on the same output stops at once, naming the process (pid, host) that holds it.
-* Under torchrun every rank renders its share of the chunks (rsi.distributed.shard) and rank 0 waits
-  for all chunk files, then assembles. Ranks share the output folder (one machine, or a shared disk).
+The module owns the ``fz`` params (FZParams, BlockFZParams), what decides a tap's pixels (TapSpec), the
+batched optimisation (render_channels), the resume chunks under ``outputs/.resume`` and the output lock,
+and render_block, the stage as a function (stages stability and pre-reading call it). Its files are
+rsi.artifacts.fz's. How it is fast and reproducible (batching, keyed draws, declared batch geometry,
+resume, lock, ranks): docs/fz.md.
 """
 
 from __future__ import annotations
@@ -52,11 +31,22 @@ import torch
 from torch import Tensor, nn
 
 from rsi import distributed
-from rsi.artifacts import OUTPUTS, fz_dir, fz_file, in_fz_source
-from rsi.config import ParamsError, as_dict, check_distinct, load_section, params_arch, read_params
-from rsi.fz_param import from_storage, image_batch, initial_spectrum, to_storage
+from rsi.artifacts import OUTPUTS, fz_dir, fz_file, fz_settings_file, in_fz_source
+from rsi.artifacts.fz import ARRAYS as FZ_ARRAYS
+from rsi.artifacts.fz import FZFile, FZSettings, read_fz, write_fz, write_fz_settings
+from rsi.config import (  # load_seed: also rsi.fz.load_seed, which figures.py calls, until merged
+    ParamsError,
+    as_dict,
+    block_argument,
+    check_distinct,
+    load_section,
+    load_seed,
+    params_arch,
+    read_params,
+)
+from rsi.fz_param import image_batch, initial_spectrum, to_storage
 from rsi.fz_transforms import apply_planned, by_shape, draw_table, n_draw_columns, plan_draws, transform_ops
-from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device, save_npz, write_json
+from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device
 from rsi.taps import (
     DEFAULT_ARCH,
     Tap,
@@ -191,14 +181,6 @@ class FZParams:
 def load_fz_params(raw: dict[str, Any], *, source: str = "params.yaml") -> FZParams:
     """Section ``fz`` of a params mapping, validated."""
     return load_section(raw, "fz", FZParams, source=source)
-
-
-def load_seed(raw: dict[str, Any], *, source: str = "params.yaml") -> int:
-    """The top-level ``seed`` (default 0)."""
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ParamsError(f"{source}: seed = {seed!r} is not allowed: expected an integer >= 0")
-    return seed
 
 
 # ------------------------------------------------------------------------------- what a tap renders
@@ -548,14 +530,11 @@ def _chunk_done(path: Path, chunk: Sequence[int], settings_hash: str) -> bool:
 
 
 def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) -> None:
-    save_npz(
-        path,
-        images=to_storage(result.images, storage),
-        channels=result.channels.astype(np.int64),
-        objective=result.objective.astype(np.float32),
-        initial_objective=result.initial_objective.astype(np.float32),
-        settings_hash=np.array(settings_hash),
+    """A chunk: an FZ file of its channels (rsi.artifacts.fz) with the settings hash that made it."""
+    stored = FZFile(
+        to_storage(result.images, storage), result.channels, result.objective, result.initial_objective
     )
+    write_fz(path, stored, settings_hash=np.array(settings_hash))
 
 
 def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, poll_s: float = 2.0) -> None:
@@ -572,27 +551,13 @@ def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, p
         time.sleep(poll_s)
 
 
-def assemble(spec: TapSpec, chunks: Sequence[Sequence[int]], resume_root: Path, root: Path) -> Path:
+def assemble(spec: TapSpec, chunks: Sequence[Sequence[int]], resume_root: Path, root: Path) -> FZFile:
     """Concatenate a tap's chunk files into ``outputs/fz/<layerL_K>/<tap>.npz`` (atomically)."""
     directory = resume_dir(spec, resume_root)
-    parts = [load_npz(chunk_path(directory, chunk)) for chunk in chunks]
-    out = fz_file(spec.tap, root)
-    save_npz(
-        out,
-        images=np.concatenate([p["images"] for p in parts]),
-        channels=np.concatenate([p["channels"] for p in parts]).astype(np.int64),
-        objective=np.concatenate([p["objective"] for p in parts]).astype(np.float32),
-        initial_objective=np.concatenate([p["initial_objective"] for p in parts]).astype(np.float32),
-    )
-    return out
-
-
-def load_fz_images(tap: Tap, root: Path = OUTPUTS) -> tuple[Tensor, np.ndarray]:
-    """A saved FZ file as (images float32 (C, 3, H, W) in [0, 1], channels int64 (C,)). 8-bit files
-    come back as value / 255, i.e. what the authors measured after saving and reloading their PNGs."""
-    data = load_npz(fz_file(tap, Path(root)))
-    images = torch.from_numpy(from_storage(data["images"]))
-    return images, data["channels"].astype(np.int64)
+    parts = [read_fz(chunk_path(directory, chunk)) for chunk in chunks]
+    whole = FZFile(*(np.concatenate([getattr(p, key) for p in parts]) for key in FZ_ARRAYS))
+    write_fz(fz_file(spec.tap, root), whole)
+    return whole
 
 
 def lock_path(out_dir: Path, resume_root: Path) -> Path:
@@ -741,45 +706,36 @@ def _assemble_block(
     for spec in specs:
         directory = resume_dir(spec, resume_root)
         _wait_for([(chunk_path(directory, chunk), chunk) for chunk in chunks], spec.hash())
-        written[spec.tap] = assemble(spec, chunks, resume_root, root)
-        data = load_npz(written[spec.tap])
+        data = assemble(spec, chunks, resume_root, root)
+        written[spec.tap] = fz_file(spec.tap, root)
         print(
-            f"rsi fz: {spec.tap}: {len(data['channels'])} channels, center neuron mean "
-            f"{data['initial_objective'].mean():.3f} -> {data['objective'].mean():.3f} "
-            f"(higher in {int((data['objective'] > data['initial_objective']).sum())})",
+            f"rsi fz: {spec.tap}: {len(data.channels)} channels, center neuron mean "
+            f"{data.initial_objective.mean():.3f} -> {data.objective.mean():.3f} "
+            f"(higher in {int((data.objective > data.initial_objective).sum())})",
             flush=True,
         )
-    write_json(
-        fz_dir(block, root) / "settings.json",
-        {
-            "block": block,
-            "weights": weights,
-            "weights_label": describe_weights(weights, specs[0].arch),
-            "seed": seed,
-            "channels": sum(len(chunk) for chunk in chunks),
-            "taps": {spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
-        },
+    settings = FZSettings(
+        block=block,
+        weights=weights,
+        weights_label=describe_weights(weights, specs[0].arch),
+        seed=seed,
+        channels=sum(len(chunk) for chunk in chunks),
+        taps={spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
     )
+    write_fz_settings(fz_settings_file(block, root), settings)
     return written
 
 
 # ------------------------------------------------------------------------------------------- CLI
 
 
-def _block_argument(value: str) -> str:
-    try:
-        return parse_block(value)
-    except ValueError as error:
-        raise argparse.ArgumentTypeError(str(error)) from None
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--block", required=True, type=_block_argument, help="block to render: 2.1, layer2_1 …"
+        "--block", required=True, type=block_argument, help="block to render: 2.1, layer2_1 …"
     )
-    parser.add_argument("--out", default=str(OUTPUTS), help="outputs folder (default: outputs)")
+    parser.add_argument("--outputs", default=str(OUTPUTS), help="outputs root (default: outputs)")
     parser.add_argument(
-        "--resume-dir", default=None, help="finished chunks (default: <out>/.resume; safe to delete)"
+        "--resume-dir", default=None, help="finished chunks (default: <outputs>/.resume; safe to delete)"
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
@@ -816,7 +772,7 @@ def run(args: argparse.Namespace) -> None:
             seed=seed,
             weights=model_params.weights,
             device=device,
-            root=Path(args.out),
+            root=Path(args.outputs),
             resume_root=Path(args.resume_dir) if args.resume_dir else None,
             progress=not args.no_progress,
         )

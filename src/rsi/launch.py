@@ -132,8 +132,7 @@ def wanted(command: str, raw: dict[str, Any], source: str) -> tuple[LaunchParams
     if command not in SHARDED_STAGES or inside_launcher():
         return None
     params = load_section(raw, "launch", LaunchParams, source=source)
-    model = raw.get("model") or {}
-    device = str(model.get("device", "auto")) if isinstance(model, dict) else "auto"
+    device = _device(raw)
     nproc = processes_per_node(params, device)
     if nproc > 1 and device != "cpu":
         import torch
@@ -149,12 +148,32 @@ def wanted(command: str, raw: dict[str, Any], source: str) -> tuple[LaunchParams
     return params, nproc
 
 
+def _device(raw: dict[str, Any]) -> str:
+    model = raw.get("model") or {}
+    return str(model.get("device", "auto")) if isinstance(model, dict) else "auto"
+
+
+def worker_threads(device: str) -> str:
+    """OMP_NUM_THREADS for every worker. On a CPU: the threads one process uses (torch's default, or the
+    OMP_NUM_THREADS already set), because CPU kernels pick their blocking, and so their float rounding,
+    by thread count: on a 2-core CPU a 224 px FZ differs after 4 steps and ResNet18 activations differ in
+    the last bit between 1 and 2 threads. torchrun's default of 1 per worker made N processes write other
+    bytes than one (seen in stability's and pre-reading's activations). With CUDA: 1, torchrun's default
+    (the work is on the GPUs)."""
+    import torch
+
+    if device == "cpu" or not torch.cuda.is_available():
+        return str(torch.get_num_threads())
+    return "1"
+
+
 def maybe_relaunch(command: str, params_file: str, argv: Sequence[str]) -> int | None:
     """Run ``rsi <argv>`` under the elastic launcher when params.yaml's ``launch`` asks for more than one
     process: the exit status (0, or 1 after printing the failed worker's error). None: run here."""
     if command not in SHARDED_STAGES or inside_launcher():
         return None
-    plan = wanted(command, read_params(params_file), params_file)
+    raw = read_params(params_file)
+    plan = wanted(command, raw, params_file)
     if plan is None:
         return None
     params, nproc = plan
@@ -163,7 +182,7 @@ def maybe_relaunch(command: str, params_file: str, argv: Sequence[str]) -> int |
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     args = torchrun.get_args_parser().parse_args(torchrun_argv(params, argv, nproc, params_file))
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torchrun's own default for several workers, unannounced
+    os.environ.setdefault("OMP_NUM_THREADS", worker_threads(_device(raw)))  # results never depend on nproc
     print(f"rsi {command}: {nproc} process(es) per node via torch.distributed.run", file=sys.stderr)
     try:
         torchrun.run(args)

@@ -4,8 +4,8 @@ The authors rendered their "Pre" FZs through lucent's reference-keeping hook on 
 block output Post by the time the objective reads it (DESIGN.md). Our default renders the exact Pre. With
 ``criteria.compare_pre_readings: true`` this stage re-renders only the Pre FZs of the probed blocks with
 ``fz.pre_reading: lucent_reference`` (In and Post FZs are the main run's, linked), measures their
-activations and writes ``metrics/criteria_lucent_reference.json`` and the passing lists
-``reference/criteria/passing.json``, which the report shows side by side (the authors' reading: the counts
+activations (:func:`rsi.activations.measure`) and writes ``metrics/criteria_lucent_reference.json`` and the
+passing lists ``outputs/reference/criteria/passing.json`` (:func:`rsi.artifacts.reference_root`), which the report shows side by side (the authors' reading: the counts
 comparable with the paper's). Off, it writes an empty metrics file and lists, and renders nothing.
 """
 
@@ -16,26 +16,45 @@ import dataclasses
 import os
 import shutil
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from rsi import activations, distributed, fz
-from rsi.artifacts import OUTPUTS, fz_file, in_fz_source, passing_file
-from rsi.config import ParamsError, load_section, read_params
-from rsi.criteria import CriteriaParams, evaluate_stored, load_activations, metrics
+from rsi.artifacts import (
+    OUTPUTS,
+    activations_file,
+    fz_file,
+    in_fz_source,
+    passing_file,
+    reference_root,
+    require_file,
+)
+from rsi.artifacts import fz as fz_files
+from rsi.artifacts.activations import read_activations
+from rsi.artifacts.criteria import CriteriaMetrics, write_criteria_metrics
+from rsi.artifacts.passing import Passing, write_passing
+from rsi.config import ParamsError, load_section, load_seed, read_params
+from rsi.criteria import CriteriaParams, criteria_metrics, evaluate_stored
 from rsi.model import load_model
-from rsi.runtime import ModelParams, full_float32, write_json
+from rsi.runtime import ModelParams, full_float32
 from rsi.taps import Tap, block_key
 
-ROOT = Path("reference")
 METRICS = Path("metrics/criteria_lucent_reference.json")
+STAGE = "pre-reading"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--root", default=str(ROOT), help="outputs root of the comparison run")
+    parser.add_argument(
+        "--outputs",
+        default=str(OUTPUTS),
+        help="outputs root: the main run's In and Post FZs from OUTPUTS/fz, this run into "
+        "OUTPUTS/reference, finished chunks in OUTPUTS/.resume (default: outputs)",
+    )
 
 
 def _link(source: Path, target: Path) -> None:
-    if not source.is_file():
-        raise FileNotFoundError(f"{source} is missing: run the fz stage for its block first (dvc repro)")
+    require_file(source, fz_files.STAGE)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
@@ -45,30 +64,23 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def run(args: argparse.Namespace) -> None:
-    raw = read_params(args.params)
-    criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
-    root = Path(args.root)
-    root.mkdir(parents=True, exist_ok=True)
-    if not criteria.compare_pre_readings:
-        (root / "README.txt").write_text("criteria.compare_pre_readings is false: nothing rendered\n")
-        write_json(passing_file(root), {})
-        write_json(METRICS, {})
-        print("criteria.compare_pre_readings is false: no second reading")
-        return
-    params = fz.load_fz_params(raw, source=args.params)
+def _render_pre_fzs(
+    raw: dict[str, Any], source: str, blocks: tuple[str, ...], outputs: Path
+) -> torch.nn.Module:
+    """Render the Pre FZs of ``blocks`` read as lucent did under ``outputs``/reference and link the main
+    run's In and Post FZs beside them (rank 0); the model, for the activations."""
+    params = fz.load_fz_params(raw, source=source)
     if params.pre_reading == "lucent_reference":
         raise ParamsError(
-            f"{args.params}: fz.pre_reading is already lucent_reference; compare_pre_readings adds the "
+            f"{source}: fz.pre_reading is already lucent_reference; compare_pre_readings adds the "
             "lucent_reference counts beside exact ones, so set fz.pre_reading: exact"
         )
-    model_params = load_section(raw, "model", ModelParams, source=args.params)
-    seed = fz.load_seed(raw, source=args.params)
+    model_params = load_section(raw, "model", ModelParams, source=source)
+    seed = load_seed(raw, source=source)
     model = load_model(model_params.weights, model_params.arch)
     device = fz.run_device(model_params.device)
-    numerics = full_float32()  # the renders below keep fz.tf32 (declared); activations run in float32
-    results = []
-    for block in criteria.blocks:
+    root = reference_root(outputs)
+    for block in blocks:
         only_pre = dataclasses.replace(params.block(block), taps=("pre",), tap_jitter={})
         jitter = params.block(block).jitter_of("pre")
         settings = dataclasses.replace(
@@ -84,17 +96,43 @@ def run(args: argparse.Namespace) -> None:
             weights=model_params.weights,
             device=device,
             root=root,
-            resume_root=OUTPUTS / ".resume",  # keyed by every setting, the reading included
+            resume_root=outputs / ".resume",  # keyed by every setting, the reading included
         )
         if distributed.is_main():
             for tap in (in_fz_source(block), Tap(block, "post")):
-                _link(fz_file(tap), fz_file(tap, root))
+                _link(fz_file(tap, outputs), fz_file(tap, root))
+    return model
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
+    outputs = Path(args.outputs)
+    root = reference_root(outputs)
+    root.mkdir(parents=True, exist_ok=True)
+    if not criteria.compare_pre_readings:
+        (root / "README.txt").write_text("criteria.compare_pre_readings is false: nothing rendered\n")
+        write_passing(Passing({}), passing_file(root))
+        write_criteria_metrics(CriteriaMetrics({}, {}), METRICS)  # {}: the report shows no second reading
+        print("criteria.compare_pre_readings is false: no second reading")
+        return
+    numerics = full_float32()  # the renders keep fz.tf32 (declared); activations run in float32
+    model = _render_pre_fzs(raw, args.params, criteria.blocks, outputs)
     if not distributed.is_main():
         return  # rank 0 waited for this rank's chunks, assembled them, and measures the rest alone
-    activations.run(argparse.Namespace(params=args.params, block=None, root=str(root)))
-    for block in criteria.blocks:
-        results.append(evaluate_stored(block, load_activations(block, root), criteria))
-    write_json(passing_file(root), {result.block: result.passing for result in results})
-    write_json(METRICS, {**metrics(results), **{key: int(value) for key, value in numerics.items()}})
+    model_params = load_section(raw, "model", ModelParams, source=args.params)
+    measured = load_section(raw, "activations", activations.ActivationsParams, source=args.params)
+    device = fz.run_device(model_params.device)
+    activations.measure(
+        model, criteria.blocks, measured, weights=model_params.weights, device=device, outputs=root
+    )
+    results = [
+        evaluate_stored(block, read_activations(activations_file(block, root), stage=STAGE), criteria)
+        for block in criteria.blocks
+    ]
+    write_passing(Passing({result.block: result.passing for result in results}), passing_file(root))
+    record = criteria_metrics(results)
+    numbers = {key: int(value) for key, value in numerics.items()}
+    write_criteria_metrics(dataclasses.replace(record, numerics=numbers), METRICS)
     for result in results:
         print(f"block {result.block} (Pre read as lucent did): {len(result.passing)} channels pass")

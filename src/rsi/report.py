@@ -120,17 +120,14 @@ def listed_ablation_sets(path: Path = ABLATION_METRICS) -> list[tuple[str, str]]
 
 
 def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]]:
-    """``{"2.1": settings}`` for every ``outputs/fz/<block>/settings.json`` present."""
-    out = {}
-    found = (_block_or_none(path.parent.name) for path in (root / "fz").glob("layer*/settings.json"))
-    for block in sorted(filter(None, found), key=block_order):
-        path = artifacts.fz_dir(block, root) / "settings.json"
-        if path.is_file():
-            try:
-                out[block] = json.loads(path.read_text())
-            except json.JSONDecodeError:
-                out[block] = {"unreadable": str(path)}
-    return out
+    """``{"2.1": settings}`` for every block stage fz rendered under ``root`` (rsi.artifacts.fz)."""
+    from rsi.artifacts.fz import read_fz_settings as read_settings
+    from rsi.artifacts.fz import rendered_blocks
+
+    return {
+        block: read_settings(artifacts.fz_settings_file(block, root)).as_json()
+        for block in rendered_blocks(root)
+    }
 
 
 def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
 FZs are stochastic (paper §3: "results may vary"). With ``criteria.seeds: [s0, s1, …]`` the first seed is
 the main run (``outputs/``, which must be params.yaml's top-level ``seed``); this stage renders every
-``fz.blocks`` block with seed K and measures its activations under ``criteria.seed_root`` (default
-``stability/seed<K>``); `rsi criteria` then reports per-seed passing counts and Jaccard overlaps. For the
-main seed it only writes a note, so the default one-seed pipeline renders nothing twice.
+``fz.blocks`` block with seed K (:func:`rsi.fz.render_block`) and measures its activations
+(:func:`rsi.activations.measure`) under ``criteria.seed_root`` (default ``outputs/stability/seed<K>``,
+:func:`rsi.artifacts.seed_root`); `rsi criteria` then reports per-seed passing counts and Jaccard
+overlaps. For the main seed it only writes a note, so the default one-seed pipeline renders nothing twice.
+The files are those of stages fz and activations (rsi.artifacts.fz, rsi.artifacts.activations); the
+criteria keys it reads are rsi.seeds', so editing the criteria re-renders no seed.
 """
 
 from __future__ import annotations
@@ -13,22 +16,27 @@ import argparse
 from pathlib import Path
 
 from rsi import activations, distributed, fz
-from rsi.artifacts import OUTPUTS
-from rsi.config import ParamsError, load_section, read_params
-from rsi.criteria import CriteriaParams
+from rsi.artifacts import OUTPUTS, seed_root
+from rsi.config import ParamsError, load_section, load_seed, read_params
 from rsi.model import load_model
 from rsi.runtime import ModelParams
+from rsi.seeds import load_seed_runs
 from rsi.taps import parse_block
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, required=True, help="one of criteria.seeds")
+    parser.add_argument(
+        "--outputs",
+        default=str(OUTPUTS),
+        help="the main run's outputs root; finished chunks in OUTPUTS/.resume (default: outputs)",
+    )
 
 
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
-    criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
-    main_seed = fz.load_seed(raw, source=args.params)
+    criteria = load_seed_runs(raw, source=args.params)
+    main_seed = load_seed(raw, source=args.params)
     if criteria.seeds[0] != main_seed:
         raise ParamsError(
             f"{args.params}: criteria.seeds[0] = {criteria.seeds[0]} must be the main run's seed "
@@ -36,14 +44,13 @@ def run(args: argparse.Namespace) -> None:
         )
     if args.seed not in criteria.seeds:
         raise ParamsError(f"--seed {args.seed} is not in criteria.seeds {list(criteria.seeds)}")
-    root = criteria.roots()[args.seed]
+    outputs, root = Path(args.outputs), seed_root(args.seed, criteria.seed_root)
     if args.seed == main_seed:
-        out = Path(criteria.seed_root.format(seed=args.seed))
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "main_run.txt").write_text(
-            f"seed {args.seed} is the main run: its FZs and activations are under {OUTPUTS}/\n"
+        root.mkdir(parents=True, exist_ok=True)
+        (root / "main_run.txt").write_text(
+            f"seed {args.seed} is the main run: its FZs and activations are under {outputs}/\n"
         )
-        print(f"seed {args.seed}: the main run (outputs/), nothing to render")
+        print(f"seed {args.seed}: the main run ({outputs}/), nothing to render")
         return
     # render_block, not fz.run: fz.run sets up a process group per call, and a second one in the same
     # worker fails; rendering needs none (rank 0 waits for the other ranks' chunk files).
@@ -59,9 +66,12 @@ def run(args: argparse.Namespace) -> None:
             seed=args.seed,
             weights=model_params.weights,
             device=device,
-            root=Path(root),
-            resume_root=OUTPUTS / ".resume",  # keyed by settings incl. the seed: no clash
+            root=root,
+            resume_root=outputs / ".resume",  # keyed by settings incl. the seed: no clash
         )
     if not distributed.is_main():
         return  # rank 0 waited for this rank's chunks and measures the activations alone
-    activations.run(argparse.Namespace(params=args.params, block=None, root=str(root)))
+    measured = load_section(raw, "activations", activations.ActivationsParams, source=args.params)
+    activations.measure(
+        model, criteria.blocks, measured, weights=model_params.weights, device=device, outputs=root
+    )

@@ -6,13 +6,16 @@ Each output's typed record, its one writer and its one reader live in a submodul
 * fz        ``outputs/fz/<layerL_K>/<tap>.npz``: ``images`` (C, 3, H, W) uint8 (value·255 truncated) or
             float32 in [0, 1]; ``channels`` (C,) int64; ``objective`` and ``initial_objective`` (C,)
             float32, the target center-neuron activation at the end and the start of optimisation.
-            ``outputs/fz/<layerL_K>/settings.json``: the exact settings used.
+            ``outputs/fz/<layerL_K>/settings.json``: the exact settings used. Record, writer and reader:
+            rsi.artifacts.fz.
 * eval      ``outputs/eval/images.npy`` (N, 256, 256, 3) uint8, ``labels.npy`` (N,) int64,
             ``resized.npy`` (N, 2) int32 (height, width after ``Resize(256)``), ``index.json`` (files,
             class ids, skipped files).
 * activations ``outputs/activations/<layerL_K>.npz``: ``acts`` (len(FZ_IMAGES), 3, C) float32 with
             acts[i, t, c] = center neuron of tap TAP_KINDS[t], channel c, to image FZ_IMAGES[i] of c;
-            ``channels`` (C,).
+            ``channels`` (C,) and how they were measured (rsi.artifacts.activations).
+* stability ``outputs/stability/seed<K>/``: fz/ and activations/ of FZ seed K, as above.
+* pre-reading ``outputs/reference/``: fz/, activations/ and criteria/passing.json of the lucent reading.
 * criteria  ``outputs/criteria/<layerL_K>.csv`` (one row per channel), ``outputs/criteria/passing.json``
             ({block: [channels]}), ``outputs/criteria/passing_counts.csv`` (the DVC plot: count per
             block), ``metrics/criteria.json`` (counts and percentages).
@@ -80,6 +83,10 @@ def fz_file(tap: Tap, root: Path = OUTPUTS) -> Path:
     return fz_dir(tap.block, root) / f"{tap.kind}.npz"
 
 
+def fz_settings_file(block: str, root: Path = OUTPUTS) -> Path:
+    return fz_dir(block, root) / "settings.json"
+
+
 def in_fz_source(block: str) -> Tap:
     """The FZ that serves as X̂_In of a block: its own In for an L.0 block (a downsample, or maxpool for
     a BasicBlock 1.0), else block L.(K−1)'s Post FZ (the same activation, rendered once). The same in
@@ -108,6 +115,16 @@ def passing_file(root: Path = OUTPUTS) -> Path:
 
 def natural_file(block: str, root: Path = OUTPUTS) -> Path:
     return root / "natural" / f"{block_key(block)}.npz"
+
+
+# criteria.seed_root's default: the outputs root of each further FZ seed (stage stability), the main
+# seed's being OUTPUTS itself
+SEED_ROOT = "outputs/stability/seed{seed}"
+
+
+def seed_root(seed: int, template: str = SEED_ROOT) -> Path:
+    """The outputs root of FZ seed ``seed`` rendered by stage stability (``template``: criteria.seed_root)."""
+    return Path(template.format(seed=seed))
 
 
 def reference_root(root: Path = OUTPUTS) -> Path:

@@ -112,6 +112,10 @@ class CriteriaMetrics:
 
 
 def write_criteria_metrics(metrics: CriteriaMetrics, path: Path = METRICS_FILE) -> None:
+    """The metrics file; a record with nothing in it (stage pre-reading switched off) is written ``{}``."""
+    if metrics == CriteriaMetrics({}, {}):
+        write_json(path, {})
+        return
     out: dict[str, Any] = {block_key(block): entry for block, entry in metrics.blocks.items()}
     out["total"] = metrics.total
     if metrics.stability is not None:
