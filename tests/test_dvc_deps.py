@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rsi.cli import COMMANDS
+from rsi.cli import COMMANDS, WITHOUT_PARAMS, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "rsi"
@@ -180,3 +180,13 @@ def test_package_data_a_module_reads_is_declared_by_its_stages():
             for data_file in sorted(SRC.glob("*.txt")):
                 if f'"{data_file.name}"' in source:
                     assert f"src/rsi/{data_file.name}" in stage["deps"], (name, data_file.name)
+
+
+@pytest.mark.parametrize("command", sorted(set(COMMANDS) - WITHOUT_PARAMS))
+def test_every_stage_takes_the_outputs_root_as_one_flag(command):
+    """`--outputs` is the outputs root of every stage (rsi.cli adds it once), default outputs/; no stage
+    names its root otherwise (the old --root, or --out for a folder; --out is for single files)."""
+    stage = build_parser(command)._subparsers._group_actions[0].choices[command]
+    flags = {flag: action for action in stage._actions for flag in action.option_strings}
+    assert flags["--outputs"].default == "outputs"
+    assert "--root" not in flags and ("--out" not in flags or command == "report")

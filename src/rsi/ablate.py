@@ -45,10 +45,11 @@ from rsi.config import (
     check_blocks,
     check_distinct,
     load_section,
+    load_seed,
     params_arch,
     read_params,
 )
-from rsi.data import EvalSet, load_eval, top_level_seed
+from rsi.data import EvalSet, load_eval
 from rsi.model import describe_weights, is_random, load_model
 from rsi.natural import NaturalParams
 from rsi.runtime import (
@@ -521,12 +522,13 @@ def post_means_of(block: str, root: Path) -> np.ndarray:
     return read_natural(block, root).mean[TAP_KINDS.index("post")].astype(np.float64)
 
 
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = (
+    "outputs root: reads eval/, natural/, criteria/passing.json, writes ablation/ (default outputs)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--outputs",
-        default=str(artifacts.OUTPUTS),
-        help="outputs root: reads eval/, natural/, criteria/passing.json, writes ablation/ (default outputs)",
-    )
     parser.add_argument("--metrics", default=str(ABLATION_METRICS))
     parser.add_argument(
         "--plots", default=str(artifacts.ABLATION_PLOT), help="the Eq. 3 ratio CSV for dvc plots"
@@ -577,7 +579,7 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "ablate", AblateParams, source=args.params)
     model_params = load_section(raw, "model", ModelParams, source=args.params)
-    seed = top_level_seed(raw, args.params)
+    seed = load_seed(raw, source=args.params)
     outputs = Path(args.outputs)
     sets = channel_sets_of(params, _check_inputs(raw, params, args.params, outputs))
     means = {block: post_means_of(block, outputs) for block in params.blocks}

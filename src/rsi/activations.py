@@ -277,6 +277,10 @@ def measure(
     return written
 
 
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = "outputs root: FZs from OUTPUTS/fz, activations into OUTPUTS/activations (default: outputs)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--block",
@@ -285,11 +289,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="BLOCK",
         type=block_argument,
         help="blocks to measure (2.1 or layer2_1; default: criteria.blocks)",
-    )
-    parser.add_argument(
-        "--outputs",
-        default=str(OUTPUTS),
-        help="outputs root: FZs from OUTPUTS/fz, activations into OUTPUTS/activations (default: outputs)",
     )
 
 

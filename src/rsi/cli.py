@@ -15,6 +15,7 @@ import os
 import sys
 
 from rsi import launch
+from rsi.artifacts import OUTPUTS
 from rsi.config import ParamsError, check_sections, load_section, read_params
 from rsi.model import WeightsError
 
@@ -90,7 +91,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "--params", default="params.yaml", help="params file (default: params.yaml)"
         )
         if name == command:
-            importlib.import_module(module_name).add_arguments(stage_parser)
+            module = importlib.import_module(module_name)
+            if name not in WITHOUT_PARAMS:
+                # one flag for the outputs root of every stage (metrics/ and plots/ stay beside it)
+                what = getattr(module, "OUTPUTS_HELP", "outputs root (default: outputs)")
+                stage_parser.add_argument("--outputs", default=str(OUTPUTS), help=what)
+            module.add_arguments(stage_parser)
     return parser
 
 

@@ -446,15 +446,14 @@ def passing_counts(results: Sequence[BlockCriteria]) -> list[PassingCount]:
     return [PassingCount(b, s["channels"], s["passing"], s["percent"]) for b, s in summaries]
 
 
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = "outputs root of the main seed: reads activations, writes criteria (default outputs)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = (
         "Eq. 1 and Eq. 2 of the paper per channel of each block in criteria.blocks, from "
         "<outputs>/activations; writes <outputs>/criteria/ and metrics/criteria.json."
-    )
-    parser.add_argument(
-        "--outputs",
-        default=str(artifacts.OUTPUTS),
-        help="outputs root of the main seed: reads activations, writes criteria (default outputs)",
     )
 
 

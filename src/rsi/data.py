@@ -37,7 +37,7 @@ from tqdm import tqdm
 
 from rsi import artifacts, distributed
 from rsi.artifacts.eval import read_eval, write_eval
-from rsi.config import ParamsError, load_section, read_params
+from rsi.config import ParamsError, load_section, load_seed, read_params
 from rsi.runtime import atomic_path, key_seed, write_json
 
 CACHE_SIZE = 256
@@ -813,19 +813,11 @@ def prepare(
     return index
 
 
-def top_level_seed(raw: dict[str, Any], source: str = "params.yaml") -> int:
-    seed = raw.get("seed", 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ParamsError(f"{source}: seed = {seed!r} is not allowed: expected an integer")
-    return seed
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = "outputs root: writes the cache to <outputs>/eval (default outputs)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--outputs",
-        default=str(artifacts.OUTPUTS),
-        help="outputs root: writes the cache to <outputs>/eval (default outputs)",
-    )
     parser.add_argument("--metrics", default="metrics/data.json", help="image and skipped-file counts")
     parser.add_argument(
         "--download-only",
@@ -846,7 +838,7 @@ def run(args: argparse.Namespace) -> None:
     if not distributed.is_main():
         return
     out_dir = artifacts.eval_dir(Path(args.outputs))
-    index = prepare(params, out_dir, seed=top_level_seed(raw, args.params), metrics=args.metrics)
+    index = prepare(params, out_dir, seed=load_seed(raw, source=args.params), metrics=args.metrics)
     label = " (GENERATED images, not ImageNet)" if index["generated"] else ""
     print(
         f"{out_dir}: {index['count']} images{label}, {index['skipped_count']} skipped, "

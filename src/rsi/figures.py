@@ -448,7 +448,6 @@ def make_figures(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`rsi figures` reads params.yaml (section figures) and the stage outputs under ``--outputs``."""
-    parser.add_argument("--outputs", default=str(artifacts.OUTPUTS), help="outputs root (default: outputs)")
 
 
 def run(args: argparse.Namespace) -> None:

@@ -34,7 +34,7 @@ from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, fz_settings_file, in_fz_source
 from rsi.artifacts.fz import ARRAYS as FZ_ARRAYS
 from rsi.artifacts.fz import FZFile, FZSettings, read_fz, write_fz, write_fz_settings
-from rsi.config import (  # load_seed: also rsi.fz.load_seed, which figures.py calls, until merged
+from rsi.config import (
     ParamsError,
     as_dict,
     block_argument,
@@ -733,7 +733,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--block", required=True, type=block_argument, help="block to render: 2.1, layer2_1 …"
     )
-    parser.add_argument("--outputs", default=str(OUTPUTS), help="outputs root (default: outputs)")
     parser.add_argument(
         "--resume-dir", default=None, help="finished chunks (default: <outputs>/.resume; safe to delete)"
     )

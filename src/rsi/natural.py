@@ -160,12 +160,12 @@ def _gather_topk(values: torch.Tensor, index: torch.Tensor, k: int) -> tuple[tor
     return flat_values.reshape(*shape[:-1], k), flat_index.reshape(*shape[:-1], k)
 
 
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = "outputs root: reads <outputs>/eval, writes <outputs>/natural (default outputs)"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--outputs",
-        default=str(artifacts.OUTPUTS),
-        help="outputs root: reads <outputs>/eval, writes <outputs>/natural (default outputs)",
-    )
+    """Only the flags every stage has: --params and --outputs (rsi.cli)."""
 
 
 def run(args: argparse.Namespace) -> None:

@@ -226,13 +226,15 @@ def fz_verdicts(block: str, root: Path) -> tuple[list[int], list[int]]:
     return table.channels, table.passing
 
 
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = (
+    "outputs root: reads eval, natural and criteria, writes natural_criteria (default outputs); "
+    "the metrics go to metrics/criteria_natural.json"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--outputs",
-        default=str(artifacts.OUTPUTS),
-        help="outputs root: reads eval, natural and criteria, writes natural_criteria (default outputs); "
-        "the metrics go to metrics/criteria_natural.json",
-    )
+    """Only the flags every stage has: --params and --outputs (rsi.cli)."""
 
 
 def run(args: argparse.Namespace) -> None:

@@ -22,7 +22,6 @@ import torch
 
 from rsi import activations, distributed, fz
 from rsi.artifacts import (
-    OUTPUTS,
     activations_file,
     fz_file,
     in_fz_source,
@@ -44,13 +43,15 @@ METRICS = Path("metrics/criteria_lucent_reference.json")
 STAGE = "pre-reading"
 
 
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = (
+    "outputs root: the main run's In and Post FZs from OUTPUTS/fz, this run into "
+    "OUTPUTS/reference, finished chunks in OUTPUTS/.resume (default: outputs)"
+)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--outputs",
-        default=str(OUTPUTS),
-        help="outputs root: the main run's In and Post FZs from OUTPUTS/fz, this run into "
-        "OUTPUTS/reference, finished chunks in OUTPUTS/.resume (default: outputs)",
-    )
+    """Only the flags every stage has: --params and --outputs (rsi.cli)."""
 
 
 def _link(source: Path, target: Path) -> None:
@@ -108,7 +109,7 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
     outputs = Path(args.outputs)
-    root = reference_root(outputs)
+    root = reference_root(outputs)  # the main run's FZs under outputs, this reading's under root
     root.mkdir(parents=True, exist_ok=True)
     if not criteria.compare_pre_readings:
         (root / "README.txt").write_text("criteria.compare_pre_readings is false: nothing rendered\n")

@@ -203,28 +203,31 @@ def _param(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
 
 
 def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
-    lines = []
-    if labels.random_weights:
-        lines.append(
+    """The warnings above everything else: what makes this run unlike the paper's."""
+    warnings = (
+        (
+            labels.random_weights,
             f"> **RANDOM WEIGHTS** — this run used `model.weights: {labels.weights}`, a seeded random "
             f"{labels.network}, not the paper's IMAGENET1K_V1. Every number below exercises the pipeline "
-            "only; none of it says anything about the paper's claims."
-        )
-    if labels.arch != DEFAULT_ARCH:
-        lines.append(
+            "only; none of it says anything about the paper's claims.",
+        ),
+        (
+            labels.arch != DEFAULT_ARCH,
             f"> **{labels.network.upper()}** — `model.arch: {labels.arch}`: the paper studied ResNet18 "
-            "only, so its numbers do not apply; the paper columns say “not in the paper”."
-        )
-    if labels.generated_data:
-        lines.append(
+            "only, so its numbers do not apply; the paper columns say “not in the paper”.",
+        ),
+        (
+            labels.generated_data,
             "> **GENERATED DATA** — the evaluation images were generated, not ImageNet validation: "
-            "accuracies, ablation ratios and top natural images are placeholders."
-        )
-    elif _subset(n_images):
-        lines.append(
-            f"> **SUBSET** — evaluated on {n_images:,} images, not the {EVAL_IMAGES:,} ImageNet validation "
-            "images of the paper."
-        )
+            "accuracies, ablation ratios and top natural images are placeholders.",
+        ),
+        (
+            not labels.generated_data and _subset(n_images),
+            f"> **SUBSET** — evaluated on {n_images or 0:,} images, not the {EVAL_IMAGES:,} ImageNet "
+            "validation images of the paper.",
+        ),
+    )
+    lines = [text for shown, text in warnings if shown]
     if not lines:
         return []
     separated = [part for line in lines for part in (line, ">")]
@@ -980,7 +983,6 @@ def build_report(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--outputs", default=str(artifacts.OUTPUTS), help="outputs root (default: outputs)")
     parser.add_argument("--out", default=None, help="where to write (default: <outputs>/report.md)")
 
 

@@ -16,21 +16,19 @@ import argparse
 from pathlib import Path
 
 from rsi import activations, distributed, fz
-from rsi.artifacts import OUTPUTS, seed_root
+from rsi.artifacts import seed_root
 from rsi.config import ParamsError, load_section, load_seed, read_params
 from rsi.model import load_model
 from rsi.runtime import ModelParams
 from rsi.seeds import load_seed_runs
 from rsi.taps import parse_block
 
+# `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
+OUTPUTS_HELP = "the main run's outputs root; finished chunks in OUTPUTS/.resume (default: outputs)"
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, required=True, help="one of criteria.seeds")
-    parser.add_argument(
-        "--outputs",
-        default=str(OUTPUTS),
-        help="the main run's outputs root; finished chunks in OUTPUTS/.resume (default: outputs)",
-    )
 
 
 def run(args: argparse.Namespace) -> None:

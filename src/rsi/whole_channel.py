@@ -23,8 +23,8 @@ from rsi.artifacts.whole_channel import (
     write_whole_channel,
 )
 from rsi.channel_plan import FiguresParams, column_tap, plan_channels
-from rsi.config import load_section, read_params
-from rsi.fz import FZParams, load_fz_params, load_seed, render_channel_fz
+from rsi.config import load_section, load_seed, read_params
+from rsi.fz import FZParams, load_fz_params, render_channel_fz
 from rsi.runtime import ModelParams, full_float32, write_json
 from rsi.taps import TAP_KINDS
 
@@ -70,7 +70,7 @@ def _clean(out_dir: Path) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--outputs", default=str(artifacts.OUTPUTS), help="outputs root (default: outputs)")
+    """Only the flags every stage has: --params and --outputs (rsi.cli)."""
 
 
 def run(args: argparse.Namespace) -> None:

@@ -1,28 +1,30 @@
-"""The file contract between stages: where every stage output lives, and the error its reader raises.
+"""The file contract between stages: where every stage output lives, its record, its one writer and its
+one reader, and the error every reader raises.
 
-Each output's typed record, its one writer and its one reader live in a submodule of this package
-(``rsi.artifacts.<output>``), so a stage's DVC deps name only the contracts it reads or writes. All paths are relative to the repository root (the DVC working directory) unless ``root`` is given.
+Each output's record, writer and reader live in one submodule (``rsi.artifacts.<output>``), so a stage's DVC
+deps name only the contracts it reads or writes. Readers check every key their writer always writes and fail
+with one line naming the file, the stage that writes it and what is missing (:class:`ArtifactError`); they
+never guess. Paths are relative to the repository root (the DVC working directory) unless a root is given;
+every stage takes that root as ``--outputs``.
 
-* fz        ``outputs/fz/<layerL_K>/<tap>.npz``: ``images`` (C, 3, H, W) uint8 (value·255 truncated) or
-            float32 in [0, 1]; ``channels`` (C,) int64; ``objective`` and ``initial_objective`` (C,)
-            float32, the target center-neuron activation at the end and the start of optimisation.
-            ``outputs/fz/<layerL_K>/settings.json``: the exact settings used. Record, writer and reader:
-            rsi.artifacts.fz.
-* eval      ``outputs/eval/images.npy`` (N, 256, 256, 3) uint8, ``labels.npy`` (N,) int64,
-            ``resized.npy`` (N, 2) int32 (height, width after ``Resize(256)``), ``index.json`` (files,
-            class ids, skipped files).
-* activations ``outputs/activations/<layerL_K>.npz``: ``acts`` (len(FZ_IMAGES), 3, C) float32 with
-            acts[i, t, c] = center neuron of tap TAP_KINDS[t], channel c, to image FZ_IMAGES[i] of c;
-            ``channels`` (C,) and how they were measured (rsi.artifacts.activations).
-* stability ``outputs/stability/seed<K>/``: fz/ and activations/ of FZ seed K, as above.
-* pre-reading ``outputs/reference/``: fz/, activations/ and criteria/passing.json of the lucent reading.
-* criteria  ``outputs/criteria/<layerL_K>.csv`` (one row per channel), ``outputs/criteria/passing.json``
-            ({block: [channels]}), ``outputs/criteria/passing_counts.csv`` (the DVC plot: count per
-            block), ``metrics/criteria.json`` (counts and percentages).
-* natural   ``outputs/natural/<layerL_K>.npz``: ``mean`` (3, C), ``topk`` (3, C, k) eval indices,
-            ``topk_values`` (3, C, k).
-* ablate    ``metrics/ablation.json``, ``plots/ablation_ratio.csv``, ``outputs/ablation/trials.json``.
-* figures   ``outputs/figures/*.png``;  report ``outputs/report.md``.
+| output (under outputs/ unless said) | written by | submodule: record · writer · reader | read by |
+| --- | --- | --- | --- |
+| ``eval/`` images, labels, resized, index.json | prepare-data | eval: EvalCache · write_eval · read_eval (data.load_eval) | natural, natural-criteria, ablate, figures, report |
+| ``fz/<layerL_K>/<tap>.npz``, ``settings.json`` | fz | fz: FZFile, FZSettings · write_fz, write_fz_settings · read_fz, read_fz_settings | activations, pre-reading, figures, report |
+| ``activations/<layerL_K>.npz`` | activations | activations: Activations · write_activations · read_activations | criteria, pre-reading |
+| ``stability/seed<K>/`` (fz/, activations/ of seed K) | stability | as fz and activations | criteria |
+| ``criteria/<layerL_K>.csv`` | criteria | criteria: CriteriaTable · write_criteria_table · read_criteria_table | natural-criteria |
+| ``criteria/passing.json`` | criteria | passing: Passing · write_passing · read_passing | natural-criteria, ablate, whole-channel, figures, report |
+| ``criteria/stability.json``; ``metrics/criteria.json`` | criteria | criteria: SeedPassing, CriteriaMetrics · write_* · read_* | report |
+| ``criteria/passing_counts.csv`` | criteria | criteria: PassingCount · write_passing_counts | DVC plots |
+| ``reference/`` (fz/, activations/, criteria/passing.json); ``metrics/criteria_lucent_reference.json`` | pre-reading | as above | report |
+| ``natural/<layerL_K>.npz`` | natural | natural: NaturalStats · write_natural · read_natural | natural-criteria, ablate, figures |
+| ``natural_criteria/``; ``metrics/criteria_natural.json`` | natural-criteria | natural_criteria: NaturalCriteriaBlock, NaturalPassing, NaturalCriteriaMetrics | figures, report |
+| ``metrics/ablation.json``, ``plots/ablation_ratio.csv``, ``ablation/trials.json`` | ablate | ablation: AblationMetrics · write_ablation · read_ablation_metrics | figures, report |
+| ``whole_channel/<layerL_K>.npz`` | whole-channel | whole_channel: WholeChannelFZs · write_whole_channel · read_whole_channel | figures |
+| ``figures/*.png``; ``report.md`` | figures; report | (final outputs, read by people) | |
+
+The array layouts are in each record's docstring.
 """
 
 from __future__ import annotations

@@ -183,17 +183,19 @@ class AblationSeries:
     (0 = no scale): Eq. 3's mean ratio and its standard error (NaN: undefined), the accuracies, the
     no-scale ratio (Fig. 2's line) and the counts."""
 
+    # the set and its random controls: passing channels of how many, accepted trials of how many draws
+    n_passing: int
+    n_channels: int
+    trials: int
+    attempts: int
+    no_scale_ratio: float
+    # per scale
     scales: tuple[int, ...]
     ratio: tuple[float, ...]
     sem: tuple[float, ...]
     passing_acc: tuple[float, ...]
     random_acc: tuple[float, ...]
     baseline_acc: tuple[float, ...]
-    no_scale_ratio: float
-    n_passing: int
-    n_channels: int
-    trials: int
-    attempts: int
 
 
 def _nan(value: float | None) -> float:

@@ -22,11 +22,8 @@ KEYS = ("images", "channels")
 
 
 def whole_channel_dir(root: Path = OUTPUTS) -> Path:
+    """The folder of stage whole-channel: one file per block, and settings.json."""
     return root / "whole_channel"
-
-
-def whole_channel_file(block: str, root: Path = OUTPUTS) -> Path:
-    return whole_channel_dir(root) / f"{block_key(block)}.npz"
 
 
 @dataclass(frozen=True)
@@ -47,6 +44,10 @@ class WholeChannelFZs:
                 f"remake it with `dvc repro {STAGE}` (or `rsi {STAGE}`)"
             )
         return np.ascontiguousarray(self.images[tap_index, self.channels.index(channel)].transpose(1, 2, 0))
+
+
+def whole_channel_file(block: str, root: Path = OUTPUTS) -> Path:
+    return whole_channel_dir(root) / f"{block_key(block)}.npz"
 
 
 def write_whole_channel(record: WholeChannelFZs, root: Path = OUTPUTS) -> Path:
