@@ -1,7 +1,7 @@
 """``passing.json``: the criteria-passing channels of each block, ``{"2.1": [channels]}``.
 
 Written by ``rsi criteria`` (``outputs/criteria/passing.json``) and, in the same format, by
-``rsi pre-reading`` (``reference/criteria/passing.json``). Keys are blocks as ``rsi.taps.parse_block``
+``rsi pre-reading`` (``outputs/reference/criteria/passing.json``). Keys are blocks as ``rsi.taps.parse_block``
 spells them (``"2.1"``), values the passing channels in channel order. ``rsi natural-criteria``'s own
 ``passing.json`` nests two of these records (:mod:`rsi.artifacts.natural_criteria`).
 """
