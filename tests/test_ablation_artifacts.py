@@ -186,5 +186,8 @@ def test_a_missing_file_names_the_stage(tmp_path):
 def test_a_file_that_is_not_json_names_the_file_and_the_stage(tmp_path):
     path = tmp_path / "ablation.json"
     path.write_text('{"images": 1,')
-    with pytest.raises(ArtifactError, match=r"ablation.json: not JSON \(.*\); remake it with `rsi ablate`$"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"ablation.json: not JSON \(.*\); remake it with `dvc repro --force ablate` \(or `rsi ablate`\)$",
+    ):
         read_ablation_metrics(path)

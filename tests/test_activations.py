@@ -276,3 +276,12 @@ def test_activations_params():
     ]:
         with pytest.raises(ParamsError, match=message):
             load_section({"activations": bad}, "activations", ActivationsParams)
+
+
+@pytest.mark.parametrize("stage", ["fz", "stability", "pre-reading"])
+def test_a_missing_fz_names_the_stage_that_writes_it_under_that_root(tmp_path, stage):
+    """stability and pre-reading measure their own FZs: a missing one names them, not `rsi fz`."""
+    from rsi.activations import require_block_fzs
+
+    with pytest.raises(FileNotFoundError, match=rf"is missing: it is written by `rsi {stage}`"):
+        require_block_fzs("2.1", tmp_path, stage)

@@ -118,16 +118,17 @@ def block_fz_taps(block: str) -> dict[str, Tap]:
     return {"in": artifacts.in_fz_source(block), "pre": Tap(block, "pre"), "post": Tap(block, "post")}
 
 
-def require_block_fzs(block: str, root: Path = OUTPUTS) -> None:
-    """Check that every FZ file of ``block`` exists, without loading any."""
+def require_block_fzs(block: str, root: Path = OUTPUTS, fz_stage: str = fz_files.STAGE) -> None:
+    """Check that every FZ file of ``block`` exists, without loading any; ``fz_stage`` wrote them (fz, or
+    stability / pre-reading for their own roots) and is named when one is missing."""
     for tap in block_fz_taps(block).values():
-        require_file(artifacts.fz_file(tap, root), fz_files.STAGE)
+        require_file(artifacts.fz_file(tap, root), fz_stage)
 
 
-def load_block_fzs(block: str, root: Path = OUTPUTS) -> BlockFZs:
+def load_block_fzs(block: str, root: Path = OUTPUTS, fz_stage: str = fz_files.STAGE) -> BlockFZs:
     """X̂_In (from :func:`rsi.artifacts.in_fz_source`), X̂_Pre and X̂_Post of ``block``."""
     paths = {kind: artifacts.fz_file(tap, root) for kind, tap in block_fz_taps(block).items()}
-    files = {kind: fz_files.read_fz(path) for kind, path in paths.items()}
+    files = {kind: fz_files.read_fz(path, stage=fz_stage) for kind, path in paths.items()}
     in_channels = files["in"].channels
     common = [c for c in in_channels if all(c in f.channels for f in files.values())]
     if not common:
@@ -244,13 +245,15 @@ def measure(
     weights: str,
     device: torch.device | str = "cpu",
     outputs: Path = OUTPUTS,
+    fz_stage: str = fz_files.STAGE,
 ) -> dict[str, Path]:
     """Measure the activations of ``blocks`` from the FZs under ``outputs``/fz into ``outputs``/activations
-    (every FZ file is checked before any work); ``weights`` is model.weights, for the record. Returns the
-    files written. Full float32 on CUDA (PyTorch allows TF32 convolutions by default)."""
+    (every FZ file is checked before any work; ``fz_stage`` wrote them); ``weights`` is model.weights, for
+    the record. Returns the files written. Full float32 on CUDA (PyTorch allows TF32 convolutions by
+    default)."""
     outputs = Path(outputs)
     for block in blocks:
-        require_block_fzs(block, outputs)
+        require_block_fzs(block, outputs, fz_stage)
     model.to(device)
     numerics = full_float32()
     read = make_reader(params.extractor, model, device)
@@ -258,7 +261,7 @@ def measure(
     fractions = {"scale_fraction": params.scale_fraction, "shrink_fraction": params.shrink_fraction}
     written = {}
     for block in blocks:
-        block_fzs = load_block_fzs(block, outputs)
+        block_fzs = load_block_fzs(block, outputs, fz_stage)
         acts = block_activations(read, block_fzs, batch_size=params.batch_size, **fractions)
         record = Activations(
             acts=acts,

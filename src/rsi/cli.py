@@ -93,7 +93,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         if name == command:
             module = importlib.import_module(module_name)
             if name not in WITHOUT_PARAMS:
-                # one flag for the outputs root of every stage (metrics/ and plots/ stay beside it)
+                # one flag for the outputs root of every stage (metrics/ and plots/ stay in the working dir)
                 what = getattr(module, "OUTPUTS_HELP", "outputs root (default: outputs)")
                 stage_parser.add_argument("--outputs", default=str(OUTPUTS), help=what)
             module.add_arguments(stage_parser)

@@ -124,7 +124,10 @@ class CriteriaParams:
     )
     seed_root: str = field(
         default=artifacts.SEED_ROOT,
-        metadata={"check": check_seed_root, "help": "outputs root of each seed when seeds > 1"},
+        metadata={
+            "check": check_seed_root,
+            "help": "outputs root of each further seed, relative to the working directory",
+        },
     )
 
     def __post_init__(self) -> None:

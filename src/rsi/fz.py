@@ -738,7 +738,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
-        "--seed", type=int, default=None, help="override params.yaml's seed (criteria stability runs)"
+        "--seed",
+        type=int,
+        default=None,
+        help="override params.yaml's seed (e.g. to look at another FZ seed by hand)",
     )
 
 
@@ -756,7 +759,7 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     fz = load_fz_params(raw, source=args.params)
     seed = load_seed(raw, source=args.params)
-    if getattr(args, "seed", None) is not None:
+    if args.seed is not None:
         seed = args.seed
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     fz.block(args.block)  # unknown block: a ParamsError before any work

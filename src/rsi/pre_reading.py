@@ -4,9 +4,10 @@ The authors rendered their "Pre" FZs through lucent's reference-keeping hook on 
 block output Post by the time the objective reads it (DESIGN.md). Our default renders the exact Pre. With
 ``criteria.compare_pre_readings: true`` this stage re-renders only the Pre FZs of the probed blocks with
 ``fz.pre_reading: lucent_reference`` (In and Post FZs are the main run's, linked), measures their
-activations (:func:`rsi.activations.measure`) and writes ``metrics/criteria_lucent_reference.json`` and the
-passing lists ``outputs/reference/criteria/passing.json`` (:func:`rsi.artifacts.reference_root`), which the report shows side by side (the authors' reading: the counts
-comparable with the paper's). Off, it writes an empty metrics file and lists, and renders nothing.
+activations (:func:`rsi.activations.measure`) and writes ``metrics/criteria_lucent_reference.json`` and
+the passing lists ``outputs/reference/criteria/passing.json`` (:func:`rsi.artifacts.reference_root`),
+which the report shows side by side (the authors' reading: the counts comparable with the paper's). Off,
+it writes an empty metrics file and lists, and renders nothing.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from rsi.artifacts import (
 )
 from rsi.artifacts import fz as fz_files
 from rsi.artifacts.activations import read_activations
-from rsi.artifacts.criteria import CriteriaMetrics, write_criteria_metrics
+from rsi.artifacts.criteria import REFERENCE_METRICS, CriteriaMetrics, write_criteria_metrics
 from rsi.artifacts.passing import Passing, write_passing
 from rsi.config import ParamsError, load_section, load_seed, read_params
 from rsi.criteria import CriteriaParams, criteria_metrics, evaluate_stored
@@ -39,7 +40,6 @@ from rsi.model import load_model
 from rsi.runtime import ModelParams, full_float32
 from rsi.taps import Tap, block_key
 
-METRICS = Path("metrics/criteria_lucent_reference.json")
 STAGE = "pre-reading"
 
 
@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> None:
     if not criteria.compare_pre_readings:
         (root / "README.txt").write_text("criteria.compare_pre_readings is false: nothing rendered\n")
         write_passing(Passing({}), passing_file(root))
-        write_criteria_metrics(CriteriaMetrics({}, {}), METRICS)  # {}: the report shows no second reading
+        write_criteria_metrics(CriteriaMetrics({}, {}), REFERENCE_METRICS)  # {}: no second reading
         print("criteria.compare_pre_readings is false: no second reading")
         return
     numerics = full_float32()  # the renders keep fz.tf32 (declared); activations run in float32
@@ -125,7 +125,13 @@ def run(args: argparse.Namespace) -> None:
     measured = load_section(raw, "activations", activations.ActivationsParams, source=args.params)
     device = fz.run_device(model_params.device)
     activations.measure(
-        model, criteria.blocks, measured, weights=model_params.weights, device=device, outputs=root
+        model,
+        criteria.blocks,
+        measured,
+        weights=model_params.weights,
+        device=device,
+        outputs=root,
+        fz_stage=STAGE,  # the Pre FZs are this stage's, the In and Post ones linked by it
     )
     results = [
         evaluate_stored(block, read_activations(activations_file(block, root), stage=STAGE), criteria)
@@ -134,6 +140,6 @@ def run(args: argparse.Namespace) -> None:
     write_passing(Passing({result.block: result.passing for result in results}), passing_file(root))
     record = criteria_metrics(results)
     numbers = {key: int(value) for key, value in numerics.items()}
-    write_criteria_metrics(dataclasses.replace(record, numerics=numbers), METRICS)
+    write_criteria_metrics(dataclasses.replace(record, numerics=numbers), REFERENCE_METRICS)
     for result in results:
         print(f"block {result.block} (Pre read as lucent did): {len(result.passing)} channels pass")

@@ -20,7 +20,7 @@ from typing import Any
 
 from rsi import artifacts
 from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
-from rsi.artifacts.criteria import read_criteria_metrics
+from rsi.artifacts.criteria import REFERENCE_METRICS, read_criteria_metrics
 from rsi.artifacts.eval import read_eval
 from rsi.artifacts.natural_criteria import read_natural_criteria_metrics
 from rsi.artifacts.passing import read_passing
@@ -83,13 +83,6 @@ PARAMS_SECTIONS = ("model", "data", "fz", "activations", "criteria", "natural", 
 class ReportParams:
     """params.yaml ``report``."""
 
-    reference_criteria: str = field(
-        default="metrics/criteria_lucent_reference.json",
-        metadata={
-            "help": "criteria metrics of FZs rendered with the lucent_reference Pre reading; "
-            "shown beside the main counts when the file exists"
-        },
-    )
     decimals: int = field(default=4, metadata={"min": 1, "max": 8, "help": "decimals of ratios"})
 
 
@@ -924,8 +917,7 @@ def _reference_run(
 ) -> tuple[dict[str, dict[str, Any]] | None, dict[str, list[int]] | None]:
     """The criteria counts and passing lists of stage pre-reading (the authors' reading of Pre), or None
     where it did not run (it writes {} when criteria.compare_pre_readings is off)."""
-    reference_path = Path(params.reference_criteria)
-    reference = read_criteria_metrics(reference_path, "pre-reading").blocks
+    reference = read_criteria_metrics(REFERENCE_METRICS, "pre-reading").blocks
     if not reference:
         return None, None
     passing_path = artifacts.passing_file(artifacts.reference_root(root))

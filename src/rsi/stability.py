@@ -24,7 +24,10 @@ from rsi.seeds import load_seed_runs
 from rsi.taps import parse_block
 
 # `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
-OUTPUTS_HELP = "the main run's outputs root; finished chunks in OUTPUTS/.resume (default: outputs)"
+OUTPUTS_HELP = (
+    "the main run's outputs root; finished chunks in OUTPUTS/.resume (default: outputs). This seed's FZs and "
+    "activations go to criteria.seed_root, which is relative to the working directory like metrics/"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -71,5 +74,11 @@ def run(args: argparse.Namespace) -> None:
         return  # rank 0 waited for this rank's chunks and measures the activations alone
     measured = load_section(raw, "activations", activations.ActivationsParams, source=args.params)
     activations.measure(
-        model, criteria.blocks, measured, weights=model_params.weights, device=device, outputs=root
+        model,
+        criteria.blocks,
+        measured,
+        weights=model_params.weights,
+        device=device,
+        outputs=root,
+        fz_stage="stability",
     )

@@ -15,11 +15,12 @@ every stage takes that root as ``--outputs``.
 | ``stability/seed<K>/`` (fz/, activations/ of seed K) | stability | as fz and activations | criteria |
 | ``criteria/<layerL_K>.csv`` | criteria | criteria: CriteriaTable · write_criteria_table · read_criteria_table | natural-criteria |
 | ``criteria/passing.json`` | criteria | passing: Passing · write_passing · read_passing | natural-criteria, ablate, whole-channel, figures, report |
-| ``criteria/stability.json``; ``metrics/criteria.json`` | criteria | criteria: SeedPassing, CriteriaMetrics · write_* · read_* | report |
+| ``metrics/criteria.json`` (counts; stability across seeds) | criteria | criteria: CriteriaMetrics · write_criteria_metrics · read_criteria_metrics | report |
+| ``criteria/stability.json`` (passing lists per seed) | criteria | criteria: SeedPassing · write_seed_passing · read_seed_passing | people (no stage) |
 | ``criteria/passing_counts.csv`` | criteria | criteria: PassingCount · write_passing_counts | DVC plots |
 | ``reference/`` (fz/, activations/, criteria/passing.json); ``metrics/criteria_lucent_reference.json`` | pre-reading | as above | report |
 | ``natural/<layerL_K>.npz`` | natural | natural: NaturalStats · write_natural · read_natural | natural-criteria, ablate, figures |
-| ``natural_criteria/``; ``metrics/criteria_natural.json`` | natural-criteria | natural_criteria: NaturalCriteriaBlock, NaturalPassing, NaturalCriteriaMetrics | figures, report |
+| ``natural_criteria/``; ``metrics/criteria_natural.json`` | natural-criteria | natural_criteria: NaturalCriteriaBlock, NaturalPassing, NaturalCriteriaMetrics | figures (passing), report (metrics) |
 | ``metrics/ablation.json``, ``plots/ablation_ratio.csv``, ``ablation/trials.json`` | ablate | ablation: AblationMetrics · write_ablation · read_ablation_metrics | figures, report |
 | ``whole_channel/<layerL_K>.npz`` | whole-channel | whole_channel: WholeChannelFZs · write_whole_channel · read_whole_channel | figures |
 | ``figures/*.png``; ``report.md`` | figures; report | (final outputs, read by people) | |
@@ -29,8 +30,10 @@ The array layouts are in each record's docstring.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection, Iterable
 from pathlib import Path
+from typing import Any
 
 from rsi.taps import Tap, block_key, parse_block
 
@@ -64,6 +67,35 @@ def require_keys(path: Path, present: Collection[str], keys: Iterable[str], stag
             f"{path}: no {', '.join(repr(key) for key in missing)}, which `rsi {stage}` always writes; "
             f"remake it with `dvc repro --force {stage}` (or `rsi {stage}`)"
         )
+
+
+def load_json(path: Path, stage: str) -> dict[str, Any]:
+    """The JSON mapping ``rsi <stage>`` wrote at ``path``: MissingArtifactError if there is none,
+    ArtifactError (one line: the file, the stage, what is wrong) if it is not JSON or not a mapping."""
+    path = require_file(path, stage)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ArtifactError(
+            f"{path}: not JSON ({error}); remake it with `dvc repro --force {stage}` (or `rsi {stage}`)"
+        ) from None
+    if not isinstance(data, dict):
+        raise ArtifactError(
+            f"{path}: a JSON {type(data).__name__}, but `rsi {stage}` writes a mapping; remake it with "
+            f"`dvc repro --force {stage}` (or `rsi {stage}`)"
+        )
+    return data
+
+
+def block_of_key(path: Path, key: str, stage: str) -> str:
+    """The block ``"2.1"`` of a ``layerL_K`` key in a file ``rsi <stage>`` wrote; ArtifactError else."""
+    try:
+        block = parse_block(key)
+    except ValueError:
+        block = None
+    if block is None or block_key(block) != key:
+        raise ArtifactError(f"{path}: key {key!r} is not a block key as `rsi {stage}` writes it (layerL_K)")
+    return block
 
 
 OUTPUTS = Path("outputs")

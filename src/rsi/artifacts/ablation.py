@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +24,7 @@ from rsi.artifacts import (
     METRICS,
     OUTPUTS,
     ArtifactError,
-    require_file,
+    load_json,
     require_keys,
 )
 from rsi.runtime import atomic_path, write_json
@@ -407,11 +406,8 @@ def _read_block(path: Path, value: Any, where: str) -> BlockMetrics:
 def read_ablation_metrics(path: Path = ABLATION_METRICS) -> AblationMetrics:
     """``metrics/ablation.json`` as written by :func:`write_ablation`; an :class:`ArtifactError` (one line:
     the file, ``rsi ablate``, the missing key by its dotted path) for anything else."""
-    path = require_file(Path(path), STAGE)
-    try:
-        data = _require(path, json.loads(path.read_text()), HEADER)
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{path}: not JSON ({error}); remake it with `rsi {STAGE}`") from None
+    path = Path(path)
+    data = _require(path, load_json(path, STAGE), HEADER)
     blocks = {}
     for key, value in data.items():
         if key in HEADER:

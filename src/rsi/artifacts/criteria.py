@@ -9,16 +9,17 @@ FZ seed ``outputs/criteria/stability.json`` and the DVC plot ``outputs/criteria/
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsi.artifacts import METRICS, OUTPUTS, ArtifactError, require_file, require_keys
+from rsi.artifacts import METRICS, OUTPUTS, ArtifactError, block_of_key, load_json, require_file, require_keys
 from rsi.runtime import atomic_path, write_json
-from rsi.taps import block_key, parse_block
+from rsi.taps import block_key
 
 METRICS_FILE = METRICS / "criteria.json"
+# stage pre-reading's counts (the authors' reading of Pre), in this format; ``{}`` when it is off
+REFERENCE_METRICS = METRICS / "criteria_lucent_reference.json"
 STAGE = "criteria"
 
 # the columns of a criteria table the verdicts need (the writer adds the activations and the verdicts
@@ -43,17 +44,6 @@ def stability_file(root: Path = OUTPUTS) -> Path:
 
 def passing_counts_file(root: Path = OUTPUTS) -> Path:
     return root / "criteria" / "passing_counts.csv"
-
-
-def block_of_key(path: Path, key: str, stage: str) -> str:
-    """The block ``"2.1"`` of a ``layerL_K`` key of a file ``rsi <stage>`` wrote; ArtifactError else."""
-    try:
-        block = parse_block(key)
-    except ValueError:
-        block = None
-    if block is None or block_key(block) != key:
-        raise ArtifactError(f"{path}: key {key!r} is not a block key as `rsi {stage}` writes it (layerL_K)")
-    return block
 
 
 # ------------------------------------------------------------------------------------------ the tables
@@ -127,7 +117,7 @@ def write_criteria_metrics(metrics: CriteriaMetrics, path: Path = METRICS_FILE) 
 def read_criteria_metrics(path: Path = METRICS_FILE, stage: str = STAGE) -> CriteriaMetrics:
     """The metrics ``rsi <stage>`` wrote (``criteria``, or ``pre-reading``, whose ``{}`` means it was off
     and reads as no blocks)."""
-    data = json.loads(require_file(path, stage).read_text())
+    data = load_json(path, stage)
     if data == {} and stage == "pre-reading":
         return CriteriaMetrics({}, {})
     require_keys(path, data, ["total"], stage)
@@ -159,7 +149,7 @@ def write_seed_passing(record: SeedPassing, path: Path) -> None:
 
 
 def read_seed_passing(path: Path) -> SeedPassing:
-    data = json.loads(require_file(path, STAGE).read_text())
+    data = load_json(path, STAGE)
     require_keys(path, data, ["seeds", "passing"], STAGE)
     require_keys(path, data["passing"], [f"seed{seed}" for seed in data["seeds"]], STAGE)
     return SeedPassing(list(data["seeds"]), {seed: data["passing"][f"seed{seed}"] for seed in data["seeds"]})

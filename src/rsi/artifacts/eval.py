@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from rsi.artifacts import ArtifactError, eval_dir, require_file, require_keys
+from rsi.artifacts import ArtifactError, eval_dir, load_json, require_file, require_keys
 from rsi.runtime import atomic_path, write_json
 
 STAGE = "prepare-data"
@@ -72,7 +71,7 @@ def read_eval(directory: Path | None = None) -> EvalCache:
     images = np.load(images_file(directory), mmap_mode="r")
     labels = np.load(directory / "labels.npy")
     resized = np.load(directory / "resized.npy")
-    index = json.loads((directory / "index.json").read_text())
+    index = load_json(directory / "index.json", STAGE)
     require_keys(directory / "index.json", index, INDEX_KEYS, STAGE)
     square = images.ndim == 4 and images.shape[1] == images.shape[2] and images.shape[3] == 3
     if not square or images.shape[1] % 8 or not len(images) == len(labels) == len(resized):

@@ -3,19 +3,19 @@ settings a block was rendered with (``outputs/fz/<layerL_K>/settings.json``, :cl
 its one writer and one reader. Stages stability and pre-reading write the same files under their own roots.
 
 The resume chunks of ``rsi fz`` (``outputs/.resume``) are FZ files too, with one more array
-(``settings_hash``): rsi.fz writes them with :func:`write_fz` and reads them with :func:`read_fz`.
+(``settings_hash``): rsi.fz writes them with :func:`write_fz` and assembles them with :func:`read_fz`;
+whether a chunk can be reused (its channels and settings hash) is rsi.fz's private check.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rsi.artifacts import ArtifactError, require_file, require_keys
+from rsi.artifacts import ArtifactError, load_json, require_file, require_keys
 from rsi.runtime import save_npz, write_json
 from rsi.taps import block_order, parse_block
 
@@ -87,13 +87,7 @@ def write_fz_settings(path: Path, settings: FZSettings) -> None:
 
 def read_fz_settings(path: Path, *, stage: str = STAGE) -> FZSettings:
     """``settings.json`` of a block (``rsi.artifacts.fz_settings_file``)."""
-    require_file(path, stage)
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as error:
-        raise ArtifactError(f"{path}: not JSON ({error}); remake it with `dvc repro --force`") from None
-    if not isinstance(data, dict):
-        raise ArtifactError(f"{path}: a JSON {type(data).__name__}; `rsi {stage}` writes a mapping")
+    data = load_json(path, stage)
     require_keys(path, data, SETTINGS_KEYS, stage)
     return FZSettings(**{key: data[key] for key in SETTINGS_KEYS})
 

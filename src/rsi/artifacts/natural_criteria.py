@@ -8,15 +8,14 @@ off, and then only a README.txt is in the folder: no passing.json, no settings.j
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rsi.artifacts import METRICS, OUTPUTS, require_file, require_keys
-from rsi.artifacts.criteria import COUNT_KEYS, block_of_key
+from rsi.artifacts import METRICS, OUTPUTS, block_of_key, load_json, require_file, require_keys
+from rsi.artifacts.criteria import COUNT_KEYS
 from rsi.artifacts.passing import Passing, passing_of
 from rsi.runtime import save_npz, write_json
 from rsi.taps import block_key
@@ -90,8 +89,8 @@ def write_natural_passing(record: NaturalPassing, root: Path = OUTPUTS) -> None:
 
 
 def read_natural_passing(root: Path = OUTPUTS) -> NaturalPassing:
-    path = require_file(natural_passing_file(root), STAGE)
-    data = json.loads(path.read_text())
+    path = natural_passing_file(root)
+    data = load_json(path, STAGE)
     require_keys(path, data, ["natural", "both"], STAGE)
     lists = {
         name: passing_of({block_of_key(path, k, STAGE): v for k, v in data[name].items()}, path, STAGE, name)
@@ -127,7 +126,7 @@ def write_natural_criteria_metrics(metrics: NaturalCriteriaMetrics, path: Path =
 
 
 def read_natural_criteria_metrics(path: Path = METRICS_FILE) -> NaturalCriteriaMetrics:
-    data = json.loads(require_file(path, STAGE).read_text())
+    data = load_json(path, STAGE)
     blocks = {block_of_key(path, key, STAGE): entry for key, entry in data.items()}
     for entry in blocks.values():
         require_keys(path, entry, OVERLAP_KEYS, STAGE)

@@ -8,11 +8,10 @@ spells them (``"2.1"``), values the passing channels in channel order. ``rsi nat
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from rsi.artifacts import ArtifactError, require_file
+from rsi.artifacts import ArtifactError, load_json
 from rsi.runtime import write_json
 from rsi.taps import parse_block
 
@@ -44,8 +43,7 @@ def passing_of(data: object, path: Path, stage: str, where: str = "") -> Passing
 
 def read_passing(path: Path, stage: str = "criteria") -> Passing:
     """The passing channels ``rsi <stage>`` wrote (``criteria`` or ``pre-reading``) at ``path``."""
-    path = require_file(path, stage)
-    return passing_of(json.loads(path.read_text()), path, stage)
+    return passing_of(load_json(path, stage), path, stage)
 
 
 def _block_or_none(key: str) -> str | None:
