@@ -27,6 +27,7 @@ from rsi.ablate import AblateParams, AblationError, Condition, ScreenParams, eq3
 from rsi.artifacts.ablation import PLOT_FIELDS, SetMetrics, write_ablation
 from rsi.artifacts.natural import write_natural
 from rsi.config import ParamsError, load_section
+from rsi.eval_set import load_eval
 from rsi.model import load_resnet18
 from rsi.taps import Tap, forward_from, forward_taps
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD, ablation_view
@@ -332,7 +333,7 @@ def tiny(tmp_path_factory):
         data.write_generated_folders(directory / "val", data.GeneratedParams(classes=3, per_class=4, size=40))
     )
     data.decode_to_cache(listing, directory / "eval", size=CACHE, progress=False)
-    eval_set = data.load_eval(directory / "eval")
+    eval_set = load_eval(directory / "eval")
     model = load_resnet18("random:0")
     views = ablation_view(torch.from_numpy(np.array(eval_set.images)).permute(0, 3, 1, 2), VIEW, VIEW)
     for module in model.modules():
@@ -347,7 +348,7 @@ def tiny(tmp_path_factory):
         predictions = model(views).argmax(1).numpy()
     labels = np.where(np.arange(12) % 3 == 0, 999, predictions)  # 8 of 12 right when unablated
     np.save(directory / "eval" / "labels.npy", labels.astype(np.int64))
-    return directory, model, data.load_eval(directory / "eval")
+    return directory, model, load_eval(directory / "eval")
 
 
 def naive_accuracy(model, root: Path, items, labels, block, channels, means, crop) -> float:

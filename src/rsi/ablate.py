@@ -49,7 +49,7 @@ from rsi.config import (
     params_arch,
     read_params,
 )
-from rsi.data import EvalSet, load_eval
+from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, is_random, load_model
 from rsi.natural import NaturalParams
 from rsi.runtime import (

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from rsi import artifacts, distributed
 from rsi.artifacts.natural import NaturalStats, write_natural
 from rsi.config import check_blocks, load_section, read_params
-from rsi.data import EvalSet, load_eval
+from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
 from rsi.runtime import ModelParams, full_float32, resolve_device
 from rsi.taps import TAP_KINDS, Tap, arch_of, center, forward_taps, num_channels

@@ -41,7 +41,7 @@ from rsi.artifacts.natural_criteria import (
 from rsi.artifacts.passing import Passing
 from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams, Eq2Result, eq2_post_ratio, jaccard
-from rsi.data import EvalSet, load_eval
+from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
 from rsi.natural import NaturalParams, center_values
 from rsi.runtime import ModelParams, full_float32, resolve_device
