@@ -235,6 +235,7 @@ def test_a_block_the_natural_pass_does_not_measure_is_an_error(tmp_path, monkeyp
     message = capsys.readouterr().err
     assert "ablate.blocks lists 3.1, whose mean activations the natural stage does not measure" in message
     assert "add them to natural.blocks" in message
+    assert len(message.strip().splitlines()) == 1, message
 
 
 def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):

@@ -2,8 +2,8 @@
 
 Owns the image listing (``data.source``: folders, flat, generated), subsets, the pinned download and the
 decode; the cache's files are written and read through :mod:`rsi.artifacts.eval` (later stages open it with
-:func:`rsi.eval_set.load_eval`, which adds their batching). Sources, bad files, the crop rule and the download: see
-docs/data.md.
+:func:`rsi.eval_set.load_eval`, which adds their batching). Sources, bad files, the crop rule and the
+download: see docs/data.md.
 """
 
 from __future__ import annotations

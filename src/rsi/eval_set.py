@@ -76,6 +76,7 @@ class EvalSet:
 
 
 def load_eval(directory: str | Path | None = None) -> EvalSet:
-    """Open the cache written by :func:`rsi.data.decode_to_cache` (memory-mapped; :func:`rsi.artifacts.eval.read_eval`)."""
+    """Open the cache written by :func:`rsi.data.decode_to_cache` (memory-mapped;
+    :func:`rsi.artifacts.eval.read_eval`)."""
     cache = read_eval(None if directory is None else Path(directory))
     return EvalSet(cache.images, cache.labels, cache.index, cache.resized)
