@@ -27,6 +27,7 @@ from rsi.ablate import AblateParams, AblationError, Condition, ScreenParams, eq3
 from rsi.artifacts.ablation import PLOT_FIELDS, SetMetrics, write_ablation
 from rsi.artifacts.natural import write_natural
 from rsi.config import ParamsError, load_section
+from rsi.eval_set import load_eval
 from rsi.model import load_resnet18
 from rsi.taps import Tap, forward_from, forward_taps
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD, ablation_view
@@ -234,6 +235,7 @@ def test_a_block_the_natural_pass_does_not_measure_is_an_error(tmp_path, monkeyp
     message = capsys.readouterr().err
     assert "ablate.blocks lists 3.1, whose mean activations the natural stage does not measure" in message
     assert "add them to natural.blocks" in message
+    assert len(message.strip().splitlines()) == 1, message
 
 
 def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
@@ -332,7 +334,7 @@ def tiny(tmp_path_factory):
         data.write_generated_folders(directory / "val", data.GeneratedParams(classes=3, per_class=4, size=40))
     )
     data.decode_to_cache(listing, directory / "eval", size=CACHE, progress=False)
-    eval_set = data.load_eval(directory / "eval")
+    eval_set = load_eval(directory / "eval")
     model = load_resnet18("random:0")
     views = ablation_view(torch.from_numpy(np.array(eval_set.images)).permute(0, 3, 1, 2), VIEW, VIEW)
     for module in model.modules():
@@ -347,7 +349,7 @@ def tiny(tmp_path_factory):
         predictions = model(views).argmax(1).numpy()
     labels = np.where(np.arange(12) % 3 == 0, 999, predictions)  # 8 of 12 right when unablated
     np.save(directory / "eval" / "labels.npy", labels.astype(np.int64))
-    return directory, model, data.load_eval(directory / "eval")
+    return directory, model, load_eval(directory / "eval")
 
 
 def naive_accuracy(model, root: Path, items, labels, block, channels, means, crop) -> float:

@@ -69,6 +69,32 @@ def test_unquoted_block_numbers_are_block_names_everywhere():
     assert load_section(raw, "natural", NaturalParams).blocks == ("3.0", "4.1")
 
 
+def test_keys_read_below_the_stages_load_as_their_sections_do():
+    """natural.blocks (for ablate) and activations.scale_fraction (for natural-criteria) are read by
+    rsi.config with the checks and defaults of rsi.natural.NaturalParams and
+    rsi.activations.ActivationsParams, ignoring the section's other keys."""
+    from rsi.activations import ActivationsParams
+    from rsi.config import PROBED_BLOCKS, load_scale_fraction, natural_blocks
+    from rsi.natural import NaturalParams
+
+    raw = yaml.safe_load(
+        "natural: {blocks: [3.0, layer4_1], k: 3}\nactivations: {scale_fraction: 0.25, batch_size: 8}"
+    )
+    assert natural_blocks(raw) == load_section(raw, "natural", NaturalParams).blocks == ("3.0", "4.1")
+    assert (
+        load_scale_fraction(raw) == load_section(raw, "activations", ActivationsParams).scale_fraction == 0.25
+    )
+    assert natural_blocks({}) == NaturalParams().blocks == PROBED_BLOCKS
+    assert load_scale_fraction({}) == ActivationsParams().scale_fraction == 0.5
+    with pytest.raises(
+        ParamsError,
+        match=r"x.yaml: activations.scale_fraction = 0.0 is not allowed: expected a fraction of the image",
+    ):
+        load_scale_fraction({"activations": {"scale_fraction": 0}}, source="x.yaml")
+    with pytest.raises(ParamsError, match=r"natural.blocks.*listed twice"):
+        natural_blocks({"natural": {"blocks": ["2.1", "layer2_1"]}})
+
+
 def test_null_entry_of_a_mapping_of_sections_is_an_error_not_defaults():
     with pytest.raises(
         ParamsError, match=r"s\.per_block\.layer3_1 = None is not allowed: expected a mapping"

@@ -24,6 +24,7 @@ from rsi import cli, data
 from rsi.artifacts import ArtifactError, MissingArtifactError
 from rsi.artifacts.eval import read_eval
 from rsi.config import ParamsError, load_section
+from rsi.eval_set import load_eval
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD, ablation_crop, ablation_view
 
 WNIDS = ("n01440764", "n02102040", "n03888257")  # Imagenette wnids (ImageNet 0, 217, 701)
@@ -153,7 +154,7 @@ def test_both_layouts_give_the_same_labels(tmp_path):
     # decoding both layouts gives the same pixels per file
     data.decode_to_cache(by_folder, tmp_path / "a", size=64, progress=False)
     data.decode_to_cache(listing, tmp_path / "b", source="flat", size=64, progress=False)
-    a, b = data.load_eval(tmp_path / "a"), data.load_eval(tmp_path / "b")
+    a, b = load_eval(tmp_path / "a"), load_eval(tmp_path / "b")
     position = {item: i for i, item in enumerate(by_folder.items)}
     for j, name in enumerate(names):
         i = position[original[name]]
@@ -239,7 +240,7 @@ def test_skip_counts_bad_files(tmp_path):
     }
     metrics = json.loads((tmp_path / "data.json").read_text())
     assert metrics == {"images": 6, "skipped": 2, "ignored": 0, "classes": 3, "generated": 0}
-    cache = data.load_eval(tmp_path / "cache")
+    cache = load_eval(tmp_path / "cache")
     assert cache.images.shape == (6, 256, 256, 3)
     for i, item in enumerate(index["files"]):  # rows stay aligned with files and labels after the skips
         np.testing.assert_array_equal(cache.images[i], data.decode_file(root / item)[0])
@@ -327,7 +328,7 @@ def test_decoded_cache_keeps_the_resized_sizes(tmp_path):
         (root / WNIDS[0]).mkdir(parents=True, exist_ok=True)
         smooth_image(w, h, i).save(root / WNIDS[0] / f"img_{i}.png")
     data.decode_to_cache(data.list_folders(root), tmp_path / "eval", progress=False)
-    cache = data.load_eval(tmp_path / "eval")
+    cache = load_eval(tmp_path / "eval")
     assert cache.resized.tolist() == [[256, 343], [384, 256]]
     assert cache.resized_of(torch.tensor([1, 0])).tolist() == [[384, 256], [256, 343]]
 
@@ -347,7 +348,7 @@ def test_cache_without_resized_sizes_asks_for_prepare_data(tmp_path):
     with pytest.raises(
         MissingArtifactError, match=r"eval/resized\.npy is missing: it is written by `rsi prepare-data`"
     ):
-        data.load_eval(tmp_path / "eval")
+        load_eval(tmp_path / "eval")
 
 
 def test_an_index_without_a_key_names_the_file_the_stage_and_the_key(tmp_path):
@@ -395,7 +396,7 @@ def test_generated_set_is_deterministic_and_labelled(tmp_path):
     np.testing.assert_array_equal(images["a"], images["b"])
     assert not np.array_equal(images["a"], images["c"])
     assert np.load(tmp_path / "a" / "labels.npy").tolist() == [0, 0, 1, 1]
-    assert data.load_eval(tmp_path / "a").generated
+    assert load_eval(tmp_path / "a").generated
 
 
 def test_workers_decode_the_same(tmp_path):
@@ -410,7 +411,7 @@ def test_workers_decode_the_same(tmp_path):
 def test_eval_batches_and_missing_cache(tmp_path):
     listing = data.list_folders(make_folders(tmp_path / "val", per_class=2))
     data.decode_to_cache(listing, tmp_path / "cache", size=64, progress=False)
-    cache = data.load_eval(tmp_path / "cache")
+    cache = load_eval(tmp_path / "cache")
     assert (cache.size, cache.view_size) == (64, 56)
     seen = []
     for index, images, labels in cache.batches([5, 1, 3], batch_size=2):
@@ -421,7 +422,7 @@ def test_eval_batches_and_missing_cache(tmp_path):
             seen.append(i)
     assert seen == [5, 1, 3]
     with pytest.raises(FileNotFoundError, match="rsi prepare-data"):
-        data.load_eval(tmp_path / "nowhere")
+        load_eval(tmp_path / "nowhere")
 
 
 # ----------------------------------------------------------------------------------------------- download
@@ -600,7 +601,7 @@ def test_prepare_data_cli(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(f"seed: 1\ndata: {{source: folders, root: {root}}}\n")
     monkeypatch.chdir(tmp_path)
     assert cli.main(["prepare-data", "--outputs", "outputs", "--metrics", "metrics/data.json"]) == 0
-    assert data.load_eval("outputs/eval").images.shape == (3, 256, 256, 3)
+    assert load_eval("outputs/eval").images.shape == (3, 256, 256, 3)
     assert json.loads(Path("metrics/data.json").read_text())["images"] == 3
     with pytest.raises(data.DataError, match="nowhere"):
         data.prepare(data.DataParams(root="nowhere"), tmp_path / "x", progress=False)

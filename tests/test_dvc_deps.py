@@ -146,6 +146,38 @@ def test_editing_the_report_reruns_only_the_report():
     assert rerun_by_editing("src/rsi/report.py") == {"report"}
 
 
+def declaring(path: str) -> set[str]:
+    """The stages that list ``path`` among their own deps (re-run by an edit whatever their inputs do)."""
+    return {name for name, stage in stages().items() if path in stage["deps"]}
+
+
+def test_editing_the_data_code_reruns_the_cache_readers_only_through_the_cache():
+    """prepare-data's listing, download and decode code (rsi.data, imagenet_wnids.txt) is no dep of the
+    stages that read the cache (through rsi.eval_set): they re-run only where outputs/eval changes, as dvc
+    compares it; an edit of how they read it re-runs them directly."""
+    assert declaring("src/rsi/data.py") == {"prepare-data"}
+    assert declaring("src/rsi/imagenet_wnids.txt") == {"prepare-data"}
+    assert declaring("src/rsi/eval_set.py") == {"natural", "natural-criteria", "ablate"}
+    assert rerun_by_editing("src/rsi/data.py") == {
+        "prepare-data",
+        "natural",
+        "natural-criteria",
+        "ablate",
+        "figures",
+        "report",
+    }
+
+
+def test_natural_criteria_reads_the_activations_params_without_the_activations_code():
+    """natural-criteria applies S at activations.scale_fraction (read by rsi.config): the FZ measurement
+    code reaches it only through outputs/criteria; ablate reads natural.blocks without rsi.natural."""
+    assert declaring("src/rsi/activations.py") == {"activations", "stability", "pre-reading"}
+    assert declaring("src/rsi/artifacts/fz.py").isdisjoint({"natural-criteria", "ablate", "natural"})
+    assert "natural-criteria" in rerun_by_editing("src/rsi/activations.py")  # through its outputs
+    assert "natural-criteria" in declaring("src/rsi/criteria.py")  # it tests Eq. 2 with criteria's code
+    assert declaring("src/rsi/natural.py") == {"natural", "natural-criteria"}
+
+
 def _printed_keys(section: str, raw: dict) -> list[str]:
     """The ``section.key`` names of the rows the report prints for params section ``section``."""
     from rsi.report import _declared_rows

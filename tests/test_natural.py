@@ -14,6 +14,7 @@ from torchvision import transforms as T
 from rsi import artifacts, cli, data, natural
 from rsi.artifacts import ArtifactError, MissingArtifactError
 from rsi.artifacts.natural import KEYS, read_natural
+from rsi.eval_set import load_eval
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 CACHE, VIEW = 64, 56  # a small cache keeps the tests fast; the pipeline uses 256 / 224
@@ -62,7 +63,7 @@ def direct_center_values(model, root: Path, items: list[str], block: str) -> np.
 
 
 def test_means_and_topk_equal_direct_computation(random_model, tiny_cache):
-    eval_set = data.load_eval(tiny_cache / "outputs" / "eval")
+    eval_set = load_eval(tiny_cache / "outputs" / "eval")
     results = natural.natural_pass(random_model, eval_set, ["1.1", "2.0"], k=3, batch_size=5, progress=False)
     for block, stats in results.items():
         channels = 64 if block == "1.1" else 128
@@ -87,7 +88,7 @@ def test_ties_go_to_the_lower_index():
 
 
 def test_rank_shards_merge_to_the_one_process_result(random_model, tiny_cache, monkeypatch):
-    eval_set = data.load_eval(tiny_cache / "outputs" / "eval")
+    eval_set = load_eval(tiny_cache / "outputs" / "eval")
     whole = natural.natural_pass(random_model, eval_set, ["2.1"], k=4, batch_size=3, progress=False)["2.1"]
     shards = []
     for rank in range(3):  # each rank alone (no process group: sums and lists stay local), merged here

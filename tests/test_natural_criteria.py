@@ -27,6 +27,7 @@ from rsi.artifacts.natural_criteria import (
 )
 from rsi.artifacts.passing import Passing
 from rsi.criteria import CriteriaParams
+from rsi.eval_set import load_eval
 from rsi.report import _natural_criteria_section, run_labels
 from rsi.taps import Tap, center, forward_taps
 from rsi.transforms import ablation_view, scale_crop
@@ -123,7 +124,7 @@ def direct(model, eval_set, index: int, taps: list[Tap], scaled: bool) -> dict[T
 
 
 def test_responses_equal_a_direct_forward_per_image(random_model, tiny_cache):
-    eval_set = data.load_eval(tiny_cache / "outputs" / "eval")
+    eval_set = load_eval(tiny_cache / "outputs" / "eval")
     stats = natural.natural_pass(random_model, eval_set, ["2.1"], k=3, batch_size=4, progress=False)["2.1"]
     responses = natural_criteria.block_responses(
         random_model, eval_set, "2.1", stats.topk, scale_fraction=0.5, batch_size=4
@@ -148,7 +149,7 @@ def test_responses_equal_a_direct_forward_per_image(random_model, tiny_cache):
 
 
 def test_top_k_outside_the_cache_is_an_error(random_model, tiny_cache):
-    eval_set = data.load_eval(tiny_cache / "outputs" / "eval")
+    eval_set = load_eval(tiny_cache / "outputs" / "eval")
     topk = np.zeros((3, 128, 2), dtype=np.int64)
     topk[0, 0, 0] = len(eval_set)
     with pytest.raises(ValueError, match="re-run `rsi natural`"):

@@ -46,12 +46,12 @@ from rsi.config import (
     check_distinct,
     load_section,
     load_seed,
+    natural_blocks,
     params_arch,
     read_params,
 )
-from rsi.data import EvalSet, load_eval
+from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, is_random, load_model
-from rsi.natural import NaturalParams
 from rsi.runtime import (
     ModelParams,
     full_float32,
@@ -565,12 +565,12 @@ def _check_inputs(
             f"cover (probed: {', '.join(passing) or 'none'}): add them to criteria.blocks and run "
             "`dvc repro` (or `rsi criteria`), or remove them from ablate.blocks"
         )
-    natural_blocks = load_section(raw, "natural", NaturalParams, source=source).blocks
-    unmeasured = [b for b in params.blocks if b not in natural_blocks]
+    measured = natural_blocks(raw, source=source)
+    unmeasured = [b for b in params.blocks if b not in measured]
     if unmeasured:
         raise AblationError(
             f"ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage does not "
-            f"measure (natural.blocks: {', '.join(natural_blocks)}): add them to natural.blocks"
+            f"measure (natural.blocks: {', '.join(measured)}): add them to natural.blocks"
         )
     return passing
 

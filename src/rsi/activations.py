@@ -45,7 +45,15 @@ from rsi.artifacts import FZ_IMAGES, OUTPUTS, require_file
 from rsi.artifacts import fz as fz_files
 from rsi.artifacts.activations import Activations, write_activations
 from rsi.artifacts.fz import FZFile
-from rsi.config import ParamsError, block_argument, check_blocks, load_section, probed_blocks, read_params
+from rsi.config import (
+    ParamsError,
+    block_argument,
+    check_blocks,
+    check_fraction,
+    load_section,
+    probed_blocks,
+    read_params,
+)
 from rsi.model import describe_weights, load_model
 from rsi.runtime import ModelParams, full_float32, resolve_device
 from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, arch_of, center, forward_taps
@@ -54,12 +62,6 @@ from rsi.transforms import normalize, scale_crop, shrink_pad
 Extractor = Literal["thingsvision", "taps"]
 # tap values for a batch of normalised images: {tap: (N, C, H, W)}
 TapReader = Callable[[Tensor, Sequence[Tap]], dict[Tap, Tensor]]
-
-
-def _check_fraction(value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise ValueError("expected a fraction of the image side in (0, 1]")
-    return value
 
 
 def _check_shrink_fraction(value: float) -> float:
@@ -81,7 +83,7 @@ class ActivationsParams:
     )
     batch_size: int = field(default=64, metadata={"min": 1, "help": "images per forward"})
     scale_fraction: float = field(
-        default=0.5, metadata={"check": _check_fraction, "help": "S(X): center-crop this fraction (112/224)"}
+        default=0.5, metadata={"check": check_fraction, "help": "S(X): center-crop this fraction (112/224)"}
     )
     shrink_fraction: float = field(
         default=0.5,

@@ -2,8 +2,9 @@
 
 Each stage module declares its own section as a dataclass (``FZParams`` in ``rsi.fz`` …); this module only
 validates. Every error names the file, the key path, the value, and what is allowed. It also reads the few
-keys that stages read without computing with their section (the top-level ``seed``, ``criteria.blocks``)
-and the ``--block`` argument, so that no stage imports another stage's module for them.
+keys that stages read without computing with their section (the top-level ``seed``, ``criteria.blocks``,
+``natural.blocks``, ``activations.scale_fraction``) and the ``--block`` argument, so that no stage imports
+another stage's module for them.
 
 Field metadata understood: ``min``, ``max`` (inclusive bounds), ``check`` (a callable that returns the
 normalised value or raises ValueError with a message), ``help`` (documentation, shown in errors).
@@ -263,9 +264,11 @@ def as_dict(obj: Any) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------ keys read by several stages
-# The top-level seed, criteria.blocks and the --block argument are read by stages that do not compute
-# with the section that owns them (activations measures criteria.blocks without testing Eq. 1 or 2), so
-# they are read here, below every stage: a stage's DVC deps stay the modules it computes with.
+# The top-level seed, criteria.blocks, natural.blocks, activations.scale_fraction and the --block argument
+# are read by stages that do not compute with the section that owns them (activations measures
+# criteria.blocks without testing Eq. 1 or 2; ablate needs only the blocks natural measured; natural-criteria
+# applies S at the fraction of activations), so they are read here, below every stage: a stage's DVC deps
+# stay the modules it computes with.
 
 
 def load_seed(raw: Mapping[str, Any], *, source: str = "params.yaml") -> int:
@@ -276,7 +279,7 @@ def load_seed(raw: Mapping[str, Any], *, source: str = "params.yaml") -> int:
     return seed
 
 
-# criteria.blocks when params.yaml names none: the paper's probed blocks, 1.1 to 4.1
+# criteria.blocks and natural.blocks when params.yaml names none: the paper's probed blocks, 1.1 to 4.1
 PROBED_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
 
 
@@ -308,6 +311,37 @@ def probed_blocks(raw: Mapping[str, Any], *, source: str = "params.yaml") -> tup
     """criteria.blocks of a params mapping (the blocks whose channels are probed), checked as
     rsi.criteria.CriteriaParams checks it, without the rest of the criteria section."""
     return load_keys(raw, "criteria", _ProbedBlocks, source=source).blocks
+
+
+@dataclasses.dataclass(frozen=True)
+class _NaturalBlocks:
+    blocks: tuple[str | float, ...] = dataclasses.field(
+        default=PROBED_BLOCKS, metadata={"check": check_blocks}
+    )
+
+
+def natural_blocks(raw: Mapping[str, Any], *, source: str = "params.yaml") -> tuple[str, ...]:
+    """natural.blocks of a params mapping (the blocks whose natural-image statistics stage natural
+    measures), checked as rsi.natural.NaturalParams checks it, without the rest of the natural section."""
+    return load_keys(raw, "natural", _NaturalBlocks, source=source).blocks
+
+
+def check_fraction(value: float) -> float:
+    """The ``check`` of a fraction of the image side, such as activations.scale_fraction (S's crop)."""
+    if not 0.0 < value <= 1.0:
+        raise ValueError("expected a fraction of the image side in (0, 1]")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class _ScaleFraction:
+    scale_fraction: float = dataclasses.field(default=0.5, metadata={"check": check_fraction})
+
+
+def load_scale_fraction(raw: Mapping[str, Any], *, source: str = "params.yaml") -> float:
+    """activations.scale_fraction of a params mapping (S(X): center-crop this fraction), checked as
+    rsi.activations.ActivationsParams checks it, without the rest of the activations section."""
+    return load_keys(raw, "activations", _ScaleFraction, source=source).scale_fraction
 
 
 def block_argument(value: str) -> str:

@@ -39,9 +39,9 @@ from rsi.artifacts.natural_criteria import (
     write_natural_passing,
 )
 from rsi.artifacts.passing import Passing
-from rsi.config import load_section, read_params
+from rsi.config import load_scale_fraction, load_section, read_params
 from rsi.criteria import CriteriaParams, Eq2Result, eq2_post_ratio, jaccard
-from rsi.data import EvalSet, load_eval
+from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
 from rsi.natural import NaturalParams, center_values
 from rsi.runtime import ModelParams, full_float32, resolve_device
@@ -250,9 +250,7 @@ def run(args: argparse.Namespace) -> None:
         write_natural_criteria_metrics(NaturalCriteriaMetrics({}))
         print("criteria.natural_images is false: no natural-image criteria")
         return
-    from rsi.activations import ActivationsParams  # the scale fraction of S: one definition
-
-    scale_fraction = load_section(raw, "activations", ActivationsParams, source=args.params).scale_fraction
+    scale_fraction = load_scale_fraction(raw, source=args.params)  # S as stage activations applies it
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     batch_size = load_section(
         raw, "natural", NaturalParams, source=args.params
