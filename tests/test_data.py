@@ -240,6 +240,7 @@ def test_skip_counts_bad_files(tmp_path):
     }
     metrics = json.loads((tmp_path / "data.json").read_text())
     assert metrics == {"images": 6, "skipped": 2, "ignored": 0, "classes": 3, "generated": 0}
+    assert list(metrics) == ["images", "skipped", "ignored", "classes", "generated"]  # the file's bytes
     cache = load_eval(tmp_path / "cache")
     assert cache.images.shape == (6, 256, 256, 3)
     for i, item in enumerate(index["files"]):  # rows stay aligned with files and labels after the skips

@@ -27,7 +27,12 @@ from rsi.artifacts.criteria import CriteriaMetrics, write_criteria_metrics
 from rsi.artifacts.eval import INDEX_KEYS, write_eval
 from rsi.artifacts.fz import FZSettings, write_fz_settings
 from rsi.artifacts.natural import NaturalStats, write_natural
-from rsi.artifacts.natural_criteria import NaturalCriteriaMetrics, write_natural_criteria_metrics
+from rsi.artifacts.natural_criteria import (
+    NaturalCriteriaMetrics,
+    NaturalPassing,
+    write_natural_criteria_metrics,
+    write_natural_passing,
+)
 from rsi.artifacts.passing import Passing, write_passing
 from rsi.artifacts.whole_channel import whole_channel_file
 from rsi.cli import main
@@ -146,6 +151,7 @@ def write_fake_outputs(
     write_json(metrics / "criteria_lucent_reference.json", {})
     write_passing(Passing({}), artifacts.passing_file(artifacts.reference_root(outputs)))
     write_natural_criteria_metrics(NaturalCriteriaMetrics({}), metrics / "criteria_natural.json")
+    write_natural_passing(NaturalPassing(Passing({}), Passing({})), outputs)  # the stage when off
     ablation = AblationMetrics(
         images=N_EVAL,
         random_weights=True,

@@ -175,9 +175,28 @@ def test_off_state_writes_empty_metrics_and_needs_no_input(tmp_path, monkeypatch
     Path("outputs/natural_criteria/passing.json").write_text('{"both": {"layer2_1": [3]}}')  # an earlier run
     assert cli.main(["natural-criteria"]) == 0  # no eval cache, no natural or criteria outputs
     assert json.loads(Path("metrics/criteria_natural.json").read_text()) == {}
-    assert sorted(p.name for p in Path("outputs/natural_criteria").iterdir()) == ["README.txt"]
+    assert sorted(p.name for p in Path("outputs/natural_criteria").iterdir()) == [
+        "README.txt",
+        "passing.json",
+    ]
+    assert json.loads(Path("outputs/natural_criteria/passing.json").read_text()) == {
+        "natural": {},
+        "both": {},
+    }
     assert _natural_criteria_section(Path("metrics/criteria_natural.json"), Path("outputs")) == []
     assert natural_figures.passing_both(Path("outputs")) == {}
+
+
+def test_the_figure_needs_the_stage_output_even_when_off(tmp_path):
+    with pytest.raises(ArtifactError) as error:
+        natural_figures.passing_both(tmp_path)  # never ran: no guess that the stage was off
+    message = str(error.value)
+    path = tmp_path / "natural_criteria" / "passing.json"
+    assert (
+        "\n" not in message
+        and message.startswith(f"{path} is missing")
+        and "`rsi natural-criteria`" in message
+    )
 
 
 def fake_fz_criteria(probed: list[int], passing: list[int]) -> None:

@@ -10,7 +10,9 @@ import yaml
 from test_figures import write_fake_outputs
 
 from rsi import paper
+from rsi.ablate import AblateParams
 from rsi.cli import main
+from rsi.criteria import CriteriaParams
 from rsi.paper import REFERENCE
 from rsi.report import (
     IMAGE_POINTS,
@@ -261,3 +263,16 @@ def test_report_params_are_validated(fake_repo, capsys):
     Path("params.yaml").write_text(yaml.safe_dump(params))
     assert main(["report"]) == 2
     assert "report.decimals" in capsys.readouterr().err
+
+
+def test_settings_params_yaml_omits_show_the_stages_own_defaults(fake_repo):
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    for section, key in (("ablate", "channel_sets"), ("ablate", "tf32"), ("criteria", "eq1_reading")):
+        params.setdefault(section, {}).pop(key, None)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()  # one default: the dataclass field's, not a copy in report.py
+    assert _row(text, "ablation channel sets")[1] == "[" + ", ".join(AblateParams().channel_sets) + "]"
+    assert _row(text, "Eq. 1 reading")[1] == CriteriaParams().eq1_reading
+    assert _row(text, "TF32 on CUDA (ablate)")[1] == str(AblateParams().tf32)
+    assert f"reads Eq. 1 as `{CriteriaParams().eq1_reading}`" in text

@@ -13,9 +13,9 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -24,6 +24,7 @@ from torch import nn
 from tqdm import tqdm
 
 from rsi import artifacts, distributed, paper
+from rsi.ablate_params import RULES, AblateParams
 from rsi.artifacts.ablation import (
     ABLATION_METRICS,
     CHANNEL_SET_LABELS,
@@ -42,12 +43,9 @@ from rsi.artifacts.passing import read_passing
 from rsi.config import (
     ParamsError,
     as_dict,
-    check_blocks,
-    check_distinct,
     load_section,
     load_seed,
     natural_blocks,
-    params_arch,
     read_params,
 )
 from rsi.eval_set import EvalSet, load_eval
@@ -71,102 +69,11 @@ from rsi.taps import (
 )
 from rsi.transforms import ablation_crop, ablation_view
 
-Rule = Literal["no_higher", "within", "lower"]
-RULES: tuple[str, ...] = ("no_higher", "within", "lower")
 TIE = 1e-9  # accuracies (percentage points) closer than this are equal in screening
 
 
 class AblationError(ValueError):
     """The ablation cannot go on (e.g. too few random sets pass the screening); the message says why."""
-
-
-# ----------------------------------------------------------------------------------------------- params
-
-
-@dataclass(frozen=True)
-class ScreenParams:
-    """One block's screening of random sets (compared at no scale with the passing set)."""
-
-    rule: Rule = "within"
-    tolerance: float = field(default=0.0, metadata={"min": 0.0, "help": "percentage points (within)"})
-
-
-def _check_screening(value: Mapping[str, ScreenParams]) -> dict[str, ScreenParams]:
-    result: dict[str, ScreenParams] = {}
-    for key, rule in value.items():
-        block = parse_block(key, params_arch())
-        if rule.rule != "within" and rule.tolerance != 0.0:
-            raise ValueError(f"{key}: rule {rule.rule!r} takes no tolerance (use rule: within for a margin)")
-        result[block] = rule
-    return result
-
-
-def _default_screening() -> dict[str, ScreenParams]:
-    return {"2.1": ScreenParams("no_higher", 0.0), "3.1": ScreenParams("within", 1.0)}
-
-
-def _check_percents(value: tuple[int, ...]) -> tuple[int, ...]:
-    return check_distinct(value, "percent", empty="give at least one scale percent")
-
-
-CHANNEL_SETS: tuple[str, ...] = tuple(CHANNEL_SET_LABELS)  # run, published
-
-
-def _check_channel_sets(value: tuple[str, ...]) -> tuple[str, ...]:
-    unknown = [v for v in value if v not in CHANNEL_SETS]
-    if unknown:
-        raise ValueError(f"unknown channel set {unknown[0]!r}: choose from {list(CHANNEL_SETS)}")
-    return check_distinct(value, "channel set", empty="list at least one of run, published")
-
-
-def check_published(blocks: Sequence[str]) -> None:
-    """Every block has a published list (``rsi.paper.PUBLISHED_PASSING``), else a one-line ParamsError."""
-    missing = [b for b in blocks if b not in paper.PUBLISHED_PASSING]
-    if missing:
-        have = ", ".join(block_key(b) for b in paper.PUBLISHED_PASSING)
-        raise ParamsError(
-            f"ablate.channel_sets lists published, but the authors published no channel list for "
-            f"{', '.join(block_key(b) for b in missing)} (only for {have}): remove "
-            f"{', '.join(block_key(b) for b in missing)} from ablate.blocks or published from ablate.channel_sets"
-        )
-
-
-@dataclass(frozen=True)
-class AblateParams:
-    """params.yaml ``ablate`` (the top-level ``seed`` and ``model`` sections are read too)."""
-
-    blocks: tuple[str | float, ...] = field(default=("2.1", "3.1"), metadata={"check": check_blocks})
-    crop_rule: Literal["authors_code", "paper_text"] = "authors_code"
-    percents: tuple[int, ...] = field(
-        default=(10, 20, 30, 40, 50), metadata={"min": 1, "max": 99, "check": _check_percents}
-    )
-    trials: int = field(default=10, metadata={"min": 2})
-    screening: dict[str, ScreenParams] = field(
-        default_factory=_default_screening, metadata={"check": _check_screening}
-    )
-    max_attempts: int = field(default=200, metadata={"min": 1})
-    screen_batch: int = field(default=10, metadata={"min": 1})
-    batch_size: int = field(default=1024, metadata={"min": 1})
-    channel_sets: tuple[str, ...] = field(
-        default=CHANNEL_SETS,
-        metadata={
-            "check": _check_channel_sets,
-            "help": "run: this run's passing channels; published: the authors' lists (2.1 and 3.1)",
-        },
-    )
-    tf32: bool = field(
-        default=False,
-        metadata={"help": "allow TF32 convolutions/matmuls on CUDA (the authors' torch 2.0 did)"},
-    )
-
-    def __post_init__(self) -> None:
-        if "published" in self.channel_sets:
-            if params_arch() != DEFAULT_ARCH:
-                raise ParamsError(
-                    f"ablate.channel_sets lists published, but the authors' lists are ResNet18's channels and "
-                    f"model.arch is {params_arch()}: set ablate.channel_sets: [run]"
-                )
-            check_published([parse_block(b) for b in self.blocks])
 
 
 # ----------------------------------------------------------------------------------------------- pure parts

@@ -50,7 +50,7 @@ SECTIONS: dict[str, str] = {
     "criteria": "rsi.criteria:CriteriaParams",
     "data": "rsi.data:DataParams",
     "natural": "rsi.natural:NaturalParams",
-    "ablate": "rsi.ablate:AblateParams",
+    "ablate": "rsi.ablate_params:AblateParams",
     "figures": "rsi.channel_plan:FiguresParams",
     "report": "rsi.report:ReportParams",
     "launch": "rsi.launch:LaunchParams",

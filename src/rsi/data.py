@@ -34,7 +34,7 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
-from rsi.artifacts.eval import read_eval, write_eval
+from rsi.artifacts.eval import DataMetrics, read_eval, write_data_metrics, write_eval
 from rsi.config import ParamsError, load_section, load_seed, read_params
 from rsi.runtime import atomic_path, key_seed, write_json
 
@@ -732,16 +732,14 @@ def prepare(
         listing, out_dir, **options, seed=seed, generated=params.generated, progress=progress
     )
     if metrics is not None:
-        write_json(
-            metrics,
-            {
-                "images": index["count"],
-                "skipped": index["skipped_count"],
-                "ignored": index["ignored_count"],
-                "classes": len({int(v) for v in read_eval(out_dir).labels}),
-                "generated": int(index["generated"]),
-            },
+        record = DataMetrics(
+            images=index["count"],
+            skipped=index["skipped_count"],
+            ignored=index["ignored_count"],
+            classes=len({int(v) for v in read_eval(out_dir).labels}),
+            generated=int(index["generated"]),
         )
+        write_data_metrics(record, Path(metrics))
     return index
 
 

@@ -78,10 +78,3 @@ def to_storage(images: np.ndarray, storage: str) -> np.ndarray:
     if storage == "float32":
         return images
     raise ValueError(f"unknown storage {storage!r}: choose 'uint8' or 'float32'")
-
-
-def from_storage(images: np.ndarray) -> np.ndarray:
-    """Stored images back as float32 in [0, 1] (uint8 / 255, as PIL → ToTensor reads the PNGs)."""
-    if images.dtype == np.uint8:
-        return images.astype(np.float32) / np.float32(255)
-    return images.astype(np.float32, copy=False)

@@ -35,5 +35,6 @@ def run_labels(raw: Mapping[str, Any], index: Mapping[str, Any] | None = None) -
     """The labels of a run with params ``raw`` whose evaluation cache has the index ``index``: its images
     are generated when ``data.source`` is ``generated`` or the cache says so (``"generated": true``)."""
     model = load_section(raw, "model", ModelParams)
-    generated = (raw.get("data") or {}).get("source") == "generated" or bool(index and index.get("generated"))
+    from_cache = index is not None and bool(index["generated"])  # a key of rsi.artifacts.eval.INDEX_KEYS
+    generated = (raw.get("data") or {}).get("source") == "generated" or from_cache
     return RunLabels(model.weights, is_random(model.weights), generated, model.arch)

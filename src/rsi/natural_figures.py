@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rsi.artifacts.natural_criteria import natural_passing_file, read_natural_passing
+from rsi.artifacts.natural_criteria import read_natural_passing
 from rsi.channel_plan import column_tap
 from rsi.figures import (
     PANEL,
@@ -35,10 +35,8 @@ COLUMNS = (
 
 
 def passing_both(root: Path) -> dict[str, list[int]]:
-    """``{"2.1": [channels]}`` passing both verdicts, from ``outputs/natural_criteria/passing.json``;
-    empty when the stage was off (or never ran)."""
-    if not natural_passing_file(root).is_file():  # the stage writes none when criteria.natural_images is off
-        return {}
+    """``{"2.1": [channels]}`` passing both verdicts, from ``outputs/natural_criteria/passing.json``
+    (empty when ``criteria.natural_images`` is off: the stage then writes no block)."""
     return {block: channels for block, channels in read_natural_passing(root).both.blocks.items() if channels}
 
 

@@ -14,25 +14,25 @@ import argparse
 import json
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from rsi import artifacts
+from rsi.ablate_params import AblateParams
 from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
 from rsi.artifacts.criteria import REFERENCE_METRICS, read_criteria_metrics
 from rsi.artifacts.eval import read_eval
 from rsi.artifacts.natural_criteria import read_natural_criteria_metrics
 from rsi.artifacts.passing import read_passing
 from rsi.config import load_section, read_params
+from rsi.criteria import CriteriaParams
 from rsi.labels import RunLabels, run_labels
 from rsi.model import PAPER_LABEL, describe_weights
 from rsi.paper import ABLATION_TRIALS, EVAL_CLASSES, EVAL_IMAGES, FZ_IMAGE_SIZE, FZ_LR, FZ_STEPS, REFERENCE
 from rsi.runtime import atomic_path
 from rsi.taps import DEFAULT_ARCH, block_order, num_channels, parse_block
 
-CRITERIA_METRICS = artifacts.METRICS / "criteria.json"
-ABLATION_METRICS = artifacts.METRICS / "ablation.json"
 # The params keys the report prints (the settings table and the list in <details>), each declared as a
 # param of the report stage in dvc.yaml (tests/test_dvc_deps.py keeps the two equal), so a change to any
 # of them re-makes the report. A bare section name stands for every key in it. Speed-only keys
@@ -90,26 +90,8 @@ class ReportParams:
 # Reading the stage outputs (one small function per file).
 
 
-def _block_or_none(key: Any) -> str | None:
-    try:
-        return parse_block(str(key))
-    except ValueError:
-        return None
-
-
 def _number(value: Any) -> float | None:
     return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
-
-
-def read_ablation(path: Path = ABLATION_METRICS) -> dict[str, dict[str, AblationSeries]]:
-    """The ablated sets of metrics/ablation.json (``{"2.1": {"run": AblationSeries, …}}``, blocks in
-    pipeline order; :func:`rsi.artifacts.ablation.read_ablation_metrics`)."""
-    return read_ablation_metrics(path).series()
-
-
-def listed_ablation_sets(path: Path = ABLATION_METRICS) -> list[tuple[str, str]]:
-    """Every (block, channel set) metrics/ablation.json lists, ablated or skipped."""
-    return read_ablation_metrics(path).listed()
 
 
 def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]]:
@@ -186,13 +168,18 @@ def _subset(n_images: int | None) -> bool:
     return n_images is not None and n_images < EVAL_IMAGES
 
 
-def _param(raw: Mapping[str, Any], key: str, default: Any = None) -> Any:
-    """The value params.yaml gives ``key`` (``section.name``), ``default`` when it gives none. Only keys
-    of :data:`PRINTED_PARAMS` (declared by the report stage) may be read."""
+def _param(raw: Mapping[str, Any], key: str, params: type | None = None) -> Any:
+    """The value params.yaml gives ``key`` (``section.name``); when it gives none, the default of field
+    ``name`` of the section's dataclass ``params`` (the stage's own default, not a copy), else None. Only
+    keys of :data:`PRINTED_PARAMS` (declared by the report stage) may be read."""
     if not any(key == known or key.startswith(f"{known}.") for known in PRINTED_PARAMS):
         raise KeyError(f"{key} is not in rsi.report.PRINTED_PARAMS: declare it for the report stage first")
     section, name = key.split(".", 1)
-    return (raw.get(section) or {}).get(name, default)
+    values = raw.get(section) or {}
+    if name in values or params is None:
+        return values.get(name)
+    default = {f.name: f for f in fields(params)}[name]
+    return default.default_factory() if default.default is MISSING else default.default
 
 
 def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
@@ -232,17 +219,17 @@ def _exactness_rows(raw: Mapping[str, Any]) -> list[list[str]]:
     return [
         [
             "ablation channel sets",
-            _fmt(_param(raw, "ablate.channel_sets", ["run", "published"])),
+            _fmt(_param(raw, "ablate.channel_sets", AblateParams)),
             "the authors ablated their published lists (`published`)",
         ],
         [
             "Eq. 1 reading",
-            _fmt(_param(raw, "criteria.eq1_reading", "authors_code")),
+            _fmt(_param(raw, "criteria.eq1_reading", CriteriaParams)),
             "`authors_code` (difference / Pre_c(X̂_Pre_c), stream_inspect.py l. 428)",
         ],
         [
             "TF32 on CUDA (ablate)",
-            _fmt(_param(raw, "ablate.tf32", False)),
+            _fmt(_param(raw, "ablate.tf32", AblateParams)),
             "on for convolutions (torch 2.0's default on Ampere or newer GPUs)",
         ],
     ]
@@ -278,7 +265,7 @@ def _settings_section(
     raw: Mapping[str, Any],
     labels: RunLabels,
     weights_label: str,
-    index: Mapping[str, Any] | None,
+    index: Mapping[str, Any],
     counts: tuple[int | None, int | None],
 ) -> tuple[list[str], dict[str, Any]]:
     """The settings table (this run beside the paper's) and the settings the later sections judge by."""
@@ -286,8 +273,8 @@ def _settings_section(
     steps, pre_reading = _param(raw, "fz.steps"), _param(raw, "fz.pre_reading")
     crop_rule = _param(raw, "ablate.crop_rule")
     source = _param(raw, "data.source")
-    if index is not None and source is None:
-        source = index.get("source")
+    if source is None:
+        source = index["source"]  # read_eval checks every key of rsi.artifacts.eval.INDEX_KEYS
     settings = {"steps": steps, "pre_reading": pre_reading, "crop_rule": crop_rule, "n_images": n_images}
     rows = [
         ["weights", f"`{labels.weights}` ({weights_label})", "IMAGENET1K_V1 (resnet18-f37072fd.pth)"],
@@ -933,7 +920,8 @@ def build_report(
     """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
     criteria = read_criteria_metrics(metrics / "criteria.json").blocks
     passing = read_passing(artifacts.passing_file(root)).blocks
-    ablation = read_ablation(metrics / "ablation.json")
+    ablation_metrics = read_ablation_metrics(metrics / "ablation.json")
+    ablation = ablation_metrics.series()  # {"2.1": {"run": AblationSeries, …}}, blocks in pipeline order
     reference, reference_passing = _reference_run(params, root)
     index = read_eval_index(root)
     n_images, n_classes = len(index["files"]), len(index["classes"])
@@ -949,7 +937,7 @@ def build_report(
         "",
     ]
     settings_lines, settings = _settings_section(raw, labels, weights_label, index, (n_images, n_classes))
-    settings["eq1_reading"] = eq1_reading = _param(raw, "criteria.eq1_reading", "authors_code")
+    settings["eq1_reading"] = eq1_reading = _param(raw, "criteria.eq1_reading", CriteriaParams)
     pre_reading = settings.get("pre_reading") or "exact"
     lines += _criteria_section(
         criteria, reference, paper, passing, reference_passing, pre_reading, arch=labels.arch
@@ -958,7 +946,7 @@ def build_report(
     lines += _channels_section(passing, paper)
     skipped = [
         f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"
-        for block, name in listed_ablation_sets(metrics / "ablation.json")
+        for block, name in ablation_metrics.listed()  # every set listed, ablated or skipped
         if name not in ablation.get(block, {})
     ]
     lines += _stability_section(metrics / "criteria.json")
@@ -994,5 +982,4 @@ __all__ = [
     "AblationSeries",
     "ReportParams",
     "build_report",
-    "read_ablation",
 ]

@@ -123,13 +123,6 @@ def write_json(path: str | Path, data: Any) -> None:
         temporary.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def read_json(path: str | Path) -> Any:
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing: run the stage that makes it (see dvc.yaml)")
-    return json.loads(path.read_text())
-
-
 def full_float32(allow_tf32: bool = False) -> dict[str, bool]:
     """Set TF32 for cuDNN convolutions and CUDA matmuls (off by default: full float32) and return the flags
     now in force, for the stage's settings or metrics.

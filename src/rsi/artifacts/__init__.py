@@ -10,6 +10,7 @@ every stage takes that root as ``--outputs``.
 | output (under outputs/ unless said) | written by | submodule: record · writer · reader | read by |
 | --- | --- | --- | --- |
 | ``eval/`` images, labels, resized, index.json | prepare-data | eval: EvalCache · write_eval · read_eval (eval_set.load_eval) | natural, natural-criteria, ablate, figures, report |
+| ``metrics/data.json`` (image counts) | prepare-data | eval: DataMetrics · write_data_metrics | DVC metrics (no stage) |
 | ``fz/<layerL_K>/<tap>.npz``, ``settings.json`` | fz | fz: FZFile, FZSettings · write_fz, write_fz_settings · read_fz, read_fz_settings | activations, pre-reading, figures, report |
 | ``activations/<layerL_K>.npz`` | activations | activations: Activations · write_activations · read_activations | criteria, pre-reading |
 | ``stability/seed<K>/`` (fz/, activations/ of seed K) | stability | as fz and activations | criteria |

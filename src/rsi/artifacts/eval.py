@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rsi.artifacts import ArtifactError, eval_dir, load_json, require_file, require_keys
+from rsi.artifacts import METRICS, ArtifactError, eval_dir, load_json, require_file, require_keys
 from rsi.runtime import atomic_path, write_json
 
 STAGE = "prepare-data"
@@ -81,3 +82,19 @@ def read_eval(directory: Path | None = None) -> EvalCache:
             f"`rsi {STAGE}` again"
         )
     return EvalCache(images, labels, resized, index)
+
+
+@dataclass(frozen=True)
+class DataMetrics:
+    """``metrics/data.json``: the cache's image count, skipped and ignored files, classes present and 1 if
+    generated. For ``dvc metrics`` and people only: no stage reads it, so it has a writer and no reader."""
+
+    images: int
+    skipped: int
+    ignored: int
+    classes: int
+    generated: int
+
+
+def write_data_metrics(metrics: DataMetrics, path: Path = METRICS / "data.json") -> None:
+    write_json(path, dataclasses.asdict(metrics))

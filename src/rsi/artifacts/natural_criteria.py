@@ -2,7 +2,7 @@
 ``outputs/natural_criteria/<layerL_K>.npz`` (:class:`NaturalCriteriaBlock`), ``passing.json`` (the channels
 passing the natural test, and passing it and the FZ criteria, per block), ``settings.json`` and
 ``metrics/criteria_natural.json`` (per block the counts of :data:`OVERLAP_KEYS`; ``{}`` when the stage is
-off, and then only a README.txt is in the folder: no passing.json, no settings.json).
+off, and then the folder holds a README.txt and a passing.json with no block, no settings.json).
 """
 
 from __future__ import annotations
