@@ -297,9 +297,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def measure_with_params(
+    raw: dict[str, Any],
+    source: str,
+    model: nn.Module,
+    blocks: Sequence[str],
+    *,
+    outputs: Path = OUTPUTS,
+    fz_stage: str = fz_files.STAGE,
+) -> dict[str, Path]:
+    """:func:`measure` with params.yaml's ``activations`` and ``model`` sections (read from ``raw``, the
+    file ``source``): stage activations, and stability and pre-reading for the FZs under their roots."""
+    params = load_section(raw, "activations", ActivationsParams, source=source)
+    model_params = load_section(raw, "model", ModelParams, source=source)
+    device = resolve_device(model_params.device)
+    return measure(
+        model, blocks, params, weights=model_params.weights, device=device, outputs=outputs, fz_stage=fz_stage
+    )
+
+
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
-    params = load_section(raw, "activations", ActivationsParams, source=args.params)
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     if args.block:
         try:
@@ -309,11 +327,4 @@ def run(args: argparse.Namespace) -> None:
     else:
         blocks = probed_blocks(raw, source=args.params)
     model = load_model(model_params.weights, model_params.arch)
-    measure(
-        model,
-        blocks,
-        params,
-        weights=model_params.weights,
-        device=resolve_device(model_params.device),
-        outputs=Path(args.outputs),
-    )
+    measure_with_params(raw, args.params, model, blocks, outputs=Path(args.outputs))

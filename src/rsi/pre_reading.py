@@ -121,18 +121,8 @@ def run(args: argparse.Namespace) -> None:
     model = _render_pre_fzs(raw, args.params, criteria.blocks, outputs)
     if not distributed.is_main():
         return  # rank 0 waited for this rank's chunks, assembled them, and measures the rest alone
-    model_params = load_section(raw, "model", ModelParams, source=args.params)
-    measured = load_section(raw, "activations", activations.ActivationsParams, source=args.params)
-    device = fz.run_device(model_params.device)
-    activations.measure(
-        model,
-        criteria.blocks,
-        measured,
-        weights=model_params.weights,
-        device=device,
-        outputs=root,
-        fz_stage=STAGE,  # the Pre FZs are this stage's, the In and Post ones linked by it
-    )
+    # the Pre FZs under root are this stage's, the In and Post ones linked by it
+    activations.measure_with_params(raw, args.params, model, criteria.blocks, outputs=root, fz_stage=STAGE)
     results = [
         evaluate_stored(block, read_activations(activations_file(block, root), stage=STAGE), criteria)
         for block in criteria.blocks

@@ -72,13 +72,6 @@ def run(args: argparse.Namespace) -> None:
         )
     if not distributed.is_main():
         return  # rank 0 waited for this rank's chunks and measures the activations alone
-    measured = load_section(raw, "activations", activations.ActivationsParams, source=args.params)
-    activations.measure(
-        model,
-        criteria.blocks,
-        measured,
-        weights=model_params.weights,
-        device=device,
-        outputs=root,
-        fz_stage="stability",
+    activations.measure_with_params(
+        raw, args.params, model, criteria.blocks, outputs=root, fz_stage="stability"
     )
