@@ -30,6 +30,7 @@ from torchvision import datasets
 from torchvision import transforms as T
 
 from rsi import ablate, data
+from rsi.eval_set import load_eval
 from rsi.model import load_resnet18
 from rsi.runtime import resolve_device
 from rsi.taps import block_module, num_channels, parse_block
@@ -131,7 +132,7 @@ def main() -> None:
         start = time.perf_counter()
         data.decode_to_cache(listing, scratch / "eval", workers=args.workers, progress=False)
         decoded = time.perf_counter()
-        eval_set = data.load_eval(scratch / "eval")
+        eval_set = load_eval(scratch / "eval")
         fast, total = ablate.evaluate(
             model,
             eval_set,

@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from rsi import ablate, activations, data, natural
+from rsi import ablate, ablate_params, activations, data, eval_set, natural
 from rsi.activations import ActivationsParams, BlockFZs, block_fz_taps, make_reader
 from rsi.artifacts.fz import FZFile
 from rsi.config import load_section, read_params
@@ -177,7 +177,7 @@ def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
     return rows
 
 
-def generated_eval(folder: Path, images: int) -> data.EvalSet:
+def generated_eval(folder: Path, images: int) -> eval_set.EvalSet:
     """``images`` generated JPEGs (ImageNet-like 375 px) decoded into the 256 px evaluation cache."""
     classes = min(10, images)
     per_class = -(-images // classes)
@@ -185,7 +185,7 @@ def generated_eval(folder: Path, images: int) -> data.EvalSet:
         folder / "val", data.GeneratedParams(classes=classes, per_class=per_class, size=375)
     )
     data.decode_to_cache(data.list_folders(root), folder / "eval", progress=False)
-    return data.load_eval(folder / "eval")
+    return eval_set.load_eval(folder / "eval")
 
 
 def measure_natural(model, raw: dict, eval_set, args, device) -> list[dict[str, Any]]:
@@ -206,7 +206,7 @@ def measure_natural(model, raw: dict, eval_set, args, device) -> list[dict[str, 
 
 def measure_ablate(model, raw: dict, eval_set, args, device) -> list[dict[str, Any]]:
     """Each ablated block: one screening pass and the sweep, with the paper's condition counts."""
-    params = load_section(raw, "ablate", ablate.AblateParams)
+    params = load_section(raw, "ablate", ablate_params.AblateParams)
     batch = args.batch_size or params.batch_size
     rows = []
     for block in params.blocks:

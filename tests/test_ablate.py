@@ -23,7 +23,8 @@ from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
 from rsi import ablate, cli, data, natural
-from rsi.ablate import AblateParams, AblationError, Condition, ScreenParams, eq3_ratio, screen
+from rsi.ablate import AblationError, Condition, eq3_ratio, screen
+from rsi.ablate_params import AblateParams, ScreenParams
 from rsi.artifacts.ablation import PLOT_FIELDS, SetMetrics, write_ablation
 from rsi.artifacts.natural import write_natural
 from rsi.config import ParamsError, load_section

@@ -13,7 +13,7 @@ import pytest
 from test_ablate import PASSING, FakeSet, fake_evaluate  # noqa: F401 - fake_evaluate is a fixture
 
 from rsi import ablate
-from rsi.ablate import AblateParams, ScreenParams
+from rsi.ablate_params import AblateParams, ScreenParams
 from rsi.artifacts import ArtifactError, MissingArtifactError
 from rsi.artifacts.ablation import (
     AblationMetrics,

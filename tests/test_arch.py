@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from rsi import fz
-from rsi.ablate import AblateParams
+from rsi.ablate_params import AblateParams
 from rsi.activations import ActivationsParams
 from rsi.channel_plan import FiguresParams
 from rsi.config import ParamsError, load_section

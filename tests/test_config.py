@@ -61,7 +61,7 @@ def test_floats_must_be_finite(value):
 
 
 def test_unquoted_block_numbers_are_block_names_everywhere():
-    from rsi.ablate import AblateParams
+    from rsi.ablate_params import AblateParams
     from rsi.natural import NaturalParams
 
     raw = yaml.safe_load("ablate: {blocks: [2.1, 3.1]}\nnatural: {blocks: [3.0, layer4_1]}")

@@ -10,7 +10,7 @@ import yaml
 from test_figures import write_fake_outputs
 
 from rsi import paper
-from rsi.ablate import AblateParams
+from rsi.ablate_params import AblateParams
 from rsi.cli import main
 from rsi.criteria import CriteriaParams
 from rsi.paper import REFERENCE
