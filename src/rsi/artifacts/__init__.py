@@ -104,6 +104,10 @@ METRICS = Path("metrics")
 PLOTS = Path("plots")
 ABLATION_PLOT = PLOTS / "ablation_ratio.csv"
 
+# The TF32 flags in force while a result was computed (the keys of rsi.runtime.tf32_flags), recorded in
+# every result file (activations, natural, criteria, ablation)
+NUMERICS: tuple[str, ...] = ("cudnn_allow_tf32", "matmul_allow_tf32")
+
 # The images whose responses `rsi activations` records, per channel c of a block:
 #   in_fz: X̂_In_c; scaled_in_fz: S(X̂_In_c); pre_fz: X̂_Pre_c; shrunk_pre_fz: X̂_Pre_c resized to half
 #   and reflect-padded (the authors' optional mirror test); post_fz: X̂_Post_c.

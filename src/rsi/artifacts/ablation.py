@@ -22,17 +22,18 @@ from typing import Any
 
 from rsi.artifacts import (
     METRICS,
+    NUMERICS,
     OUTPUTS,
     ArtifactError,
+    block_of_key,
     load_json,
     require_keys,
 )
 from rsi.runtime import atomic_path, write_json
-from rsi.taps import block_key, block_order, parse_block
+from rsi.taps import block_key, block_order
 
 STAGE = "ablate"
 CHANNEL_SET_LABELS = {"run": "this run's channels", "published": "the authors' published channels"}
-NUMERICS: tuple[str, ...] = ("cudnn_allow_tf32", "matmul_allow_tf32")  # rsi.runtime.tf32_flags
 HEADER: tuple[str, ...] = ("images", "random_weights", "generated_data", *NUMERICS)
 COUNTS: tuple[str, ...] = ("n_passing", "n_channels")
 SCALE_FIELDS: tuple[str, ...] = ("passing_acc", "random_acc_mean", "ratio", "sem")
@@ -413,11 +414,9 @@ def read_ablation_metrics(path: Path = ABLATION_METRICS) -> AblationMetrics:
         if key in HEADER:
             continue
         try:
-            block = parse_block(key)
-        except ValueError:
-            block = None
-        if block is None or block_key(block) != key:
-            raise _unexpected(path, key, "not a run label or a block layerL_K")
+            block = block_of_key(path, key, STAGE)
+        except ArtifactError:
+            raise _unexpected(path, key, "not a run label or a block layerL_K") from None
         blocks[block] = _read_block(path, value, key)
     return AblationMetrics(
         images=int(data["images"]),

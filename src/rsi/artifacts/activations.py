@@ -9,12 +9,10 @@ from pathlib import Path
 
 import numpy as np
 
-from rsi.artifacts import require_file, require_keys
+from rsi.artifacts import NUMERICS, require_file, require_keys
 from rsi.runtime import save_npz
 
 STAGE = "activations"
-# the TF32 flags in force while measuring (rsi.runtime.tf32_flags), one 0-d bool array each
-NUMERICS = ("cudnn_allow_tf32", "matmul_allow_tf32")
 ARRAYS = (
     "acts",
     "channels",

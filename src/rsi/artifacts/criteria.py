@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rsi.artifacts import METRICS, OUTPUTS, ArtifactError, block_of_key, load_json, require_file, require_keys
+from rsi.artifacts import (
+    METRICS,
+    NUMERICS,
+    OUTPUTS,
+    ArtifactError,
+    block_of_key,
+    load_json,
+    require_file,
+    require_keys,
+)
 from rsi.runtime import atomic_path, write_json
 from rsi.taps import block_key
 
@@ -35,7 +44,6 @@ SUMMARY_KEYS: tuple[str, ...] = (
     "eq1_readings_differ",
     "passing_readings_differ",
 )
-NUMERICS_KEYS: tuple[str, ...] = ("cudnn_allow_tf32", "matmul_allow_tf32")
 
 
 def stability_file(root: Path = OUTPUTS) -> Path:
@@ -123,13 +131,13 @@ def read_criteria_metrics(path: Path = METRICS_FILE, stage: str = STAGE) -> Crit
     require_keys(path, data, ["total"], stage)
     blocks: dict[str, dict[str, float]] = {}
     for key, entry in data.items():
-        if key not in ("total", "stability", *NUMERICS_KEYS):
+        if key not in ("total", "stability", *NUMERICS):
             blocks[block_of_key(path, key, stage)] = entry
             require_keys(path, entry, SUMMARY_KEYS, stage)
     stability = None
     if "stability" in data:
         stability = {block_of_key(path, key, stage): entry for key, entry in data["stability"].items()}
-    numerics = {key: data[key] for key in NUMERICS_KEYS if key in data} or None
+    numerics = {key: data[key] for key in NUMERICS if key in data} or None
     return CriteriaMetrics(blocks, data["total"], stability, numerics)
 
 

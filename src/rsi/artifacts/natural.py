@@ -4,7 +4,7 @@ Arrays, rows In, Pre, Post (``taps.TAP_KINDS``), of the center neuron of each ch
 float32 over the evaluation set, ``topk`` (3, C, k) int64 evaluation indices of the largest activations,
 largest first, ``topk_values`` (3, C, k) float32; and the labels ``count`` (images), ``weights`` (what
 produced them), ``generated`` (the images are the synthetic offline set) and the TF32 flags in force
-(:data:`NUMERICS_KEYS`). Channel c is column c: the pass covers every channel of a block.
+(:data:`NUMERICS`). Channel c is column c: the pass covers every channel of a block.
 """
 
 from __future__ import annotations
@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from rsi.artifacts import OUTPUTS, natural_file, require_file, require_keys
+from rsi.artifacts import NUMERICS, OUTPUTS, natural_file, require_file, require_keys
 from rsi.runtime import save_npz
 
 STAGE = "natural"
-NUMERICS_KEYS: tuple[str, ...] = ("cudnn_allow_tf32", "matmul_allow_tf32")
-KEYS: tuple[str, ...] = ("mean", "topk", "topk_values", "count", "weights", "generated", *NUMERICS_KEYS)
+KEYS: tuple[str, ...] = ("mean", "topk", "topk_values", "count", "weights", "generated", *NUMERICS)
 
 
 @dataclass(frozen=True)
@@ -32,14 +31,12 @@ class NaturalStats:
     count: int
     weights: str
     generated: bool
-    numerics: dict[str, bool]  # NUMERICS_KEYS → flag
+    numerics: dict[str, bool]  # NUMERICS → flag
 
 
 def write_natural(block: str, stats: NaturalStats, root: Path = OUTPUTS) -> None:
-    if set(stats.numerics) != set(NUMERICS_KEYS):  # a caller's bug, not a file's: say what the record lacks
-        raise ValueError(
-            f"NaturalStats.numerics has {sorted(stats.numerics)}, expected {list(NUMERICS_KEYS)}"
-        )
+    if set(stats.numerics) != set(NUMERICS):  # a caller's bug, not a file's: say what the record lacks
+        raise ValueError(f"NaturalStats.numerics has {sorted(stats.numerics)}, expected {list(NUMERICS)}")
     save_npz(
         natural_file(block, root),
         mean=stats.mean,
@@ -48,7 +45,7 @@ def write_natural(block: str, stats: NaturalStats, root: Path = OUTPUTS) -> None
         count=np.int64(stats.count),
         weights=np.str_(stats.weights),
         generated=np.bool_(stats.generated),
-        **{key: np.bool_(stats.numerics[key]) for key in NUMERICS_KEYS},
+        **{key: np.bool_(stats.numerics[key]) for key in NUMERICS},
     )
 
 
@@ -63,5 +60,5 @@ def read_natural(block: str, root: Path = OUTPUTS) -> NaturalStats:
             count=int(data["count"]),
             weights=str(data["weights"]),
             generated=bool(data["generated"]),
-            numerics={key: bool(data[key]) for key in NUMERICS_KEYS},
+            numerics={key: bool(data[key]) for key in NUMERICS},
         )
