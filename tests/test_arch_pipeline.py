@@ -4,13 +4,11 @@ resnet34 has), through every stage, with the arch named in the FZ settings, dvc.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
-from test_pipeline import ran_stages, run
+from test_pipeline import git_workspace, ran_stages, run
 
 from rsi.demo_params import demo_params
 
@@ -39,18 +37,7 @@ def tiny_resnet34_params() -> dict:
 
 @pytest.fixture(scope="module")
 def resnet34_run(tmp_path_factory) -> tuple[Path, str]:
-    root = tmp_path_factory.mktemp("resnet34")
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
-    ).stdout.split("\0")
-    for name in filter(None, files):
-        if (REPO / name).is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_resnet34_params(), sort_keys=False))
-    run(["git", "init", "-q"], root)
-    run(["git", "add", "-A"], root)
-    run(["git", "commit", "-qm", "start"], root)
+    root = git_workspace(tmp_path_factory.mktemp("resnet34"), tiny_resnet34_params())
     return root, run(["dvc", "repro"], root)
 
 

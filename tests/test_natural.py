@@ -20,13 +20,17 @@ from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD
 CACHE, VIEW = 64, 56  # a small cache keeps the tests fast; the pipeline uses 256 / 224
 
 
+def generated_cache(directory: Path, per_class: int, size: int = CACHE) -> Path:
+    """``directory`` holding generated images of 3 classes (val/) decoded into outputs/eval at ``size``."""
+    params = data.GeneratedParams(classes=3, per_class=per_class, size=40)
+    listing = data.list_folders(data.write_generated_folders(directory / "val", params))
+    data.decode_to_cache(listing, directory / "outputs" / "eval", size=size, progress=False)
+    return directory
+
+
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("natural")
-    params = data.GeneratedParams(classes=3, per_class=4, size=40)
-    listing = data.list_folders(data.write_generated_folders(directory / "val", params))
-    data.decode_to_cache(listing, directory / "outputs" / "eval", size=CACHE, progress=False)
-    return directory
+    return generated_cache(tmp_path_factory.mktemp("natural"), per_class=4)
 
 
 def direct_center_values(model, root: Path, items: list[str], block: str) -> np.ndarray:

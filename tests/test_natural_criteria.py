@@ -12,8 +12,9 @@ import pytest
 import torch
 import yaml
 from test_figures import fake_natural, write_fake_eval
+from test_natural import generated_cache
 
-from rsi import artifacts, cli, data, natural, natural_criteria, natural_figures
+from rsi import artifacts, cli, natural, natural_criteria, natural_figures
 from rsi.artifacts import ArtifactError
 from rsi.artifacts.criteria import TABLE_COLUMNS, CriteriaTable, write_criteria_table
 from rsi.artifacts.fz import FZFile, write_fz
@@ -104,11 +105,7 @@ def test_verdicts_and_overlap_with_the_fz_criteria():
 
 @pytest.fixture(scope="module")
 def tiny_cache(tmp_path_factory) -> Path:
-    directory = tmp_path_factory.mktemp("natural_criteria")
-    params = data.GeneratedParams(classes=3, per_class=3, size=40)
-    listing = data.list_folders(data.write_generated_folders(directory / "val", params))
-    data.decode_to_cache(listing, directory / "outputs" / "eval", size=CACHE, progress=False)
-    return directory
+    return generated_cache(tmp_path_factory.mktemp("natural_criteria"), per_class=3, size=CACHE)
 
 
 def direct(model, eval_set, index: int, taps: list[Tap], scaled: bool) -> dict[Tap, np.ndarray]:

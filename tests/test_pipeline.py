@@ -54,23 +54,36 @@ def tiny_params() -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> Path:
-    """A git clone-like copy of the tracked files, with the tiny offline profile as params.yaml."""
-    root = tmp_path_factory.mktemp("repo")
-    files = subprocess.run(
-        ["git", "ls-files", "-z"], cwd=REPO, capture_output=True, text=True, check=True
+def copy_checkout(root: Path) -> None:
+    """The files a clone would have, including not yet committed ones (the code under test)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.split("\0")
-    for name in filter(None, files):
+    for name in filter(None, listed):
         source = REPO / name
         if source.is_file():
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, root / name)
-    (root / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+
+
+def git_workspace(root: Path, params: dict) -> Path:
+    """A clone-like copy of the checkout at ``root``, ``params`` as its params.yaml, committed."""
+    copy_checkout(root)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], root)
     run(["git", "add", "-A"], root)
     run(["git", "commit", "-qm", "start"], root)
     return root
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Path:
+    """A git clone-like copy of the checkout, with the tiny offline profile as params.yaml."""
+    return git_workspace(tmp_path_factory.mktemp("repo"), tiny_params())
 
 
 @pytest.fixture(scope="module")

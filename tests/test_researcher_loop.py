@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_pipeline import copy_checkout, tiny_params
 
 from rsi import paper
 from rsi.artifacts.criteria import write_passing_counts
@@ -110,28 +111,6 @@ def test_the_passing_counts_plot_renders_beside_the_papers(tmp_path):
 # The demo's loop, end to end (offline, tiny sizes).
 
 
-def _tiny_demo_profile() -> dict:
-    from test_pipeline import tiny_params
-
-    return tiny_params()
-
-
-def _copy_checkout(root: Path) -> None:
-    """The files a clone would have, including not yet committed ones (the code under test)."""
-    listed = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.split("\0")
-    for name in filter(None, listed):
-        source = REPO / name
-        if source.is_file():
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, root / name)
-
-
 def _expected_eq2_pass(table: Path, low: float, high: float) -> int:
     """Eq. 2 with other bounds, recomputed from the baseline's per-channel table: strict, both Post > 0,
     Post_c(X̂_In_c) / Post_c(X̂_Pre_c) inside (low, high)."""
@@ -146,9 +125,9 @@ def _expected_eq2_pass(table: Path, low: float, high: float) -> int:
 @pytest.mark.slow
 def test_the_demo_is_a_git_repository_where_dvc_exp_runs_and_diffs(tmp_path):
     root = tmp_path / "checkout"
-    _copy_checkout(root)
+    copy_checkout(root)
     # the tiny profile as params.demo.yaml: demo.sh overlays it on params.yaml as it does the real one
-    (root / "params.demo.yaml").write_text(yaml.safe_dump(_tiny_demo_profile(), sort_keys=False))
+    (root / "params.demo.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
     home = tmp_path / "home"  # no git identity anywhere: demo.sh sets a local one for its baseline
     demo = root / "demo"
 
