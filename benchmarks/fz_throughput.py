@@ -67,6 +67,57 @@ def ours(model, spec, channels, device, channels_last) -> float:
     return time.perf_counter() - start
 
 
+def calls_per_step(model, spec, channels, device) -> dict[str, float]:
+    """aten calls per optimisation step (the difference between an 8- and a 4-step render, after one
+    that made the per-size tables): all of them (on CUDA about one kernel launch each), tensors made
+    from host data (on CUDA a copy from the host), matrix inverses (on CUDA an error check that waits
+    for the device); on CUDA also the synchronisations torch's sync debug mode reports."""
+    from collections import Counter
+    from dataclasses import replace
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from rsi.fz import render_channels
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.calls: Counter = Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.calls[func.overloadpacket.__name__] += 1
+            return func(*args, **(kwargs or {}))
+
+    def count(steps: int) -> Counter:
+        with Count() as counter:
+            render_channels(model, replace(spec, steps=steps), channels, device=device)
+        return counter.calls
+
+    count(12)
+    short, long = count(4), count(8)
+    per_step = {name: (long[name] - short[name]) / 4 for name in set(long) | set(short)}
+    result = {
+        "aten_calls": sum(per_step.values()),
+        "host_tensors": per_step.get("lift_fresh", 0.0),
+        "inverses": per_step.get("linalg_inv_ex", 0.0),
+    }
+    if device.type == "cuda":
+        import warnings
+
+        def syncs(steps: int) -> int:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    render_channels(model, replace(spec, steps=steps), channels, device=device)
+                finally:
+                    torch.cuda.set_sync_debug_mode("default")
+            return sum("synchroniz" in str(w.message) for w in caught)
+
+        result["cuda_syncs"] = (syncs(8) - syncs(4)) / 4
+    return result
+
+
 def main() -> None:
     from rsi.fz import DEFAULT_BLOCKS, FZParams, TapSpec
     from rsi.model import load_resnet18
@@ -91,6 +142,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating timing rounds (median)")
     parser.add_argument("--weights", default="random:0", help="model.weights (speed does not depend on it)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
+    parser.add_argument(
+        "--count-calls", action="store_true", help="also count aten calls, host copies, syncs per step"
+    )
     args = parser.parse_args()
 
     device = resolve_device(args.device)
@@ -160,6 +214,9 @@ def main() -> None:
             f"lucent render_vis x1: {n_lucent:4d} channels: {lucent_rate:9.3f} ch/s (median of {args.rounds})"
         )
         print(f"speed-up: {ratio:.2f}x")
+    if args.count_calls:
+        result["per_step"] = calls_per_step(model, spec, list(range(args.channels)), device)
+        print("per step: " + ", ".join(f"{k} {v:g}" for k, v in result["per_step"].items()))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
 

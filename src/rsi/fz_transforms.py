@@ -37,7 +37,9 @@ with warnings.catch_warnings():
         "ignore", r"`torch\.jit\.script` is deprecated", FutureWarning, r"torch\.jit\._script"
     )
     import kornia
-    from kornia.geometry.transform import translate
+    from kornia.geometry.conversions import convert_affinematrix_to_homography
+    from kornia.geometry.transform.affwarp import _compute_translation_matrix
+    from kornia.geometry.warp import normalize_homography
 
 from rsi.transforms import center_crop
 
@@ -142,9 +144,45 @@ def _roundup(value: float) -> int:
     return int(np.ceil(value).astype(int))
 
 
-def _jitter(images: Tensor, draws: Tensor) -> Tensor:
-    translation = draws.to(device=images.device, dtype=torch.float32)
-    return translate(images, translation)
+def _sampling_matrix(matrix: Tensor, height: int, width: int) -> Tensor:
+    """(1, 2, 3): what kornia 0.4.1's ``warp_affine`` hands ``affine_grid`` for the pixel-space affine
+    ``matrix`` (1, 2, 3) on a ``height`` x ``width`` image (same size out): kornia's own functions, the
+    homography normalised to [-1, 1] and inverted. One matrix per call, as lucent's batch-1 calls."""
+    homography = convert_affinematrix_to_homography(matrix)
+    normalized = normalize_homography(homography, (height, width), (height, width))
+    return torch.inverse(normalized)[:, :2, :]
+
+
+@functools.lru_cache(maxsize=256)
+def _translation_grids(size: int, height: int, width: int, device: str) -> Tensor:
+    """(size², 2, 3) sampling matrices of lucent's ``jitter(size)``, row ``dx * size + dy`` for the
+    integer translation (dx, dy): the matrix kornia's ``translate`` builds (``_compute_translation_matrix``
+    of the float32 draw), through :func:`_sampling_matrix`. Made once per size and device, so a step runs
+    no ``torch.inverse`` (on CUDA an error check that waits for the device) and copies no normalisation
+    matrix from the host."""
+    rows = []
+    for dx in range(size):
+        for dy in range(size):
+            translation = torch.tensor([[dx, dy]], dtype=torch.float32, device=device)
+            matrix = _compute_translation_matrix(translation)[..., :2, :3]
+            rows.append(_sampling_matrix(matrix, height, width))
+    return torch.cat(rows)
+
+
+def _warp(images: Tensor, sampling: Tensor) -> Tensor:
+    """kornia 0.4.1's ``warp_affine`` (bilinear, zeros, ``align_corners=False``, same size out) from
+    per-image sampling matrices (B, 2, 3) (:func:`_translation_grids`, :func:`_rotation_grids`)."""
+    batch, channels, height, width = images.shape
+    grid = F.affine_grid(sampling, [batch, channels, height, width], align_corners=False)
+    return F.grid_sample(images, grid, align_corners=False, mode="bilinear", padding_mode="zeros")
+
+
+def _jitter(images: Tensor, size: int, draws: Tensor) -> Tensor:
+    """lucent's ``jitter(size)`` (kornia's ``translate``) by each image's drawn (dx, dy) (``draws``:
+    (B, 2) int64 on the images' device)."""
+    height, width = images.shape[2:]
+    table = _translation_grids(size, height, width, str(images.device))
+    return _warp(images, table[draws[:, 0] * size + draws[:, 1]])
 
 
 def _scaled(images: Tensor, scale: float) -> Tensor:
@@ -177,11 +215,18 @@ def _rotation_table(choices: tuple[float, ...], height: int, width: int, device:
     return kornia.get_rotation_matrix2d(center, angle, scale)
 
 
+@functools.lru_cache(maxsize=64)
+def _rotation_grids(choices: tuple[float, ...], height: int, width: int, device: str) -> Tensor:
+    """(len(choices), 2, 3) sampling matrices of lucent's ``random_rotate``: each row of
+    :func:`_rotation_table` through :func:`_sampling_matrix` (see :func:`_translation_grids`)."""
+    table = _rotation_table(choices, height, width, device)
+    return torch.cat([_sampling_matrix(table[i : i + 1], height, width) for i in range(len(choices))])
+
+
 def _rotate(images: Tensor, choices: tuple[float, ...], drawn: Tensor) -> Tensor:
     """lucent's random_rotate with a per-image angle ``choices[drawn[i]]`` (degrees)."""
     height, width = images.shape[2:]
-    matrix = _rotation_table(choices, height, width, str(images.device))[drawn]
-    return kornia.warp_affine(images.float(), matrix, dsize=(height, width))
+    return _warp(images.float(), _rotation_grids(choices, height, width, str(images.device))[drawn])
 
 
 @dataclass(frozen=True)
@@ -242,7 +287,7 @@ def apply_planned(
                     x = F.pad(x, [op.size] * 4, mode=op.mode)
                 updated.append((idx, x, d))
             elif op.kind == "jitter":
-                updated.append((idx, _jitter(x, d[:, column : column + 2]), d))
+                updated.append((idx, _jitter(x, op.size, d[:, column : column + 2]), d))
             elif op.kind == "rotate":
                 updated.append((idx, _rotate(x, tuple(op.choices), d[:, column]), d))
             elif op.kind == "crop":
