@@ -7,7 +7,7 @@
 For every tap and round, ``benchmarks/fz_throughput.py`` (this checkout's script, which uses only
 ``rsi.fz``'s public API) runs once with the old ``src`` on PYTHONPATH and once with this one, alternately,
 each in a fresh process with its own warm-up, so that a change in machine load hits both. It prints the
-median channels/s of each side, their ratio, and (``--count-calls``) the aten calls, tensors made from host
+median channels/s of each side, their ratio, whether the two renders are the same floats, and (``--count-calls``) the aten calls, tensors made from host
 data, matrix inverses and (CUDA) synchronisations per step; ``--json`` writes it all.
 """
 
@@ -22,12 +22,15 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 HERE = Path(__file__).resolve().parent
 NEW_SRC = HERE.parent / "src"
 
 
-def one_run(src: Path, tap: str, args: argparse.Namespace, count_calls: bool) -> dict:
-    """One fz_throughput.py run (rsi fz only) with ``src`` first on PYTHONPATH."""
+def one_run(src: Path, tap: str, args: argparse.Namespace, count_calls: bool, images: Path | None) -> dict:
+    """One fz_throughput.py run (rsi fz only) with ``src`` first on PYTHONPATH; its FZs saved to
+    ``images`` when given."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "run.json"
         command = [
@@ -43,12 +46,23 @@ def one_run(src: Path, tap: str, args: argparse.Namespace, count_calls: bool) ->
             f"--tap={tap}",
             f"--json={out}",
             *(["--count-calls"] if count_calls else []),
+            *([f"--save-images={images}"] if images else []),
         ]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(src), os.environ.get("PYTHONPATH", "")])}
         done = subprocess.run(command, env=env, capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"fz_throughput.py with {src} failed:\n{done.stderr[-3000:]}")
         return json.loads(out.read_text())
+
+
+def compare(old: np.ndarray, new: np.ndarray) -> dict:
+    """Whether two renders of the same channels are the same floats, and if not, by how much (also as
+    the stored uint8 values: value·255 truncated)."""
+    return {
+        "identical": bool(np.array_equal(old, new)),
+        "max_abs_diff": float(np.abs(old - new).max()),
+        "uint8_values_differing": int(((old * 255).astype(np.uint8) != (new * 255).astype(np.uint8)).sum()),
+    }
 
 
 def main() -> None:
@@ -72,19 +86,37 @@ def main() -> None:
         rates: dict[str, list[float]] = {"old": [], "new": []}
         calls: dict[str, dict] = {}
         device = ""
-        for round_ in range(args.rounds):
-            for side, src in (("old", args.old_src), ("new", NEW_SRC)):
-                run = one_run(src, tap, args, args.count_calls and round_ == 0)
-                rates[side].append(run["ours_channels_per_s"])
-                calls.setdefault(side, run.get("per_step", {}))
-                device = run["device"]
+        with tempfile.TemporaryDirectory() as tmp:
+            images = {side: Path(tmp) / f"{side}.npy" for side in rates}
+            for round_ in range(args.rounds):
+                for side, src in (("old", args.old_src), ("new", NEW_SRC)):
+                    first = round_ == 0
+                    run = one_run(src, tap, args, args.count_calls and first, images[side] if first else None)
+                    rates[side].append(run["ours_channels_per_s"])
+                    calls.setdefault(side, run.get("per_step", {}))
+                    device = run["device"]
+            same = compare(np.load(images["old"]), np.load(images["new"]))
         old, new = statistics.median(rates["old"]), statistics.median(rates["new"])
-        row = {"tap": tap, "device": device, "old": old, "new": new, "ratio": new / old, "rates": rates}
+        row = {
+            "tap": tap,
+            "device": device,
+            "old": old,
+            "new": new,
+            "ratio": new / old,
+            "rates": rates,
+            **same,
+        }
         row.update({f"per_step_{side}": value for side, value in calls.items() if value})
         results.append(row)
         print(
             f"{tap}: {device}, {args.steps} steps, {args.size} px, {args.channels} ch: "
             f"old {old:.3f} ch/s, new {new:.3f} ch/s, {new / old:.2f}x (median of {args.rounds})"
+        )
+        print(
+            "  FZs: byte-identical"
+            if same["identical"]
+            else f"  FZs differ: max |old - new| {same['max_abs_diff']:.3g}, "
+            f"uint8 storage differs in {same['uint8_values_differing']} values"
         )
         for side in ("old", "new"):
             if calls.get(side):

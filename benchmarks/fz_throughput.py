@@ -17,6 +17,7 @@ import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -57,14 +58,17 @@ def lucent_per_channel(model, spec, channels, device) -> float:
     return time.perf_counter() - start
 
 
-def ours(model, spec, channels, device, channels_last) -> float:
+def ours(model, spec, channels, device, channels_last, save: Path | None = None) -> float:
     from rsi.fz import render_channels
 
     _sync(device)
     start = time.perf_counter()
-    render_channels(model, spec, channels, device=device, channels_last=channels_last)
+    result = render_channels(model, spec, channels, device=device, channels_last=channels_last)
     _sync(device)
-    return time.perf_counter() - start
+    seconds = time.perf_counter() - start
+    if save is not None:
+        np.save(save, result.images)
+    return seconds
 
 
 def calls_per_step(model, spec, channels, device) -> dict[str, float]:
@@ -143,6 +147,9 @@ def main() -> None:
     parser.add_argument("--weights", default="random:0", help="model.weights (speed does not depend on it)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers here")
     parser.add_argument(
+        "--save-images", type=Path, default=None, help="save the last round's FZs (float32 .npy) here"
+    )
+    parser.add_argument(
         "--count-calls", action="store_true", help="also count aten calls, host copies, syncs per step"
     )
     args = parser.parse_args()
@@ -180,8 +187,9 @@ def main() -> None:
         lucent_per_channel(lucent_model, warm, [0], device)  # warm-up
     # Rounds alternate ours and lucent so that a change in machine load hits both; medians are reported.
     ours_rates, lucent_rates = [], []
-    for _ in range(args.rounds):
-        seconds = ours(model, spec, list(range(args.channels)), device, channels_last)
+    for round_ in range(args.rounds):
+        save = args.save_images if round_ == args.rounds - 1 else None
+        seconds = ours(model, spec, list(range(args.channels)), device, channels_last, save)
         ours_rates.append(args.channels / seconds)
         if lucent_model is not None:
             lucent_rates.append(

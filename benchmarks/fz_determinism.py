@@ -1,0 +1,126 @@
+"""Whether `rsi fz` renders are a function of the declared params on this device, and what determinism costs.
+
+    python benchmarks/fz_determinism.py --device cuda --tap 2.1/pre --size 224 --steps 30 --channels 64
+
+Renders ``--channels`` channels in two batches (``fz.batch_channels`` = half of them) and checks, byte for
+byte: a second render of the same channels (run to run), and the second batch rendered alone (what a
+torchrun rank that owns only that chunk computes). Then, on CUDA, it times the render as the stage runs it
+(cuDNN deterministic, no autotuning) against cuDNN's autotuned, non-deterministic kernels, and says whether
+those change the FZs. Prints one line per check and writes ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+
+@contextmanager
+def autotuned(device: torch.device):
+    """cuDNN autotuning on and deterministic kernels off, in place of the stage's setting."""
+    import rsi.fz as fz
+
+    saved = fz._numerics
+
+    @contextmanager
+    def numerics(device: torch.device, tf32: bool):
+        with saved(device, tf32):
+            torch.backends.cudnn.benchmark = True
+            torch.backends.cudnn.deterministic = False
+            yield
+
+    fz._numerics = numerics
+    try:
+        yield
+    finally:
+        fz._numerics = saved
+
+
+def timed(render, device: torch.device) -> tuple[float, np.ndarray]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    images = render()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, images
+
+
+def main() -> None:
+    from rsi.fz import DEFAULT_BLOCKS, FZParams, TapSpec, render_channels
+    from rsi.model import load_resnet18
+    from rsi.runtime import resolve_device
+    from rsi.taps import Tap, block_key
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--tap", default="2.1/pre")
+    parser.add_argument("--size", type=int, default=112)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--channels", type=int, default=8, help="even: two batches of half")
+    parser.add_argument("--weights", default="random:0")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    if args.channels < 2 or args.channels % 2:
+        raise SystemExit(f"--channels {args.channels}: give an even number >= 2 (two batches of half)")
+
+    device = resolve_device(args.device)
+    tap = Tap.parse(args.tap)
+    half = args.channels // 2
+    fz = FZParams(steps=args.steps, image_size=args.size, batch_channels=half)
+    jitter = DEFAULT_BLOCKS[block_key(tap.block)].jitter
+    spec = TapSpec.of(tap, fz, seed=0, weights=args.weights, jitter=jitter)
+    model = load_resnet18(args.weights)
+    channels = list(range(args.channels))
+
+    def render(which=channels):
+        return render_channels(model, spec, which, device=device).images
+
+    render(channels[:1])  # warm-up: lazy initialisation and the per-size tables
+    seconds, first = timed(render, device)
+    _, again = timed(render, device)
+    _, alone = timed(lambda: render(channels[half:]), device)
+    result = {
+        "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
+        "tap": str(tap),
+        "size": args.size,
+        "steps": args.steps,
+        "channels": args.channels,
+        "run_to_run_identical": bool(np.array_equal(first, again)),
+        "chunk_alone_identical": bool(np.array_equal(first[half:], alone)),
+        "deterministic_channels_per_s": args.channels / seconds,
+    }
+    print(f"{result['device']}, {tap}, {args.steps} steps, {args.size} px, {args.channels} ch")
+    print(f"run to run: {'byte-identical' if result['run_to_run_identical'] else 'DIFFERENT'}")
+    print(f"second batch alone: {'byte-identical' if result['chunk_alone_identical'] else 'DIFFERENT'}")
+    if device.type == "cuda":
+        with autotuned(device):
+            render(channels[:1])
+            tuned_seconds, tuned = timed(render, device)
+        result.update(
+            autotuned_channels_per_s=args.channels / tuned_seconds,
+            deterministic_cost=seconds / tuned_seconds,
+            autotuned_identical=bool(np.array_equal(first, tuned)),
+            autotuned_max_abs_diff=float(np.abs(first - tuned).max()),
+        )
+        print(
+            f"deterministic {args.channels / seconds:.2f} ch/s, autotuned {args.channels / tuned_seconds:.2f} "
+            f"ch/s: determinism costs {seconds / tuned_seconds:.2f}x; autotuned FZs "
+            + (
+                "identical"
+                if result["autotuned_identical"]
+                else f"differ by {result['autotuned_max_abs_diff']:.3g}"
+            )
+        )
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
