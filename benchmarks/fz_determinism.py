@@ -4,7 +4,9 @@
 
 Renders ``--channels`` channels in two batches (``fz.batch_channels`` = half of them) and checks, byte for
 byte: a second render of the same channels (run to run), and the second batch rendered alone (what a
-torchrun rank that owns only that chunk computes). Then, on CUDA, it times the render as the stage runs it
+torchrun rank that owns only that chunk computes), and all channels in one batch (whether the batch
+geometry, a declared param, changes floats here; if not, a block's taps could be optimised together
+without changing any FZ). Then, on CUDA, it times the render as the stage runs it
 (cuDNN deterministic, no autotuning) against cuDNN's autotuned, non-deterministic kernels, and says whether
 those change the FZs. Prints one line per check and writes ``--json``.
 """
@@ -15,6 +17,7 @@ import argparse
 import json
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +89,9 @@ def main() -> None:
     seconds, first = timed(render, device)
     _, again = timed(render, device)
     _, alone = timed(lambda: render(channels[half:]), device)
+    whole = render_channels(
+        model, replace(spec, batch_channels=args.channels), channels, device=device
+    ).images
     result = {
         "device": str(device) + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""),
         "tap": str(tap),
@@ -94,11 +100,21 @@ def main() -> None:
         "channels": args.channels,
         "run_to_run_identical": bool(np.array_equal(first, again)),
         "chunk_alone_identical": bool(np.array_equal(first[half:], alone)),
+        "batch_size_invariant": bool(np.array_equal(first, whole)),
+        "batch_size_max_abs_diff": float(np.abs(first - whole).max()),
         "deterministic_channels_per_s": args.channels / seconds,
     }
     print(f"{result['device']}, {tap}, {args.steps} steps, {args.size} px, {args.channels} ch")
     print(f"run to run: {'byte-identical' if result['run_to_run_identical'] else 'DIFFERENT'}")
     print(f"second batch alone: {'byte-identical' if result['chunk_alone_identical'] else 'DIFFERENT'}")
+    print(
+        "one batch of all instead of two: "
+        + (
+            "byte-identical (joining batches, e.g. a block's taps, would keep every FZ)"
+            if result["batch_size_invariant"]
+            else f"differs by up to {result['batch_size_max_abs_diff']:.3g} (batch geometry changes floats)"
+        )
+    )
     if device.type == "cuda":
         with autotuned(device):
             render(channels[:1])
