@@ -25,13 +25,9 @@ from rsi.artifacts.whole_channel import (
 from rsi.channel_plan import FiguresParams, column_tap, plan_channels
 from rsi.config import load_section, load_seed, read_params
 from rsi.fz import FZParams, load_fz_params, render_channel_fz
+from rsi.fz_param import to_storage
 from rsi.runtime import ModelParams, full_float32, write_json
 from rsi.taps import TAP_KINDS
-
-
-def to_uint8(images: np.ndarray) -> np.ndarray:
-    """(n, 3, H, W) float in [0, 1] → uint8 (value·255 truncated), as the figures always drew them."""
-    return (np.clip(np.asarray(images, dtype=np.float32), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
 def render_block(
@@ -47,7 +43,8 @@ def render_block(
             raise RuntimeError(
                 f"render_channel_fz returned {len(images)} images for {len(channels)} channels"
             )
-        stacked.append(to_uint8(images))
+        # value·255 truncated, as FZs are stored (and as the figures always drew them)
+        stacked.append(to_storage(np.clip(images, 0.0, 1.0), "uint8"))
     return WholeChannelFZs(block, tuple(channels), np.stack(stacked))
 
 
