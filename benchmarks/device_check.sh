@@ -9,8 +9,8 @@
 #
 # `run` writes JSON and a log per measurement under $OUT (default outputs/device_check): FZ throughput old
 # vs new with byte identity of their FZs (1.1/pre and 2.1/pre, 224 px, 128 channels), ours vs lucent's
-# render_vis per channel, run-to-run and chunk-alone identity with the cost of deterministic cuDNN, and
-# paper_time.py's projection of the whole paper run. Each step has its own time limit, and a failed step
+# render_vis per channel, run-to-run and chunk-alone identity with the cost of deterministic cuDNN, 4.1/post
+# in float32 and in TF32, and paper_time.py's projection of the whole paper run. Each step has its own time limit, and a failed step
 # does not stop the others. It takes about 8 minutes on an H100.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -79,6 +79,12 @@ step lucent 120 python3 benchmarks/fz_throughput.py --device "$device" --size "$
     --channels "$channels" --lucent-channels "$lucent" --tap 2.1/pre --rounds 1 --json "$OUT/lucent.json"
 step determinism 90 python3 benchmarks/fz_determinism.py --device "$device" --size "$size" --steps "$steps" \
     --channels $((channels / 2)) --json "$OUT/determinism.json"
+# the deep taps are most of the paper's FZ time: float32 (the default) against fz.tf32 (declared)
+for precision in float32 tf32; do
+    step "deep_$precision" 90 python3 benchmarks/fz_throughput.py --device "$device" --size "$size" \
+        --steps "$steps" --channels "$channels" --tap 4.1/post --skip-lucent --rounds 1 \
+        $([[ $precision == tf32 ]] && echo --tf32) --json "$OUT/deep_$precision.json"
+done
 # activations through this package's copying taps (no thingsvision there; the same values, tested)
 python3 - "$OUT/params.yaml" <<'EOF'
 import sys, yaml
