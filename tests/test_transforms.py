@@ -42,6 +42,19 @@ def test_scale_crop_keeps_the_central_half_and_returns_full_size():
     assert out[0, 0, 1, 100].item() == pytest.approx(56.25, abs=1e-4)
 
 
+def test_scale_crop_is_the_authors_plain_bilinear_resize():
+    """S(X) = CenterCrop(112) then torchvision 0.15's tensor Resize(224), not antialiased: the bytes of
+    plain bilinear interpolation (align_corners=False), which differ from the antialiased kernel's."""
+    images = torch.rand(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    crop = images[..., 56:168, 56:168]
+    plain = torch.nn.functional.interpolate(crop, size=(224, 224), mode="bilinear", align_corners=False)
+    assert torch.equal(scale_crop(images, 0.5), plain)
+    smoothed = torch.nn.functional.interpolate(
+        crop, size=(224, 224), mode="bilinear", align_corners=False, antialias=True
+    )
+    assert not torch.equal(plain, smoothed)
+
+
 def test_scale_crop_of_a_patch_centered_image_magnifies_the_patch():
     image = torch.zeros(1, 3, 224, 224)
     image[..., 104:120, 104:120] = 1.0  # 16 px square at the center

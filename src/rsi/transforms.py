@@ -44,11 +44,15 @@ def resize(images: Tensor, size: int, *, antialias: bool = True) -> Tensor:
 
 
 def scale_crop(images: Tensor, fraction: float = 0.5) -> Tensor:
-    """S(X) of Eq. 1: center-crop to ``fraction`` of the side (112 of 224), bilinear resize back."""
+    """S(X) of Eq. 1: center-crop to ``fraction`` of the side (112 of 224), bilinear resize back.
+
+    Not antialiased: the authors resized the normalised tensor with torchvision 0.15's ``Resize``, whose
+    tensor default was off; enlarging, that is the plain bilinear kernel, whose floats differ from the
+    antialiased kernel's in the last bits."""
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"scale fraction must be in (0, 1], got {fraction}")
     side = images.shape[-1]
-    return resize(center_crop(images, int(side * fraction)), side)
+    return resize(center_crop(images, int(side * fraction)), side, antialias=False)
 
 
 def shrink_pad(images: Tensor, size: int = 112, *, antialias: bool = False) -> Tensor:
