@@ -201,18 +201,17 @@ def _scaled(images: Tensor, scale: float) -> Tensor:
 @functools.lru_cache(maxsize=64)
 def _rotation_table(choices: tuple[float, ...], height: int, width: int, device: str) -> Tensor:
     """lucent's random_rotate matrices, one per angle choice (degrees), for ``height`` x ``width`` images:
-    kornia's rotation about the center, as lucent builds it (center and scale built on the device).
-    Made once per size and device instead of at every step: kornia copies a constant from the host at
-    each call, a synchronising copy on CUDA. Each row is elementwise arithmetic (the scale matrix is the
-    identity, so its product is exact), so a gathered row equals the row made for the drawn angle alone
-    (tests/test_fz.py checks it)."""
-    angle = torch.tensor(choices, dtype=torch.float32, device=device)
+    kornia's rotation about the center, built on the CPU and moved to ``device`` as lucent does (so on
+    CUDA the sines and cosines are the CPU's, as in lucent). Made once per size and device instead of at
+    every step. Each row is elementwise arithmetic (the scale matrix is the identity, so its product is
+    exact), so a gathered row equals the row made for the drawn angle alone (tests/test_fz.py checks it)."""
+    angle = torch.tensor(choices, dtype=torch.float32)
     batch = angle.shape[0]
-    scale = torch.ones(batch, 2, device=device)
-    center = torch.empty(batch, 2, device=device)
+    scale = torch.ones(batch, 2)
+    center = torch.empty(batch, 2)
     center[..., 0] = (width - 1) / 2
     center[..., 1] = (height - 1) / 2
-    return kornia.get_rotation_matrix2d(center, angle, scale)
+    return kornia.get_rotation_matrix2d(center, angle, scale).to(device)
 
 
 @functools.lru_cache(maxsize=64)
