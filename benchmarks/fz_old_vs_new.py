@@ -7,7 +7,8 @@
 For every tap and round, ``benchmarks/fz_throughput.py`` (this checkout's script, which uses only
 ``rsi.fz``'s public API) runs once with the old ``src`` on PYTHONPATH and once with this one, alternately,
 each in a fresh process with its own warm-up, so that a change in machine load hits both. It prints the
-median channels/s of each side, their ratio, whether the two renders are the same floats, and (``--count-calls``) the aten calls, tensors made from host
+median channels/s of each side, their ratio, whether the two renders are the same floats (and, with two rounds or more,
+whether two renders of this checkout are), and (``--count-calls``) the aten calls, tensors made from host
 data, matrix inverses and (CUDA) synchronisations per step; ``--json`` writes it all.
 """
 
@@ -87,15 +88,20 @@ def main() -> None:
         calls: dict[str, dict] = {}
         device = ""
         with tempfile.TemporaryDirectory() as tmp:
-            images = {side: Path(tmp) / f"{side}.npy" for side in rates}
+            images = {(side, r): Path(tmp) / f"{side}{r}.npy" for side in rates for r in (0, 1)}
             for round_ in range(args.rounds):
                 for side, src in (("old", args.old_src), ("new", NEW_SRC)):
-                    first = round_ == 0
-                    run = one_run(src, tap, args, args.count_calls and first, images[side] if first else None)
+                    save = images.get((side, round_))
+                    run = one_run(src, tap, args, args.count_calls and round_ == 0, save)
                     rates[side].append(run["ours_channels_per_s"])
                     calls.setdefault(side, run.get("per_step", {}))
                     device = run["device"]
-            same = compare(np.load(images["old"]), np.load(images["new"]))
+            same = compare(np.load(images["old", 0]), np.load(images["new", 0]))
+            if (
+                args.rounds > 1
+            ):  # the new code against itself: a difference old vs new means little without it
+                again = compare(np.load(images["new", 0]), np.load(images["new", 1]))
+                same["new_run_to_run"] = again
         old, new = statistics.median(rates["old"]), statistics.median(rates["new"])
         row = {
             "tap": tap,
@@ -113,11 +119,17 @@ def main() -> None:
             f"old {old:.3f} ch/s, new {new:.3f} ch/s, {new / old:.2f}x (median of {args.rounds})"
         )
         print(
-            "  FZs: byte-identical"
+            "  FZs old vs new: byte-identical"
             if same["identical"]
-            else f"  FZs differ: max |old - new| {same['max_abs_diff']:.3g}, "
+            else f"  FZs old vs new differ: max |old - new| {same['max_abs_diff']:.3g}, "
             f"uint8 storage differs in {same['uint8_values_differing']} values"
         )
+        if "new_run_to_run" in same:
+            again = same["new_run_to_run"]
+            print(
+                "  FZs new, run to run: "
+                + ("byte-identical" if again["identical"] else f"differ by up to {again['max_abs_diff']:.3g}")
+            )
         for side in ("old", "new"):
             if calls.get(side):
                 print(f"  per step, {side}: " + ", ".join(f"{k} {v:g}" for k, v in calls[side].items()))

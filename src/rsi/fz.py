@@ -305,7 +305,8 @@ def _numerics(device: torch.device, tf32: bool) -> Iterator[None]:
     """TF32 only when asked (PyTorch allows it for convolutions by default), and deterministic cuDNN
     kernels without autotuning: autotuning picks kernels by timing, per process and per run, and some
     backward kernels are not deterministic; over 2,560 steps a last-bit difference grows into a different
-    FZ, so a GPU render would depend on more than the declared params (DESIGN)."""
+    FZ, so a GPU render would depend on more than the declared params (DESIGN). This is not enough for
+    GPU byte identity: the transforms' backward passes add with atomics on CUDA (docs/fz.md)."""
     saved = (
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
