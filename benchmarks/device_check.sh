@@ -8,7 +8,8 @@
 #   bash benchmarks/device_check.sh run --small         # the same on a CPU in about a minute (a dry run)
 #
 # `run` measures: FZ throughput old vs new, with byte identity of their FZs and of two new renders (1.1/pre
-# and 2.1/pre, 224 px, 128 channels); ours vs lucent's render_vis per channel; run-to-run, chunk-alone and
+# and 2.1/pre, 224 px, 128 channels; on CUDA old and new FZs differ by design since new differentiates the
+# transforms through rsi.adjoints, but two new renders must not); ours vs lucent's render_vis per channel; run-to-run, chunk-alone and
 # batch-geometry identity with the cost of deterministic cuDNN; 4.1/post in float32 and in TF32; and
 # paper_time.py's projection of the whole paper run. Each step has its own time limit (540 s in all, under
 # the device's 600 s per command) and a failed step does not stop the others. It prints each step's last

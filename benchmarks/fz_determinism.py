@@ -6,7 +6,9 @@ Renders ``--channels`` channels in two batches (``fz.batch_channels`` = half of 
 byte: a second render of the same channels (run to run), and the second batch rendered alone (what a
 torchrun rank that owns only that chunk computes), and all channels in one batch (whether the batch
 geometry, a declared param, changes floats here; if not, a block's taps could be optimised together
-without changing any FZ). Then, on CUDA, it times the render as the stage runs it
+without changing any FZ). On CUDA it also renders with torch's own backward of the transforms
+(``fz.cuda_backward: native``) twice, timing it against rsi.adjoints' exact sums and checking whether it
+differs run to run. Then, on CUDA, it times the render as the stage runs it
 (cuDNN deterministic, no autotuning) against cuDNN's autotuned, non-deterministic kernels, and says whether
 those change the FZs. Prints one line per check and writes ``--json``.
 """
@@ -105,7 +107,10 @@ def main() -> None:
         "deterministic_channels_per_s": args.channels / seconds,
     }
     print(f"{result['device']}, {tap}, {args.steps} steps, {args.size} px, {args.channels} ch")
-    print(f"run to run: {'byte-identical' if result['run_to_run_identical'] else 'DIFFERENT'}")
+    print(
+        f"run to run ({'fz.cuda_backward ' + spec.cuda_backward if device.type == 'cuda' else 'CPU'}): "
+        + ("byte-identical" if result["run_to_run_identical"] else "DIFFERENT")
+    )
     print(f"second batch alone: {'byte-identical' if result['chunk_alone_identical'] else 'DIFFERENT'}")
     print(
         "one batch of all instead of two: "
@@ -116,6 +121,27 @@ def main() -> None:
         )
     )
     if device.type == "cuda":
+        # torch's own backward of the transforms (fz.cuda_backward: native): atomics in run order
+        native_spec = replace(spec, cuda_backward="native")
+        native_render = lambda: render_channels(model, native_spec, channels, device=device).images  # noqa: E731
+        native_render()
+        native_seconds, native = timed(native_render, device)
+        _, native_again = timed(native_render, device)
+        result.update(
+            native_channels_per_s=args.channels / native_seconds,
+            exact_backward_cost=seconds / native_seconds,
+            native_run_to_run_identical=bool(np.array_equal(native, native_again)),
+            native_run_to_run_max_abs_diff=float(np.abs(native - native_again).max()),
+        )
+        print(
+            f"fz.cuda_backward deterministic {args.channels / seconds:.2f} ch/s, native "
+            f"{args.channels / native_seconds:.2f} ch/s ({seconds / native_seconds:.2f}x the time); native "
+            + (
+                "run to run byte-identical"
+                if result["native_run_to_run_identical"]
+                else f"run to run differs by up to {result['native_run_to_run_max_abs_diff']:.3g}"
+            )
+        )
         with autotuned(device):
             render()  # autotuning times kernels for every new shape: outside the timing
             tuned_seconds, tuned = timed(render, device)

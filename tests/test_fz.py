@@ -165,12 +165,15 @@ def test_planned_scale_groups_equal_a_sort_at_every_step():
         assert plan.scale_groups[step] == tuple(zip(choices.tolist(), counts.tolist(), strict=True))
 
 
-def test_the_optimisation_loop_draws_sorts_and_copies_nothing_on_the_host(random_model):
+@pytest.mark.parametrize("exact", [False, True], ids=["torch_backward", "exact_backward"])
+def test_the_optimisation_loop_draws_sorts_and_copies_nothing_on_the_host(random_model, exact, monkeypatch):
     """Per step: no random draw, no sort or count of the draws, no tensor made from host data (on CUDA
     a synchronising copy) and no matrix inverse (on CUDA its error check waits for the device): lucent's
     colour matrix, the ImageNet statistics and the warps' sampling matrices are made once per size.
     Adam's .item() reads its step counter, a CPU tensor. Counted with a dispatch mode over every aten
-    call, as the difference between 8 and 4 steps (after a run that made the per-size tables)."""
+    call, as the difference between 8 and 4 steps (after a run that made the per-size tables); with
+    torch's backward of the transforms and with rsi.adjoints' (what CUDA runs)."""
+    monkeypatch.setattr(fzmod, "exact_backward", lambda spec, device: exact)
     from collections import Counter
 
     from torch.utils._python_dispatch import TorchDispatchMode
@@ -202,6 +205,42 @@ def test_the_optimisation_loop_draws_sorts_and_copies_nothing_on_the_host(random
 
 
 # -------------------------------------------------------------------------------- optimisation
+
+
+def test_the_exact_backward_is_used_on_cuda_unless_native_is_declared():
+    deterministic = TapSpec.of(Tap("2.1", "pre"), tiny(), seed=0, weights="random:0")
+    native = TapSpec.of(Tap("2.1", "pre"), tiny(cuda_backward="native"), seed=0, weights="random:0")
+    assert fzmod.exact_backward(deterministic, torch.device("cuda", 0))
+    assert not fzmod.exact_backward(native, torch.device("cuda", 0))
+    assert not fzmod.exact_backward(
+        deterministic, torch.device("cpu")
+    )  # torch's CPU backward is deterministic
+    assert deterministic.settings()["cuda_backward"] == "deterministic"
+    assert deterministic.hash() != native.hash()  # a declared param: it keys the resume chunks
+
+
+def test_an_unknown_cuda_backward_names_the_key_and_the_choices():
+    with pytest.raises(
+        ParamsError,
+        match="fz.cuda_backward = 'fast' is not allowed: expected one of 'deterministic', 'native'",
+    ):
+        load_fz_params({"fz": {"cuda_backward": "fast"}})
+
+
+def test_a_render_through_the_exact_backward_follows_torchs(random_model, monkeypatch):
+    """The same optimisation with rsi.adjoints' backward of the transforms (as on CUDA) ends within float
+    rounding of torch's after 6 steps, for a jitter chain (reflect pad, jitters, scale, rotation) and
+    the jitter-free one; and twice gives the same bytes."""
+    for tap, jitter in [(Tap("2.1", "pre"), 4), (Tap("1.1", "pre"), 0)]:
+        spec = TapSpec.of(tap, tiny(steps=6, batch_channels=3), seed=0, weights="random:0", jitter=jitter)
+        native = render_channels(random_model, spec, [0, 1, 2])
+        monkeypatch.setattr(fzmod, "exact_backward", lambda spec, device: True)
+        exact = render_channels(random_model, spec, [0, 1, 2])
+        again = render_channels(random_model, spec, [0, 1, 2])
+        monkeypatch.undo()
+        assert np.array_equal(exact.images, again.images)
+        assert not np.array_equal(exact.images, native.images)  # other rounding of the gradient
+        np.testing.assert_allclose(exact.images, native.images, rtol=0, atol=1e-4)
 
 
 @pytest.mark.parametrize(("tap", "jitter"), [(Tap("2.1", "pre"), 4), (Tap("2.0", "in"), 0)])

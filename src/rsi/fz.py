@@ -159,6 +159,13 @@ class FZParams:
     # TF32 measured no faster on an H100 (30-step benchmark: 71 vs 82 ch/s for 4.1/post): these steps are
     # not convolution-bound. Kept as an opt-in; float32 numerics by default.
     tf32: bool = field(default=False, metadata={"help": "allow TF32 convolutions on CUDA (not float32)"})
+    # torch's CUDA backward of grid_sample, bilinear interpolate and the reflect pad adds with atomics in
+    # an order that changes per run; rsi.adjoints sums exactly in fixed point instead (CPU: torch's, which
+    # is deterministic, either way).
+    cuda_backward: Literal["deterministic", "native"] = field(
+        default="deterministic",
+        metadata={"help": "transform backward on CUDA: exact sums or torch's atomics"},
+    )
     max_channels: int = field(default=0, metadata={"min": 0, "help": "first N channels only; 0 = all"})
     chunk_batches: int = field(
         default=1, metadata={"min": 1, "help": "whole batches per resumable chunk (speed only, tested)"}
@@ -203,6 +210,7 @@ class TapSpec:
     storage: str
     tf32: bool
     batch_channels: int  # the batch geometry: consecutive channels optimised together (float rounding)
+    cuda_backward: str = "deterministic"  # the transforms' backward on CUDA (rsi.adjoints or torch's)
     objective: str = "center"  # "center": the center neuron (the paper's FZs); "channel": the whole map
     arch: str = DEFAULT_ARCH  # model.arch; left out of settings and hash for resnet18 (see settings())
 
@@ -234,6 +242,7 @@ class TapSpec:
             storage=fz.storage,
             tf32=fz.tf32,
             batch_channels=fz.batch_channels,
+            cuda_backward=fz.cuda_backward,
             objective=objective,
             arch=arch,
         )
@@ -306,7 +315,8 @@ def _numerics(device: torch.device, tf32: bool) -> Iterator[None]:
     kernels without autotuning: autotuning picks kernels by timing, per process and per run, and some
     backward kernels are not deterministic; over 2,560 steps a last-bit difference grows into a different
     FZ, so a GPU render would depend on more than the declared params (DESIGN). This is not enough for
-    GPU byte identity: the transforms' backward passes add with atomics on CUDA (docs/fz.md)."""
+    GPU byte identity: torch's CUDA backward of the transforms adds with atomics, which is why they
+    differentiate through rsi.adjoints there (exact_backward; docs/fz.md)."""
     saved = (
         torch.backends.cudnn.benchmark,
         torch.backends.cudnn.deterministic,
@@ -360,6 +370,13 @@ def _center_values(
     return acts[rows, channels, height // 2, width // 2]
 
 
+def exact_backward(spec: TapSpec, device: torch.device) -> bool:
+    """Whether the transforms differentiate through rsi.adjoints (exact fixed-point sums): on CUDA, where
+    torch's backward adds with atomics in a run-dependent order, unless ``fz.cuda_backward`` is native.
+    On the CPU torch's backward is deterministic and used as it is."""
+    return device.type == "cuda" and spec.cuda_backward == "deterministic"
+
+
 def _optimise_batch(
     model: nn.Module,
     spec: TapSpec,
@@ -382,7 +399,8 @@ def _optimise_batch(
         ]
     )  # (B, steps, columns)
     assert draws.shape[-1] == n_draw_columns(ops)
-    plan = plan_draws(ops, draws, device)  # on the device once per batch: the loop syncs nothing
+    # on the device once per batch: the loop syncs nothing
+    plan = plan_draws(ops, draws, device, exact_backward=exact_backward(spec, device))
     spectrum, image = image_batch(spectra, spec.image_size, device)
     channel_index = torch.as_tensor(list(channels), dtype=torch.int64, device=device)
 

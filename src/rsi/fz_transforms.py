@@ -41,6 +41,7 @@ with warnings.catch_warnings():
     from kornia.geometry.transform.affwarp import _compute_translation_matrix
     from kornia.geometry.warp import normalize_homography
 
+from rsi import adjoints
 from rsi.transforms import center_crop
 
 TransformSet = Literal["authors_code", "lucent_standard"]
@@ -169,23 +170,26 @@ def _translation_grids(size: int, height: int, width: int, device: str) -> Tenso
     return torch.cat(rows)
 
 
-def _warp(images: Tensor, sampling: Tensor) -> Tensor:
+def _warp(images: Tensor, sampling: Tensor, exact_backward: bool = False) -> Tensor:
     """kornia 0.4.1's ``warp_affine`` (bilinear, zeros, ``align_corners=False``, same size out) from
-    per-image sampling matrices (B, 2, 3) (:func:`_translation_grids`, :func:`_rotation_grids`)."""
+    per-image sampling matrices (B, 2, 3) (:func:`_translation_grids`, :func:`_rotation_grids`);
+    ``exact_backward``: differentiated through rsi.adjoints (same forward bytes)."""
     batch, channels, height, width = images.shape
     grid = F.affine_grid(sampling, [batch, channels, height, width], align_corners=False)
+    if exact_backward:
+        return adjoints.grid_sample(images, grid)
     return F.grid_sample(images, grid, align_corners=False, mode="bilinear", padding_mode="zeros")
 
 
-def _jitter(images: Tensor, size: int, draws: Tensor) -> Tensor:
+def _jitter(images: Tensor, size: int, draws: Tensor, exact_backward: bool = False) -> Tensor:
     """lucent's ``jitter(size)`` (kornia's ``translate``) by each image's drawn (dx, dy) (``draws``:
     (B, 2) int64 on the images' device)."""
     height, width = images.shape[2:]
     table = _translation_grids(size, height, width, str(images.device))
-    return _warp(images, table[draws[:, 0] * size + draws[:, 1]])
+    return _warp(images, table[draws[:, 0] * size + draws[:, 1]], exact_backward)
 
 
-def _scaled(images: Tensor, scale: float) -> Tensor:
+def _scaled(images: Tensor, scale: float, exact_backward: bool = False) -> Tensor:
     """lucent's random_scale for one drawn scale: bilinear Upsample (align_corners=True) to
     ceil(scale * side), then zero padding of ceil((side - new) / 2) on each side when it shrank."""
     height, width = images.shape[2:]
@@ -193,7 +197,10 @@ def _scaled(images: Tensor, scale: float) -> Tensor:
     new_shape = [_roundup(scale * height), _roundup(scale * width)]
     pad_x = max(0, _roundup((width - new_shape[1]) / 2))
     pad_y = max(0, _roundup((height - new_shape[0]) / 2))
-    resized = F.interpolate(images, size=new_shape, mode="bilinear", align_corners=True)
+    if exact_backward:
+        resized = adjoints.resize_aligned(images, (new_shape[0], new_shape[1]))
+    else:
+        resized = F.interpolate(images, size=new_shape, mode="bilinear", align_corners=True)
     # lucent pads [pad_y, pad_x] * 2, i.e. left=pad_y, right=pad_x, top=pad_y, bottom=pad_x.
     return F.pad(resized, [pad_y, pad_x] * 2)
 
@@ -222,10 +229,13 @@ def _rotation_grids(choices: tuple[float, ...], height: int, width: int, device:
     return torch.cat([_sampling_matrix(table[i : i + 1], height, width) for i in range(len(choices))])
 
 
-def _rotate(images: Tensor, choices: tuple[float, ...], drawn: Tensor) -> Tensor:
+def _rotate(
+    images: Tensor, choices: tuple[float, ...], drawn: Tensor, exact_backward: bool = False
+) -> Tensor:
     """lucent's random_rotate with a per-image angle ``choices[drawn[i]]`` (degrees)."""
     height, width = images.shape[2:]
-    return _warp(images.float(), _rotation_grids(choices, height, width, str(images.device))[drawn])
+    sampling = _rotation_grids(choices, height, width, str(images.device))[drawn]
+    return _warp(images.float(), sampling, exact_backward)
 
 
 @dataclass(frozen=True)
@@ -239,11 +249,15 @@ class DrawPlan:
     index: Tensor  # arange(B) on the device
     scale_order: Tensor | None  # (steps, B) int64 on the device: stable argsort by the drawn scale
     scale_groups: tuple[tuple[tuple[int, int], ...], ...]  # per step: (choice, count), choices ascending
+    exact_backward: bool = False  # differentiate through rsi.adjoints (deterministic on CUDA)
 
 
-def plan_draws(ops: Sequence[Op], draws: Tensor, device: torch.device | str) -> DrawPlan:
+def plan_draws(
+    ops: Sequence[Op], draws: Tensor, device: torch.device | str, *, exact_backward: bool = False
+) -> DrawPlan:
     """The :class:`DrawPlan` of ``draws`` (B, steps, n_draw_columns) int64 on the host (from
-    :func:`draw_table`, one row per image). At most one random scale per chain (both sets have one)."""
+    :func:`draw_table`, one row per image). At most one random scale per chain (both sets have one).
+    ``exact_backward``: the transforms differentiate through rsi.adjoints (same forward bytes)."""
     scales = [i for i, op in enumerate(ops) if op.kind == "scale"]
     if len(scales) > 1:
         raise ValueError("a transform chain has at most one random scale")
@@ -257,13 +271,16 @@ def plan_draws(ops: Sequence[Op], draws: Tensor, device: torch.device | str) -> 
         order = torch.argsort(device_draws[:, :, column], dim=1, stable=True)
         counts = F.one_hot(draws[:, :, column], choices).sum(dim=0).tolist()  # (steps, choices)
         groups = tuple(tuple((c, n) for c, n in enumerate(row) if n) for row in counts)
-    return DrawPlan(device_draws, torch.arange(batch, device=device), order, groups)
+    return DrawPlan(device_draws, torch.arange(batch, device=device), order, groups, exact_backward)
 
 
-def apply_ops(ops: Sequence[Op], images: Tensor, draws: Tensor) -> list[tuple[Tensor, Tensor]]:
+def apply_ops(
+    ops: Sequence[Op], images: Tensor, draws: Tensor, *, exact_backward: bool = False
+) -> list[tuple[Tensor, Tensor]]:
     """Transform a batch, each image with its own draws (``draws``: (B, n_draw_columns) int64), at
     one step: :func:`apply_planned` with a one-step plan."""
-    return apply_planned(ops, images, plan_draws(ops, draws[:, None].cpu(), images.device), 0)
+    plan = plan_draws(ops, draws[:, None].cpu(), images.device, exact_backward=exact_backward)
+    return apply_planned(ops, images, plan, 0)
 
 
 def apply_planned(
@@ -275,20 +292,23 @@ def apply_planned(
     its drawn scale (lucent's resize takes one output size per call), and each group carries on alone.
     """
     groups: list[tuple[Tensor, Tensor, Tensor]] = [(plan.index, images, plan.draws[step])]
+    exact = plan.exact_backward
     column = 0
     for op in ops:
         updated: list[tuple[Tensor, Tensor, Tensor]] = []
         for idx, x, d in groups:
             if op.kind == "pad":
-                if op.mode == "constant":
+                if op.mode == "constant":  # its backward is a slice: deterministic as it is
                     x = F.pad(x, [op.size] * 4, mode="constant", value=op.value)
+                elif op.mode == "reflect" and exact:
+                    x = adjoints.reflect_pad(x, op.size)
                 else:
                     x = F.pad(x, [op.size] * 4, mode=op.mode)
                 updated.append((idx, x, d))
             elif op.kind == "jitter":
-                updated.append((idx, _jitter(x, op.size, d[:, column : column + 2]), d))
+                updated.append((idx, _jitter(x, op.size, d[:, column : column + 2], exact), d))
             elif op.kind == "rotate":
-                updated.append((idx, _rotate(x, tuple(op.choices), d[:, column]), d))
+                updated.append((idx, _rotate(x, tuple(op.choices), d[:, column], exact), d))
             elif op.kind == "crop":
                 updated.append((idx, center_crop(x, op.size), d))
             elif op.kind == "scale":
@@ -296,7 +316,7 @@ def apply_planned(
                 for choice, count in plan.scale_groups[step]:
                     rows = plan.scale_order[step, start : start + count]
                     subset = x if count == x.shape[0] else x[rows]
-                    updated.append((idx[rows], _scaled(subset, op.choices[choice]), d[rows]))
+                    updated.append((idx[rows], _scaled(subset, op.choices[choice], exact), d[rows]))
                     start += count
             else:  # pragma: no cover - Op.kind is a closed set
                 raise ValueError(f"unknown transform {op.kind!r}")

@@ -59,6 +59,7 @@ PRINTED_PARAMS: tuple[str, ...] = (
     "fz.pre_reading",
     "fz.storage",
     "fz.tf32",
+    "fz.cuda_backward",
     "fz.max_channels",
     "fz.blocks",
     "activations",
