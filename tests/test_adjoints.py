@@ -47,6 +47,34 @@ def test_sums_scatter_each_weighted_gradient_to_its_corner():
     assert total.flatten().tolist() == [1.0, 3.0 - 1.0, -1.0]
 
 
+def test_an_images_gradient_does_not_depend_on_its_batchmates():
+    """Each image is scaled to its own largest gradient: image 1's input gradient is the same bytes
+    beside an image whose gradients are 1e8 times larger as beside a copy of itself."""
+    generator = torch.Generator().manual_seed(4)
+    grad = torch.randn(2, 3, 6, 6, generator=generator)
+    index = [torch.randint(0, 25, (2, 6, 6), generator=generator) for _ in range(4)]
+    weight = [torch.rand(2, 6, 6, generator=generator) for _ in range(4)]
+    calm = adjoints.scatter_corners(grad, index, weight, (5, 5))
+    loud = adjoints.scatter_corners(torch.stack([grad[0] * 1e8, grad[1]]), index, weight, (5, 5))
+    assert torch.equal(calm[1], loud[1])
+
+
+def test_a_nan_or_infinite_gradient_makes_its_image_nan_and_only_it():
+    grad = torch.ones(3, 1, 2, 2)
+    grad[0, 0, 0, 1] = float("nan")
+    grad[2, 0, 1, 1] = float("inf")
+    index = [torch.tensor([[[0, 1], [2, 3]]])] * 4
+    weight = [torch.full((1, 2, 2), 0.25)] * 4
+    total = adjoints.scatter_corners(grad, index, weight, (2, 2))
+    assert total[0].isnan().all() and total[2].isnan().all()
+    assert total[1].flatten().tolist() == [1.0, 1.0, 1.0, 1.0]
+
+
+def test_the_scales_are_exact_powers_of_two():
+    exponents = torch.arange(-126, 128, dtype=torch.int32)
+    assert torch.equal(adjoints._power_of_two(exponents).double(), torch.pow(2.0, exponents.double()))
+
+
 @pytest.mark.parametrize("pad", [1, 4, 16])
 def test_reflect_pad_backward_folds_the_borders_as_torch_does(pad):
     """Same forward bytes; on integer-valued gradients every order of adds is exact, so the fold equals

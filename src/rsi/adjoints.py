@@ -8,10 +8,12 @@ difference into a different FZ. Here the forward is torch's own call (the same b
 
 * reflect pad: the borders folded back onto the image with slices and flips (no atomics);
 * the two bilinear ops: each output pixel's four contributions, each the float32 product of its gradient
-  and its bilinear weight (the weights computed as torch's kernels compute them), summed per input pixel in
-  64-bit fixed point. Integer atomic adds are associative, so the sum does not depend on their order. A
-  contribution within 2^-25 of the largest one converts exactly, so each input gradient is the exact sum
-  of its float32 contributions, rounded once to float32 (smaller ones are within 2^-49 of the largest).
+  and its bilinear weight (the weights from torch's kernel formulas; CUDA may fuse the grid's
+  unnormalisation into one FMA, which moves a sample point by up to one float32 step), summed per input
+  pixel in 64-bit fixed point, per image. Integer atomic adds are associative, so the sum does not depend
+  on their order. A contribution within 2^-25 of the image's largest converts exactly, so each input
+  gradient is the exact sum of its float32 contributions, rounded once to float32 (smaller ones are
+  within 2^-49 of the largest), and no image depends on the others in its batch.
 
 The same bytes in any order, on any device (tests/test_adjoints.py); other bytes than torch's backward,
 which rounds after every add. rsi.fz uses these on CUDA unless ``fz.cuda_backward`` is ``native``.
@@ -39,8 +41,15 @@ def _corners(x: Tensor, y: Tensor, width: int, height: int) -> tuple[list[Tensor
     for i, (cx, cy) in enumerate([(x0, y0), (x1, y0), (x0, y1), (x1, y1)]):
         valid = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
         weights[i] = torch.where(valid, weights[i], torch.zeros_like(weights[i]))
-        indices.append(torch.where(valid, cy * width + cx, torch.zeros_like(cx)).long())
+        flat_index = cy.long() * width + cx.long()  # in int64: exact for any image size
+        indices.append(torch.where(valid, flat_index, torch.zeros_like(flat_index)))
     return indices, weights
+
+
+def _power_of_two(exponent: Tensor) -> Tensor:
+    """2**exponent as float32 (exponent in [-126, 127]), built from its bits: exactly a power of two on
+    every device (pow and ldexp go through a math library), so scaling a float32 by it is exact."""
+    return ((exponent.to(torch.int32) + 127) << 23).view(torch.float32)
 
 
 def scatter_corners(
@@ -49,19 +58,24 @@ def scatter_corners(
     """The input gradient (B, C, H, W) of a bilinear op from its output gradient ``grad`` (B, C, h, w) and,
     per output pixel, its corners: flat input ``indices`` and ``weights`` in [0, 1], each (B or 1, h, w).
 
-    Each contribution is the float32 product weight·gradient; they are summed per input pixel in 64-bit
-    fixed point scaled to the largest |gradient| (< 2**e): integer adds in any order give the same total,
-    contributions over 2**(e - 25) convert exactly, and the total is rounded once to float32."""
+    Each contribution is the float32 product weight·gradient. Per image, they are summed per input pixel
+    in 64-bit fixed point scaled to that image's largest |gradient| (< 2**e): integer adds in any order
+    give the same total, contributions over 2**(e - 25) convert exactly, and the total is rounded once to
+    float32. Sums stay exact in float64 while the weights landing on one input pixel total under 32 (at
+    most ~1.4 for these transforms). An image whose gradient holds a NaN or an infinity gets NaN, as
+    torch's backward would give it, and no other image is touched."""
     batch, channels = grad.shape[:2]
     flat = grad.reshape(batch, channels, -1)
-    _, exponent = torch.frexp(flat.detach().abs().amax().double())  # every |contribution| < 2**exponent
-    scale = torch.ldexp(torch.ones((), dtype=torch.float64, device=grad.device), _FIXED_POINT_BITS - exponent)
+    peak = flat.detach().abs().amax(dim=(1, 2), keepdim=True)  # (B, 1, 1): one scale per image
+    _, exponent = torch.frexp(peak)  # every |contribution| of the image < 2**exponent
+    scale = _power_of_two(_FIXED_POINT_BITS - exponent.clamp(min=-79, max=128))
     total = torch.zeros(batch, channels, shape[0] * shape[1], dtype=torch.int64, device=grad.device)
     for index, weight in zip(indices, weights, strict=True):
-        contribution = weight.reshape(weight.shape[0], 1, -1) * flat
-        fixed = torch.round(contribution.double() * scale).long()
+        fixed = (weight.reshape(weight.shape[0], 1, -1) * flat).mul_(scale).round_().long()
         total.scatter_add_(2, index.reshape(index.shape[0], 1, -1).expand(batch, channels, -1), fixed)
-    return (total.double() / scale).float().reshape(batch, channels, *shape)
+    result = total.double().div_(scale.double()).float()
+    result += flat.sum(dim=(1, 2), keepdim=True) * 0  # NaN for an image with a NaN or an infinity, else 0
+    return result.reshape(batch, channels, *shape)
 
 
 class _GridSample(torch.autograd.Function):
