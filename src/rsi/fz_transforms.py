@@ -13,7 +13,11 @@ Each transform calls the same kornia / torch functions lucent calls, with the sa
 image with a given draw goes through exactly lucent's arithmetic (tests/test_fz.py checks it against
 lucent's own transforms). In particular lucent's ``jitter`` is kornia 0.4.1's ``translate`` by an integer
 (dx, dy) in [0, d), which resamples bilinearly (kornia normalises with corner-aligned pixels and then
-samples with ``align_corners=False``): not an exact shift and not a crop, and we keep it so.
+samples with ``align_corners=False``): not an exact shift and not a crop, and we keep it so. The warps'
+matrices are made once per size by kornia's own functions (:func:`_translation_grids`,
+:func:`_rotation_grids`), so a step runs only ``affine_grid`` and ``grid_sample``: the bytes of kornia's
+calls, without their per-call inverses and host copies. With ``DrawPlan.exact_backward`` (CUDA, see
+rsi.fz.exact_backward) the pad, resize and warps differentiate through rsi.adjoints.
 """
 
 from __future__ import annotations
