@@ -57,6 +57,17 @@ def timed(render, device: torch.device) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, images
 
 
+def compared(key: str, a: np.ndarray, b: np.ndarray) -> dict:
+    """``<key>_identical`` (byte for byte) and ``<key>_max_abs_diff`` of two renders."""
+    return {f"{key}_identical": bool(np.array_equal(a, b)), f"{key}_max_abs_diff": float(np.abs(a - b).max())}
+
+
+def said(result: dict, key: str) -> str:
+    if result[f"{key}_identical"]:
+        return "byte-identical"
+    return f"DIFFERENT, by up to {result[f'{key}_max_abs_diff']:.3g}"
+
+
 def main() -> None:
     from rsi.fz import DEFAULT_BLOCKS, FZParams, TapSpec, render_channels
     from rsi.model import load_resnet18
@@ -100,24 +111,21 @@ def main() -> None:
         "size": args.size,
         "steps": args.steps,
         "channels": args.channels,
-        "run_to_run_identical": bool(np.array_equal(first, again)),
-        "chunk_alone_identical": bool(np.array_equal(first[half:], alone)),
-        "batch_size_invariant": bool(np.array_equal(first, whole)),
-        "batch_size_max_abs_diff": float(np.abs(first - whole).max()),
         "deterministic_channels_per_s": args.channels / seconds,
+        **compared("run_to_run", first, again),
+        **compared("chunk_alone", first[half:], alone),
+        **compared("batch_size", first, whole),
     }
     print(f"{result['device']}, {tap}, {args.steps} steps, {args.size} px, {args.channels} ch")
+    backward = f"fz.cuda_backward {spec.cuda_backward}" if device.type == "cuda" else "CPU"
+    print(f"run to run ({backward}): {said(result, 'run_to_run')}")
+    print(f"second batch alone: {said(result, 'chunk_alone')}")
     print(
-        f"run to run ({'fz.cuda_backward ' + spec.cuda_backward if device.type == 'cuda' else 'CPU'}): "
-        + ("byte-identical" if result["run_to_run_identical"] else "DIFFERENT")
-    )
-    print(f"second batch alone: {'byte-identical' if result['chunk_alone_identical'] else 'DIFFERENT'}")
-    print(
-        "one batch of all instead of two: "
+        f"one batch of all instead of two: {said(result, 'batch_size')} "
         + (
-            "byte-identical (joining batches, e.g. a block's taps, would keep every FZ)"
-            if result["batch_size_invariant"]
-            else f"differs by up to {result['batch_size_max_abs_diff']:.3g} (batch geometry changes floats)"
+            "(joining batches, e.g. a block's taps, would keep every FZ)"
+            if result["batch_size_identical"]
+            else "(batch geometry changes floats)"
         )
     )
     if device.type == "cuda":
@@ -130,17 +138,12 @@ def main() -> None:
         result.update(
             native_channels_per_s=args.channels / native_seconds,
             exact_backward_cost=seconds / native_seconds,
-            native_run_to_run_identical=bool(np.array_equal(native, native_again)),
-            native_run_to_run_max_abs_diff=float(np.abs(native - native_again).max()),
+            **compared("native_run_to_run", native, native_again),
         )
         print(
             f"fz.cuda_backward deterministic {args.channels / seconds:.2f} ch/s, native "
             f"{args.channels / native_seconds:.2f} ch/s ({seconds / native_seconds:.2f}x the time); native "
-            + (
-                "run to run byte-identical"
-                if result["native_run_to_run_identical"]
-                else f"run to run differs by up to {result['native_run_to_run_max_abs_diff']:.3g}"
-            )
+            f"run to run: {said(result, 'native_run_to_run')}"
         )
         with autotuned(device):
             render()  # autotuning times kernels for every new shape: outside the timing
@@ -148,17 +151,11 @@ def main() -> None:
         result.update(
             autotuned_channels_per_s=args.channels / tuned_seconds,
             deterministic_cost=seconds / tuned_seconds,
-            autotuned_identical=bool(np.array_equal(first, tuned)),
-            autotuned_max_abs_diff=float(np.abs(first - tuned).max()),
+            **compared("autotuned", first, tuned),
         )
         print(
             f"deterministic {args.channels / seconds:.2f} ch/s, autotuned {args.channels / tuned_seconds:.2f} "
-            f"ch/s: determinism costs {seconds / tuned_seconds:.2f}x; autotuned FZs "
-            + (
-                "identical"
-                if result["autotuned_identical"]
-                else f"differ by {result['autotuned_max_abs_diff']:.3g}"
-            )
+            f"ch/s: determinism costs {seconds / tuned_seconds:.2f}x; autotuned FZs: {said(result, 'autotuned')}"
             + ("" if result["run_to_run_identical"] else " (but run to run differs already)")
         )
     if args.json:

@@ -209,12 +209,11 @@ def _scaled(images: Tensor, scale: float, exact_backward: bool = False) -> Tenso
     return F.pad(resized, [pad_y, pad_x] * 2)
 
 
-@functools.lru_cache(maxsize=64)
 def _rotation_table(choices: tuple[float, ...], height: int, width: int, device: str) -> Tensor:
     """lucent's random_rotate matrices, one per angle choice (degrees), for ``height`` x ``width`` images:
     kornia's rotation about the center, built on the CPU and moved to ``device`` as lucent does (so on
-    CUDA the sines and cosines are the CPU's, as in lucent). Made once per size and device instead of at
-    every step. Each row is elementwise arithmetic (the scale matrix is the identity, so its product is
+    CUDA the sines and cosines are the CPU's, as in lucent). Made once per size and device, through the
+    cached :func:`_rotation_grids`. Each row is elementwise arithmetic (the scale matrix is the identity, so its product is
     exact), so a gathered row equals the row made for the drawn angle alone (tests/test_fz.py checks it)."""
     angle = torch.tensor(choices, dtype=torch.float32)
     batch = angle.shape[0]
