@@ -97,7 +97,7 @@ class NaturalStore:
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._topk: dict[str, tuple[np.ndarray, dict[int, int]]] = {}
+        self._topk: dict[str, np.ndarray] = {}
         self._images: np.ndarray | None = None
 
     def require(self, blocks: Sequence[str]) -> None:
@@ -110,14 +110,14 @@ class NaturalStore:
             self._images = read_eval(artifacts.eval_dir(self.root)).images
         return self._images
 
-    def _load(self, block: str) -> tuple[np.ndarray, dict[int, int]]:
+    def _load(self, block: str) -> np.ndarray:
+        """The block's top-k indices (tap, channel, rank): column c is channel c."""
         if block not in self._topk:
-            topk = read_natural(block, self.root).topk
-            self._topk[block] = (topk, {c: c for c in range(topk.shape[1])})  # column c is channel c
+            self._topk[block] = read_natural(block, self.root).topk
         return self._topk[block]
 
     def check(self, block: str, channel: int) -> None:
-        if channel not in self._load(block)[1]:
+        if not 0 <= channel < self._load(block).shape[1]:
             raise artifacts.ArtifactError(
                 f"{artifacts.natural_file(block, self.root)} has no channel {channel}: re-run `rsi natural`"
             )
@@ -125,8 +125,8 @@ class NaturalStore:
     def mosaic(self, block: str, kind: str, channel: int, side: int) -> np.ndarray:
         """A 3x3 mosaic (side x side) of the channel's top-9 images for one tap, best first."""
         self.check(block, channel)
-        topk, index = self._load(block)
-        indices = [int(i) for i in topk[TAP_KINDS.index(kind), index[channel], :TOP_NATURAL]]
+        topk = self._load(block)
+        indices = [int(i) for i in topk[TAP_KINDS.index(kind), channel, :TOP_NATURAL]]
         return natural_mosaic(self.images(), indices, side)
 
 

@@ -432,9 +432,8 @@ def _eq1_section(
     ]
 
 
-def _stability_section(path: Path) -> list[str]:
+def _stability_section(blocks: Mapping[str, Mapping[str, float]] | None) -> list[str]:
     """The criteria stage's seed-to-seed stability of the passing sets, when it ran several FZ seeds."""
-    blocks = read_criteria_metrics(path).stability
     if not blocks:
         return []
     keys: list[str] = []
@@ -901,7 +900,7 @@ def _not_comparable(labels: RunLabels, weights_label: str, n_images: int | None)
 
 
 def _reference_run(
-    params: ReportParams, root: Path
+    root: Path,
 ) -> tuple[dict[str, dict[str, Any]] | None, dict[str, list[int]] | None]:
     """The criteria counts and passing lists of stage pre-reading (the authors' reading of Pre), or None
     where it did not run (it writes {} when criteria.compare_pre_readings is off)."""
@@ -919,11 +918,12 @@ def build_report(
     metrics: Path = artifacts.METRICS,
 ) -> str:
     """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
-    criteria = read_criteria_metrics(metrics / "criteria.json").blocks
+    criteria_metrics = read_criteria_metrics(metrics / "criteria.json")
+    criteria = criteria_metrics.blocks
     passing = read_passing(artifacts.passing_file(root)).blocks
     ablation_metrics = read_ablation_metrics(metrics / "ablation.json")
     ablation = ablation_metrics.series()  # {"2.1": {"run": AblationSeries, …}}, blocks in pipeline order
-    reference, reference_passing = _reference_run(params, root)
+    reference, reference_passing = _reference_run(root)
     index = read_eval_index(root)
     n_images, n_classes = len(index["files"]), len(index["classes"])
     labels = run_labels(raw, index)
@@ -950,7 +950,7 @@ def build_report(
         for block, name in ablation_metrics.listed()  # every set listed, ablated or skipped
         if name not in ablation.get(block, {})
     ]
-    lines += _stability_section(metrics / "criteria.json")
+    lines += _stability_section(criteria_metrics.stability)
     lines += _natural_criteria_section(metrics / "criteria_natural.json", root)
     comparable = _not_comparable(labels, weights_label, n_images)
     ablation_lines, verdicts = _ablation_section(
