@@ -71,35 +71,31 @@ def ours(model, spec, channels, device, channels_last, save: Path | None = None)
     return seconds
 
 
+def _op_counts():
+    """This checkout's ``rsi.op_counts``, loaded from its file: fz_old_vs_new.py puts an older ``rsi``,
+    which may lack the module, first on the path."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "src" / "rsi" / "op_counts.py"
+    spec = importlib.util.spec_from_file_location("rsi_op_counts", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def calls_per_step(model, spec, channels, device) -> dict[str, float]:
     """aten calls per optimisation step (the difference between an 8- and a 4-step render, after one
     that made the per-size tables): all of them (on CUDA about one kernel launch each), tensors made
     from host data (on CUDA a copy from the host), matrix inverses (on CUDA an error check that waits
     for the device); on CUDA also the synchronisations torch's sync debug mode reports."""
-    from collections import Counter
     from dataclasses import replace
-
-    from torch.utils._python_dispatch import TorchDispatchMode
 
     from rsi.fz import render_channels
 
-    class Count(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.calls: Counter = Counter()
+    def render(steps: int) -> None:
+        render_channels(model, replace(spec, steps=steps), channels, device=device)
 
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
-
-    def count(steps: int) -> Counter:
-        with Count() as counter:
-            render_channels(model, replace(spec, steps=steps), channels, device=device)
-        return counter.calls
-
-    count(12)
-    short, long = count(4), count(8)
-    per_step = {name: (long[name] - short[name]) / 4 for name in set(long) | set(short)}
+    per_step = _op_counts().calls_per_step(render, warm_steps=12)
     result = {
         "aten_calls": sum(per_step.values()),
         "host_tensors": per_step.get("lift_fresh", 0.0),

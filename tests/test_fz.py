@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ from rsi.fz_transforms import (
     replay_lucent_draws,
     transform_ops,
 )
+from rsi.op_counts import calls_per_step
 from rsi.runtime import load_npz
 from rsi.taps import Tap, forward_taps
 from rsi.transforms import normalize
@@ -174,28 +176,12 @@ def test_the_optimisation_loop_draws_sorts_and_copies_nothing_on_the_host(random
     call, as the difference between 8 and 4 steps (after a run that made the per-size tables); with
     torch's backward of the transforms and with rsi.adjoints' (what CUDA runs)."""
     monkeypatch.setattr(fzmod, "exact_backward", lambda spec, device: exact)
-    from collections import Counter
+    spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=4, batch_channels=3), seed=0, weights="random:0")
 
-    from torch.utils._python_dispatch import TorchDispatchMode
+    def render(steps: int) -> None:
+        fzmod._optimise_batch(random_model, replace(spec, steps=steps), [0, 1, 2], torch.device("cpu"))
 
-    class Count(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.calls: Counter = Counter()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            self.calls[func.overloadpacket.__name__] += 1
-            return func(*args, **(kwargs or {}))
-
-    def count(steps: int) -> Counter:
-        spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=steps, batch_channels=3), seed=0, weights="random:0")
-        with Count() as counter:
-            fzmod._optimise_batch(random_model, spec, [0, 1, 2], torch.device("cpu"))
-        return counter.calls
-
-    count(30)  # every scaled size seen: the rotation tables are made
-    short, long = count(4), count(8)
-    per_step = {name: (long[name] - short[name]) / 4 for name in set(long) | set(short)}
+    per_step = calls_per_step(render, warm_steps=30)  # 30 steps: every scaled size seen
     for name in ("sort", "_unique2", "randint", "randn", "normal_", "random_", "uniform_"):
         assert per_step.get(name, 0) == 0, name
     assert per_step["grid_sampler_2d"] >= 3  # two jitters and a rotation per scale group
@@ -429,6 +415,7 @@ def test_every_stage_that_renders_fzs_declares_the_batch_geometry():
 
 _HOLD_LOCK = """
 import sys
+from dataclasses import replace
 from pathlib import Path
 from rsi.fz import output_lock
 with output_lock(Path(sys.argv[1]), Path(sys.argv[2])):

@@ -17,6 +17,7 @@ from test_natural import generated_cache
 from rsi import artifacts, cli, natural, natural_criteria, natural_figures
 from rsi.artifacts import ArtifactError
 from rsi.artifacts.criteria import TABLE_COLUMNS, CriteriaTable, write_criteria_table
+from rsi.artifacts.eval import read_eval
 from rsi.artifacts.fz import FZFile, write_fz
 from rsi.artifacts.natural import read_natural, write_natural
 from rsi.artifacts.natural_criteria import (
@@ -29,6 +30,7 @@ from rsi.artifacts.natural_criteria import (
 from rsi.artifacts.passing import Passing
 from rsi.criteria import CriteriaParams
 from rsi.eval_set import load_eval
+from rsi.figures import FZStore, NaturalStore
 from rsi.report import _natural_criteria_section, run_labels
 from rsi.taps import Tap, center, forward_taps
 from rsi.transforms import ablation_view, scale_crop
@@ -248,7 +250,8 @@ def test_the_figure_shows_the_channels_passing_both(tmp_path):
     (root / "figures").mkdir()
     (root / "figures" / "natural_both_layer4_1.png").write_bytes(b"stale")
     labels = run_labels({"model": {"weights": "random:0"}, "data": {"source": "generated"}})
-    written = natural_figures.draw_natural_both(root, labels, dpi=40)
+    natural = NaturalStore(root, read_eval(artifacts.eval_dir(root)).images)
+    written = natural_figures.draw_natural_both(FZStore(root), natural, labels, dpi=40)
     assert [p.name for p in written] == ["natural_both_layer2_1.png"]
     assert sorted(p.name for p in (root / "figures").iterdir()) == ["natural_both_layer2_1.png"]
     from PIL import Image

@@ -35,6 +35,7 @@ from rsi.artifacts.ablation import (
     ScaleResult,
     SetMetrics,
     SetResult,
+    accepted_sets,
     trials_file,
     write_ablation,
 )
@@ -200,10 +201,6 @@ class Screening:
     baseline_acc: float
     passing_acc: float
 
-    @property
-    def accepted(self) -> tuple[RandomSet, ...]:
-        return tuple(a for a in self.attempts if a.accepted)
-
 
 def screen_random_sets(
     model: nn.Module,
@@ -348,7 +345,7 @@ def ablate_block(
         model, eval_set, block, non_passing, post_means, params,
         [baseline, passing_condition], no_scale, seed=seed, channel_set=channel_set, **kwargs,
     )  # fmt: skip
-    trials = screening.accepted
+    trials = accepted_sets(screening.attempts)
     crops = {p: crop_of(p, params.crop_rule, eval_set) for p in params.percents}
     scales = scale_sweep(
         model,

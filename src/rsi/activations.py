@@ -46,6 +46,7 @@ from rsi.artifacts import fz as fz_files
 from rsi.artifacts.activations import Activations, write_activations
 from rsi.artifacts.fz import FZFile
 from rsi.config import (
+    SCALE_FRACTION,
     ParamsError,
     block_argument,
     check_blocks,
@@ -62,6 +63,8 @@ from rsi.transforms import normalize, scale_crop, shrink_pad
 Extractor = Literal["thingsvision", "taps"]
 # tap values for a batch of normalised images: {tap: (N, C, H, W)}
 TapReader = Callable[[Tensor, Sequence[Tap]], dict[Tap, Tensor]]
+# activations.shrink_fraction when params.yaml names none: the authors' mirror test resizes 224 to 112
+SHRINK_FRACTION = 0.5
 
 
 def _check_shrink_fraction(value: float) -> float:
@@ -83,10 +86,11 @@ class ActivationsParams:
     )
     batch_size: int = field(default=64, metadata={"min": 1, "help": "images per forward"})
     scale_fraction: float = field(
-        default=0.5, metadata={"check": check_fraction, "help": "S(X): center-crop this fraction (112/224)"}
+        default=SCALE_FRACTION,
+        metadata={"check": check_fraction, "help": "S(X): center-crop this fraction (112/224)"},
     )
     shrink_fraction: float = field(
-        default=0.5,
+        default=SHRINK_FRACTION,
         metadata={
             "check": _check_shrink_fraction,
             "help": "mirror test: resize to this fraction (112/224), pad back",
@@ -150,7 +154,12 @@ def load_block_fzs(block: str, root: Path = OUTPUTS, fz_stage: str = fz_files.ST
 
 
 def fz_inputs(
-    fzs: BlockFZs, image: str, batch: slice, *, scale_fraction: float = 0.5, shrink_fraction: float = 0.5
+    fzs: BlockFZs,
+    image: str,
+    batch: slice,
+    *,
+    scale_fraction: float = SCALE_FRACTION,
+    shrink_fraction: float = SHRINK_FRACTION,
 ) -> Tensor:
     """Normalised model inputs for one of :data:`FZ_IMAGES`, for the channels ``fzs.channels[batch]``."""
     source = {"in_fz": "in", "scaled_in_fz": "in", "pre_fz": "pre", "shrunk_pre_fz": "pre", "post_fz": "post"}
@@ -213,8 +222,8 @@ def block_activations(
     fzs: BlockFZs,
     *,
     batch_size: int = 64,
-    scale_fraction: float = 0.5,
-    shrink_fraction: float = 0.5,
+    scale_fraction: float = SCALE_FRACTION,
+    shrink_fraction: float = SHRINK_FRACTION,
     progress: bool = True,
 ) -> np.ndarray:
     """``acts`` (len(FZ_IMAGES), 3, C): acts[i, t, j] is the center neuron of tap TAP_KINDS[t], channel

@@ -333,9 +333,13 @@ def check_fraction(value: float) -> float:
     return value
 
 
+# activations.scale_fraction when params.yaml names none: paper §3, S(X) center-crops 112 of 224
+SCALE_FRACTION = 0.5
+
+
 @dataclasses.dataclass(frozen=True)
 class _ScaleFraction:
-    scale_fraction: float = dataclasses.field(default=0.5, metadata={"check": check_fraction})
+    scale_fraction: float = dataclasses.field(default=SCALE_FRACTION, metadata={"check": check_fraction})
 
 
 def load_scale_fraction(raw: Mapping[str, Any], *, source: str = "params.yaml") -> float:

@@ -93,22 +93,17 @@ class FZStore:
 
 
 class NaturalStore:
-    """Top-k natural images per tap and channel (stage natural) from the evaluation cache."""
+    """Top-k natural images per tap and channel (stage natural) and the evaluation cache's images (N, S, S, 3)
+    uint8 they index."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, images: np.ndarray) -> None:
         self.root = root
+        self.images = images
         self._topk: dict[str, np.ndarray] = {}
-        self._images: np.ndarray | None = None
 
     def require(self, blocks: Sequence[str]) -> None:
         for block in blocks:
             self._load(block)
-        self.images()
-
-    def images(self) -> np.ndarray:
-        if self._images is None:
-            self._images = read_eval(artifacts.eval_dir(self.root)).images
-        return self._images
 
     def _load(self, block: str) -> np.ndarray:
         """The block's top-k indices (tap, channel, rank): column c is channel c."""
@@ -127,7 +122,7 @@ class NaturalStore:
         self.check(block, channel)
         topk = self._load(block)
         indices = [int(i) for i in topk[TAP_KINDS.index(kind), channel, :TOP_NATURAL]]
-        return natural_mosaic(self.images(), indices, side)
+        return natural_mosaic(self.images, indices, side)
 
 
 def natural_mosaic(images: np.ndarray, indices: Sequence[int], side: int, gap: int = 2) -> np.ndarray:
@@ -361,11 +356,11 @@ def _clean(out_dir: Path) -> None:
 
 
 def check_inputs(
-    plan: ChannelPlan, root: Path, whole_channel: bool
+    plan: ChannelPlan, fzs: FZStore, natural: NaturalStore, whole_channel: bool
 ) -> tuple[FZStore, NaturalStore, dict[str, WholeChannelFZs]]:
     """Every input the plan draws from, loaded and checked before anything is drawn: the center-neuron
     FZs, the natural images and, with ``whole_channel``, the whole-channel FZs of every planned channel."""
-    fzs, natural = FZStore(root), NaturalStore(root)
+    root = fzs.root
     fzs.require([column_tap(b, kind) for b in plan.blocks for kind in TAP_KINDS])
     if plan.blocks:
         natural.require(plan.blocks)
@@ -423,11 +418,13 @@ def make_figures(
     out_dir = root / "figures"
     passing = read_passing(artifacts.passing_file(root)).blocks
     ablation = read_ablation_metrics(metrics / "ablation.json").series()
-    labels = run_labels(raw, read_eval(artifacts.eval_dir(root)).index)
+    eval_cache = read_eval(artifacts.eval_dir(root))
+    labels = run_labels(raw, eval_cache.index)
+    fzs, natural = FZStore(root), NaturalStore(root, eval_cache.images)
     plan = plan_channels(params, passing)
     for block in plan.empty:
         print(f"block {block}: no criteria-passing channels, no grid drawn")
-    inputs = check_inputs(plan, root, params.whole_channel)
+    inputs = check_inputs(plan, fzs, natural, params.whole_channel)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir)
@@ -442,7 +439,7 @@ def make_figures(
         print(f"{metrics / 'ablation.json'} holds no ablated block: Fig. 2 not drawn")
     from rsi.natural_figures import draw_natural_both  # criteria.natural_images (ours), when on
 
-    written += draw_natural_both(root, labels, params.dpi)
+    written += draw_natural_both(fzs, natural, labels, params.dpi)
     return written
 
 

@@ -39,7 +39,7 @@ from rsi.artifacts.natural_criteria import (
     write_natural_passing,
 )
 from rsi.artifacts.passing import Passing
-from rsi.config import load_scale_fraction, load_section, read_params
+from rsi.config import SCALE_FRACTION, load_scale_fraction, load_section, read_params
 from rsi.criteria import CriteriaParams, Eq2Result, eq2_post_ratio, jaccard
 from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
@@ -174,7 +174,7 @@ def block_responses(
     block: str,
     topk: np.ndarray,
     *,
-    scale_fraction: float = 0.5,
+    scale_fraction: float = SCALE_FRACTION,
     batch_size: int = 256,
     device: torch.device | str = "cpu",
 ) -> dict[str, np.ndarray]:

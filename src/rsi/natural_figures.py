@@ -41,11 +41,17 @@ def passing_both(root: Path) -> dict[str, list[int]]:
 
 
 def draw_block(
-    block: str, channels: list[int], total: int, root: Path, labels: RunLabels, path: Path, dpi: int
+    block: str,
+    channels: list[int],
+    total: int,
+    stores: tuple[FZStore, NaturalStore],
+    labels: RunLabels,
+    path: Path,
+    dpi: int,
 ) -> None:
     """One block's sheet: a row per channel, the columns of :data:`COLUMNS`."""
     plt = _pyplot()
-    fzs, natural = FZStore(root), NaturalStore(root)
+    fzs, natural = stores
     header = _header(labels, 2) + 0.3
     height = 1.8 * len(channels) + header
     fig, axes = plt.subplots(len(channels), len(COLUMNS), figsize=(7.6, height), squeeze=False)
@@ -76,9 +82,11 @@ def draw_block(
     _save(fig, path, dpi)
 
 
-def draw_natural_both(root: Path, labels: RunLabels, dpi: int) -> list[Path]:
-    """Every block's sheet of channels passing both verdicts; the PNG paths written (none when the
-    natural-image criteria are off). Earlier sheets are removed first."""
+def draw_natural_both(fzs: FZStore, natural: NaturalStore, labels: RunLabels, dpi: int) -> list[Path]:
+    """Every block's sheet of channels passing both verdicts, from the stage outputs the stores read (under
+    the same root); the PNG paths written (none when the natural-image criteria are off). Earlier sheets
+    are removed first."""
+    root = fzs.root
     out_dir = root / "figures"
     for stale in out_dir.glob(PATTERN.format("*")):
         stale.unlink()
@@ -86,7 +94,7 @@ def draw_natural_both(root: Path, labels: RunLabels, dpi: int) -> list[Path]:
     written = []
     for block in sorted(both, key=block_order):
         path = out_dir / PATTERN.format(block_key(block))
-        draw_block(block, both[block][:MAX_ROWS], len(both[block]), root, labels, path, dpi)
+        draw_block(block, both[block][:MAX_ROWS], len(both[block]), (fzs, natural), labels, path, dpi)
         written.append(path)
     if both:
         print(f"natural-image criteria: {len(written)} sheets of channels passing both → {out_dir}")

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
-# Blocks whose channels the paper probed with Eq. 1 and Eq. 2.
-# Section 3, "Results": "We probed all the channels from blocks 1.1 to 4.1".
-PROBED_BLOCKS: tuple[str, ...] = ("1.1", "2.0", "2.1", "3.0", "3.1", "4.0", "4.1")
+from rsi.config import PROBED_BLOCKS
+
+# Blocks whose channels the paper probed with Eq. 1 and Eq. 2 (rsi.config.PROBED_BLOCKS, the default of
+# criteria.blocks and natural.blocks). Section 3, "Results": "We probed all the channels from blocks 1.1 to 4.1".
 
 # Channels per block (In, Pre and Post have the same width): torchvision's ResNet18.
 BLOCK_CHANNELS = MappingProxyType(

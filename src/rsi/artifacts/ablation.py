@@ -75,6 +75,11 @@ class RandomSet:
     accepted: bool
 
 
+def accepted_sets(attempts: Sequence[RandomSet]) -> tuple[RandomSet, ...]:
+    """The accepted random sets of a screening (the trials), in attempt order."""
+    return tuple(a for a in attempts if a.accepted)
+
+
 @dataclass(frozen=True)
 class SetResult:
     """One block and channel set as ``rsi ablate`` computed it. ``scales`` maps the scale percent (0 = no
@@ -96,7 +101,7 @@ class SetResult:
     @property
     def trials(self) -> tuple[RandomSet, ...]:
         """The accepted random sets, in attempt order."""
-        return tuple(a for a in self.attempts if a.accepted)
+        return accepted_sets(self.attempts)
 
     def to_json(self) -> dict[str, Any]:
         """The entry of ``outputs/ablation/trials.json``."""
