@@ -900,11 +900,12 @@ def _not_comparable(labels: RunLabels, weights_label: str, n_images: int | None)
 
 
 def _reference_run(
-    root: Path,
+    root: Path, metrics: Path
 ) -> tuple[dict[str, dict[str, Any]] | None, dict[str, list[int]] | None]:
-    """The criteria counts and passing lists of stage pre-reading (the authors' reading of Pre), or None
-    where it did not run (it writes {} when criteria.compare_pre_readings is off)."""
-    reference = read_criteria_metrics(REFERENCE_METRICS, "pre-reading").blocks
+    """The criteria counts and passing lists of stage pre-reading (the authors' reading of Pre), from under
+    ``metrics`` and ``root``, or None where it did not run (it writes {} when criteria.compare_pre_readings
+    is off)."""
+    reference = read_criteria_metrics(metrics / REFERENCE_METRICS.name, "pre-reading").blocks
     if not reference:
         return None, None
     passing_path = artifacts.passing_file(artifacts.reference_root(root))
@@ -923,7 +924,7 @@ def build_report(
     passing = read_passing(artifacts.passing_file(root)).blocks
     ablation_metrics = read_ablation_metrics(metrics / "ablation.json")
     ablation = ablation_metrics.series()  # {"2.1": {"run": AblationSeries, …}}, blocks in pipeline order
-    reference, reference_passing = _reference_run(root)
+    reference, reference_passing = _reference_run(root, metrics)
     index = read_eval_index(root)
     n_images, n_classes = len(index["files"]), len(index["classes"])
     labels = run_labels(raw, index)
