@@ -26,6 +26,7 @@ from rsi.artifacts.passing import Passing, read_passing, write_passing
 from rsi.config import ParamsError, load_section
 from rsi.criteria import (
     CriteriaParams,
+    authors_rerun_case,
     criteria_metrics,
     eq1_authors_code,
     eq1_scale_gain,
@@ -246,6 +247,7 @@ def test_evaluate_block_wires_the_activations_to_the_criteria():
         "eq2_pass": 4,
         "eq2_nonpositive": 1,
         "mirror_pass": 5,
+        "authors_rerun": 0,
         "pre_of_pre_fz_nonpositive": 0,
         "eq1_readings_differ": 0,
         "passing_readings_differ": 0,
@@ -256,6 +258,18 @@ def test_evaluate_block_wires_the_activations_to_the_criteria():
     assert loose.passing == [10, 12, 14, 15]
     with pytest.raises(ValueError, match="expected"):
         evaluate_block("2.1", acts[:, :, :3], CHANNELS)
+
+
+def test_the_channels_the_authors_re_rendered_are_those_with_both_post_responses_at_most_zero():
+    # stream_inspect.py l. 424 asserts Post(X̂_Pre) >= 0 or Post(X̂_In) >= 0 on pre-ReLU sums; here Post is
+    # post-ReLU, so "both negative" shows as both 0 (a -0.0 from a clamp included)
+    post_in = [0.0, 1.0, 0.0, 0.0, 2.0]
+    post_pre = [0.0, 0.0, 3.0, -0.0, 1.0]
+    assert authors_rerun_case(post_in, post_pre).tolist() == [True, False, False, True, False]
+    acts = make_acts(PRE_IN[:5], PRE_SCALED[:5], post_in, post_pre)
+    result = evaluate_block("2.1", acts, CHANNELS[:5])
+    assert result.summary()["authors_rerun"] == 2
+    assert not result.eq2[[0, 3]].any()  # such a channel fails Eq. 2 anyway
 
 
 def test_both_readings_of_eq1_are_counted_per_block():

@@ -135,7 +135,9 @@ def write_fake_outputs(
     write_fake_eval(artifacts.eval_dir(outputs), rng, data_source)
     write_passing(Passing(PASSING), artifacts.passing_file(outputs))
     counts = {"eq1_pass": 5, "eq2_pass": 4, "eq2_nonpositive": 1, "mirror_pass": 0}
-    counts.update(pre_of_pre_fz_nonpositive=0, eq1_readings_differ=0, passing_readings_differ=0)
+    counts.update(
+        authors_rerun=0, pre_of_pre_fz_nonpositive=0, eq1_readings_differ=0, passing_readings_differ=0
+    )
     blocks = {
         block: {
             "channels": width,

@@ -159,6 +159,16 @@ def test_eq1_readings_are_counted_and_the_fz_each_test_reads_is_named(fake_repo)
     )
 
 
+def test_the_channels_the_authors_would_have_re_rendered_are_counted_per_reading_of_pre(fake_repo):
+    criteria = json.loads(Path("metrics/criteria.json").read_text())
+    criteria["layer2_1"]["authors_rerun"] = 2
+    Path("metrics/criteria.json").write_text(json.dumps(criteria))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    assert "### Channels the authors re-rendered" in text
+    assert "| 2.1 | this run's Pre FZs | 2 | 8 |" in text and "| 3.1 | this run's Pre FZs | 0 | 6 |" in text
+
+
 def test_exact_check_in_points_and_images():
     assert round(IMAGE_POINTS, 12) == 0.002
     same = ExactCheck(61.394, 61.394)

@@ -222,7 +222,8 @@ def eq2_post_ratio(
     A numerator or denominator <= 0 fails and is flagged in ``nonpositive``, as in the authors' code
     (a Post response <= 0 set their mix ratio to 0 or 10, outside the band). Post is post-ReLU here; the
     authors measured the pre-ReLU sum, which gives the same verdicts: a value <= 0 fails either way.
-    The ratio is computed in float64, so exactly 2/3 or 3/2 sits on the boundary.
+    The ratio is computed in float64, so exactly 2/3 or 3/2 sits on the boundary (the authors compared a
+    float32 ratio with 1/1.5 and 1.5, so a verdict can differ within about one float32 step of an edge).
     """
     numerator, denominator = _values(post_of_in_fz), _values(post_of_pre_fz)
     low, high = parse_fraction(low), parse_fraction(high)
@@ -237,11 +238,21 @@ def mirror_shrink_gain(in_of_pre_fz: Any, in_of_shrunk_pre_fz: Any, strict: bool
     """The authors' unreported mirror test: ReLU(In_c(X̂_Pre_c)) < In_c(shrink(X̂_Pre_c)).
 
     shrink = resize to half and reflect-pad back (stream_inspect.py: Resize(112), Pad(56, 'reflect')):
-    the In channel should prefer the Pre channel's feature at a smaller scale. Their code computes
-    mean(clip(In(shrink(X̂_Pre)), 0)) - mean(clip(In(X̂_Pre)), 0)) > 0, the same strict test; the paper does
+    the In channel should prefer the Pre channel's feature at a smaller scale. Their code computes the
+    difference mean(clip(In(shrink(X̂_Pre)), 0)) - mean(clip(In(X̂_Pre)), 0)), the same strict test as > 0
+    (it also divides it by In_c(X̂_In_c), line 429, a quotient their selection never uses); the paper does
     not report it, so it is off by default (``criteria.mirror_criterion``).
     """
     return eq1_scale_gain(in_of_pre_fz, in_of_shrunk_pre_fz, strict=strict)
+
+
+def authors_rerun_case(post_of_in_fz: Any, post_of_pre_fz: Any) -> np.ndarray:
+    """Channels where both Post_c(X̂_In_c) and Post_c(X̂_Pre_c) are <= 0: where the authors' loop stopped
+    (stream_inspect.py l. 424, ``assert mid_out_acts >= 0 or in_out_acts >= 0``, "Rerun FZ on neuron n")
+    and they re-rendered the channel's FZs before counting; a boolean array. Such a channel fails Eq. 2
+    either way. Post is post-ReLU here, so <= 0 is 0; their values were the pre-ReLU sums, tested < 0,
+    which differs only where a pre-ReLU sum is exactly 0."""
+    return (_values(post_of_in_fz) <= 0) & (_values(post_of_pre_fz) <= 0)
 
 
 def passing_channels(channels: Sequence[int] | np.ndarray, *masks: Any) -> list[int]:
@@ -326,6 +337,9 @@ class BlockCriteria:
             "eq2_pass": int(self.eq2.sum()),
             "eq2_nonpositive": int(self.eq2_nonpositive.sum()),
             "mirror_pass": int(self.mirror.sum()),
+            "authors_rerun": int(
+                authors_rerun_case(self.columns["post_of_in_fz"], self.columns["post_of_pre_fz"]).sum()
+            ),
             # Pre_c(X̂_Pre_c) <= 0: where the two readings of Eq. 1 can differ (eq1_authors_code)
             "pre_of_pre_fz_nonpositive": int((self.columns["pre_of_pre_fz"] <= 0).sum()),
             "eq1_readings_differ": int((self.eq1 != self._other(self.eq1_other, self.eq1)).sum()),

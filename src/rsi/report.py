@@ -390,19 +390,50 @@ def _criteria_section(
     return lines
 
 
+def _fz_runs(
+    criteria: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None
+) -> list[tuple[str, dict[str, dict[str, Any]]]]:
+    """The criteria counts per reading of Pre that ran, named for a table's FZs column."""
+    runs = [("this run's Pre FZs", criteria)]
+    if reference is not None:
+        runs.append(("the authors' reading of Pre", reference))
+    return runs
+
+
+def _rerun_section(
+    criteria: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None
+) -> list[str]:
+    """The channels the authors' loop would have stopped at and re-rendered (rsi.criteria.authors_rerun_case)."""
+    rows = [
+        [block, name, _fmt(entry["authors_rerun"]), _fmt(entry["channels"])]
+        for name, counts in _fz_runs(criteria, reference)
+        for block, entry in counts.items()
+    ]
+    if not rows:
+        return []
+    return [
+        "### Channels the authors re-rendered",
+        "",
+        "The authors' loop (stream_inspect.py line 424) stopped at a channel whose Post_c(X̂_In_c) and",
+        'Post_c(X̂_Pre_c) were both below 0 ("Rerun FZ on neuron n") and they re-rendered its FZs before',
+        "counting. Here such a channel (both Post responses ≤ 0 after the ReLU) is kept as rendered and fails",
+        "Eq. 2, so a count above 0 is where this run's lists can differ from a run done their way.",
+        "",
+        *_table(["block", "FZs", "both Post responses ≤ 0", "channels"], rows),
+        "",
+    ]
+
+
 def _eq1_section(
     criteria: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None, reading: Any
 ) -> list[str]:
     """How much the reading of Eq. 1 matters: channels with Pre_c(X̂_Pre_c) <= 0 and the verdicts that
     differ between the authors' code and the paper's text."""
     key = "pre_of_pre_fz_nonpositive"
-    runs = [("this run's Pre FZs", criteria)]
-    if reference is not None:
-        runs.append(("the authors' reading of Pre", reference))
     rows = [
         [block, name, _fmt(entry.get(key)), _fmt(entry.get("eq1_readings_differ")),
          _fmt(entry.get("passing_readings_differ"))]
-        for name, counts in runs
+        for name, counts in _fz_runs(criteria, reference)
         for block, entry in counts.items()
         if key in entry
     ]  # fmt: skip
@@ -945,6 +976,7 @@ def build_report(
         criteria, reference, paper, passing, reference_passing, pre_reading, arch=labels.arch
     )
     lines += _eq1_section(criteria, reference, eq1_reading)
+    lines += _rerun_section(criteria, reference)
     lines += _channels_section(passing, paper)
     skipped = [
         f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"

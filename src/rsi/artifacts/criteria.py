@@ -40,6 +40,7 @@ COUNT_KEYS: tuple[str, ...] = ("channels", "passing", "percent", "eq1_pass", "eq
 SUMMARY_KEYS: tuple[str, ...] = (
     *COUNT_KEYS,
     "mirror_pass",
+    "authors_rerun",
     "pre_of_pre_fz_nonpositive",
     "eq1_readings_differ",
     "passing_readings_differ",
