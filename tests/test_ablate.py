@@ -239,6 +239,31 @@ def test_a_block_the_natural_pass_does_not_measure_is_an_error(tmp_path, monkeyp
     assert len(message.strip().splitlines()) == 1, message
 
 
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({"weights": "custom weights 0123abcd"}, "was made with custom weights 0123abcd, this run's model.weights "
+         "is RANDOM WEIGHTS (not the paper's model)"),
+        ({"count": 999}, "was measured on 999 images, the evaluation cache holds 1000"),
+    ],
+    ids=["other_weights", "other_images"],
+)  # fmt: skip
+def test_mean_activations_of_another_run_are_refused(tmp_path, monkeypatch, capsys, change, expected):
+    """The means a mean ablation writes come from stage natural: a file of other weights or another image
+    set (stages run by hand after a change) is an error naming it, not a silent stale value."""
+    monkeypatch.setattr(ablate, "load_eval", lambda path: FakeSet())
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("model: {weights: 'random:0', device: cpu}\nablate: {blocks: ['2.1']}\n")
+    Path("outputs/criteria").mkdir(parents=True)
+    Path("outputs/criteria/passing.json").write_text(json.dumps({"2.1": [1]}))
+    stats = fake_natural(np.random.default_rng(0), 128, images=len(FakeSet()))
+    write_natural("2.1", replace(stats, **change))
+    assert cli.main(["ablate"]) == 2
+    message = capsys.readouterr().err
+    assert "outputs/natural/layer2_1.npz " + expected in message, message
+    assert "re-run `rsi natural`" in message and len(message.strip().splitlines()) == 1, message
+
+
 def test_outputs_are_dvc_safe(fake_evaluate, tmp_path):
     result = run_fake("within", 1.0)
     published = replace(run_fake("within", 1.0), channel_set="published")
@@ -567,7 +592,7 @@ def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
     )
     Path("outputs/criteria").mkdir(parents=True)
     Path("outputs/criteria/passing.json").write_text(json.dumps({"2.1": []}))
-    write_natural("2.1", fake_natural(np.random.default_rng(0), 128))
+    write_natural("2.1", fake_natural(np.random.default_rng(0), 128, images=len(FakeSet())))
     assert cli.main(["ablate"]) == 0
     assert seen and set(seen) == {(False, False)}
     metrics = json.loads(Path("metrics/ablation.json").read_text())

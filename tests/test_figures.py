@@ -36,6 +36,7 @@ from rsi.artifacts.natural_criteria import (
 from rsi.artifacts.passing import Passing, write_passing
 from rsi.artifacts.whole_channel import whole_channel_file
 from rsi.cli import main
+from rsi.model import RANDOM_LABEL
 from rsi.runtime import write_json
 from rsi.taps import Tap
 
@@ -74,7 +75,7 @@ def fake_natural(rng: np.random.Generator, width: int, k: int = 9, images: int =
         topk=rng.integers(0, images, (3, width, k)),
         topk_values=rng.random((3, width, k), dtype=np.float32),
         count=images,
-        weights="RANDOM WEIGHTS",
+        weights=RANDOM_LABEL,
         generated=True,
         numerics={"cudnn_allow_tf32": False, "matmul_allow_tf32": False},
     )

@@ -420,10 +420,12 @@ def ablation_metrics(results: Sequence[SetResult], settings: Mapping[str, Any]) 
 # ----------------------------------------------------------------------------------------------- stage
 
 
-def post_means_of(block: str, root: Path) -> np.ndarray:
+def post_means_of(block: str, root: Path, weights: str, count: int) -> np.ndarray:
     """The mean Post activation per channel of ``block`` over the evaluation set (stage natural): the
-    value a mean ablation writes into a channel."""
-    return read_natural(block, root).mean[TAP_KINDS.index("post")].astype(np.float64)
+    value a mean ablation writes into a channel. The file must be of this run's ``weights`` (as
+    rsi.model.describe_weights labels them) and its ``count`` images."""
+    stats = read_natural(block, root, weights=weights, count=count)
+    return stats.mean[TAP_KINDS.index("post")].astype(np.float64)
 
 
 # `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
@@ -486,13 +488,14 @@ def run(args: argparse.Namespace) -> None:
     seed = load_seed(raw, source=args.params)
     outputs = Path(args.outputs)
     sets = channel_sets_of(params, _check_inputs(raw, params, args.params, outputs))
-    means = {block: post_means_of(block, outputs) for block in params.blocks}
+    eval_set = load_eval(artifacts.eval_dir(outputs))
+    weights = describe_weights(model_params.weights, model_params.arch)
+    means = {block: post_means_of(block, outputs, weights, len(eval_set)) for block in params.blocks}
     device = resolve_device(model_params.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
     numerics = full_float32(params.tf32)
     distributed.init()
-    eval_set = load_eval(artifacts.eval_dir(outputs))
     model = load_model(model_params.weights, model_params.arch).to(device)
     results = []
     for (block, name), channels in sets.items():

@@ -26,7 +26,7 @@ from torch import nn
 
 from rsi import artifacts
 from rsi.artifacts.criteria import read_criteria_table
-from rsi.artifacts.natural import NaturalStats, read_natural
+from rsi.artifacts.natural import read_natural
 from rsi.artifacts.natural_criteria import (
     NaturalCriteriaBlock,
     NaturalCriteriaMetrics,
@@ -209,17 +209,6 @@ def block_responses(
 # ------------------------------------------------------------------------------------------- the stage
 
 
-def checked_natural(block: str, root: Path, weights: str, arch: str) -> NaturalStats:
-    """Stage natural's file of a block, checked against this run's weights."""
-    stats = read_natural(block, root)
-    if stats.weights != describe_weights(weights, arch):
-        raise ValueError(
-            f"{artifacts.natural_file(block, root)} was made with {stats.weights}, model.weights = "
-            f"{weights!r} is {describe_weights(weights, arch)}: re-run `rsi natural`"
-        )
-    return stats
-
-
 def fz_verdicts(block: str, root: Path) -> tuple[list[int], list[int]]:
     """(probed, passing) channels of the FZ criteria of a block, from ``outputs/criteria/<layerL_K>.csv``."""
     table = read_criteria_table(artifacts.criteria_table(block, root))
@@ -256,12 +245,12 @@ def run(args: argparse.Namespace) -> None:
     batch_size = load_section(
         raw, "natural", NaturalParams, source=args.params
     ).batch_size  # declared: float rounding
+    eval_set = load_eval(artifacts.eval_dir(root))
+    weights = describe_weights(model_params.weights, model_params.arch)
     stored = {
-        block: checked_natural(block, root, model_params.weights, model_params.arch)
-        for block in criteria.blocks
+        block: read_natural(block, root, weights=weights, count=len(eval_set)) for block in criteria.blocks
     }
     fz = {block: fz_verdicts(block, root) for block in criteria.blocks}
-    eval_set = load_eval(artifacts.eval_dir(root))
     device = resolve_device(model_params.device)
     model = load_model(model_params.weights, model_params.arch).to(device)
     numerics = full_float32()  # full float32 on CUDA, as every result stage

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsi.artifacts import NUMERICS, OUTPUTS, natural_file, require_file, require_keys
+from rsi.artifacts import NUMERICS, OUTPUTS, ArtifactError, natural_file, require_file, require_keys
 from rsi.runtime import save_npz
 
 STAGE = "natural"
@@ -49,11 +49,16 @@ def write_natural(block: str, stats: NaturalStats, root: Path = OUTPUTS) -> None
     )
 
 
-def read_natural(block: str, root: Path = OUTPUTS) -> NaturalStats:
+def read_natural(
+    block: str, root: Path = OUTPUTS, *, weights: str | None = None, count: int | None = None
+) -> NaturalStats:
+    """The block's file. Given ``weights`` (the run's model, as rsi.model.describe_weights labels it) and
+    ``count`` (the evaluation cache's images), also checked to be of this run: a file made by other weights
+    or on another image set fails, naming both, rather than feeding a stage stale statistics."""
     path = require_file(natural_file(block, root), STAGE)
     with np.load(path, allow_pickle=False) as data:
         require_keys(path, data.files, KEYS, STAGE)
-        return NaturalStats(
+        stats = NaturalStats(
             mean=data["mean"],
             topk=data["topk"],
             topk_values=data["topk_values"],
@@ -62,3 +67,14 @@ def read_natural(block: str, root: Path = OUTPUTS) -> NaturalStats:
             generated=bool(data["generated"]),
             numerics={key: bool(data[key]) for key in NUMERICS},
         )
+    if weights is not None and stats.weights != weights:
+        raise ArtifactError(
+            f"{path} was made with {stats.weights}, this run's model.weights is {weights}: re-run `rsi "
+            f"{STAGE}` (`dvc repro` does)"
+        )
+    if count is not None and stats.count != count:
+        raise ArtifactError(
+            f"{path} was measured on {stats.count} images, the evaluation cache holds {count}: re-run `rsi "
+            f"{STAGE}` (`dvc repro` does)"
+        )
+    return stats
