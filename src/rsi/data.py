@@ -14,6 +14,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -137,7 +138,12 @@ class Listing:
 
 
 def read_class_index(spec: str | None) -> dict[str, int] | None:
-    """wnid → class index from ``data.class_index`` (None: the ImageNet-1k index, applied when listing)."""
+    """wnid → class index from ``data.class_index`` (None: the ImageNet-1k index, applied when listing).
+
+    A file holds ``<wnid> <index>`` lines, or ``<wnid>`` / ``<wnid> <words>`` lines whose line number (from
+    0, blank lines skipped) is the index; not both, since a file mixing them most likely lost a column. A
+    second field that starts like a number (a digit, or a sign and a digit) is an index and must be a whole
+    number: ``5x`` or ``-3`` is a typo, not words. Two wnids with one index would merge two classes."""
     if spec is None:
         return None
     if spec == "imagenette":
@@ -148,24 +154,54 @@ def read_class_index(spec: str | None) -> dict[str, int] | None:
             f"data.class_index = {spec!r}: no such file (give 'imagenette', a wnid list file, or null)"
         )
     mapping: dict[str, int] = {}
-    for number, line in enumerate(_content_lines(path)):
-        parts = line.split(maxsplit=1)
-        wnid = parts[0]
-        index = int(parts[1]) if len(parts) == 2 and parts[1].strip().isdigit() else number
+    line_of: dict[str, int] = {}
+    wnid_of: dict[int, str] = {}
+    styles: dict[bool, int] = {}  # explicit index or not → the first line of that style
+    for number, (line, text) in enumerate(_numbered_lines(path)):
+        wnid, *rest_list = text.split(maxsplit=1)
+        rest = rest_list[0] if rest_list else ""
+        explicit = re.match(r"[+-]?[0-9]", rest) is not None
+        if explicit and re.fullmatch(r"[0-9]+", rest) is None:
+            raise DataError(
+                f"{path}: line {line}: class index {rest!r} of {wnid} is not a whole number >= 0; write "
+                "'<wnid> <index>' with the index in 0..999, or '<wnid>' alone to use the line number"
+            )
+        styles.setdefault(explicit, line)
+        if len(styles) == 2:
+            raise DataError(
+                f"{path}: line {styles[True]} gives a class index but line {styles[False]} does not; give "
+                "every line an index ('<wnid> <index>') or none (the line number is the index)"
+            )
+        index = int(rest) if explicit else number
         if wnid in mapping:
-            raise DataError(f"{path}: wnid {wnid} is listed twice")
+            raise DataError(
+                f"{path}: wnid {wnid} is listed twice (lines {line_of[wnid]} and {line}); list it once"
+            )
         if not 0 <= index < IMAGENET_CLASSES:
             raise DataError(
-                f"{path}: {wnid} has class index {index}, outside the model's 0..{IMAGENET_CLASSES - 1}"
+                f"{path}: line {line}: {wnid} has class index {index}, outside the model's "
+                f"0..{IMAGENET_CLASSES - 1}"
             )
-        mapping[wnid] = index
+        if index in wnid_of:
+            other = wnid_of[index]
+            raise DataError(
+                f"{path}: {other} (line {line_of[other]}) and {wnid} (line {line}) both have class index "
+                f"{index}, which would merge two classes; give each wnid its own index"
+            )
+        mapping[wnid], line_of[wnid], wnid_of[index] = index, line, wnid
     if not mapping:
         raise DataError(f"{path}: no wnids in the class index file")
     return mapping
 
 
 def _content_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [text for _, text in _numbered_lines(path)]
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped text) of the non-blank lines: errors name the line as an editor shows it."""
+    lines = enumerate(path.read_text().splitlines(), start=1)
+    return [(number, line.strip()) for number, line in lines if line.strip()]
 
 
 def _class_to_idx(wnids: Sequence[str], class_index: dict[str, int] | None, where: str) -> dict[str, int]:
@@ -223,7 +259,8 @@ def list_folders(root: str | Path, class_index: dict[str, int] | None = None) ->
 
 
 def read_label_map(path: str | Path) -> dict[int, str]:
-    """Integer label → wnid: ``<label> <wnid>`` lines, or the ImageNet devkit's ``meta.mat``."""
+    """Integer label → wnid: ``<label> <wnid>`` lines, or the ImageNet devkit's ``meta.mat`` (its leaf
+    synsets). One to one: a repeated label would overwrite a wnid, a repeated wnid merge two labels."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data.label_map = {str(path)!r}: no such file")
@@ -234,13 +271,38 @@ def read_label_map(path: str | Path) -> dict[int, str]:
         ids = np.atleast_1d(synsets["ILSVRC2012_ID"])
         wnids = np.atleast_1d(synsets["WNID"])
         children = np.atleast_1d(synsets["num_children"])
-        return {int(i): str(w) for i, w, n in zip(ids, wnids, children, strict=True) if int(n) == 0}
+        rows = zip(ids, wnids, children, strict=True)
+        entries = [
+            (f"synsets row {row}", int(i), str(w)) for row, (i, w, n) in enumerate(rows) if int(n) == 0
+        ]
+        return _one_to_one(path, entries)
+    entries = []
+    for line, text in _numbered_lines(path):
+        parts = text.split()
+        if len(parts) < 2 or re.fullmatch(r"-?[0-9]+", parts[0]) is None:
+            raise DataError(f"{path}: line {line}: {text!r} is not '<integer label> <wnid>'")
+        entries.append((f"line {line}", int(parts[0]), parts[1]))
+    return _one_to_one(path, entries)
+
+
+def _one_to_one(path: Path, entries: list[tuple[str, int, str]]) -> dict[int, str]:
+    """label → wnid from (where, label, wnid) entries; a label or a wnid given twice is a DataError."""
     mapping: dict[int, str] = {}
-    for line in _content_lines(path):
-        parts = line.split()
-        if len(parts) < 2 or not parts[0].lstrip("-").isdigit():
-            raise DataError(f"{path}: line {line!r} is not '<integer label> <wnid>'")
-        mapping[int(parts[0])] = parts[1]
+    where_label: dict[int, str] = {}
+    label_of: dict[str, int] = {}
+    for where, label, wnid in entries:
+        if label in mapping:
+            raise DataError(
+                f"{path}: label {label} is given twice, to {mapping[label]} ({where_label[label]}) and {wnid} "
+                f"({where}); give each label one wnid"
+            )
+        if wnid in label_of:
+            other = label_of[wnid]
+            raise DataError(
+                f"{path}: labels {other} ({where_label[other]}) and {label} ({where}) both name {wnid}, which "
+                "would merge two classes; give each label its own wnid"
+            )
+        mapping[label], where_label[label], label_of[wnid] = wnid, where, label
     return mapping
 
 
