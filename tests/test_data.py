@@ -492,6 +492,34 @@ def test_generated_set_is_deterministic_and_labelled(tmp_path):
     assert not np.array_equal(images["a"], images["c"])
     assert np.load(tmp_path / "a" / "labels.npy").tolist() == [0, 0, 1, 1]
     assert load_eval(tmp_path / "a").generated
+    assert a["decoder"] == "none (generated in memory)"  # no JPEG is encoded or decoded on this path
+
+
+DECODERS = {  # (Pillow, jpeg API version, libjpeg-turbo version, mozjpeg) → index.json's decoder
+    ("13.0.0", "6.2", "3.2.0", False): "Pillow 13.0.0, libjpeg-turbo 3.2.0 (libjpeg 6.2 API)",
+    ("10.3.0", "9.0", None, False): "Pillow 10.3.0, libjpeg 9.0",  # IJG libjpeg 9e, as the authors ran
+    ("11.0.0", "6.2", "4.1.5", True): "Pillow 11.0.0, mozjpeg 4.1.5 (libjpeg 6.2 API)",
+    ("13.0.0", None, None, False): "Pillow 13.0.0, no JPEG support",
+}
+
+
+@pytest.mark.parametrize("versions", sorted(DECODERS, key=str))
+def test_the_decoder_names_pillow_and_its_jpeg_library(versions):
+    assert data.describe_decoder(*versions) == DECODERS[versions]
+
+
+def test_the_cache_records_this_processes_jpeg_decoder_and_read_eval_requires_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.PIL, "__version__", "10.3.0")
+    monkeypatch.setattr(data.features, "check_feature", lambda name: False)
+    monkeypatch.setattr(data.features, "version", lambda name: "9.0" if name == "jpg" else None)
+    listing = data.list_folders(make_folders(tmp_path / "val", per_class=1))
+    data.decode_to_cache(listing, tmp_path / "eval", size=64, progress=False)
+    assert read_eval(tmp_path / "eval").index["decoder"] == "Pillow 10.3.0, libjpeg 9.0"
+    index = json.loads((tmp_path / "eval" / "index.json").read_text())
+    del index["decoder"]  # a cache written before the decoder was recorded: no guess, prepare-data again
+    (tmp_path / "eval" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ArtifactError, match=r"eval/index\.json: no 'decoder'.*`rsi prepare-data`"):
+        read_eval(tmp_path / "eval")
 
 
 def test_workers_decode_the_same(tmp_path):

@@ -3,7 +3,9 @@
 Owns the image listing (``data.source``: folders, flat, generated), subsets, the pinned download and the
 decode; the cache's files are written and read through :mod:`rsi.artifacts.eval` (later stages open it with
 :func:`rsi.eval_set.load_eval`, which adds their batching). Sources, bad files, the crop rule and the
-download: see docs/data.md.
+download: see docs/data.md. index.json records the JPEG decoder (``decoder``): libjpeg-turbo and IJG
+libjpeg 7+ upsample chroma differently (the authors decoded with IJG 9e), so the cached pixels, and the
+accuracies compared "to the image", are only exact for the same decoder.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
+import PIL
+from PIL import Image, features
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import InterpolationMode
@@ -390,6 +393,30 @@ def select_subset(
 # ----------------------------------------------------------------------------------------------- decoding
 
 
+GENERATED_DECODER = "none (generated in memory)"
+
+
+def describe_decoder(pillow: str, jpeg: str | None, turbo: str | None, mozjpeg: bool = False) -> str:
+    """The decoder as index.json records it: Pillow's version, and its JPEG library (``jpeg``: the
+    libjpeg API version Pillow reports; ``turbo``: libjpeg-turbo's own version, None for IJG libjpeg)."""
+    if jpeg is None:
+        return f"Pillow {pillow}, no JPEG support"
+    if turbo is None:
+        return f"Pillow {pillow}, libjpeg {jpeg}"
+    return f"Pillow {pillow}, {'mozjpeg' if mozjpeg else 'libjpeg-turbo'} {turbo} (libjpeg {jpeg} API)"
+
+
+def jpeg_decoder() -> str:
+    """:func:`describe_decoder` of this process's Pillow (e.g. "Pillow 13.0.0, libjpeg-turbo 3.2.0 (libjpeg
+    6.2 API)"); older Pillows lack the libjpeg_turbo and mozjpeg features, hence the membership checks."""
+
+    def present(name: str) -> bool:
+        return name in features.features and bool(features.check_feature(name))
+
+    turbo = (features.version("libjpeg_turbo") or "(version unknown)") if present("libjpeg_turbo") else None
+    return describe_decoder(PIL.__version__, features.version("jpg"), turbo, present("mozjpeg"))
+
+
 def cache_entry(image: Image.Image, size: int = CACHE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
     """RGB, short side ``size`` (torchvision's bilinear antialiased Resize), center crop: (size, size, 3);
     and the (height, width) after the resize, where the later stages' direct center crops are placed."""
@@ -540,6 +567,7 @@ def _index(
     return {
         "source": source,
         "generated": source == "generated",
+        "decoder": GENERATED_DECODER if source == "generated" else jpeg_decoder(),
         "root": listing.root,
         "count": len(kept),
         "size": size,
