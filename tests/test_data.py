@@ -95,9 +95,103 @@ def test_folders_that_are_not_imagenet_wnids_are_an_error(tmp_path):
     assert data.list_folders(root, data.read_class_index(str(mapped))).labels == [281, 0, 5]
     mapped.write_text("n01440764 0\nn99999999 5\ncats 1000\n")
     with pytest.raises(
-        data.DataError, match=r"map\.txt: cats has class index 1000, outside the model's 0\.\.999"
+        data.DataError, match=r"map\.txt: line 3: cats has class index 1000, outside the model's 0\.\.999"
     ):
         data.read_class_index(str(mapped))
+
+
+CLASS_INDEX_ERRORS = {
+    "a typo in an index": (
+        "n01440764 0\nn02102040 5x\n",
+        "line 2: class index '5x' of n02102040 is not a whole number >= 0; write '<wnid> <index>' with the "
+        "index in 0..999, or '<wnid>' alone to use the line number",
+    ),
+    "a negative index": (
+        "n01440764 -3\n",
+        "line 1: class index '-3' of n01440764 is not a whole number >= 0; write '<wnid> <index>' with the "
+        "index in 0..999, or '<wnid>' alone to use the line number",
+    ),
+    "two indices": (
+        "n01440764 5 6\n",
+        "line 1: class index '5 6' of n01440764 is not a whole number >= 0; write '<wnid> <index>' with the "
+        "index in 0..999, or '<wnid>' alone to use the line number",
+    ),
+    "one index for two wnids (line numbers count blank lines)": (
+        "n01440764 7\n\nn02102040 7\n",
+        "n01440764 (line 1) and n02102040 (line 3) both have class index 7, which would merge two classes; "
+        "give each wnid its own index",
+    ),
+    "indexed and line-number lines mixed": (
+        "n01440764\nn02102040 5\n",
+        "line 2 gives a class index but line 1 does not; give every line an index ('<wnid> <index>') or "
+        "none (the line number is the index)",
+    ),
+    "indexed and words lines mixed": (
+        "n01440764 3\nn02102040 English springer\n",
+        "line 1 gives a class index but line 2 does not; give every line an index ('<wnid> <index>') or "
+        "none (the line number is the index)",
+    ),
+    "a wnid twice": (
+        "n01440764 3\nn01440764 4\n",
+        "wnid n01440764 is listed twice (lines 1 and 2); list it once",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CLASS_INDEX_ERRORS))
+def test_a_bad_class_index_file_names_the_line_the_value_and_the_fix(tmp_path, case):
+    content, message = CLASS_INDEX_ERRORS[case]
+    path = tmp_path / "index.txt"
+    path.write_text(content)
+    with pytest.raises(data.DataError) as error:  # these were read silently before (line number as index)
+        data.read_class_index(str(path))
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_class_index_words_and_explicit_indices_read_as_documented(tmp_path):
+    path = tmp_path / "index.txt"
+    path.write_text("n01440764\tTinca tinca\n\nn02102040 springer\nn03888257 parachute, chute\n")
+    assert data.read_class_index(str(path)) == {"n01440764": 0, "n02102040": 1, "n03888257": 2}
+    path.write_text("n01440764 3\nn02102040  999 \n")
+    assert data.read_class_index(str(path)) == {"n01440764": 3, "n02102040": 999}
+
+
+LABEL_MAP_ERRORS = {
+    "a label twice": (
+        "1 n01440764\n1 n02102040\n",
+        "label 1 is given twice, to n01440764 (line 1) and n02102040 (line 2); give each label one wnid",
+    ),
+    "a wnid twice": (
+        "1 n01440764\n\n2 n01440764\n",
+        "labels 1 (line 1) and 2 (line 3) both name n01440764, which would merge two classes; give each "
+        "label its own wnid",
+    ),
+    "not a label": ("--1 n01440764\n", "line 1: '--1 n01440764' is not '<integer label> <wnid>'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(LABEL_MAP_ERRORS))
+def test_a_bad_label_map_names_the_label_both_wnids_and_the_lines(tmp_path, case):
+    content, message = LABEL_MAP_ERRORS[case]
+    path = tmp_path / "map.txt"
+    path.write_text(content)
+    with pytest.raises(data.DataError) as error:  # a repeated label overwrote the earlier wnid before
+        data.read_label_map(path)
+    assert str(error.value) == f"{path}: {message}"
+
+
+def test_a_meta_mat_with_a_repeated_leaf_label_is_refused(tmp_path):
+    from scipy.io import savemat
+
+    synsets = np.zeros(3, dtype=[("ILSVRC2012_ID", "O"), ("WNID", "O"), ("num_children", "O")])
+    synsets[0], synsets[1], synsets[2] = (1, "n01440764", 0), (1, "n99999999", 2), (1, "n02102040", 0)
+    savemat(tmp_path / "meta.mat", {"synsets": synsets})
+    with pytest.raises(data.DataError) as error:  # row 1 is no leaf: not in the map, so no clash
+        data.read_label_map(tmp_path / "meta.mat")
+    assert str(error.value) == (
+        f"{tmp_path / 'meta.mat'}: label 1 is given twice, to n01440764 (synsets row 0) and n02102040 "
+        "(synsets row 2); give each label one wnid"
+    )
 
 
 def test_generated_folders_list_with_the_generated_sets_labels(tmp_path):
@@ -398,6 +492,34 @@ def test_generated_set_is_deterministic_and_labelled(tmp_path):
     assert not np.array_equal(images["a"], images["c"])
     assert np.load(tmp_path / "a" / "labels.npy").tolist() == [0, 0, 1, 1]
     assert load_eval(tmp_path / "a").generated
+    assert a["decoder"] == "none (generated in memory)"  # no JPEG is encoded or decoded on this path
+
+
+DECODERS = {  # (Pillow, jpeg API version, libjpeg-turbo version, mozjpeg) → index.json's decoder
+    ("13.0.0", "6.2", "3.2.0", False): "Pillow 13.0.0, libjpeg-turbo 3.2.0 (libjpeg 6.2 API)",
+    ("10.3.0", "9.0", None, False): "Pillow 10.3.0, libjpeg 9.0",  # IJG libjpeg 9e, as the authors ran
+    ("11.0.0", "6.2", "4.1.5", True): "Pillow 11.0.0, mozjpeg 4.1.5 (libjpeg 6.2 API)",
+    ("13.0.0", None, None, False): "Pillow 13.0.0, no JPEG support",
+}
+
+
+@pytest.mark.parametrize("versions", sorted(DECODERS, key=str))
+def test_the_decoder_names_pillow_and_its_jpeg_library(versions):
+    assert data.describe_decoder(*versions) == DECODERS[versions]
+
+
+def test_the_cache_records_this_processes_jpeg_decoder_and_read_eval_requires_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data.PIL, "__version__", "10.3.0")
+    monkeypatch.setattr(data.features, "check_feature", lambda name: False)
+    monkeypatch.setattr(data.features, "version", lambda name: "9.0" if name == "jpg" else None)
+    listing = data.list_folders(make_folders(tmp_path / "val", per_class=1))
+    data.decode_to_cache(listing, tmp_path / "eval", size=64, progress=False)
+    assert read_eval(tmp_path / "eval").index["decoder"] == "Pillow 10.3.0, libjpeg 9.0"
+    index = json.loads((tmp_path / "eval" / "index.json").read_text())
+    del index["decoder"]  # a cache written before the decoder was recorded: no guess, prepare-data again
+    (tmp_path / "eval" / "index.json").write_text(json.dumps(index))
+    with pytest.raises(ArtifactError, match=r"eval/index\.json: no 'decoder'.*`rsi prepare-data`"):
+        read_eval(tmp_path / "eval")
 
 
 def test_workers_decode_the_same(tmp_path):

@@ -91,6 +91,9 @@ def write_fake_eval(directory: Path, rng: np.random.Generator, source: str = "ge
     index = dict.fromkeys(INDEX_KEYS, 0) | {
         "source": source,
         "generated": source == "generated",
+        "decoder": "none (generated in memory)"
+        if source == "generated"
+        else "Pillow 13.0.0, libjpeg-turbo 3.2.0 (libjpeg 6.2 API)",
         "root": source,
     }
     index |= {"files": [f"img{i}.png" for i in range(images)], "classes": {f"n0{i}": i for i in range(4)}}

@@ -3,7 +3,9 @@
 Owns the image listing (``data.source``: folders, flat, generated), subsets, the pinned download and the
 decode; the cache's files are written and read through :mod:`rsi.artifacts.eval` (later stages open it with
 :func:`rsi.eval_set.load_eval`, which adds their batching). Sources, bad files, the crop rule and the
-download: see docs/data.md.
+download: see docs/data.md. index.json records the JPEG decoder (``decoder``): libjpeg-turbo and IJG
+libjpeg 7+ upsample chroma differently (the authors decoded with IJG 9e), so the cached pixels, and the
+accuracies compared "to the image", are only exact for the same decoder.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import hashlib
 import importlib.resources
 import json
 import os
+import re
 import shutil
 import tarfile
 import tempfile
@@ -26,7 +29,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from PIL import Image
+import PIL
+from PIL import Image, features
 from torch.utils.data import DataLoader, Dataset
 from torchvision.datasets.folder import IMG_EXTENSIONS, has_file_allowed_extension
 from torchvision.transforms import InterpolationMode
@@ -137,7 +141,12 @@ class Listing:
 
 
 def read_class_index(spec: str | None) -> dict[str, int] | None:
-    """wnid → class index from ``data.class_index`` (None: the ImageNet-1k index, applied when listing)."""
+    """wnid → class index from ``data.class_index`` (None: the ImageNet-1k index, applied when listing).
+
+    A file holds ``<wnid> <index>`` lines, or ``<wnid>`` / ``<wnid> <words>`` lines whose line number (from
+    0, blank lines skipped) is the index; not both, since a file mixing them most likely lost a column. A
+    second field that starts like a number (a digit, or a sign and a digit) is an index and must be a whole
+    number: ``5x`` or ``-3`` is a typo, not words. Two wnids with one index would merge two classes."""
     if spec is None:
         return None
     if spec == "imagenette":
@@ -148,24 +157,54 @@ def read_class_index(spec: str | None) -> dict[str, int] | None:
             f"data.class_index = {spec!r}: no such file (give 'imagenette', a wnid list file, or null)"
         )
     mapping: dict[str, int] = {}
-    for number, line in enumerate(_content_lines(path)):
-        parts = line.split(maxsplit=1)
-        wnid = parts[0]
-        index = int(parts[1]) if len(parts) == 2 and parts[1].strip().isdigit() else number
+    line_of: dict[str, int] = {}
+    wnid_of: dict[int, str] = {}
+    styles: dict[bool, int] = {}  # explicit index or not → the first line of that style
+    for number, (line, text) in enumerate(_numbered_lines(path)):
+        wnid, *rest_list = text.split(maxsplit=1)
+        rest = rest_list[0] if rest_list else ""
+        explicit = re.match(r"[+-]?[0-9]", rest) is not None
+        if explicit and re.fullmatch(r"[0-9]+", rest) is None:
+            raise DataError(
+                f"{path}: line {line}: class index {rest!r} of {wnid} is not a whole number >= 0; write "
+                "'<wnid> <index>' with the index in 0..999, or '<wnid>' alone to use the line number"
+            )
+        styles.setdefault(explicit, line)
+        if len(styles) == 2:
+            raise DataError(
+                f"{path}: line {styles[True]} gives a class index but line {styles[False]} does not; give "
+                "every line an index ('<wnid> <index>') or none (the line number is the index)"
+            )
+        index = int(rest) if explicit else number
         if wnid in mapping:
-            raise DataError(f"{path}: wnid {wnid} is listed twice")
+            raise DataError(
+                f"{path}: wnid {wnid} is listed twice (lines {line_of[wnid]} and {line}); list it once"
+            )
         if not 0 <= index < IMAGENET_CLASSES:
             raise DataError(
-                f"{path}: {wnid} has class index {index}, outside the model's 0..{IMAGENET_CLASSES - 1}"
+                f"{path}: line {line}: {wnid} has class index {index}, outside the model's "
+                f"0..{IMAGENET_CLASSES - 1}"
             )
-        mapping[wnid] = index
+        if index in wnid_of:
+            other = wnid_of[index]
+            raise DataError(
+                f"{path}: {other} (line {line_of[other]}) and {wnid} (line {line}) both have class index "
+                f"{index}, which would merge two classes; give each wnid its own index"
+            )
+        mapping[wnid], line_of[wnid], wnid_of[index] = index, line, wnid
     if not mapping:
         raise DataError(f"{path}: no wnids in the class index file")
     return mapping
 
 
 def _content_lines(path: Path) -> list[str]:
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return [text for _, text in _numbered_lines(path)]
+
+
+def _numbered_lines(path: Path) -> list[tuple[int, str]]:
+    """(1-based line number, stripped text) of the non-blank lines: errors name the line as an editor shows it."""
+    lines = enumerate(path.read_text().splitlines(), start=1)
+    return [(number, line.strip()) for number, line in lines if line.strip()]
 
 
 def _class_to_idx(wnids: Sequence[str], class_index: dict[str, int] | None, where: str) -> dict[str, int]:
@@ -223,7 +262,8 @@ def list_folders(root: str | Path, class_index: dict[str, int] | None = None) ->
 
 
 def read_label_map(path: str | Path) -> dict[int, str]:
-    """Integer label → wnid: ``<label> <wnid>`` lines, or the ImageNet devkit's ``meta.mat``."""
+    """Integer label → wnid: ``<label> <wnid>`` lines, or the ImageNet devkit's ``meta.mat`` (its leaf
+    synsets). One to one: a repeated label would overwrite a wnid, a repeated wnid merge two labels."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"data.label_map = {str(path)!r}: no such file")
@@ -234,13 +274,38 @@ def read_label_map(path: str | Path) -> dict[int, str]:
         ids = np.atleast_1d(synsets["ILSVRC2012_ID"])
         wnids = np.atleast_1d(synsets["WNID"])
         children = np.atleast_1d(synsets["num_children"])
-        return {int(i): str(w) for i, w, n in zip(ids, wnids, children, strict=True) if int(n) == 0}
+        rows = zip(ids, wnids, children, strict=True)
+        entries = [
+            (f"synsets row {row}", int(i), str(w)) for row, (i, w, n) in enumerate(rows) if int(n) == 0
+        ]
+        return _one_to_one(path, entries)
+    entries = []
+    for line, text in _numbered_lines(path):
+        parts = text.split()
+        if len(parts) < 2 or re.fullmatch(r"-?[0-9]+", parts[0]) is None:
+            raise DataError(f"{path}: line {line}: {text!r} is not '<integer label> <wnid>'")
+        entries.append((f"line {line}", int(parts[0]), parts[1]))
+    return _one_to_one(path, entries)
+
+
+def _one_to_one(path: Path, entries: list[tuple[str, int, str]]) -> dict[int, str]:
+    """label → wnid from (where, label, wnid) entries; a label or a wnid given twice is a DataError."""
     mapping: dict[int, str] = {}
-    for line in _content_lines(path):
-        parts = line.split()
-        if len(parts) < 2 or not parts[0].lstrip("-").isdigit():
-            raise DataError(f"{path}: line {line!r} is not '<integer label> <wnid>'")
-        mapping[int(parts[0])] = parts[1]
+    where_label: dict[int, str] = {}
+    label_of: dict[str, int] = {}
+    for where, label, wnid in entries:
+        if label in mapping:
+            raise DataError(
+                f"{path}: label {label} is given twice, to {mapping[label]} ({where_label[label]}) and {wnid} "
+                f"({where}); give each label one wnid"
+            )
+        if wnid in label_of:
+            other = label_of[wnid]
+            raise DataError(
+                f"{path}: labels {other} ({where_label[other]}) and {label} ({where}) both name {wnid}, which "
+                "would merge two classes; give each label its own wnid"
+            )
+        mapping[label], where_label[label], label_of[wnid] = wnid, where, label
     return mapping
 
 
@@ -326,6 +391,30 @@ def select_subset(
 
 
 # ----------------------------------------------------------------------------------------------- decoding
+
+
+GENERATED_DECODER = "none (generated in memory)"
+
+
+def describe_decoder(pillow: str, jpeg: str | None, turbo: str | None, mozjpeg: bool = False) -> str:
+    """The decoder as index.json records it: Pillow's version, and its JPEG library (``jpeg``: the
+    libjpeg API version Pillow reports; ``turbo``: libjpeg-turbo's own version, None for IJG libjpeg)."""
+    if jpeg is None:
+        return f"Pillow {pillow}, no JPEG support"
+    if turbo is None:
+        return f"Pillow {pillow}, libjpeg {jpeg}"
+    return f"Pillow {pillow}, {'mozjpeg' if mozjpeg else 'libjpeg-turbo'} {turbo} (libjpeg {jpeg} API)"
+
+
+def jpeg_decoder() -> str:
+    """:func:`describe_decoder` of this process's Pillow (e.g. "Pillow 13.0.0, libjpeg-turbo 3.2.0 (libjpeg
+    6.2 API)"); older Pillows lack the libjpeg_turbo and mozjpeg features, hence the membership checks."""
+
+    def present(name: str) -> bool:
+        return name in features.features and bool(features.check_feature(name))
+
+    turbo = (features.version("libjpeg_turbo") or "(version unknown)") if present("libjpeg_turbo") else None
+    return describe_decoder(PIL.__version__, features.version("jpg"), turbo, present("mozjpeg"))
 
 
 def cache_entry(image: Image.Image, size: int = CACHE_SIZE) -> tuple[np.ndarray, tuple[int, int]]:
@@ -478,6 +567,7 @@ def _index(
     return {
         "source": source,
         "generated": source == "generated",
+        "decoder": GENERATED_DECODER if source == "generated" else jpeg_decoder(),
         "root": listing.root,
         "count": len(kept),
         "size": size,

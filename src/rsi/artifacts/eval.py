@@ -1,7 +1,7 @@
 """The evaluation cache of ``rsi prepare-data``, ``outputs/eval/``: ``images.npy`` (N, S, S, 3) uint8
 (S = 256 in the pipeline; opened memory-mapped), ``labels.npy`` (N,) int64, ``resized.npy`` (N, 2) int32
 (each image's height and width after ``Resize(256)``, before the crop to S) and ``index.json`` (the keys of
-:data:`INDEX_KEYS`: source, file list, class map, skipped and ignored files). See :mod:`rsi.data`.
+:data:`INDEX_KEYS`: source, JPEG decoder, file list, class map, skipped and ignored files). See :mod:`rsi.data`.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ STAGE = "prepare-data"
 INDEX_KEYS: tuple[str, ...] = (
     "source",
     "generated",
+    "decoder",
     "root",
     "count",
     "size",
