@@ -194,7 +194,8 @@ def test_exact_check_in_points_and_images():
 def test_the_report_judges_the_published_accuracies_on_the_paper_data(fake_repo):
     index = json.loads(Path("outputs/eval/index.json").read_text())
     index["files"] = [f"{i}.JPEG" for i in range(50_000)]  # the report counts the files of index.json
-    index |= {"source": "folders", "generated": False}
+    decoder = "Pillow 13.0.0, libjpeg-turbo 3.2.0 (libjpeg 6.2 API)"
+    index |= {"source": "folders", "generated": False, "decoder": decoder}
     Path("outputs/eval/index.json").write_text(json.dumps(index))
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["model"]["weights"] = "torchvision"  # IMAGENET1K_V1 (checked by hash when loaded)
@@ -203,9 +204,22 @@ def test_the_report_judges_the_published_accuracies_on_the_paper_data(fake_repo)
     assert main(["report"]) == 0
     text = REPORT.read_text()
     assert "5 of 6 match the authors' recorded values exactly (under one image)." in text
+    # the decoders differ: said in the settings and among the differences, since pixels can differ
+    assert _row(text, "JPEG decoder")[1:] == [decoder, "IJG libjpeg 9e (the authors' environment.yml)"]
+    assert f"- The JPEGs were decoded by {decoder}; the authors' environment decoded them with IJG" in text
     section = text.split("### Block 2.1: the authors' published channels")[1].split("Exact check")[1]
     assert _row(section, "No Scale")[-1] == "exact"
     assert _row(section, "30 %")[-4:] == ["56.222", "+0.004", "+2.0", "not exact (2.0 images)"]
+
+
+def test_classes_present_counts_the_labels_of_the_images_used(fake_repo):
+    """index.json's class map can name more classes than the images hold (a label map, a subset) or none
+    (a flat layout with numeric labels): the report counts the labels."""
+    index = json.loads(Path("outputs/eval/index.json").read_text())
+    for classes in ({}, {f"n{i:08d}": i for i in range(1000)}):
+        Path("outputs/eval/index.json").write_text(json.dumps(index | {"classes": classes}))
+        assert main(["report"]) == 0
+        assert _row(REPORT.read_text(), "classes present")[1:] == ["4", "1000"]  # labels 0..3
 
 
 def test_channel_overlap_with_the_authors_lists(fake_repo):

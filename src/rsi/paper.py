@@ -79,6 +79,11 @@ PASSING_ABLATION_ACCURACY = MappingProxyType(
 EVAL_IMAGES = 50_000
 EVAL_CLASSES = 1000
 
+# The JPEG decoder behind the authors' ImageFolder: their environment.yml pins conda's jpeg=9e (IJG
+# libjpeg 9e) with pillow=10.3.0 and no libjpeg-turbo. IJG libjpeg 7 and later upsample chroma otherwise
+# than libjpeg-turbo (our Pillow wheels), so decoded pixels can differ (rsi.data records ours).
+AUTHORS_DECODER = "IJG libjpeg 9e"
+
 # FZ optimisation as the authors ran it (the paper text gives no step count): center_lucent_optimize.py's
 # thresholds=(2560,), lucent's Adam learning rate and the 224 px image of param.image(224, decorrelate=True).
 FZ_STEPS = 2560

@@ -18,6 +18,8 @@ from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from rsi import artifacts
 from rsi.ablate_params import AblateParams
 from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
@@ -29,7 +31,16 @@ from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams
 from rsi.labels import RunLabels, run_labels
 from rsi.model import PAPER_LABEL, describe_weights
-from rsi.paper import ABLATION_TRIALS, EVAL_CLASSES, EVAL_IMAGES, FZ_IMAGE_SIZE, FZ_LR, FZ_STEPS, REFERENCE
+from rsi.paper import (
+    ABLATION_TRIALS,
+    AUTHORS_DECODER,
+    EVAL_CLASSES,
+    EVAL_IMAGES,
+    FZ_IMAGE_SIZE,
+    FZ_LR,
+    FZ_STEPS,
+    REFERENCE,
+)
 from rsi.runtime import atomic_path
 from rsi.taps import DEFAULT_ARCH, block_order, num_channels, parse_block
 
@@ -104,11 +115,6 @@ def read_fz_settings(root: Path = artifacts.OUTPUTS) -> dict[str, dict[str, Any]
         block: read_settings(artifacts.fz_settings_file(block, root)).as_json()
         for block in rendered_blocks(root)
     }
-
-
-def read_eval_index(root: Path = artifacts.OUTPUTS) -> dict[str, Any]:
-    """index.json of the evaluation cache under ``root`` (:func:`rsi.artifacts.eval.read_eval`)."""
-    return read_eval(artifacts.eval_dir(root)).index
 
 
 NOT_IN_PAPER = "not in the paper"
@@ -276,7 +282,13 @@ def _settings_section(
     source = _param(raw, "data.source")
     if source is None:
         source = index["source"]  # read_eval checks every key of rsi.artifacts.eval.INDEX_KEYS
-    settings = {"steps": steps, "pre_reading": pre_reading, "crop_rule": crop_rule, "n_images": n_images}
+    settings = {
+        "steps": steps,
+        "pre_reading": pre_reading,
+        "crop_rule": crop_rule,
+        "n_images": n_images,
+        "decoder": index["decoder"],
+    }
     rows = [
         ["weights", f"`{labels.weights}` ({weights_label})", "IMAGENET1K_V1 (resnet18-f37072fd.pth)"],
         ["FZ steps", _fmt(steps), f"{FZ_STEPS} (authors' code; the text says nothing)"],
@@ -299,6 +311,7 @@ def _settings_section(
         *_exactness_rows(raw),
         ["data source", _fmt(source), "ImageNet-1k validation"],
         ["data path", _fmt(_param(raw, "data.root")), "—"],
+        ["JPEG decoder", index["decoder"], f"{AUTHORS_DECODER} (the authors' environment.yml)"],
         ["evaluation images", _fmt(n_images), f"{EVAL_IMAGES:,}"],
         ["classes present", _fmt(n_classes), str(EVAL_CLASSES)],
     ]
@@ -646,7 +659,8 @@ def _exact_section(
         "",
         "Exact check: with the real weights and the 50,000 ImageNet validation images these accuracies are",
         "deterministic (no FZ, no random draw), so they must equal the values recorded in the authors'",
-        "scale_robust.py to the image (1 image = 0.002 points). " + summary,
+        "scale_robust.py to the image (1 image = 0.002 points), given the same decoded pixels and arithmetic",
+        "(the JPEG decoder and TF32 rows of the settings). " + summary,
         "",
         *_table(
             [
@@ -814,6 +828,12 @@ def _setting_differences(labels: RunLabels, settings: dict[str, Any]) -> list[st
             "The ablation used the paper text's crop rule (231…128 px); Fig. 2 came from the authors' "
             "code rule (201…112 px)."
         )
+    if not labels.generated_data:
+        items.append(
+            f"The JPEGs were decoded by {settings['decoder']}; the authors' environment decoded them with "
+            f"{AUTHORS_DECODER}, whose chroma upsampling differs from libjpeg-turbo's, so pixels can differ "
+            "and the exact check can miss by a few near-tie images even where everything else matches."
+        )
     return items
 
 
@@ -956,8 +976,10 @@ def build_report(
     ablation_metrics = read_ablation_metrics(metrics / "ablation.json")
     ablation = ablation_metrics.series()  # {"2.1": {"run": AblationSeries, …}}, blocks in pipeline order
     reference, reference_passing = _reference_run(root, metrics)
-    index = read_eval_index(root)
-    n_images, n_classes = len(index["files"]), len(index["classes"])
+    eval_cache = read_eval(artifacts.eval_dir(root))
+    index = eval_cache.index
+    # the classes of the images used (index["classes"] is the class map, which can name more, or none)
+    n_images, n_classes = len(index["files"]), len(np.unique(eval_cache.labels))
     labels = run_labels(raw, index)
     weights_label = describe_weights(labels.weights, labels.arch)
     paper = paper_for(labels.arch)
