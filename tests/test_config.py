@@ -62,7 +62,7 @@ def test_floats_must_be_finite(value):
 
 def test_unquoted_block_numbers_are_block_names_everywhere():
     from rsi.ablate_params import AblateParams
-    from rsi.natural import NaturalParams
+    from rsi.natural_params import NaturalParams
 
     raw = yaml.safe_load("ablate: {blocks: [2.1, 3.1]}\nnatural: {blocks: [3.0, layer4_1]}")
     assert load_section(raw, "ablate", AblateParams).blocks == ("2.1", "3.1")
@@ -71,11 +71,11 @@ def test_unquoted_block_numbers_are_block_names_everywhere():
 
 def test_keys_read_below_the_stages_load_as_their_sections_do():
     """natural.blocks (for ablate) and activations.scale_fraction (for natural-criteria) are read by
-    rsi.config with the checks and defaults of rsi.natural.NaturalParams and
+    rsi.config with the checks and defaults of rsi.natural_params.NaturalParams and
     rsi.activations.ActivationsParams, ignoring the section's other keys."""
     from rsi.activations import ActivationsParams
     from rsi.config import PROBED_BLOCKS, load_scale_fraction, natural_blocks
-    from rsi.natural import NaturalParams
+    from rsi.natural_params import NaturalParams
 
     raw = yaml.safe_load(
         "natural: {blocks: [3.0, layer4_1], k: 3}\nactivations: {scale_fraction: 0.25, batch_size: 8}"

@@ -49,7 +49,7 @@ SECTIONS: dict[str, str] = {
     "activations": "rsi.activations:ActivationsParams",
     "criteria": "rsi.criteria:CriteriaParams",
     "data": "rsi.data:DataParams",
-    "natural": "rsi.natural:NaturalParams",
+    "natural": "rsi.natural_params:NaturalParams",
     "ablate": "rsi.ablate_params:AblateParams",
     "figures": "rsi.channel_plan:FiguresParams",
     "report": "rsi.report:ReportParams",

@@ -322,7 +322,7 @@ class _NaturalBlocks:
 
 def natural_blocks(raw: Mapping[str, Any], *, source: str = "params.yaml") -> tuple[str, ...]:
     """natural.blocks of a params mapping (the blocks whose natural-image statistics stage natural
-    measures), checked as rsi.natural.NaturalParams checks it, without the rest of the natural section."""
+    measures), checked as rsi.natural_params.NaturalParams checks it, without the rest of the natural section."""
     return load_keys(raw, "natural", _NaturalBlocks, source=source).blocks
 
 

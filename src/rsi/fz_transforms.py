@@ -4,10 +4,15 @@ draw per image.
 
 Lucent draws ONE random value per transform call (``np.random.choice``) for the whole batch. We draw per
 image instead, from a table of draws that a generator keyed on (seed, block, tap, channel) fills before the
-optimisation starts: row ``step`` holds that image's draws at that step. An FZ then depends only on (seed,
-block, tap, channel, params), never on which other channels share its batch, their order, the batch size,
-or the number of processes; with lucent's batch-wide draw, the same channel would see other transforms in
-another batch. (The paper rendered one channel per call, batch 1, where both are the same distribution.)
+optimisation starts: row ``step`` holds that image's draws at that step. A channel's draws then depend only
+on (seed, block, tap, channel, params), never on which other channels share its batch, their order, the
+batch size, or the number of processes; with lucent's batch-wide draw, the same channel would see other
+transforms in another batch. (The paper rendered one channel per call, batch 1, where both are the same
+distribution.) Its floats still depend on the batch geometry: convolutions round differently per batch
+size, and the images that drew one scale go through the network together, so a group's size depends on
+the neighbours' draws. The batch is fixed by declared params (``fz.batch_channels``, ``fz.max_channels``),
+so an FZ is still a function of them; a channel rendered in another batch can differ in the last bits,
+which the optimisation amplifies.
 
 Each transform calls the same kornia / torch functions lucent calls, with the same arguments, so a single
 image with a given draw goes through exactly lucent's arithmetic (tests/test_fz.py checks it against

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,20 +35,12 @@ from rsi.artifacts.natural import NaturalStats, write_natural
 from rsi.config import PROBED_BLOCKS, check_blocks, load_section, read_params
 from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
+from rsi.natural_params import NaturalParams
 from rsi.runtime import ModelParams, full_float32, resolve_device
 from rsi.taps import TAP_KINDS, Tap, arch_of, center, forward_taps, num_channels
 from rsi.transforms import ablation_view
 
 _NO_INDEX = torch.iinfo(torch.int64).max
-
-
-@dataclass(frozen=True)
-class NaturalParams:
-    """params.yaml ``natural``."""
-
-    blocks: tuple[str | float, ...] = field(default=PROBED_BLOCKS, metadata={"check": check_blocks})
-    k: int = field(default=9, metadata={"min": 1})
-    batch_size: int = field(default=256, metadata={"min": 1})
 
 
 @dataclass
@@ -174,7 +166,9 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(model_params.device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    numerics = full_float32()  # full float32 on CUDA (PyTorch allows TF32 convolutions by default)
+    numerics = full_float32(
+        params.tf32
+    )  # full float32 on CUDA unless declared (PyTorch allows TF32 by default)
     distributed.init()
     eval_set = load_eval(artifacts.eval_dir(Path(args.outputs)))
     model = load_model(model_params.weights, model_params.arch).to(device)

@@ -43,7 +43,8 @@ from rsi.config import SCALE_FRACTION, load_scale_fraction, load_section, read_p
 from rsi.criteria import CriteriaParams, Eq2Result, eq2_post_ratio, jaccard
 from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
-from rsi.natural import NaturalParams, center_values
+from rsi.natural import center_values
+from rsi.natural_params import NaturalParams
 from rsi.runtime import ModelParams, full_float32, resolve_device
 from rsi.taps import TAP_KINDS, Tap, forward_taps
 from rsi.transforms import ablation_view, scale_crop

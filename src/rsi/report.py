@@ -31,6 +31,7 @@ from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams
 from rsi.labels import RunLabels, run_labels
 from rsi.model import PAPER_LABEL, describe_weights
+from rsi.natural_params import NaturalParams
 from rsi.paper import (
     ABLATION_TRIALS,
     AUTHORS_DECODER,
@@ -238,6 +239,11 @@ def _exactness_rows(raw: Mapping[str, Any]) -> list[list[str]]:
             "TF32 on CUDA (ablate)",
             _fmt(_param(raw, "ablate.tf32", AblateParams)),
             "on for convolutions (torch 2.0's default on Ampere or newer GPUs)",
+        ],
+        [
+            "TF32 on CUDA (natural: the ablation means)",
+            _fmt(_param(raw, "natural.tf32", NaturalParams)),
+            "on for convolutions (their thingsvision pass on CUDA, torch 2.0)",
         ],
     ]
 
