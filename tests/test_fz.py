@@ -193,6 +193,42 @@ def test_the_optimisation_loop_draws_sorts_and_copies_nothing_on_the_host(random
 # -------------------------------------------------------------------------------- optimisation
 
 
+def test_a_whole_channel_fz_starts_from_its_own_noise_and_transforms(random_model, monkeypatch):
+    """Fig. 1's rows 1 and 2 were separate lucent calls: the whole-channel FZ of a channel must not share
+    the center-neuron FZ's initial spectrum and transform draws; the center-neuron keys stay as they were."""
+    seen: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    inner = fzmod.plan_draws
+
+    def plan_draws(ops, draws, device, exact_backward):
+        seen["draws"] = draws.clone()
+        return inner(ops, draws, device, exact_backward=exact_backward)
+
+    monkeypatch.setattr(fzmod, "plan_draws", plan_draws)
+    runs = {}
+    for objective in ("center", "channel"):
+        spec = TapSpec.of(Tap("2.1", "pre"), tiny(steps=3), seed=0, weights="random:0", objective=objective)
+        images = fzmod._optimise_batch(random_model, replace(spec, steps=0), [1], torch.device("cpu"))[0]
+        fzmod._optimise_batch(random_model, spec, [1], torch.device("cpu"))
+        runs[objective] = (images, seen["draws"])
+    (center, center_draws), (channel, channel_draws) = runs["center"], runs["channel"]
+    assert not torch.equal(center, channel) and not torch.equal(center_draws, channel_draws)
+    spectrum = initial_spectrum(0, "2.1", "pre", 1, 32)  # the key the center-neuron FZ always had
+    assert torch.equal(spectrum, initial_spectrum(0, "2.1", "pre", 1, 32, ""))
+    assert not torch.equal(spectrum, initial_spectrum(0, "2.1", "pre", 1, 32, "channel"))
+
+
+def test_the_pre_reading_keys_the_pre_tap_only():
+    """fz.pre_reading changes the Pre objective and nothing else: the In and Post FZs (and their resume
+    chunks) are the same under both readings, so switching it re-renders Pre only."""
+    for kind, same in (("in", True), ("post", True), ("pre", False)):
+        exact, reference = (
+            TapSpec.of(Tap("2.0", kind), tiny(pre_reading=reading), seed=0, weights="random:0", jitter=0)
+            for reading in ("exact", "lucent_reference")
+        )
+        assert (exact.hash() == reference.hash()) is same, kind
+        assert ("pre_reading" in exact.settings()) is not same, kind
+
+
 def test_the_exact_backward_is_used_on_cuda_unless_native_is_declared():
     deterministic = TapSpec.of(Tap("2.1", "pre"), tiny(), seed=0, weights="random:0")
     native = TapSpec.of(Tap("2.1", "pre"), tiny(cuda_backward="native"), seed=0, weights="random:0")

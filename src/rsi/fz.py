@@ -147,7 +147,13 @@ class FZParams:
 
     steps: int = field(default=2560, metadata={"min": 1, "help": "optimisation steps (authors: 2560)"})
     lr: float = field(default=0.05, metadata={"check": _check_lr, "help": "Adam learning rate (lucent)"})
-    image_size: int = field(default=224, metadata={"min": 32, "help": "image side in px (paper: 224)"})
+    image_size: int = field(
+        default=224,
+        metadata={
+            "min": 32,
+            "help": "image side in px (paper: 224; under 224 not upsampled as lucent: docs/fz.md)",
+        },
+    )
     # 128: what the automatic choice gave on every GPU before this key existed (512, halved on out of
     # memory, but never past a 128-channel chunk), so GPU FZs keep their batches; fits an H100 at 224 px.
     batch_channels: int = field(
@@ -267,10 +273,13 @@ class TapSpec:
 
     def settings(self) -> dict[str, Any]:
         """The fields as JSON; ``arch`` only for archs other than resnet18, so that resnet18's settings
-        files and resume hashes are the bytes they were before model.arch existed."""
+        files and resume hashes are the bytes they were before model.arch existed; ``pre_reading`` only for
+        the Pre tap, the one it changes, so switching it keeps the In and Post resume chunks."""
         data = as_dict(self)
         if self.arch == DEFAULT_ARCH:
             del data["arch"]
+        if self.kind != "pre":
+            del data["pre_reading"]
         return data
 
     def describe(self) -> dict[str, Any]:
@@ -389,12 +398,14 @@ def _optimise_batch(
     """Optimise one batch, image i for channel channels[i]: (images, initial, final) on the CPU."""
     ops = spec.ops()
     target = spec.objective_tap
-    spectra = torch.stack(
-        [initial_spectrum(spec.seed, spec.block, spec.kind, c, spec.image_size) for c in channels]
-    )
+    # the center-neuron FZ keeps the keys it always had; another objective of the same channel (the
+    # whole-channel FZ) starts from its own noise and transforms, as a separate lucent call would
+    stream = "" if spec.objective == "center" else spec.objective
+    key = (spec.seed, spec.block, spec.kind)
+    spectra = torch.stack([initial_spectrum(*key, c, spec.image_size, stream) for c in channels])
     draws = torch.stack(
         [
-            draw_table(ops, spec.steps, keyed_generator(spec.seed, spec.block, spec.kind, c, "transforms"))
+            draw_table(ops, spec.steps, keyed_generator(*key, c, "transforms", *([stream] if stream else [])))
             for c in channels
         ]
     )  # (B, steps, columns)

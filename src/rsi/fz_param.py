@@ -27,9 +27,10 @@ def spectrum_shape(size: int) -> tuple[int, int, int, int]:
     return (3, size, size // 2 + 1 + (size % 2), 2)
 
 
-def initial_spectrum(seed: int, block: str, kind: str, channel: int, size: int) -> Tensor:
-    """One image's initial spectrum (lucent: randn * 0.01), from generator (seed, block, tap, channel)."""
-    generator = keyed_generator(seed, block, kind, channel, "init")
+def initial_spectrum(seed: int, block: str, kind: str, channel: int, size: int, stream: str = "") -> Tensor:
+    """One image's initial spectrum (lucent: randn * 0.01), from generator (seed, block, tap, channel); a
+    ``stream`` other than "" keys another, independent draw of the same channel."""
+    generator = keyed_generator(seed, block, kind, channel, "init", *([stream] if stream else []))
     return torch.randn(spectrum_shape(size), generator=generator) * INIT_SD
 
 
