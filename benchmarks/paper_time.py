@@ -160,14 +160,7 @@ def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
         fzs = BlockFZs(block=block, channels=channels, sources=sources)
 
         def work(fzs=fzs) -> None:
-            activations.block_activations(
-                read,
-                fzs,
-                batch_size=params.batch_size,
-                scale_fraction=params.scale_fraction,
-                shrink_fraction=params.shrink_fraction,
-                progress=False,
-            )
+            activations.measure_block(read, fzs, params, progress=False)
 
         warm_up(work, device)
         probe = Probe(device).run(work)

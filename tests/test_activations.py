@@ -182,6 +182,7 @@ def test_activations_then_criteria_end_to_end(random_model, extractor, tmp_path,
     Path("params.yaml").write_text(PARAMS.format(extractor="thingsvision"))
     write_fzs(artifacts.OUTPUTS)
     assert run_cli(monkeypatch, "activations", "--params", "params.yaml") == 0
+    assert run_cli(monkeypatch, "rerun-fz") == 0  # criteria.rerun_fz 0: lists the channels hit only
     assert run_cli(monkeypatch, "criteria") == 0
 
     metrics = json.loads(Path("metrics/criteria.json").read_text())

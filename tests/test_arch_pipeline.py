@@ -44,7 +44,7 @@ def resnet34_run(tmp_path_factory) -> tuple[Path, str]:
 def test_a_resnet34_profile_runs_every_stage_labelled_with_its_arch(resnet34_run):
     root, log = resnet34_run
     assert ran_stages(log) == {
-        "prepare-data", "fz@layer1_1", "fz@layer1_2", "activations", "stability@0", "criteria",
+        "prepare-data", "fz@layer1_1", "fz@layer1_2", "activations", "stability@0", "rerun-fz", "criteria",
         "pre-reading", "natural", "natural-criteria", "ablate", "whole-channel", "figures", "report",
     }  # fmt: skip
     settings = json.loads((root / "outputs/fz/layer1_2/settings.json").read_text())

@@ -248,6 +248,7 @@ def test_evaluate_block_wires_the_activations_to_the_criteria():
         "eq2_nonpositive": 1,
         "mirror_pass": 5,
         "authors_rerun": 0,
+        "rerun_replaced": 0,
         "pre_of_pre_fz_nonpositive": 0,
         "eq1_readings_differ": 0,
         "passing_readings_differ": 0,
@@ -385,6 +386,7 @@ def test_criteria_stage_writes_tables_lists_and_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text("criteria:\n  blocks: [layer2_1]\n")
     write_acts(artifacts.OUTPUTS, "2.1", make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE), CHANNELS)
+    assert run_cli(monkeypatch, "rerun-fz") == 0  # criteria.rerun_fz is 0: records, renders nothing
     assert run_cli(monkeypatch, "criteria") == 0
     assert read_passing(Path("outputs/criteria/passing.json")) == Passing({"2.1": [10, 14, 15]})
     data = read_criteria_metrics()
@@ -414,6 +416,7 @@ def test_criteria_stage_across_seeds(tmp_path, monkeypatch):
     other = acts.copy()
     other[FZ_IMAGES.index("in_fz"), TAP_KINDS.index("post"), 0] = 5.0  # channel 10 fails Eq. 2 in seed 1
     write_acts(Path("runs/seed1"), "2.1", other, CHANNELS)
+    assert run_cli(monkeypatch, "rerun-fz") == 0
     assert run_cli(monkeypatch, "criteria") == 0
     data = json.loads(Path("metrics/criteria.json").read_text())
     assert data["stability"]["layer2_1"]["passing_seed0"] == 3

@@ -171,7 +171,7 @@ def test_editing_the_data_code_reruns_the_cache_readers_only_through_the_cache()
 def test_natural_criteria_reads_the_activations_params_without_the_activations_code():
     """natural-criteria applies S at activations.scale_fraction (read by rsi.config): the FZ measurement
     code reaches it only through outputs/criteria; ablate reads natural.blocks without rsi.natural."""
-    assert declaring("src/rsi/activations.py") == {"activations", "stability", "pre-reading"}
+    assert declaring("src/rsi/activations.py") == {"activations", "stability", "rerun-fz", "pre-reading"}
     assert declaring("src/rsi/artifacts/fz.py").isdisjoint({"natural-criteria", "ablate", "natural"})
     assert "natural-criteria" in rerun_by_editing("src/rsi/activations.py")  # through its outputs
     assert "natural-criteria" in declaring("src/rsi/criteria.py")  # it tests Eq. 2 with criteria's code

@@ -140,7 +140,11 @@ def write_fake_outputs(
     write_passing(Passing(PASSING), artifacts.passing_file(outputs))
     counts = {"eq1_pass": 5, "eq2_pass": 4, "eq2_nonpositive": 1, "mirror_pass": 0}
     counts.update(
-        authors_rerun=0, pre_of_pre_fz_nonpositive=0, eq1_readings_differ=0, passing_readings_differ=0
+        authors_rerun=0,
+        rerun_replaced=0,
+        pre_of_pre_fz_nonpositive=0,
+        eq1_readings_differ=0,
+        passing_readings_differ=0,
     )
     blocks = {
         block: {

@@ -441,7 +441,7 @@ def test_every_stage_that_renders_fzs_declares_the_batch_geometry():
     keys proven byte-identical (fz.chunk_batches, launch/device keys) stay undeclared."""
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
     renderers = {n: s.get("do", s) for n, s in stages.items() if "src/rsi/fz.py" in s.get("do", s)["deps"]}
-    assert set(renderers) == {"fz", "stability", "pre-reading", "whole-channel"}
+    assert set(renderers) == {"fz", "stability", "rerun-fz", "pre-reading", "whole-channel"}
     for name, stage in renderers.items():
         assert "fz.batch_channels" in stage["params"], name
         assert "fz.chunk_batches" not in stage["params"], name

@@ -92,7 +92,15 @@ def first_run(workspace) -> str:
 
 
 def test_dvc_repro_runs_every_stage(workspace, first_run):
-    expected = {"prepare-data", "fz@layer2_0", "fz@layer2_1", "activations", "criteria", "natural"}
+    expected = {
+        "prepare-data",
+        "fz@layer2_0",
+        "fz@layer2_1",
+        "activations",
+        "rerun-fz",
+        "criteria",
+        "natural",
+    }
     expected |= {
         "ablate",
         "whole-channel",

@@ -161,12 +161,21 @@ def test_eq1_readings_are_counted_and_the_fz_each_test_reads_is_named(fake_repo)
 
 def test_the_channels_the_authors_would_have_re_rendered_are_counted_per_reading_of_pre(fake_repo):
     criteria = json.loads(Path("metrics/criteria.json").read_text())
-    criteria["layer2_1"]["authors_rerun"] = 2
-    Path("metrics/criteria.json").write_text(json.dumps(criteria))
-    assert main(["report"]) == 0
-    text = REPORT.read_text()
-    assert "### Channels the authors re-rendered" in text
-    assert "| 2.1 | this run's Pre FZs | 2 | 8 |" in text and "| 3.1 | this run's Pre FZs | 0 | 6 |" in text
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    cases = [
+        (0, {"authors_rerun": 2}, "| 2.1 | this run's Pre FZs | 2 | 0 | 8 |", "(`criteria.rerun_fz: 0`, the default)"),
+        (3, {"authors_rerun": 1, "rerun_replaced": 1}, "| 2.1 | this run's Pre FZs | 1 | 1 | 8 |",
+         "with FZ seeds seed + 1 … + 3 until"),
+    ]  # fmt: skip
+    for tries, counts, row, how in cases:
+        criteria["layer2_1"].update(counts)
+        Path("metrics/criteria.json").write_text(json.dumps(criteria))
+        params["criteria"]["rerun_fz"] = tries
+        Path("params.yaml").write_text(yaml.safe_dump(params))
+        assert main(["report"]) == 0
+        text = REPORT.read_text()
+        assert "### Channels the authors re-rendered" in text and how in text
+        assert row in text and "| 3.1 | this run's Pre FZs | 0 | 0 | 6 |" in text
 
 
 def test_exact_check_in_points_and_images():

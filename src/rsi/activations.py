@@ -248,6 +248,20 @@ def block_activations(
     return acts
 
 
+def measure_block(
+    read: TapReader, fzs: BlockFZs, params: ActivationsParams, *, progress: bool = True
+) -> np.ndarray:
+    """:func:`block_activations` as params.yaml's ``activations`` section sets it (batch size, S, shrink)."""
+    return block_activations(
+        read,
+        fzs,
+        batch_size=params.batch_size,
+        scale_fraction=params.scale_fraction,
+        shrink_fraction=params.shrink_fraction,
+        progress=progress,
+    )
+
+
 def measure(
     model: nn.Module,
     blocks: Sequence[str],
@@ -269,11 +283,10 @@ def measure(
     numerics = full_float32()
     read = make_reader(params.extractor, model, device)
     label = describe_weights(weights, arch_of(model))
-    fractions = {"scale_fraction": params.scale_fraction, "shrink_fraction": params.shrink_fraction}
     written = {}
     for block in blocks:
         block_fzs = load_block_fzs(block, outputs, fz_stage)
-        acts = block_activations(read, block_fzs, batch_size=params.batch_size, **fractions)
+        acts = measure_block(read, block_fzs, params)
         record = Activations(
             acts=acts,
             channels=block_fzs.channels,

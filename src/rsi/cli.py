@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "fz": ("rsi.fz", "center-neuron feature visualizations for one block's taps"),
     "activations": ("rsi.activations", "center-neuron responses of In/Pre/Post to the FZs"),
     "stability": ("rsi.stability", "FZs and activations of one extra FZ seed (criteria stability)"),
+    "rerun-fz": ("rsi.rerun", "re-render channels whose Post responses are both <= 0, as the authors did"),
     "criteria": ("rsi.criteria", "Eq. 1 and Eq. 2 per channel; metrics/criteria.json"),
     "pre-reading": ("rsi.pre_reading", "criteria counts with Pre FZs rendered as lucent read bn2 (optional)"),
     "natural": ("rsi.natural", "natural-image pass: per-channel means and top-k images"),

@@ -30,7 +30,7 @@ from __future__ import annotations
 import argparse
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -54,6 +54,7 @@ from rsi.artifacts.criteria import (
     write_seed_passing,
 )
 from rsi.artifacts.passing import Passing, write_passing
+from rsi.artifacts.rerun import Rerun, read_rerun, rerun_file
 from rsi.config import (
     PROBED_BLOCKS,
     ParamsError,
@@ -120,6 +121,14 @@ class CriteriaParams:
         metadata={
             "help": "authors_code: Eq. 1's difference divided by Pre_c(X̂_Pre_c) before the sign test, as "
             "the authors' stream_inspect.py; paper_text: the inequality as printed"
+        },
+    )
+    rerun_fz: int = field(
+        default=0,
+        metadata={
+            "min": 0,
+            "help": "re-render a channel whose two Post responses are both <= 0 with seed + 1 … + this, as "
+            "the authors re-rendered such channels (stage rerun-fz); 0 = off",
         },
     )
     seed_root: str = field(
@@ -255,6 +264,31 @@ def authors_rerun_case(post_of_in_fz: Any, post_of_pre_fz: Any) -> np.ndarray:
     return (_values(post_of_in_fz) <= 0) & (_values(post_of_pre_fz) <= 0)
 
 
+def rerun_hits(acts: np.ndarray, channels: Sequence[int] | np.ndarray) -> np.ndarray:
+    """The ``channels`` (int64) of a block's ``acts`` (len(FZ_IMAGES), 3, C), laid out as stage activations
+    stores them, where :func:`authors_rerun_case` holds."""
+    hit = authors_rerun_case(_act(acts, "in_fz", "post"), _act(acts, "pre_fz", "post"))
+    return np.asarray(channels, dtype=np.int64)[hit]
+
+
+def with_reruns(
+    acts: np.ndarray, channels: np.ndarray, rerun_channels: np.ndarray, rerun_acts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """``acts`` (len(FZ_IMAGES), 3, C) of ``channels`` with the columns of ``rerun_channels`` replaced by
+    ``rerun_acts`` (len(FZ_IMAGES), 3, R), the re-rendered channels' (stage rerun-fz); and the mask of
+    replaced channels. A re-rendered channel the block does not hold is an error (another run's file)."""
+    position = {int(c): i for i, c in enumerate(channels)}
+    unknown = [int(c) for c in rerun_channels if int(c) not in position]
+    if unknown:
+        raise ValueError(f"re-rendered channels {unknown} are not among the block's {len(channels)} channels")
+    replaced = np.zeros(len(channels), dtype=bool)
+    out = np.array(acts, copy=True)
+    for j, channel in enumerate(rerun_channels):
+        out[:, :, position[int(channel)]] = rerun_acts[:, :, j]
+        replaced[position[int(channel)]] = True
+    return out, replaced
+
+
 def passing_channels(channels: Sequence[int] | np.ndarray, *masks: Any) -> list[int]:
     """The channels where every mask holds, in the order given."""
     channels = np.asarray(channels)
@@ -320,6 +354,7 @@ class BlockCriteria:
     eq1_reading: str = "paper_text"
     eq1_other: np.ndarray | None = None  # Eq. 1 under the other reading (None: the same)
     passes_other: np.ndarray | None = None  # the whole verdict under the other Eq. 1 reading
+    rerendered: np.ndarray | None = None  # channels whose activations came from stage rerun-fz (None: none)
 
     @property
     def passing(self) -> list[int]:
@@ -340,6 +375,7 @@ class BlockCriteria:
             "authors_rerun": int(
                 authors_rerun_case(self.columns["post_of_in_fz"], self.columns["post_of_pre_fz"]).sum()
             ),
+            "rerun_replaced": 0 if self.rerendered is None else int(self.rerendered.sum()),
             # Pre_c(X̂_Pre_c) <= 0: where the two readings of Eq. 1 can differ (eq1_authors_code)
             "pre_of_pre_fz_nonpositive": int((self.columns["pre_of_pre_fz"] <= 0).sum()),
             "eq1_readings_differ": int((self.eq1 != self._other(self.eq1_other, self.eq1)).sum()),
@@ -474,11 +510,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def evaluate_stored(block: str, data: Activations, params: CriteriaParams) -> BlockCriteria:
-    """The criteria of one block's stored activations (``rsi.artifacts.activations``) under ``params``."""
-    return evaluate_block(
+def evaluate_stored(
+    block: str, data: Activations, params: CriteriaParams, rerun: Rerun | None = None
+) -> BlockCriteria:
+    """The criteria of one block's stored activations (``rsi.artifacts.activations``) under ``params``,
+    with the channels stage rerun-fz re-rendered (``rerun``) in place of their first rendering."""
+    acts, rerendered = data.acts, None
+    if rerun is not None:
+        acts, rerendered = with_reruns(data.acts, data.channels, rerun.channels, rerun.acts)
+    result = evaluate_block(
         block,
-        data.acts,
+        acts,
         data.channels,
         low=params.eq2_low,
         high=params.eq2_high,
@@ -486,6 +528,7 @@ def evaluate_stored(block: str, data: Activations, params: CriteriaParams) -> Bl
         mirror_criterion=params.mirror_criterion,
         eq1_reading=params.eq1_reading,
     )
+    return replace(result, rerendered=rerendered)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -503,7 +546,10 @@ def run(args: argparse.Namespace) -> None:
             # the main seed's activations are stage activations', a further seed's stage stability's
             stage = "activations" if seed == primary else "stability"
             data = read_activations(artifacts.activations_file(block, root), stage=stage)
-            results[seed].append(evaluate_stored(block, data, params))
+            # the authors' re-render (stage rerun-fz; nothing replaced while criteria.rerun_fz is 0) is of
+            # the main seed's channels only
+            rerun = read_rerun(rerun_file(block, outputs)) if seed == primary else None
+            results[seed].append(evaluate_stored(block, data, params, rerun))
             provenance.setdefault(f"seed{seed}", {})[block] = {
                 "root": str(root),
                 "weights": data.weights,

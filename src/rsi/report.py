@@ -420,25 +420,36 @@ def _fz_runs(
 
 
 def _rerun_section(
-    criteria: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None
+    criteria: dict[str, dict[str, Any]], reference: dict[str, dict[str, Any]] | None, tries: Any
 ) -> list[str]:
-    """The channels the authors' loop would have stopped at and re-rendered (rsi.criteria.authors_rerun_case)."""
+    """The channels the authors' loop would have stopped at and re-rendered (rsi.criteria.authors_rerun_case),
+    and how many stage rerun-fz re-rendered (``tries``: criteria.rerun_fz)."""
     rows = [
-        [block, name, _fmt(entry["authors_rerun"]), _fmt(entry["channels"])]
+        [block, name, _fmt(entry["authors_rerun"]), _fmt(entry["rerun_replaced"]), _fmt(entry["channels"])]
         for name, counts in _fz_runs(criteria, reference)
         for block, entry in counts.items()
     ]
     if not rows:
         return []
+    if tries:
+        how = (
+            f"Here (`criteria.rerun_fz: {tries}`) stage rerun-fz re-rendered such a channel's X̂_In and X̂_Pre "
+            f"with FZ seeds seed + 1 … + {tries} until its Post responses were not both ≤ 0 (this run's Pre FZs "
+            "only); a channel still there fails Eq. 2."
+        )
+    else:
+        how = (
+            "Here (`criteria.rerun_fz: 0`, the default) such a channel is kept as rendered and fails Eq. 2, so "
+            "a count above 0 is where this run's lists can differ from a run done their way."
+        )
     return [
         "### Channels the authors re-rendered",
         "",
         "The authors' loop (stream_inspect.py line 424) stopped at a channel whose Post_c(X̂_In_c) and",
         'Post_c(X̂_Pre_c) were both below 0 ("Rerun FZ on neuron n") and they re-rendered its FZs before',
-        "counting. Here such a channel (both Post responses ≤ 0 after the ReLU) is kept as rendered and fails",
-        "Eq. 2, so a count above 0 is where this run's lists can differ from a run done their way.",
+        "counting. " + how,
         "",
-        *_table(["block", "FZs", "both Post responses ≤ 0", "channels"], rows),
+        *_table(["block", "FZs", "both Post responses ≤ 0 (as judged)", "re-rendered", "channels"], rows),
         "",
     ]
 
@@ -1004,7 +1015,7 @@ def build_report(
         criteria, reference, paper, passing, reference_passing, pre_reading, arch=labels.arch
     )
     lines += _eq1_section(criteria, reference, eq1_reading)
-    lines += _rerun_section(criteria, reference)
+    lines += _rerun_section(criteria, reference, _param(raw, "criteria.rerun_fz", CriteriaParams))
     lines += _channels_section(passing, paper)
     skipped = [
         f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"

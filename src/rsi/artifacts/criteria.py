@@ -41,6 +41,7 @@ SUMMARY_KEYS: tuple[str, ...] = (
     *COUNT_KEYS,
     "mirror_pass",
     "authors_rerun",
+    "rerun_replaced",
     "pre_of_pre_fz_nonpositive",
     "eq1_readings_differ",
     "passing_readings_differ",
