@@ -169,6 +169,7 @@ criteria:
   blocks: [layer2_0, "2.1"]
   eq2_low: 2/3
   eq2_high: 3/2
+ablate: {{blocks: ["2.1"]}}
 """
 
 

@@ -225,18 +225,67 @@ def test_any_bad_section_stops_every_stage_before_it_computes(tmp_path, monkeypa
     assert "BlockFZParams" not in err
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda p: p.update(seed=1),
+         "criteria.seeds[0] = 0 must be the main run's seed (seed: 1); list the main seed first"),
+        (lambda p: p["fz"]["blocks"].pop("layer3_0"),
+         "criteria.blocks lists 3.0, whose X̂_In is the FZ of 3.0/in, which fz.blocks does not render: add in "
+         "to fz.blocks.layer3_0.taps, or remove 3.0 from criteria.blocks"),
+        (lambda p: p["fz"]["blocks"]["layer3_0"].update(taps=["in", "pre"]),  # 3.0's Post is 3.1's In
+         "criteria.blocks lists 3.0, whose X̂_Post is the FZ of 3.0/post, which fz.blocks does not render"),
+        (lambda p: p["criteria"].update(blocks=["layer2_1"]),
+         "ablate.blocks lists 3.1, which criteria.blocks does not probe, so it has no passing channels to "
+         "ablate (ablate.channel_sets has run): add them to criteria.blocks, or remove them from ablate.blocks"),
+        (lambda p: p["natural"].update(blocks=["layer2_1"]),
+         "ablate.blocks lists 3.1, whose mean activations the natural stage does not measure (natural.blocks: "
+         "2.1): add them to natural.blocks"),
+    ],
+    ids=["seeds", "in_not_rendered", "post_not_rendered", "ablate_unprobed", "ablate_unmeasured"],
+)  # fmt: skip
+def test_sections_that_contradict_each_other_fail_before_any_stage_computes(
+    tmp_path, monkeypatch, capsys, change, message
+):
+    """Each section can be valid alone and the pipeline still fail hours later (criteria probing a block
+    whose FZs fz.blocks never renders stops stage activations after every FZ): every stage checks the
+    sections against each other first, so even `rsi prepare-data` refuses in seconds."""
+    from rsi import cli
+
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    change(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare-data"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("rsi prepare-data: error: params.yaml: " + message) and err.count("\n") == 1, err
+    params["criteria"]["blocks"] = params["natural"]["blocks"] = ["layer2_1"]
+    params.update(seed=0)
+    params["ablate"]["blocks"] = ["layer2_1"]
+    params["fz"]["blocks"] = yaml.safe_load((REPO / "params.yaml").read_text())["fz"]["blocks"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    cli.validate_params("params.yaml")  # consistent again: a probed subset, ablated and measured
+
+
 def test_errors_name_the_params_file_given(tmp_path, monkeypatch, capsys):
     from rsi import cli
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["fz"]["blocks"] = {"layer2_1": {"taps": ["pre", "post"], "jitter": 4}}
+    params["fz"]["blocks"] = {
+        "layer2_0": {"taps": ["post"], "jitter": 0},
+        "layer2_1": {"taps": ["pre", "post"], "jitter": 4},
+    }
+    params["criteria"]["blocks"] = params["natural"]["blocks"] = params["ablate"]["blocks"] = ["layer2_1"]
     params["data"].update(source="flat", ground_truth=None)
     # named like a section: the file is named once, not twice
     (tmp_path / "fz.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
     assert cli.main(["fz", "--params", "fz.yaml", "--block", "3.1"]) == 2
     err = capsys.readouterr().err
-    assert err == "rsi fz: error: fz.yaml: fz.blocks has no key layer3_1 (block 3.1); configured: layer2_1\n"
+    assert (
+        err
+        == "rsi fz: error: fz.yaml: fz.blocks has no key layer3_1 (block 3.1); configured: layer2_0, layer2_1\n"
+    )
     assert cli.main(["prepare-data", "--params", "fz.yaml"]) == 2  # a stage's own check across keys
     assert capsys.readouterr().err.startswith("rsi prepare-data: error: fz.yaml: data.source = 'flat' needs")
 

@@ -384,7 +384,7 @@ def run_cli(monkeypatch, *argv: str) -> int:
 
 def test_criteria_stage_writes_tables_lists_and_metrics(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    Path("params.yaml").write_text("criteria:\n  blocks: [layer2_1]\n")
+    Path("params.yaml").write_text("criteria:\n  blocks: [layer2_1]\nablate: {blocks: ['2.1']}\n")
     write_acts(artifacts.OUTPUTS, "2.1", make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE), CHANNELS)
     assert run_cli(monkeypatch, "rerun-fz") == 0  # criteria.rerun_fz is 0: records, renders nothing
     assert run_cli(monkeypatch, "criteria") == 0
@@ -409,7 +409,7 @@ def test_criteria_stage_writes_tables_lists_and_metrics(tmp_path, monkeypatch):
 def test_criteria_stage_across_seeds(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(
-        "criteria:\n  blocks: ['2.1']\n  seeds: [0, 1]\n  seed_root: runs/seed{seed}\n"
+        "criteria:\n  blocks: ['2.1']\n  seeds: [0, 1]\n  seed_root: runs/seed{seed}\nablate: {blocks: ['2.1']}\n"
     )
     acts = make_acts(PRE_IN, PRE_SCALED, POST_IN, POST_PRE)
     write_acts(Path("outputs"), "2.1", acts, CHANNELS)  # the main run
@@ -470,7 +470,7 @@ def test_passing_json_is_read_as_criteria_writes_it(tmp_path):
 
 def test_criteria_stage_names_the_missing_activations(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
-    Path("params.yaml").write_text("criteria:\n  blocks: ['2.1']\n")
+    Path("params.yaml").write_text("criteria:\n  blocks: ['2.1']\nablate: {blocks: ['2.1']}\n")
     assert run_cli(monkeypatch, "criteria") == 2
     error = capsys.readouterr().err
     assert "outputs/activations/layer2_1.npz is missing" in error

@@ -721,7 +721,9 @@ def test_unpacking_writes_the_marker_and_never_overwrites(tmp_path):
 
 def test_prepare_data_cli(tmp_path, monkeypatch):
     root = make_folders(tmp_path / "val", per_class=1)
-    (tmp_path / "params.yaml").write_text(f"seed: 1\ndata: {{source: folders, root: {root}}}\n")
+    (tmp_path / "params.yaml").write_text(
+        f"seed: 1\ncriteria: {{seeds: [1]}}\ndata: {{source: folders, root: {root}}}\n"
+    )
     monkeypatch.chdir(tmp_path)
     assert cli.main(["prepare-data", "--outputs", "outputs", "--metrics", "metrics/data.json"]) == 0
     assert load_eval("outputs/eval").images.shape == (3, 256, 256, 3)

@@ -613,7 +613,19 @@ def test_unknown_block_and_tap_errors_name_the_key(tmp_path, capsys):
     from rsi.cli import main
 
     (tmp_path / "params.yaml").write_text(
-        yaml.safe_dump({"model": {"weights": "random:0", "device": "cpu"}, "fz": {"blocks": {}}})
+        yaml.safe_dump(
+            {
+                "model": {"weights": "random:0", "device": "cpu"},
+                "fz": {
+                    "blocks": {
+                        "layer2_0": {"taps": ["post"], "jitter": 0},
+                        "layer2_1": {"taps": ["pre", "post"], "jitter": 4},
+                    }
+                },
+                "criteria": {"blocks": ["layer2_1"]},
+                "ablate": {"blocks": ["layer2_1"]},
+            }
+        )
     )
     assert main(["fz", "--block", "3.1", "--params", str(tmp_path / "params.yaml")]) == 2
     assert "layer3_1" in capsys.readouterr().err

@@ -148,6 +148,7 @@ def test_natural_tf32_is_the_declared_switch_of_the_pass_and_is_recorded(tiny_ca
         for tf32 in (True, False):
             Path("params.yaml").write_text(
                 f"model: {{weights: 'random:0', device: cpu}}\nnatural: {{blocks: ['2.1'], k: 2, tf32: {tf32}}}\n"
+                "ablate: {blocks: ['2.1']}\n"
             )
             assert cli.main(["natural"]) == 0
             assert seen[-1] == (tf32, tf32)

@@ -163,6 +163,7 @@ def write_params(natural_images: bool) -> None:
         "model": {"weights": "random:0", "device": "cpu"},
         "criteria": {"blocks": ["layer2_1"], "natural_images": natural_images},
         "natural": {"blocks": ["layer2_1"], "k": 3, "batch_size": 4},
+        "ablate": {"blocks": ["layer2_1"]},
     }
     Path("params.yaml").write_text(yaml.safe_dump(params))
 

@@ -88,9 +88,11 @@ def _params(rerun_fz: int) -> str:
         {
             "model": {"weights": "random:0", "device": "cpu"},
             "fz": {"steps": 2, "image_size": 32, "batch_channels": 4,
-                   "blocks": {"layer2_0": {"taps": ["post"], "jitter": 0}, "layer2_1": {"taps": ["pre"], "jitter": 4}}},
+                   "blocks": {"layer2_0": {"taps": ["post"], "jitter": 0},
+                              "layer2_1": {"taps": ["pre", "post"], "jitter": 4}}},
             "activations": {"extractor": "taps", "batch_size": 4},
             "criteria": {"blocks": ["layer2_1"], "rerun_fz": rerun_fz},
+            "ablate": {"blocks": ["layer2_1"]},
         }
     )  # fmt: skip
 

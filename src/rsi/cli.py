@@ -18,6 +18,7 @@ from rsi import launch
 from rsi.artifacts import OUTPUTS
 from rsi.config import ParamsError, check_sections, load_section, read_params
 from rsi.model import WeightsError
+from rsi.params_check import check_across
 
 # subcommand → (module, one-line help). The order is the pipeline's.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -61,16 +62,19 @@ WITHOUT_PARAMS = {"fetch-weights"}
 
 
 def validate_params(path: str) -> None:
-    """Every section of the params file at ``path`` parsed and checked, or the first ParamsError."""
+    """Every section of the params file at ``path`` parsed and checked, then the sections against each other
+    (rsi.params_check), or the first ParamsError."""
     raw = read_params(path)
     check_sections(raw, SECTIONS, source=path)
+    loaded = {}
     for name, target in SECTIONS.items():
         module_name, attr = target.split(":")
         loader = getattr(importlib.import_module(module_name), attr)
         if dataclasses.is_dataclass(loader):
-            load_section(raw, name, loader, source=path)
+            loaded[name] = load_section(raw, name, loader, source=path)
         else:
-            loader(raw, source=path)
+            loaded[name] = loader(raw, source=path)
+    check_across(loaded, source=path)
 
 
 def _names_a_key_not_the_file(error: Exception, path: str) -> bool:
