@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -113,6 +115,19 @@ def test_paper_params_download_nothing_and_name_the_missing_imagenet(tmp_path, m
     monkeypatch.setattr(data, "fetch_download", lambda *a, **k: pytest.fail("nothing may be downloaded"))
     with pytest.raises(data.DataError, match=r"data\.root = '.*imagenet/val': no such folder"):
         data.prepare(missing, tmp_path / "eval", progress=False)
+
+
+def test_a_missing_imagenet_names_the_params_file_the_key_and_the_fix(tmp_path, monkeypatch, capsys):
+    from rsi import cli
+
+    (tmp_path / "run.yaml").write_text("data: {root: nowhere/val}\n")
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["prepare-data", "--params", "run.yaml"]) == 2
+    assert capsys.readouterr().err == (
+        "rsi prepare-data: error: run.yaml: data.root = 'nowhere/val': no such folder (class folders "
+        "<root>/<wnid>/*.JPEG): mount ImageNet's validation set there (docker run -v "
+        "$IMAGENET:/data/imagenet, README 'Data and weights') or set data.root to where it is\n"
+    )
 
 
 @pytest.mark.parametrize(
@@ -326,3 +341,14 @@ def test_importing_the_fz_transforms_prints_no_torch_jit_warning_and_filters_not
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "FutureWarning" not in done.stderr, done.stderr  # kornia's import scripts silently
     assert done.stdout.strip() == "0"  # the filter was scoped to that import: none is left afterwards
+
+
+def test_rsi_help_imports_no_torch():
+    """`rsi --help` lists the stages without importing torch (seconds per call before); a stage's own
+    module, and torch with it, is imported only for that stage."""
+    code = (
+        "import sys\nfrom rsi import cli\ntry:\n    cli.main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in ('torch', 'torchvision') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "rerun-fz" in out and out.strip().endswith("[]"), out

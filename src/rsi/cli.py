@@ -1,5 +1,6 @@
 """`rsi <stage>`: one subcommand per DVC stage. Each stage module provides ``add_arguments(parser)``
-and ``run(args) -> None``; it is imported only when called, so `rsi --help` stays fast.
+and ``run(args) -> None``; it is imported only when called, and this module imports no torch at import time,
+so `rsi --help` stays fast.
 
 Before a stage computes anything, the WHOLE params file is validated (every section in ``SECTIONS``, and
 no unknown top-level key): a bad value in any section costs seconds, not the hours of the stages before
@@ -15,10 +16,7 @@ import os
 import sys
 
 from rsi import launch
-from rsi.artifacts import OUTPUTS
 from rsi.config import ParamsError, check_sections, load_section, read_params
-from rsi.model import WeightsError
-from rsi.params_check import check_across
 
 # subcommand → (module, one-line help). The order is the pipeline's.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -64,6 +62,8 @@ WITHOUT_PARAMS = {"fetch-weights"}
 def validate_params(path: str) -> None:
     """Every section of the params file at ``path`` parsed and checked, then the sections against each other
     (rsi.params_check), or the first ParamsError."""
+    from rsi.params_check import check_across
+
     raw = read_params(path)
     check_sections(raw, SECTIONS, source=path)
     loaded = {}
@@ -78,10 +78,11 @@ def validate_params(path: str) -> None:
 
 
 def _names_a_key_not_the_file(error: Exception, path: str) -> bool:
-    """A ParamsError that starts with a key (``fz.blocks has no key …``) rather than the file's name."""
+    """An error about a params key that starts with the key (``fz.blocks has no key …``, ``data.root = …``)
+    rather than the file's name."""
     message = str(error)
     first_key = message.split(".")[0].split(" ")[0]
-    return isinstance(error, ParamsError) and first_key in SECTIONS and not message.startswith(f"{path}:")
+    return first_key in SECTIONS and not message.startswith(f"{path}:")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -96,6 +97,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
             "--params", default="params.yaml", help="params file (default: params.yaml)"
         )
         if name == command:
+            from rsi.artifacts import OUTPUTS
+
             module = importlib.import_module(module_name)
             if name not in WITHOUT_PARAMS:
                 # one flag for the outputs root of every stage (metrics/ and plots/ stay in the working dir)
@@ -108,6 +111,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    from rsi.model import WeightsError  # after parsing: `rsi --help` imports no torch
+
     try:
         if args.command not in WITHOUT_PARAMS:
             validate_params(args.params)

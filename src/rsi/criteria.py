@@ -579,6 +579,8 @@ def run(args: argparse.Namespace) -> None:
             f"block {result.block}: {summary['passing']}/{summary['channels']} channels pass "
             f"({summary['percent']:.1f} %; Eq. 1 {summary['eq1_pass']}, Eq. 2 {summary['eq2_pass']}, "
             f"Post <= 0 {summary['eq2_nonpositive']}; Eq. 1 read as {params.eq1_reading}, "
-            f"{summary['passing_readings_differ']} verdicts differ under the other reading)"
+            f"under the other reading {summary['passing_readings_differ']} passing and "
+            f"{summary['eq1_readings_differ']} Eq. 1 verdicts differ; {summary['authors_rerun']} channels with both "
+            f"Post <= 0, {summary['rerun_replaced']} re-rendered)"
         )
     print(f"wrote {METRICS_FILE} and {artifacts.passing_file(outputs)}")

@@ -82,6 +82,13 @@ class DataError(ValueError):
     """Bad evaluation data: the message names the file and what to do."""
 
 
+# how to point data.root at the images, in every missing-root error
+_ROOT_FIX = (
+    "mount ImageNet's validation set there (docker run -v $IMAGENET:/data/imagenet, README 'Data and "
+    "weights') or set data.root to where it is"
+)
+
+
 # ----------------------------------------------------------------------------------------------- params
 
 
@@ -232,7 +239,9 @@ def list_folders(root: str | Path, class_index: dict[str, int] | None = None) ->
     """ImageFolder's files and order under ``root/<class>/``; class indices as documented above."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root = {str(root)!r}: no such folder (class folders <root>/<wnid>/*.JPEG)")
+        raise DataError(
+            f"data.root = {str(root)!r}: no such folder (class folders <root>/<wnid>/*.JPEG): {_ROOT_FIX}"
+        )
     wnids = sorted(entry.name for entry in os.scandir(root) if entry.is_dir())
     if not wnids:
         raise DataError(f"{root}: no class folders (expected <root>/<wnid>/*.JPEG)")
@@ -318,7 +327,9 @@ def list_flat(
     """The official flat validation folder with its ground-truth file (see the module docstring)."""
     root = Path(root)
     if not root.is_dir():
-        raise DataError(f"data.root = {str(root)!r}: no such folder (the flat validation folder)")
+        raise DataError(
+            f"data.root = {str(root)!r}: no such folder (the flat validation folder): {_ROOT_FIX}"
+        )
     gt_path = Path(ground_truth)
     if not gt_path.is_file():
         raise DataError(f"data.ground_truth = {str(gt_path)!r}: no such file (one label per line)")
