@@ -133,7 +133,11 @@ def test_a_missing_imagenet_names_the_params_file_the_key_and_the_fix(tmp_path, 
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ({"stepz": 3}, "params.yaml: unknown key s.stepz; allowed keys of s: steps, lr, mode"),
+        (
+            {"stepz": 3},
+            "params.yaml: unknown key s.stepz (did you mean s.steps?); allowed keys of s: steps, lr, mode",
+        ),
+        ({"xyz": 3}, "params.yaml: unknown key s.xyz; allowed keys of s: steps, lr, mode"),
         ({"steps": "many"}, "params.yaml: s.steps = 'many' is not allowed: expected an integer"),
         ({"steps": 2.5}, "s.steps = 2.5 is not allowed: expected an integer"),
         ({"steps": True}, "s.steps = True is not allowed: expected an integer"),

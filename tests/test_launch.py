@@ -83,7 +83,10 @@ def test_a_worker_never_relaunches_itself(monkeypatch):
         ({"nproc_per_node": "all"}, "launch.nproc_per_node = 'all' is not allowed"),
         ({"nnodes": 0}, "launch.nnodes = 0 is not allowed: expected a value >= 1"),
         ({"rdzv_endpoint": "a b:1"}, "launch.rdzv_endpoint = 'a b:1' is not allowed: expected host"),
-        ({"nodes": 2}, "unknown key launch.nodes; allowed keys of launch: nproc_per_node, nnodes"),
+        (
+            {"nodes": 2},
+            "unknown key launch.nodes (did you mean launch.nnodes?); allowed keys of launch: nproc_per_node, nnodes",
+        ),
     ],
 )
 def test_bad_launch_settings_name_the_key(section, message):

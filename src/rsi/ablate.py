@@ -435,7 +435,11 @@ OUTPUTS_HELP = (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--metrics", default=str(ABLATION_METRICS))
+    parser.add_argument(
+        "--metrics",
+        default=str(ABLATION_METRICS),
+        help=f"the accuracies and Eq. 3 ratios (default {ABLATION_METRICS})",
+    )
     parser.add_argument(
         "--plots", default=str(artifacts.ABLATION_PLOT), help="the Eq. 3 ratio CSV for dvc plots"
     )

@@ -184,8 +184,10 @@ def _convert_dataclass(value: Any, cls: type[T], key: str, source: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(value) - set(fields))
     if unknown:
+        close = difflib.get_close_matches(str(unknown[0]), list(fields), n=1)
+        hint = f" (did you mean {key}.{close[0]}?)" if close else ""
         raise ParamsError(
-            f"{source}: unknown key {key}.{unknown[0]}; allowed keys of {key}: {', '.join(fields)}"
+            f"{source}: unknown key {key}.{unknown[0]}{hint}; allowed keys of {key}: {', '.join(fields)}"
         )
     kwargs = {}
     for name, field in fields.items():
