@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,7 +91,7 @@ def test_a_worker_never_relaunches_itself(monkeypatch):
     ],
 )
 def test_bad_launch_settings_name_the_key(section, message):
-    with pytest.raises(ParamsError, match="p.yaml: " + message):
+    with pytest.raises(ParamsError, match=re.escape("p.yaml: " + message)):
         launch.wanted("fz", cpu_params(**section), "p.yaml")
 
 
