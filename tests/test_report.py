@@ -164,7 +164,7 @@ def test_the_channels_the_authors_would_have_re_rendered_are_counted_per_reading
     params = yaml.safe_load(Path("params.yaml").read_text())
     cases = [
         (0, {"authors_rerun": 2}, "| 2.1 | this run's Pre FZs | 2 | 0 | 8 |", "(`criteria.rerun_fz: 0`, the default)"),
-        (3, {"authors_rerun": 1, "rerun_replaced": 1}, "| 2.1 | this run's Pre FZs | 1 | 1 | 8 |",
+        (3, {"authors_rerun": 2, "rerun_replaced": 1}, "| 2.1 | this run's Pre FZs | 2 | 1 | 8 |",
          "with FZ seeds seed + 1 … + 3 until"),
     ]  # fmt: skip
     for tries, counts, row, how in cases:

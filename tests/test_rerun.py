@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import csv
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from test_criteria import make_acts, write_acts
 
@@ -117,7 +119,7 @@ def test_the_stage_re_renders_and_the_criteria_use_the_new_activations(tmp_path,
     assert rerun_hits(record.acts, record.channels).size == 0  # every replacement escapes the case
     metrics = read_criteria_metrics().blocks["2.1"]
     assert metrics["rerun_replaced"] == record.channels.size
-    assert metrics["authors_rerun"] == 2 - record.channels.size
+    assert metrics["authors_rerun"] == 2  # the hits of the first rendering, replaced or not
     table = read_criteria_table(artifacts.criteria_table("2.1"))
     assert table.channels == list(range(6))
     with open(artifacts.criteria_table("2.1")) as handle:
@@ -127,3 +129,53 @@ def test_the_stage_re_renders_and_the_criteria_use_the_new_activations(tmp_path,
         assert float(rows[int(channel)]["post_of_pre_fz"]) == pytest.approx(float(expected), rel=1e-6)
     stored = read_activations(artifacts.activations_file("2.1"))
     assert stored.acts[FZ_IMAGES.index("in_fz"), POST, 1] == 0.0  # stage activations' file is untouched
+
+
+def test_a_re_render_is_not_stage_stabilitys_rendering_of_that_seed(random_model):
+    """Stage stability renders seed + 1 with the plain keys: a re-render at seed + 1 draws its own noise and
+    transforms (draw_stream), or a replaced channel's verdict would be its seed-1 verdict."""
+    from test_fz import tiny
+
+    from rsi import fz as fzmod
+    from rsi.fz import TapSpec
+
+    plain = TapSpec.of(Tap("2.1", "pre"), tiny(steps=0), seed=1, weights="random:0")
+    rerendered = replace(plain, draw_stream=rerun.RERUN_STREAM)
+    images = [
+        fzmod._optimise_batch(random_model, s, [3], torch.device("cpu"))[0] for s in (plain, rerendered)
+    ]
+    assert not np.array_equal(images[0].numpy(), images[1].numpy())
+    assert "draw_stream" not in plain.settings() and rerendered.settings()["draw_stream"] == "rerun"
+    assert plain.hash() != rerendered.hash()
+
+
+@pytest.mark.parametrize(
+    ("record", "why"),
+    [
+        ({"tries": 3}, "was made with criteria.rerun_fz = 3, not 0"),
+        ({"hits": np.array([1])}, "lists the hits [1], the activations have [1, 4]"),
+    ],
+    ids=["other_tries", "other_hits"],
+)
+def test_criteria_refuses_a_rerun_record_of_another_run(tmp_path, monkeypatch, capsys, record, why):
+    from rsi.artifacts.rerun import Rerun, write_rerun
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["rsi"])
+    _stage_inputs(Path("outputs"), hits=[1, 4])
+    Path("params.yaml").write_text(_params(rerun_fz=0))
+    empty = np.zeros((len(FZ_IMAGES), len(TAP_KINDS), 0), np.float32)
+    fields = {
+        "hits": np.array([1, 4]),
+        "channels": np.zeros(0),
+        "seeds": np.zeros(0),
+        "acts": empty,
+        "tries": 0,
+    }
+    write_rerun(rerun_file("2.1"), Rerun(**(fields | record)))
+    assert cli.main(["criteria"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err == f"rsi criteria: error: outputs/rerun/layer2_1.npz {why}: it belongs to another run; run "
+        "`rsi rerun-fz` (`dvc repro` does)\n"
+    )

@@ -38,7 +38,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 
 from rsi import artifacts
-from rsi.artifacts import FZ_IMAGES, OUTPUTS
+from rsi.artifacts import FZ_IMAGES, OUTPUTS, ArtifactError
 from rsi.artifacts.activations import Activations, read_activations
 from rsi.artifacts.criteria import (
     METRICS_FILE,
@@ -364,6 +364,7 @@ class BlockCriteria:
         """The metrics of the block: numbers only."""
         channels = int(self.channels.size)
         passing = int(self.passes.sum())
+        replaced = 0 if self.rerendered is None else int(self.rerendered.sum())
         return {
             "channels": channels,
             "passing": passing,
@@ -372,10 +373,12 @@ class BlockCriteria:
             "eq2_pass": int(self.eq2.sum()),
             "eq2_nonpositive": int(self.eq2_nonpositive.sum()),
             "mirror_pass": int(self.mirror.sum()),
+            # hits of the first rendering: those still hit, and those a re-render replaced (each was a hit)
             "authors_rerun": int(
                 authors_rerun_case(self.columns["post_of_in_fz"], self.columns["post_of_pre_fz"]).sum()
-            ),
-            "rerun_replaced": 0 if self.rerendered is None else int(self.rerendered.sum()),
+            )
+            + replaced,
+            "rerun_replaced": replaced,
             # Pre_c(X̂_Pre_c) <= 0: where the two readings of Eq. 1 can differ (eq1_authors_code)
             "pre_of_pre_fz_nonpositive": int((self.columns["pre_of_pre_fz"] <= 0).sum()),
             "eq1_readings_differ": int((self.eq1 != self._other(self.eq1_other, self.eq1)).sum()),
@@ -531,6 +534,25 @@ def evaluate_stored(
     return replace(result, rerendered=rerendered)
 
 
+def checked_rerun(path: Path, data: Activations, params: CriteriaParams) -> Rerun:
+    """Stage rerun-fz's record at ``path`` for the block of ``data``, checked to be of this run: made with
+    this criteria.rerun_fz, for these activations' hits, replacing only channels they hold."""
+    record = read_rerun(path)
+    hits = rerun_hits(data.acts, data.channels)
+    stale = None
+    if record.tries != params.rerun_fz:
+        stale = f"was made with criteria.rerun_fz = {record.tries}, not {params.rerun_fz}"
+    elif set(record.hits.tolist()) != set(hits.tolist()) or not set(record.channels.tolist()) <= set(
+        hits.tolist()
+    ):
+        stale = f"lists the hits {record.hits.tolist()}, the activations have {hits.tolist()}"
+    if stale:
+        raise ArtifactError(
+            f"{path} {stale}: it belongs to another run; run `rsi rerun-fz` (`dvc repro` does)"
+        )
+    return record
+
+
 def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "criteria", CriteriaParams, source=args.params)
@@ -548,7 +570,7 @@ def run(args: argparse.Namespace) -> None:
             data = read_activations(artifacts.activations_file(block, root), stage=stage)
             # the authors' re-render (stage rerun-fz; nothing replaced while criteria.rerun_fz is 0) is of
             # the main seed's channels only
-            rerun = read_rerun(rerun_file(block, outputs)) if seed == primary else None
+            rerun = checked_rerun(rerun_file(block, outputs), data, params) if seed == primary else None
             results[seed].append(evaluate_stored(block, data, params, rerun))
             provenance.setdefault(f"seed{seed}", {})[block] = {
                 "root": str(root),

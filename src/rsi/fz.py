@@ -218,6 +218,9 @@ class TapSpec:
     batch_channels: int  # the batch geometry: consecutive channels optimised together (float rounding)
     cuda_backward: str = "deterministic"  # the transforms' backward on CUDA (rsi.adjoints or torch's)
     objective: str = "center"  # "center": the center neuron (the paper's FZs); "channel": the whole map
+    # "" for every stage's FZs; "rerun" for stage rerun-fz's re-renders, whose draws must not repeat another
+    # seed's (stage stability renders seed + 1 … with the plain keys); left out of settings and hash when ""
+    draw_stream: str = ""
     arch: str = DEFAULT_ARCH  # model.arch; left out of settings and hash for resnet18 (see settings())
 
     @classmethod
@@ -280,6 +283,8 @@ class TapSpec:
             del data["arch"]
         if self.kind != "pre":
             del data["pre_reading"]
+        if not self.draw_stream:
+            del data["draw_stream"]
         return data
 
     def describe(self) -> dict[str, Any]:
@@ -400,7 +405,9 @@ def _optimise_batch(
     target = spec.objective_tap
     # the center-neuron FZ keeps the keys it always had; another objective of the same channel (the
     # whole-channel FZ) starts from its own noise and transforms, as a separate lucent call would
-    stream = "" if spec.objective == "center" else spec.objective
+    stream = "/".join(
+        part for part in (spec.draw_stream, "" if spec.objective == "center" else spec.objective) if part
+    )
     key = (spec.seed, spec.block, spec.kind)
     spectra = torch.stack([initial_spectrum(*key, c, spec.image_size, stream) for c in channels])
     draws = torch.stack(

@@ -5,18 +5,20 @@ The authors' criteria loop (stream_inspect.py l. 424) asserts Post_c(X̂_Pre_c) 
 DESIGN.md: report how many channels hit that case (rsi.criteria counts them), and offer the re-render with
 the next seed as a parameter, off by default: ``criteria.rerun_fz: N`` re-renders each such channel of
 every ``criteria.blocks`` block with seed + 1, then + 2, … up to seed + N, until a rendering escapes the
-case. Re-rendered are X̂_In and X̂_Pre, the two FZs those Post responses read (X̂_Post enters no
-criterion and stays), with the main run's settings (rsi.fz.TapSpec, the channels in batches of
-``fz.batch_channels``); their activations are measured as stage activations measures them. The first
-rendering that escapes replaces the channel's activations in stage criteria; a channel that never
-escapes keeps its first rendering and fails Eq. 2, as it would have. With N = 0 the file lists the
-channels that hit and replaces none, and nothing is rendered. Further FZ seeds (stage stability) are not
-re-rendered: the authors ran one seed.
+case. Each re-render draws its initial noise and transforms from its own keyed stream
+(``TapSpec.draw_stream``), so it is not stage stability's rendering of that seed. Re-rendered are X̂_In and
+X̂_Pre, the two FZs those Post responses read (X̂_Post enters no criterion and stays), with the main run's
+settings (rsi.fz.TapSpec, the channels in batches of ``fz.batch_channels``); their activations are measured
+as stage activations measures them. The first rendering that escapes replaces the channel's activations in
+stage criteria; a channel that never escapes keeps its first rendering and fails Eq. 2, as it would have.
+With N = 0 the file lists the channels that hit and replaces none, and nothing is rendered. Further FZ
+seeds (stage stability) are not re-rendered: the authors ran one seed.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +39,8 @@ from rsi.model import load_model
 from rsi.runtime import ModelParams, full_float32
 from rsi.taps import TAP_KINDS, Tap, arch_of
 
+RERUN_STREAM = "rerun"
+
 # `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
 OUTPUTS_HELP = "outputs root: reads activations and fz, writes rerun (default outputs)"
 
@@ -55,7 +59,10 @@ def _rendered(
     device: torch.device,
 ) -> FZFile:
     """The FZs of ``channels`` of ``tap`` at FZ seed ``seed``, as stage fz stores them."""
-    spec = TapSpec.of(tap, fz, seed=seed, weights=weights, arch=arch_of(model))
+    # its own draw stream: seed + 1 here must not be stage stability's seed + 1 rendering of the channel
+    spec = replace(
+        TapSpec.of(tap, fz, seed=seed, weights=weights, arch=arch_of(model)), draw_stream=RERUN_STREAM
+    )
     result = render_channels(model, spec, channels, device=device)
     return FZFile(
         to_storage(result.images, fz.storage), result.channels, result.objective, result.initial_objective
