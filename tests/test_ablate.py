@@ -606,3 +606,12 @@ def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
     assert record["trials"][0]["channels"] != ablate.draw_random_set(
         sorted(set(range(128)) - published), 23, 0, "2.1", record["trials"][0]["attempt"]
     )  # keyed by the set's name too: not the draw a run set of the same channels would get
+
+
+def test_the_tf32_switch_is_torch_2_0s_default_convolutions_only(tf32_flags):
+    """`ablate.tf32` / `natural.tf32` try the authors' torch 2.0 arithmetic: TF32 cuDNN convolutions, float32
+    matmuls (the final fc), as torch has defaulted since 1.12; off is full float32 for both."""
+    from rsi.runtime import full_float32
+
+    assert full_float32(True) == {"cudnn_allow_tf32": True, "matmul_allow_tf32": False}
+    assert full_float32(False) == {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}

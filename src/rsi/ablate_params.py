@@ -92,7 +92,9 @@ class AblateParams:
     )
     tf32: bool = field(
         default=False,
-        metadata={"help": "allow TF32 convolutions/matmuls on CUDA (the authors' torch 2.0 did)"},
+        metadata={
+            "help": "allow TF32 convolutions on CUDA, as the authors' torch 2.0 did (matmuls stay float32)"
+        },
     )
 
     def __post_init__(self) -> None:

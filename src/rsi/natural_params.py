@@ -20,5 +20,7 @@ class NaturalParams:
     batch_size: int = field(default=256, metadata={"min": 1})
     tf32: bool = field(
         default=False,
-        metadata={"help": "allow TF32 on CUDA for the means ablate writes in (the authors' torch 2.0 did)"},
+        metadata={
+            "help": "allow TF32 convolutions on CUDA for the means ablate writes in (the authors' torch 2.0 did)"
+        },
     )

@@ -449,7 +449,9 @@ def _rerun_section(
         'Post_c(X̂_Pre_c) were both below 0 ("Rerun FZ on neuron n") and they re-rendered its FZs before',
         "counting. " + how,
         "",
-        *_table(["block", "FZs", "both Post responses ≤ 0 (first rendering)", "re-rendered", "channels"], rows),
+        *_table(
+            ["block", "FZs", "both Post responses ≤ 0 (first rendering)", "re-rendered", "channels"], rows
+        ),
         "",
     ]
 

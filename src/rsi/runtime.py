@@ -124,15 +124,16 @@ def write_json(path: str | Path, data: Any) -> None:
 
 
 def full_float32(allow_tf32: bool = False) -> dict[str, bool]:
-    """Set TF32 for cuDNN convolutions and CUDA matmuls (off by default: full float32) and return the flags
-    now in force, for the stage's settings or metrics.
+    """Full float32 on CUDA, or with ``allow_tf32`` the arithmetic of the authors' torch 2.0 defaults: TF32
+    for cuDNN convolutions, not for matmuls (torch has left matmul TF32 off by default since 1.12). Returns
+    the flags now in force, for the stage's settings or metrics.
 
     PyTorch leaves cuDNN TF32 on by default, which on Ampere or newer GPUs rounds convolution inputs to
     10 mantissa bits and can flip a near-tie argmax or verdict. Result stages call this once before they
     compute; the flags are process-wide, settable without CUDA (so tests check them on a CPU), and only
     change anything on CUDA. ``rsi fz`` keeps its own switch (``fz.tf32``) around each render."""
     torch.backends.cudnn.allow_tf32 = bool(allow_tf32)
-    torch.backends.cuda.matmul.allow_tf32 = bool(allow_tf32)
+    torch.backends.cuda.matmul.allow_tf32 = False
     return tf32_flags()
 
 
