@@ -7,7 +7,11 @@
 # demo/ is its own git repository (ignored by the project's): the first run is committed there as the
 # baseline (dvc.lock, params.yaml, metrics, plots), so the researcher's loop works on a laptop:
 #   cd demo && dvc exp run -S criteria.eq2_high=2.0 && dvc exp show && dvc metrics diff && dvc plots diff
-# Later runs leave that history alone (no new commit).
+# Later runs leave that history alone (no new commit), with two exceptions. A run refuses to start while
+# demo/params.yaml has uncommitted edits (it rewrites that file from params.demo.yaml, which would discard
+# them). And a run in the other mode than the last commit's (--offline after an online run, or the reverse)
+# commits itself as a new baseline, saying so: `dvc metrics diff` would otherwise compare real weights
+# with random ones.
 #
 #   bash scripts/demo.sh              real weights (fetched once into data/) and Imagenette (downloaded
 #                                     once, checked), the paper's model on a 10-class ImageNet subset
@@ -23,10 +27,21 @@ for arg in "$@"; do
   case "$arg" in
     --offline) mode="offline" ;;
     --no-install) install=0 ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "demo.sh: unknown option $arg (use --offline, --no-install or nothing)" >&2; exit 2 ;;
   esac
 done
+
+# demo/params.yaml is rewritten below: a researcher's uncommitted edits there (`dvc exp run -S` leaves
+# its last experiment's params in the workspace) would be lost without a word. What this script wrote
+# last (kept in demo/.git, untracked) is no one's edit: a changed params.demo.yaml leaves it uncommitted.
+written=demo/.git/rsi-demo-params.yaml
+if [ -d demo/.git ] && git -C demo rev-parse -q --verify HEAD >/dev/null \
+  && ! git -C demo diff --quiet HEAD -- params.yaml && ! cmp -s demo/params.yaml "$written"; then
+  echo "demo.sh: demo/params.yaml has uncommitted changes, which this run would overwrite; commit them" \
+    "(git -C demo commit -am ...) or discard them (git -C demo checkout params.yaml), then run it again" >&2
+  exit 1
+fi
 
 if [ "$install" = 1 ]; then
   bash scripts/install.sh
@@ -35,6 +50,16 @@ if [ "$install" = 1 ]; then
   export PATH="$venv/bin:$PATH"
 fi
 export DVC_NO_ANALYTICS=1
+
+# the mode of the last commit's run: random weights are the offline demo's
+committed_mode=""
+if [ -d demo/.git ] && git -C demo rev-parse -q --verify HEAD >/dev/null; then
+  committed_mode=$(git -C demo show HEAD:params.yaml 2>/dev/null | python -c '
+import sys, yaml
+params = yaml.safe_load(sys.stdin) or {}
+weights = str((params.get("model") or {}).get("weights", ""))
+print("offline" if weights.startswith("random:") else "online")' || true)
+fi
 
 mkdir -p demo
 ln -sfn "$root/src" demo/src
@@ -54,11 +79,16 @@ fi
 cd demo
 if [ ! -d .git ]; then
   git init -q
-  # src links to this checkout; dvc_plots/ is what `dvc plots diff` draws
-  printf '/src\n/dvc_plots/\n' > .gitignore
   # a demo/ made before it was a git repository: DVC was told there is none
   [ -d .dvc ] && dvc config --unset core.no_scm 2>/dev/null || true
 fi
+# src links to this checkout; dvc_plots/ is what `dvc plots diff` draws; outputs/.resume (finished FZ
+# chunks and locks naming pid, host and time) and outputs/.launch (worker logs) are scratch that would
+# dirty `git status` after every experiment. Added where missing, so an older demo/ gets them too.
+for line in /src /dvc_plots/ /outputs/.resume/ /outputs/.launch/; do
+  grep -qxF -- "$line" .gitignore 2>/dev/null || echo "$line" >> .gitignore
+done
+cp params.yaml .git/rsi-demo-params.yaml # what this script wrote (see the check at the top)
 [ -d .dvc ] || dvc init -q
 dvc repro
 if ! git rev-parse -q --verify HEAD >/dev/null; then
@@ -68,6 +98,14 @@ if ! git rev-parse -q --verify HEAD >/dev/null; then
   git add -A
   git commit -q -m "demo baseline: scripts/demo.sh --$mode"
   echo "demo/ baseline committed: try  cd demo && dvc exp run -S criteria.eq2_high=2.0 && dvc exp show && dvc metrics diff"
+elif [ -n "$committed_mode" ] && [ "$committed_mode" != "$mode" ]; then
+  # `dvc metrics diff` / `dvc plots diff` compare with HEAD: a baseline of the other mode would set real
+  # weights against random ones (or the reverse), so this run becomes the baseline; the old one stays in
+  # git log
+  git add -A
+  git commit -q -m "demo baseline: scripts/demo.sh --$mode (replaces the $committed_mode baseline)"
+  echo "demo.sh: demo/'s last commit was the $committed_mode demo, this run the $mode one: committed it as" \
+    "the new baseline, so dvc metrics diff compares with it (the $committed_mode run stays in git log)"
 fi
 echo
 echo "demo finished: demo/outputs/report.md, demo/outputs/figures/, demo/metrics/"

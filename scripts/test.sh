@@ -3,8 +3,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${RSI_VENV:-.venv}"
+case "$venv" in /*) ;; *) venv="$PWD/$venv" ;; esac # RSI_VENV may be absolute or relative to the checkout
 [ -x "$venv/bin/python" ] || bash scripts/install.sh
-export PATH="$PWD/$venv/bin:$PATH"
+export PATH="$venv/bin:$PATH"
 ruff check .
 ruff format --check .
 hadolint Dockerfile

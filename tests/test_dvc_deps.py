@@ -214,6 +214,51 @@ def test_package_data_a_module_reads_is_declared_by_its_stages():
                     assert f"src/rsi/{data_file.name}" in stage["deps"], (name, data_file.name)
 
 
+def _entries(declared: list) -> dict[str, dict]:
+    """A dvc.yaml outs/metrics/plots list as {path: options} (a bare path has no options)."""
+    out: dict[str, dict] = {}
+    for entry in declared or []:
+        if isinstance(entry, str):
+            out[entry] = {}
+        else:
+            ((path, options),) = entry.items()
+            out[path] = options or {}
+    return out
+
+
+def test_no_stage_switches_the_run_cache_off():
+    """DVC 3 saves no run-cache entry for a stage with an uncached out that is neither a metric nor a plot
+    (dvc.stage.Stage.run: run_cache=not no_cache_outs), so a reverted parameter would recompute the stage
+    instead of restoring it. Uncached files belong under metrics: or plots:."""
+    uncached = {
+        (name, path)
+        for name, stage in stages().items()
+        for path, options in _entries(stage.get("outs")).items()
+        if options.get("cache", True) is False
+    }
+    assert not uncached, f"uncached outs (move them under metrics:/plots:, or cache them): {sorted(uncached)}"
+    assert "outputs/report.md" in _entries(stages()["report"]["outs"])
+
+
+def test_the_ablation_plot_is_the_ablate_stages_and_drawn_once():
+    """The Eq. 3 plot is declared with its stage (uncached, so git keeps it and the run-cache restores it)
+    and not again among the top-level plots, which would make `dvc plots show/diff` draw it twice."""
+    plot = _entries(stages()["ablate"].get("plots"))["plots/ablation_ratio.csv"]
+    assert plot["cache"] is False and (plot["x"], plot["y"], plot["template"]) == (
+        "ratio",
+        "label",
+        "bar_horizontal",
+    )
+    assert "plots/ablation_ratio.csv" not in _entries(stages()["ablate"].get("outs"))
+    top = yaml.safe_load((REPO / "dvc.yaml").read_text()).get("plots") or []
+    named = set()
+    for entry in top:
+        ((plot_id, options),) = entry.items() if isinstance(entry, dict) else ((entry, {}),)
+        y = (options or {}).get("y")
+        named |= {plot_id} | (set(y) if isinstance(y, dict) else set())
+    assert "plots/ablation_ratio.csv" not in named, named
+
+
 @pytest.mark.parametrize("command", sorted(set(COMMANDS) - WITHOUT_PARAMS))
 def test_every_stage_takes_the_outputs_root_as_one_flag(command):
     """`--outputs` is the outputs root of every stage (rsi.cli adds it once), default outputs/; no stage
