@@ -89,9 +89,15 @@ def test_params_defaults_and_validation():
     assert params.blocks == ("2.1", "3.1") and params.crop_rule == "authors_code" and params.trials == 10
     assert params.screening == {"2.1": ScreenParams("no_higher", 0.0), "3.1": ScreenParams("within", 1.0)}
     custom = load_section(
-        {"ablate": {"screening": {"layer3_1": {"rule": "lower"}}, "percents": [25]}}, "ablate", AblateParams
+        {"ablate": {"blocks": ["3.1"], "screening": {"layer3_1": {"rule": "lower"}}, "percents": [25]}},
+        "ablate",
+        AblateParams,
     )
     assert custom.screening == {"3.1": ScreenParams("lower", 0.0)} and custom.percents == (25,)
+    with pytest.raises(
+        ParamsError, match=r"ablate\.screening has no entry for layer2_1, which ablate\.blocks lists"
+    ):
+        load_section({"ablate": {"screening": {"layer3_1": {"rule": "lower"}}}}, "ablate", AblateParams)
     with pytest.raises(ParamsError, match="takes no tolerance"):
         load_section(
             {"ablate": {"screening": {"layer2_1": {"rule": "no_higher", "tolerance": 1}}}},
@@ -323,7 +329,15 @@ def test_channel_sets_are_checked_and_published_needs_a_published_list():
     params = load_section({}, "ablate", AblateParams)
     assert params.channel_sets == ("run", "published") and params.tf32 is False
     only_run = load_section(
-        {"ablate": {"blocks": ["layer2_0"], "channel_sets": ["run"]}}, "ablate", AblateParams
+        {
+            "ablate": {
+                "blocks": ["layer2_0"],
+                "channel_sets": ["run"],
+                "screening": {"layer2_0": {"rule": "lower"}},
+            }
+        },
+        "ablate",
+        AblateParams,
     )
     assert only_run.channel_sets == ("run",)
     with pytest.raises(ParamsError) as error:
@@ -587,7 +601,7 @@ def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True  # restored by tf32_flags
     monkeypatch.chdir(tmp_path)
     Path("params.yaml").write_text(
-        "model: {weights: 'random:0', device: cpu}\nnatural: {blocks: ['2.1']}\n"
+        "model: {weights: 'random:0', device: cpu}\nnatural: {blocks: ['2.1']}\ncriteria: {blocks: ['2.1']}\n"
         "ablate: {blocks: ['2.1'], channel_sets: [published], trials: 2}\n"
     )
     Path("outputs/criteria").mkdir(parents=True)

@@ -260,8 +260,18 @@ def test_any_bad_section_stops_every_stage_before_it_computes(tmp_path, monkeypa
         (lambda p: p["natural"].update(blocks=["layer2_1"]),
          "ablate.blocks lists 3.1, whose mean activations the natural stage does not measure (natural.blocks: "
          "2.1): add them to natural.blocks"),
+        (lambda p: p["fz"].update(pre_reading="lucent_reference"),
+         "criteria.compare_pre_readings re-renders the Pre FZs as lucent read bn2 beside the exact ones, but "
+         "fz.pre_reading is already lucent_reference: set fz.pre_reading: exact, or "
+         "criteria.compare_pre_readings: false"),
+        (lambda p: p["criteria"].update(blocks=["layer2_1", "layer3_1"]) or p["figures"].update(channels={"layer4_1": [0]}),
+         "figures draws 4.1 (figures.blocks / figures.channels), which criteria.blocks does not probe"),
+        (lambda p: p["natural"].update(blocks=["layer2_1", "layer3_1"]),
+         "natural.blocks lacks 1.1, 2.0, 3.0, 4.0, 4.1, whose top natural images the figures (or "
+         "criteria.natural_images) need: add them to natural.blocks"),
     ],
-    ids=["seeds", "in_not_rendered", "post_not_rendered", "ablate_unprobed", "ablate_unmeasured"],
+    ids=["seeds", "in_not_rendered", "post_not_rendered", "ablate_unprobed", "ablate_unmeasured", "pre_reading",
+         "figures_unprobed", "figures_unmeasured"],
 )  # fmt: skip
 def test_sections_that_contradict_each_other_fail_before_any_stage_computes(
     tmp_path, monkeypatch, capsys, change, message
@@ -278,10 +288,8 @@ def test_sections_that_contradict_each_other_fail_before_any_stage_computes(
     assert cli.main(["prepare-data"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rsi prepare-data: error: params.yaml: " + message) and err.count("\n") == 1, err
-    params["criteria"]["blocks"] = params["natural"]["blocks"] = ["layer2_1"]
-    params.update(seed=0)
-    params["ablate"]["blocks"] = ["layer2_1"]
-    params["fz"]["blocks"] = yaml.safe_load((REPO / "params.yaml").read_text())["fz"]["blocks"]
+    params = yaml.safe_load((REPO / "params.yaml").read_text())
+    params["criteria"]["blocks"] = params["natural"]["blocks"] = params["ablate"]["blocks"] = ["layer2_1"]
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     cli.validate_params("params.yaml")  # consistent again: a probed subset, ablated and measured
 

@@ -342,6 +342,19 @@ def test_missing_inputs_name_the_file_and_the_stage(fake_repo, capsys):
     assert "metrics/ablation.json is missing" in error and "rsi ablate" in error
 
 
+def test_top_images_of_another_image_set_are_refused_before_drawing(fake_repo, capsys):
+    """Stage natural's top-k indexes the evaluation cache it ran on: a file from another image set would
+    draw the wrong images, so figures checks the count first."""
+    write_natural("3.1", fake_natural(np.random.default_rng(1), 256, images=N_EVAL + 5))
+    assert main(["figures"]) == 2
+    error = capsys.readouterr().err
+    assert (
+        f"outputs/natural/layer3_1.npz was measured on {N_EVAL + 5} images, the evaluation cache holds {N_EVAL}"
+        in error
+    )
+    assert not FIGURES.exists()
+
+
 def test_bad_figures_params_are_refused(fake_repo, capsys):
     params = yaml.safe_load(Path("params.yaml").read_text())
     params["figures"]["channels"] = {"layer2_1": [200]}

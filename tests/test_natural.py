@@ -114,6 +114,7 @@ def test_cli_writes_one_file_per_block(tiny_cache, monkeypatch):
     monkeypatch.chdir(tiny_cache)
     Path("params.yaml").write_text(
         "model: {weights: 'random:0', device: cpu}\nnatural: {blocks: [layer2_1, '3.1'], k: 20, batch_size: 8}\n"
+        "criteria: {blocks: [layer2_1, '3.1']}\n"
     )
     assert cli.main(["natural"]) == 0
     for block, channels in (("2.1", 128), ("3.1", 256)):
@@ -148,7 +149,7 @@ def test_natural_tf32_is_the_declared_switch_of_the_pass_and_is_recorded(tiny_ca
         for tf32 in (True, False):
             Path("params.yaml").write_text(
                 f"model: {{weights: 'random:0', device: cpu}}\nnatural: {{blocks: ['2.1'], k: 2, tf32: {tf32}}}\n"
-                "ablate: {blocks: ['2.1']}\n"
+                "ablate: {blocks: ['2.1']}\ncriteria: {blocks: ['2.1']}\n"
             )
             assert cli.main(["natural"]) == 0
             assert seen[-1] == (tf32, False)  # convolutions only: torch 2.0 left matmul TF32 off

@@ -105,3 +105,10 @@ class AblateParams:
                     f"model.arch is {params_arch()}: set ablate.channel_sets: [run]"
                 )
             check_published([parse_block(b) for b in self.blocks])
+        unruled = [block for block in self.blocks if block not in self.screening]
+        if unruled:
+            key = block_key(unruled[0])
+            raise ParamsError(
+                f"ablate.screening has no entry for {key}, which ablate.blocks lists: add e.g. "
+                f"{key}: {{rule: within, tolerance: 1.0}} (the paper's 3.1 rule) or remove it from ablate.blocks"
+            )

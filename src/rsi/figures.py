@@ -108,7 +108,8 @@ class NaturalStore:
     def _load(self, block: str) -> np.ndarray:
         """The block's top-k indices (tap, channel, rank): column c is channel c."""
         if block not in self._topk:
-            self._topk[block] = read_natural(block, self.root).topk
+            # of this image set: its top-k indexes these images
+            self._topk[block] = read_natural(block, self.root, count=len(self.images)).topk
         return self._topk[block]
 
     def check(self, block: str, channel: int) -> None:

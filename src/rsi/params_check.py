@@ -12,7 +12,7 @@ from typing import Any
 
 from rsi.artifacts import in_fz_source
 from rsi.config import ParamsError
-from rsi.taps import Tap, block_key
+from rsi.taps import Tap, block_key, block_order
 
 
 def _fz_sources(block: str) -> list[tuple[str, Tap]]:
@@ -38,7 +38,13 @@ def check_across(sections: Mapping[str, Any], source: str = "params.yaml") -> No
                     f"does not render: add {tap.kind} to fz.blocks.{block_key(tap.block)}.taps, or remove "
                     f"{block} from criteria.blocks"
                 )
-    ablate, natural = sections["ablate"], sections["natural"]
+    if criteria.compare_pre_readings and fz.pre_reading == "lucent_reference":
+        raise ParamsError(
+            f"{source}: criteria.compare_pre_readings re-renders the Pre FZs as lucent read bn2 beside the exact "
+            "ones, but fz.pre_reading is already lucent_reference: set fz.pre_reading: exact, or "
+            "criteria.compare_pre_readings: false"
+        )
+    ablate, natural, figures = sections["ablate"], sections["natural"], sections["figures"]
     if "run" in ablate.channel_sets:
         unprobed = [block for block in ablate.blocks if block not in criteria.blocks]
         if unprobed:
@@ -52,4 +58,18 @@ def check_across(sections: Mapping[str, Any], source: str = "params.yaml") -> No
         raise ParamsError(
             f"{source}: ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage "
             f"does not measure (natural.blocks: {', '.join(natural.blocks)}): add them to natural.blocks"
+        )
+    drawn = [*(figures.blocks or criteria.blocks), *figures.channels]
+    unprobed_figures = [block for block in drawn if block not in criteria.blocks]
+    if unprobed_figures:
+        raise ParamsError(
+            f"{source}: figures draws {', '.join(unprobed_figures)} (figures.blocks / figures.channels), which "
+            "criteria.blocks does not probe: add them to criteria.blocks, or remove them from figures"
+        )
+    needed = {*drawn, *(criteria.blocks if criteria.natural_images else ())}
+    unmeasured_natural = sorted((b for b in needed if b not in natural.blocks), key=block_order)
+    if unmeasured_natural:
+        raise ParamsError(
+            f"{source}: natural.blocks lacks {', '.join(unmeasured_natural)}, whose top natural images the figures "
+            "(or criteria.natural_images) need: add them to natural.blocks"
         )
