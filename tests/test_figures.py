@@ -34,6 +34,7 @@ from rsi.artifacts.natural_criteria import (
     write_natural_passing,
 )
 from rsi.artifacts.passing import Passing, write_passing
+from rsi.artifacts.rerun import no_reruns, rerun_file, write_rerun
 from rsi.artifacts.whole_channel import whole_channel_file
 from rsi.cli import main
 from rsi.model import RANDOM_LABEL
@@ -135,6 +136,7 @@ def write_fake_outputs(
         settings = FZSettings(block, weights, "weights", 0, width, taps_settings)
         write_fz_settings(artifacts.fz_settings_file(block, outputs), settings)
         write_natural(block, fake_natural(rng, width), outputs)
+        write_rerun(rerun_file(block, outputs), no_reruns(np.zeros(0), 0))
 
     write_fake_eval(artifacts.eval_dir(outputs), rng, data_source)
     write_passing(Passing(PASSING), artifacts.passing_file(outputs))
@@ -371,3 +373,24 @@ def test_a_channel_without_an_fz_is_reported_before_drawing(fake_repo, capsys):
     error = capsys.readouterr().err
     assert "has no FZ of channel 100" in error and "rsi fz" in error
     assert not FIGURES.exists()
+
+
+def test_figures_draw_the_re_rendered_fzs_the_criteria_judged(fake_repo):
+    """Where stage rerun-fz replaced a channel (criteria.rerun_fz), its X̂_In and X̂_Pre columns show the
+    re-render the criteria judged; its Post column, and every other channel, stage fz's FZs."""
+    from dataclasses import replace
+
+    from rsi.figures import FZStore
+    from rsi.taps import Tap
+
+    images = np.full((1, 3, FZ_SIDE, FZ_SIDE), 7, np.uint8)
+    record = replace(
+        no_reruns(np.array([2]), 1),
+        channels=np.array([2]), seeds=np.array([1]), acts=np.zeros((5, 3, 1), np.float32),
+        in_images=images, pre_images=images + 1,
+    )  # fmt: skip
+    write_rerun(rerun_file("2.1"), record)
+    store = FZStore(artifacts.OUTPUTS)
+    assert (store.block_image("2.1", "in", 2) == 7).all() and (store.block_image("2.1", "pre", 2) == 8).all()
+    assert np.array_equal(store.block_image("2.1", "post", 2), store.image(Tap("2.1", "post"), 2))
+    assert np.array_equal(store.block_image("2.1", "pre", 5), store.image(Tap("2.1", "pre"), 5))

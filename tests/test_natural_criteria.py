@@ -28,6 +28,7 @@ from rsi.artifacts.natural_criteria import (
     write_natural_passing,
 )
 from rsi.artifacts.passing import Passing
+from rsi.artifacts.rerun import no_reruns, rerun_file, write_rerun
 from rsi.criteria import CriteriaParams
 from rsi.eval_set import load_eval
 from rsi.figures import FZStore, NaturalStore
@@ -245,6 +246,7 @@ def test_the_figure_shows_the_channels_passing_both(tmp_path):
         images = rng.integers(0, 256, (4, 3, 32, 32), dtype=np.uint8)
         write_fz(path, FZFile(images, np.array([0, 2, 5, 7]), np.zeros(4), np.zeros(4)))
     write_natural("2.1", fake_natural(rng, 128), root)
+    write_rerun(rerun_file("2.1", root), no_reruns(np.zeros(0), 0))
     write_fake_eval(artifacts.eval_dir(root), rng)
     both = NaturalPassing(Passing({"2.1": [2, 5, 9]}), Passing({"2.1": [2, 5], "3.1": []}))
     write_natural_passing(both, root)

@@ -71,6 +71,8 @@ def test_each_hit_is_re_rendered_with_the_next_seeds_until_it_escapes(monkeypatc
     assert record.hits.tolist() == [3, 5, 8] and record.tries == 3
     assert record.channels.tolist() == [3, 5] and record.seeds.tolist() == [6, 7]
     assert record.acts[FZ_IMAGES.index("pre_fz"), POST].tolist() == [6.0, 7.0]
+    # the escaping renderings' FZs, for the figures
+    assert record.in_images[:, 0, 0, 0].tolist() == record.pre_images[:, 0, 0, 0].tolist() == [6, 7]
 
 
 def _stage_inputs(root: Path, hits: list[int]) -> None:
@@ -116,6 +118,8 @@ def test_the_stage_re_renders_and_the_criteria_use_the_new_activations(tmp_path,
     assert record.hits.tolist() == [1, 4] and record.tries == 2
     assert set(record.seeds.tolist()) <= {1, 2} and set(record.channels.tolist()) <= {1, 4}
     assert record.channels.size  # random weights: a fresh rendering's Post responses are not both 0
+    assert record.in_images.shape == record.pre_images.shape == (record.channels.size, 3, 32, 32)
+    assert record.in_images.dtype == np.uint8  # as stage fz stores FZs (fz.storage: uint8)
     assert rerun_hits(record.acts, record.channels).size == 0  # every replacement escapes the case
     metrics = read_criteria_metrics().blocks["2.1"]
     assert metrics["rerun_replaced"] == record.channels.size
@@ -158,21 +162,13 @@ def test_a_re_render_is_not_stage_stabilitys_rendering_of_that_seed(random_model
     ids=["other_tries", "other_hits"],
 )
 def test_criteria_refuses_a_rerun_record_of_another_run(tmp_path, monkeypatch, capsys, record, why):
-    from rsi.artifacts.rerun import Rerun, write_rerun
+    from rsi.artifacts.rerun import no_reruns, write_rerun
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(sys, "argv", ["rsi"])
     _stage_inputs(Path("outputs"), hits=[1, 4])
     Path("params.yaml").write_text(_params(rerun_fz=0))
-    empty = np.zeros((len(FZ_IMAGES), len(TAP_KINDS), 0), np.float32)
-    fields = {
-        "hits": np.array([1, 4]),
-        "channels": np.zeros(0),
-        "seeds": np.zeros(0),
-        "acts": empty,
-        "tries": 0,
-    }
-    write_rerun(rerun_file("2.1"), Rerun(**(fields | record)))
+    write_rerun(rerun_file("2.1"), replace(no_reruns(np.array([1, 4]), 0), **record))
     assert cli.main(["criteria"]) == 2
     err = capsys.readouterr().err
     assert (

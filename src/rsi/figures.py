@@ -29,6 +29,7 @@ from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_abla
 from rsi.artifacts.eval import read_eval
 from rsi.artifacts.natural import read_natural
 from rsi.artifacts.passing import read_passing
+from rsi.artifacts.rerun import Rerun, read_rerun, rerun_file
 from rsi.artifacts.whole_channel import WholeChannelFZs, read_whole_channel
 from rsi.channel_plan import ChannelPlan, FiguresParams, column_tap, plan_channels
 from rsi.config import load_section, read_params
@@ -64,11 +65,24 @@ def to_hwc_uint8(image: Any) -> np.ndarray:
 
 
 class FZStore:
-    """Center-neuron FZs of stage fz, one file per tap, loaded once."""
+    """Center-neuron FZs of stage fz, one file per tap, and stage rerun-fz's re-renders, loaded once."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._files: dict[Tap, tuple[np.ndarray, dict[int, int]]] = {}
+        self._reruns: dict[str, Rerun] = {}
+
+    def block_image(self, block: str, kind: str, channel: int) -> np.ndarray:
+        """The FZ the criteria judged in column ``kind`` of ``block`` (HWC uint8): stage rerun-fz's re-render
+        of X̂_In or X̂_Pre where it replaced the channel (criteria.rerun_fz), else stage fz's."""
+        if kind in ("in", "pre"):
+            if block not in self._reruns:
+                self._reruns[block] = read_rerun(rerun_file(block, self.root))
+            rerun = self._reruns[block]
+            position = np.flatnonzero(rerun.channels == channel)
+            if position.size:
+                return to_hwc_uint8((rerun.in_images if kind == "in" else rerun.pre_images)[position[0]])
+        return self.image(column_tap(block, kind), channel)
 
     def _load(self, tap: Tap) -> tuple[np.ndarray, dict[int, int]]:
         if tap not in self._files:
@@ -369,7 +383,7 @@ def check_inputs(
     for block in plan.blocks:
         for channel in plan.channels(block):
             for t, kind in enumerate(TAP_KINDS):
-                fzs.image(column_tap(block, kind), channel)
+                fzs.block_image(block, kind, channel)
                 if block in whole:
                     whole[block].image(t, channel)
             natural.check(block, channel)
@@ -391,7 +405,7 @@ def draw_block(
     grids: dict[int, np.ndarray] = {}
     for channel in plan.channels(block):
         panels: Panels = [
-            [fzs.image(column_tap(block, kind), channel) for kind in TAP_KINDS],
+            [fzs.block_image(block, kind, channel) for kind in TAP_KINDS],
             [whole[block].image(t, channel) if block in whole else None for t in range(len(TAP_KINDS))],
             [natural.mosaic(block, kind, channel, PANEL) for kind in TAP_KINDS],
         ]

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 
 from rsi.artifacts.natural_criteria import read_natural_passing
-from rsi.channel_plan import column_tap
 from rsi.figures import (
     PANEL,
     TITLE_LINE,
@@ -58,7 +57,7 @@ def draw_block(
     for row, channel in enumerate(channels):
         for col, (what, kind, title) in enumerate(COLUMNS):
             if what == "FZ":
-                image = fzs.image(column_tap(block, kind), channel)
+                image = fzs.block_image(block, kind, channel)
             else:
                 image = natural.mosaic(block, kind, channel, PANEL)
             ax = axes[row][col]

@@ -27,17 +27,17 @@ from torch import nn
 
 from rsi import artifacts
 from rsi.activations import ActivationsParams, BlockFZs, TapReader, make_reader, measure_block
-from rsi.artifacts import FZ_IMAGES, OUTPUTS
+from rsi.artifacts import OUTPUTS
 from rsi.artifacts.activations import read_activations
 from rsi.artifacts.fz import FZFile, read_fz
-from rsi.artifacts.rerun import Rerun, rerun_file, write_rerun
+from rsi.artifacts.rerun import Rerun, no_reruns, rerun_file, write_rerun
 from rsi.config import load_section, load_seed, read_params
 from rsi.criteria import CriteriaParams, rerun_hits
 from rsi.fz import FZParams, TapSpec, render_channels, run_device
 from rsi.fz_param import to_storage
 from rsi.model import load_model
 from rsi.runtime import ModelParams, full_float32
-from rsi.taps import TAP_KINDS, Tap, arch_of
+from rsi.taps import Tap, arch_of
 
 RERUN_STREAM = "rerun"
 
@@ -89,7 +89,7 @@ def rerun_block(
     post_position = {int(c): i for i, c in enumerate(post.channels)}
     taps = {"in": artifacts.in_fz_source(block), "pre": Tap(block, "pre")}
     pending = [int(c) for c in hits]
-    replaced: dict[int, tuple[int, np.ndarray]] = {}
+    replaced: dict[int, tuple[int, np.ndarray, np.ndarray, np.ndarray]] = {}  # seed, acts, In, Pre images
     for attempt in range(seed + 1, seed + tries + 1):
         if not pending:
             break
@@ -105,19 +105,18 @@ def rerun_block(
         still = set(rerun_hits(acts, pending).tolist())
         for j, channel in enumerate(pending):
             if channel not in still:
-                replaced[channel] = (attempt, acts[:, :, j])
+                replaced[channel] = (attempt, acts[:, :, j], files["in"].images[j], files["pre"].images[j])
         pending = [c for c in pending if c in still]
+    if not replaced:
+        return no_reruns(hits, tries)
     channels = sorted(replaced)
-    acts = (
-        np.stack([replaced[c][1] for c in channels], axis=-1)
-        if channels
-        else np.zeros((len(FZ_IMAGES), len(TAP_KINDS), 0))
-    )
     return Rerun(
         hits=np.asarray(hits, dtype=np.int64),
         channels=np.asarray(channels, dtype=np.int64),
         seeds=np.asarray([replaced[c][0] for c in channels], dtype=np.int64),
-        acts=acts.astype(np.float32),
+        acts=np.stack([replaced[c][1] for c in channels], axis=-1).astype(np.float32),
+        in_images=np.stack([replaced[c][2] for c in channels]),
+        pre_images=np.stack([replaced[c][3] for c in channels]),
         tries=tries,
     )
 
@@ -147,9 +146,7 @@ def run(args: argparse.Namespace) -> None:
                     seed=seed, tries=criteria.rerun_fz, weights=model_params.weights, device=device, outputs=outputs,
                 )  # fmt: skip
     for block, channels in hits.items():
-        empty = np.zeros((len(FZ_IMAGES), len(TAP_KINDS), 0), dtype=np.float32)
-        none = np.zeros(0, dtype=np.int64)
-        record = records.get(block, Rerun(channels, none, none, empty, criteria.rerun_fz))
+        record = records.get(block) or no_reruns(channels, criteria.rerun_fz)
         write_rerun(rerun_file(block, outputs), record)
         print(
             f"rerun-fz {block}: {len(channels)} channels with both Post responses <= 0, "

@@ -15,11 +15,19 @@ from rsi.runtime import save_npz
 from rsi.taps import TAP_KINDS, block_key
 
 STAGE = "rerun-fz"
-ARRAYS = ("hits", "channels", "seeds", "acts", "tries")
+ARRAYS = ("hits", "channels", "seeds", "acts", "in_images", "pre_images", "tries")
 
 
 def rerun_file(block: str, root: Path = OUTPUTS) -> Path:
     return root / "rerun" / f"{block_key(block)}.npz"
+
+
+def no_reruns(hits: np.ndarray, tries: int) -> Rerun:
+    """The record of a block where nothing was replaced: ``hits`` listed, no channel, activation or image."""
+    none = np.zeros(0, dtype=np.int64)
+    images = np.zeros((0, 3, 0, 0), dtype=np.uint8)
+    acts = np.zeros((len(FZ_IMAGES), len(TAP_KINDS), 0), dtype=np.float32)
+    return Rerun(np.asarray(hits, dtype=np.int64), none, none, acts, images, images, tries)
 
 
 @dataclass(frozen=True)
@@ -27,27 +35,33 @@ class Rerun:
     """One block: ``hits`` (int64), the channels whose Post_c(X̂_In_c) and Post_c(X̂_Pre_c) were both <= 0
     in stage activations; ``channels`` (int64, a subset of ``hits``), those a re-render replaced, with
     ``seeds`` (int64), the FZ seed of each replacement, and ``acts`` (len(FZ_IMAGES), 3, len(channels))
-    float32, their activations as stage activations lays them out; ``tries``, criteria.rerun_fz (0: off,
-    nothing replaced)."""
+    float32, their activations as stage activations lays them out, and ``in_images`` / ``pre_images``
+    (len(channels), 3, H, W), the re-rendered X̂_In and X̂_Pre as stage fz stores FZs (the figures draw these);
+    ``tries``, criteria.rerun_fz (0: off, nothing replaced)."""
 
     hits: np.ndarray
     channels: np.ndarray
     seeds: np.ndarray
     acts: np.ndarray
+    in_images: np.ndarray
+    pre_images: np.ndarray
     tries: int
 
 
 def write_rerun(path: Path, record: Rerun) -> None:
     """Write ``record`` atomically (uncompressed npz, arrays in :data:`ARRAYS` order)."""
     expected = (len(FZ_IMAGES), len(TAP_KINDS), len(record.channels))
-    if record.acts.shape != expected or len(record.seeds) != len(record.channels):  # a caller's bug
-        raise ValueError(f"Rerun: acts {record.acts.shape} and seeds {record.seeds.shape} for {expected}")
+    counts = {len(record.seeds), len(record.in_images), len(record.pre_images), len(record.channels)}
+    if record.acts.shape != expected or len(counts) != 1:  # a caller's bug
+        raise ValueError(f"Rerun: acts {record.acts.shape}, seeds, images not one per channel of {expected}")
     save_npz(
         path,
         hits=np.asarray(record.hits, dtype=np.int64),
         channels=np.asarray(record.channels, dtype=np.int64),
         seeds=np.asarray(record.seeds, dtype=np.int64),
         acts=np.asarray(record.acts, dtype=np.float32),
+        in_images=record.in_images,
+        pre_images=record.pre_images,
         tries=np.int64(record.tries),
     )
 
@@ -62,9 +76,12 @@ def read_rerun(path: Path) -> Rerun:
             channels=data["channels"],
             seeds=data["seeds"],
             acts=data["acts"],
+            in_images=data["in_images"],
+            pre_images=data["pre_images"],
             tries=int(data["tries"]),
         )
-    if record.acts.shape != (len(FZ_IMAGES), len(TAP_KINDS), len(record.channels)):
+    shapes = {len(record.in_images), len(record.pre_images), record.acts.shape[-1], len(record.channels)}
+    if record.acts.shape[:2] != (len(FZ_IMAGES), len(TAP_KINDS)) or len(shapes) != 1:
         raise ArtifactError(
             f"{path}: acts of shape {record.acts.shape} do not match its channels: run `rsi {STAGE}`"
         )
