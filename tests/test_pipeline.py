@@ -198,6 +198,12 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     assert reference["layer2_1"]["channels"] == 6
     settings = json.loads((workspace / "outputs/reference/fz/layer2_1/settings.json").read_text())
     assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
+    # this reading's own record of the authors' re-render case (criteria.rerun_fz 0: listed, none replaced)
+    from rsi.artifacts.rerun import read_rerun, rerun_file
+
+    record = read_rerun(rerun_file("2.1", workspace / "outputs/reference"))
+    assert record.tries == 0 and record.channels.size == 0
+    assert reference["layer2_1"]["authors_rerun"] == record.hits.size
     report = (workspace / "outputs/report.md").read_text()
     assert "the authors' reading: comparable with the paper's counts" in report
     assert json.loads((workspace / "outputs/reference/criteria/passing.json").read_text()).keys() == {"2.1"}

@@ -165,7 +165,7 @@ def test_the_channels_the_authors_would_have_re_rendered_are_counted_per_reading
     cases = [
         (0, {"authors_rerun": 2}, "| 2.1 | this run's Pre FZs | 2 | 0 | 8 |", "(`criteria.rerun_fz: 0`, the default)"),
         (3, {"authors_rerun": 2, "rerun_replaced": 1}, "| 2.1 | this run's Pre FZs | 2 | 1 | 8 |",
-         "with FZ seeds seed + 1 … + 3 until"),
+         "seeds seed + 1 … + 3 (draws of their own) until"),
     ]  # fmt: skip
     for tries, counts, row, how in cases:
         criteria["layer2_1"].update(counts)

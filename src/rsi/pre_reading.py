@@ -6,8 +6,9 @@ block output Post by the time the objective reads it (DESIGN.md). Our default re
 ``fz.pre_reading: lucent_reference`` (In and Post FZs are the main run's, linked), measures their
 activations (:func:`rsi.activations.measure`) and writes ``metrics/criteria_lucent_reference.json`` and
 the passing lists ``outputs/reference/criteria/passing.json`` (:func:`rsi.artifacts.reference_root`),
-which the report shows side by side (the authors' reading: the counts comparable with the paper's). Off,
-it writes an empty metrics file and lists, and renders nothing.
+which the report shows side by side (the authors' reading: the counts comparable with the paper's), with
+this reading's own re-render of channels whose Post responses are both <= 0 (criteria.rerun_fz, rsi.rerun;
+under ``outputs/reference/rerun``). Off, it writes an empty metrics file and lists, and renders nothing.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 import torch
 
-from rsi import activations, distributed, fz
+from rsi import activations, distributed, fz, rerun
 from rsi.artifacts import (
     activations_file,
     fz_file,
@@ -123,8 +124,14 @@ def run(args: argparse.Namespace) -> None:
         return  # rank 0 waited for this rank's chunks, assembled them, and measures the rest alone
     # the Pre FZs under root are this stage's, the In and Post ones linked by it
     activations.measure_with_params(raw, args.params, model, criteria.blocks, outputs=root, fz_stage=STAGE)
+    # the authors' re-render of channels whose Post responses are both <= 0 (criteria.rerun_fz) ran under
+    # their reading of Pre: this reading's hits re-render with its Pre objective
+    reading = dataclasses.replace(fz.load_fz_params(raw, source=args.params), pre_reading="lucent_reference")
+    reruns = rerun.rerun_blocks(raw, args.params, reading, root, model=model, activations_stage=STAGE)
     results = [
-        evaluate_stored(block, read_activations(activations_file(block, root), stage=STAGE), criteria)
+        evaluate_stored(
+            block, read_activations(activations_file(block, root), stage=STAGE), criteria, reruns[block]
+        )
         for block in criteria.blocks
     ]
     write_passing(Passing({result.block: result.passing for result in results}), passing_file(root))

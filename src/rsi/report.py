@@ -433,9 +433,9 @@ def _rerun_section(
         return []
     if tries:
         how = (
-            f"Here (`criteria.rerun_fz: {tries}`) stage rerun-fz re-rendered such a channel's X̂_In and X̂_Pre "
-            f"with FZ seeds seed + 1 … + {tries} until its Post responses were not both ≤ 0 (this run's Pre FZs "
-            "only); a channel still there fails Eq. 2."
+            f"Here (`criteria.rerun_fz: {tries}`) such a channel's X̂_In and X̂_Pre were re-rendered with FZ "
+            f"seeds seed + 1 … + {tries} (draws of their own) until its Post responses were not both ≤ 0, under "
+            "each reading of Pre; the figures show the re-render, and a channel still there fails Eq. 2."
         )
     else:
         how = (

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -121,34 +122,48 @@ def rerun_block(
     )
 
 
-def run(args: argparse.Namespace) -> None:
-    raw = read_params(args.params)
-    criteria = load_section(raw, "criteria", CriteriaParams, source=args.params)
-    outputs = Path(args.outputs)
+def rerun_blocks(
+    raw: dict[str, Any],
+    source: str,
+    fz: FZParams,
+    outputs: Path,
+    *,
+    model: nn.Module | None = None,
+    activations_stage: str = "activations",
+) -> dict[str, Rerun]:
+    """Every ``criteria.blocks`` block's record, written under ``outputs`` (where ``activations_stage``
+    measured the activations and the Post FZs lie) and returned: the hits of its activations and, with
+    criteria.rerun_fz > 0, their re-renders under ``fz`` (stage rerun-fz: the main run; stage pre-reading:
+    the authors' reading of Pre). ``model`` is loaded from params.yaml when needed and not given."""
+    criteria = load_section(raw, "criteria", CriteriaParams, source=source)
     hits = {}
     for block in criteria.blocks:
-        data = read_activations(artifacts.activations_file(block, outputs))
+        data = read_activations(artifacts.activations_file(block, outputs), stage=activations_stage)
         hits[block] = rerun_hits(data.acts, data.channels)
-    records: dict[str, Rerun] = {}
+    records = {block: no_reruns(channels, criteria.rerun_fz) for block, channels in hits.items()}
     if criteria.rerun_fz and any(len(h) for h in hits.values()):
-        fz = load_section(raw, "fz", FZParams, source=args.params)
-        measure = load_section(raw, "activations", ActivationsParams, source=args.params)
-        model_params = load_section(raw, "model", ModelParams, source=args.params)
+        measure = load_section(raw, "activations", ActivationsParams, source=source)
+        model_params = load_section(raw, "model", ModelParams, source=source)
         device = run_device(model_params.device)
-        model = load_model(model_params.weights, model_params.arch).to(device)
+        model = (model or load_model(model_params.weights, model_params.arch)).to(device)
         full_float32()  # the activations as stage activations measures them; rsi.fz sets its own numerics
         read = make_reader(measure.extractor, model, device)
-        seed = load_seed(raw, source=args.params)
+        seed = load_seed(raw, source=source)
         for block, channels in hits.items():
             if len(channels):
                 records[block] = rerun_block(
                     model, block, channels, fz, measure, read,
                     seed=seed, tries=criteria.rerun_fz, weights=model_params.weights, device=device, outputs=outputs,
                 )  # fmt: skip
-    for block, channels in hits.items():
-        record = records.get(block) or no_reruns(channels, criteria.rerun_fz)
+    for block, record in records.items():
         write_rerun(rerun_file(block, outputs), record)
         print(
-            f"rerun-fz {block}: {len(channels)} channels with both Post responses <= 0, "
-            f"{len(record.channels)} replaced (criteria.rerun_fz = {criteria.rerun_fz})"
+            f"rerun-fz {block}: {len(record.hits)} channels with both Post responses <= 0, "
+            f"{len(record.channels)} replaced (criteria.rerun_fz = {criteria.rerun_fz}) → {rerun_file(block, outputs)}"
         )
+    return records
+
+
+def run(args: argparse.Namespace) -> None:
+    raw = read_params(args.params)
+    rerun_blocks(raw, args.params, load_section(raw, "fz", FZParams, source=args.params), Path(args.outputs))
