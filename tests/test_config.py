@@ -277,14 +277,20 @@ def test_sections_that_contradict_each_other_fail_before_any_stage_computes(
     tmp_path, monkeypatch, capsys, change, message
 ):
     """Each section can be valid alone and the pipeline still fail hours later (criteria probing a block
-    whose FZs fz.blocks never renders stops stage activations after every FZ): every stage checks the
-    sections against each other first, so even `rsi prepare-data` refuses in seconds."""
+    whose FZs fz.blocks never renders stops stage activations after every FZ): under DVC (which sets
+    DVC_STAGE) every stage checks the sections against each other first, so even `rsi prepare-data`
+    refuses in seconds. By hand a stage needs only its own sections: prepare-data goes on to its data."""
     from rsi import cli
 
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     change(params)
+    params["data"]["root"] = "nowhere"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    assert cli.main(["prepare-data"]) == 2
+    assert "data.root = 'nowhere': no such folder" in capsys.readouterr().err
+    monkeypatch.setenv("DVC_STAGE", "prepare-data")
     assert cli.main(["prepare-data"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("rsi prepare-data: error: params.yaml: " + message) and err.count("\n") == 1, err

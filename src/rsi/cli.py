@@ -55,13 +55,15 @@ SECTIONS: dict[str, str] = {
     "report": "rsi.report:ReportParams",
     "launch": "rsi.launch:LaunchParams",
 }
+# set by DVC for every stage command it runs (dvc.env.DVC_STAGE)
+DVC_STAGE = "DVC_STAGE"
 # stages that read no params file (they run where none exists, e.g. while the image is built)
 WITHOUT_PARAMS = {"fetch-weights"}
 
 
-def validate_params(path: str) -> None:
-    """Every section of the params file at ``path`` parsed and checked, then the sections against each other
-    (rsi.params_check), or the first ParamsError."""
+def validate_params(path: str, *, across: bool = True) -> None:
+    """Every section of the params file at ``path`` parsed and checked, then (``across``) the sections
+    against each other (rsi.params_check), or the first ParamsError."""
     from rsi.params_check import check_across
 
     raw = read_params(path)
@@ -74,7 +76,8 @@ def validate_params(path: str) -> None:
             loaded[name] = load_section(raw, name, loader, source=path)
         else:
             loaded[name] = loader(raw, source=path)
-    check_across(loaded, source=path)
+    if across:
+        check_across(loaded, source=path)
 
 
 def _names_a_key_not_the_file(error: Exception, path: str) -> bool:
@@ -115,7 +118,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.command not in WITHOUT_PARAMS:
-            validate_params(args.params)
+            # the sections against each other only where the whole pipeline runs (DVC sets DVC_STAGE for
+            # every stage command): a stage run by hand needs only its own sections to be consistent
+            validate_params(args.params, across=DVC_STAGE in os.environ)
         relaunched = launch.maybe_relaunch(args.command, args.params, argv)  # every GPU: rsi.launch
         if relaunched is not None:
             return relaunched

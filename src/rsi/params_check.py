@@ -1,6 +1,7 @@
-"""Checks across params sections, run with each section's own checks before any stage computes (rsi.cli).
+"""Checks across params sections, run with each section's own checks before a stage that DVC runs computes
+anything (rsi.cli; a stage run by hand needs only its own sections to agree).
 
-A combination no stage can satisfy (a probed block whose FZs ``fz.blocks`` never renders, a first stability
+A combination the pipeline cannot satisfy (a probed block whose FZs ``fz.blocks`` never renders, a first stability
 seed that is not the run's seed, an ablated block the criteria never probe) fails in seconds with one line
 naming the keys and the fix, not after the stages before the one that needs it have run.
 """
