@@ -51,6 +51,7 @@ from rsi.config import (
 )
 from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, is_random, load_model
+from rsi.params_check import check_ablated_measured
 from rsi.runtime import (
     ModelParams,
     full_float32,
@@ -460,13 +461,8 @@ def channel_sets_of(
 def _check_inputs(
     raw: Mapping[str, Any], params: AblateParams, source: str, outputs: Path
 ) -> dict[str, list[int]]:
-    """Every block has a screening rule, passing channels (for the run set) and mean activations."""
-    missing = [b for b in params.blocks if b not in params.screening]
-    if missing:
-        raise ParamsError(
-            f"{source}: ablate.screening has no entry for {block_key(missing[0])} "
-            f"(add {block_key(missing[0])}: {{rule: within, tolerance: 1.0}})"
-        )
+    """Every block has passing channels (for the run set) and mean activations (a screening rule:
+    AblateParams checks it)."""
     passing = read_passing(artifacts.passing_file(outputs)).blocks
     unprobed = [block for block in params.blocks if block not in passing]
     if unprobed and "run" in params.channel_sets:
@@ -475,13 +471,7 @@ def _check_inputs(
             f"cover (probed: {', '.join(passing) or 'none'}): add them to criteria.blocks and run "
             "`dvc repro` (or `rsi criteria`), or remove them from ablate.blocks"
         )
-    measured = natural_blocks(raw, source=source)
-    unmeasured = [b for b in params.blocks if b not in measured]
-    if unmeasured:
-        raise AblationError(
-            f"ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage does not "
-            f"measure (natural.blocks: {', '.join(measured)}): add them to natural.blocks"
-        )
+    check_ablated_measured(params.blocks, natural_blocks(raw, source=source), source)
     return passing
 
 

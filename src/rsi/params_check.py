@@ -8,7 +8,7 @@ naming the keys and the fix, not after the stages before the one that needs it h
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rsi.artifacts import in_fz_source
@@ -19,6 +19,17 @@ from rsi.taps import Tap, block_key, block_order
 def _fz_sources(block: str) -> list[tuple[str, Tap]]:
     """The FZs stage activations measures for a probed block: X̂_In, X̂_Pre and X̂_Post."""
     return [("X̂_In", in_fz_source(block)), ("X̂_Pre", Tap(block, "pre")), ("X̂_Post", Tap(block, "post"))]
+
+
+def check_ablated_measured(ablated: Sequence[str], measured: Sequence[str], source: str) -> None:
+    """A ParamsError when an ablated block's mean activations (the values a mean ablation writes) are not
+    among stage natural's blocks; stage ablate checks it too, for a run by hand."""
+    unmeasured = [block for block in ablated if block not in measured]
+    if unmeasured:
+        raise ParamsError(
+            f"{source}: ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage "
+            f"does not measure (natural.blocks: {', '.join(measured)}): add them to natural.blocks"
+        )
 
 
 def check_across(sections: Mapping[str, Any], source: str = "params.yaml") -> None:
@@ -54,12 +65,7 @@ def check_across(sections: Mapping[str, Any], source: str = "params.yaml") -> No
                 "it has no passing channels to ablate (ablate.channel_sets has run): add them to "
                 "criteria.blocks, or remove them from ablate.blocks"
             )
-    unmeasured = [block for block in ablate.blocks if block not in natural.blocks]
-    if unmeasured:
-        raise ParamsError(
-            f"{source}: ablate.blocks lists {', '.join(unmeasured)}, whose mean activations the natural stage "
-            f"does not measure (natural.blocks: {', '.join(natural.blocks)}): add them to natural.blocks"
-        )
+    check_ablated_measured(ablate.blocks, natural.blocks, source)
     drawn = [*(figures.blocks or criteria.blocks), *figures.channels]
     unprobed_figures = [block for block in drawn if block not in criteria.blocks]
     if unprobed_figures:
