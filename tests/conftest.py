@@ -24,3 +24,12 @@ def random_model() -> torch.nn.Module:
     from rsi.model import load_resnet18
 
     return load_resnet18("random:0")
+
+
+@pytest.fixture
+def tf32_flags():
+    """Restores torch's TF32 flags after a test that sets them (torch.backends.cuda.matmul has no plain
+    attribute for monkeypatch to restore)."""
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved

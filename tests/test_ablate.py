@@ -574,15 +574,6 @@ def test_torchrun_two_ranks_equal_one_process(tiny, tmp_path, monkeypatch):
     assert one_metrics["layer2_1"]["baseline_acc"]["no_scale"] == pytest.approx(100 * 8 / 12)
 
 
-@pytest.fixture
-def tf32_flags():
-    """Restores torch's TF32 flags after a test that sets them (torch.backends.cuda.matmul has no plain
-    attribute for monkeypatch to restore)."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    yield
-    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
 def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
     fake_evaluate, tf32_flags, tmp_path, monkeypatch
 ):

@@ -132,10 +132,9 @@ def test_cli_writes_one_file_per_block(tiny_cache, monkeypatch):
         assert data.files == list(KEYS)
 
 
-def test_natural_tf32_is_the_declared_switch_of_the_pass_and_is_recorded(tiny_cache, monkeypatch):
+def test_natural_tf32_is_the_declared_switch_of_the_pass_and_is_recorded(tiny_cache, monkeypatch, tf32_flags):
     """The authors took the ablation means in a thingsvision pass on CUDA under torch 2.0's TF32 default:
     natural.tf32 turns TF32 on for the pass (the flags are settable without CUDA) and the file says so."""
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
     seen = []
     inner = natural.natural_pass
 
@@ -145,17 +144,14 @@ def test_natural_tf32_is_the_declared_switch_of_the_pass_and_is_recorded(tiny_ca
 
     monkeypatch.setattr(natural, "natural_pass", natural_pass)
     monkeypatch.chdir(tiny_cache)
-    try:
-        for tf32 in (True, False):
-            Path("params.yaml").write_text(
-                f"model: {{weights: 'random:0', device: cpu}}\nnatural: {{blocks: ['2.1'], k: 2, tf32: {tf32}}}\n"
-                "ablate: {blocks: ['2.1']}\ncriteria: {blocks: ['2.1']}\n"
-            )
-            assert cli.main(["natural"]) == 0
-            assert seen[-1] == (tf32, False)  # convolutions only: torch 2.0 left matmul TF32 off
-            assert read_natural("2.1").numerics == {"cudnn_allow_tf32": tf32, "matmul_allow_tf32": False}
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+    for tf32 in (True, False):
+        Path("params.yaml").write_text(
+            f"model: {{weights: 'random:0', device: cpu}}\nnatural: {{blocks: ['2.1'], k: 2, tf32: {tf32}}}\n"
+            "ablate: {blocks: ['2.1']}\ncriteria: {blocks: ['2.1']}\n"
+        )
+        assert cli.main(["natural"]) == 0
+        assert seen[-1] == (tf32, False)  # convolutions only: torch 2.0 left matmul TF32 off
+        assert read_natural("2.1").numerics == {"cudnn_allow_tf32": tf32, "matmul_allow_tf32": False}
 
 
 def test_a_natural_file_without_a_key_names_the_file_the_stage_and_the_key(tmp_path):
