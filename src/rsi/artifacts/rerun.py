@@ -22,14 +22,6 @@ def rerun_file(block: str, root: Path = OUTPUTS) -> Path:
     return root / "rerun" / f"{block_key(block)}.npz"
 
 
-def no_reruns(hits: np.ndarray, tries: int) -> Rerun:
-    """The record of a block where nothing was replaced: ``hits`` listed, no channel, activation or image."""
-    none = np.zeros(0, dtype=np.int64)
-    images = np.zeros((0, 3, 0, 0), dtype=np.uint8)
-    acts = np.zeros((len(FZ_IMAGES), len(TAP_KINDS), 0), dtype=np.float32)
-    return Rerun(np.asarray(hits, dtype=np.int64), none, none, acts, images, images, tries)
-
-
 @dataclass(frozen=True)
 class Rerun:
     """One block: ``hits`` (int64), the channels whose Post_c(X̂_In_c) and Post_c(X̂_Pre_c) were both <= 0
@@ -48,12 +40,28 @@ class Rerun:
     tries: int
 
 
+def _one_per_channel(record: Rerun) -> bool:
+    """Whether ``acts`` (len(FZ_IMAGES), 3, R), ``seeds`` and both image stacks hold one entry per replaced
+    channel, as :func:`write_rerun` writes them and :func:`read_rerun` requires."""
+    count = len(record.channels)
+    same = {len(record.seeds), len(record.in_images), len(record.pre_images)} == {count}
+    return same and record.acts.shape == (len(FZ_IMAGES), len(TAP_KINDS), count)
+
+
+def no_reruns(hits: np.ndarray, tries: int) -> Rerun:
+    """The record of a block where nothing was replaced: ``hits`` listed, no channel, activation or image."""
+    none = np.zeros(0, dtype=np.int64)
+    images = np.zeros((0, 3, 0, 0), dtype=np.uint8)
+    acts = np.zeros((len(FZ_IMAGES), len(TAP_KINDS), 0), dtype=np.float32)
+    return Rerun(np.asarray(hits, dtype=np.int64), none, none, acts, images, images, tries)
+
+
 def write_rerun(path: Path, record: Rerun) -> None:
     """Write ``record`` atomically (uncompressed npz, arrays in :data:`ARRAYS` order)."""
-    expected = (len(FZ_IMAGES), len(TAP_KINDS), len(record.channels))
-    counts = {len(record.seeds), len(record.in_images), len(record.pre_images), len(record.channels)}
-    if record.acts.shape != expected or len(counts) != 1:  # a caller's bug
-        raise ValueError(f"Rerun: acts {record.acts.shape}, seeds, images not one per channel of {expected}")
+    if not _one_per_channel(record):  # a caller's bug
+        raise ValueError(
+            f"Rerun: acts {record.acts.shape}, seeds and images are not one per replaced channel"
+        )
     save_npz(
         path,
         hits=np.asarray(record.hits, dtype=np.int64),
@@ -80,8 +88,7 @@ def read_rerun(path: Path) -> Rerun:
             pre_images=data["pre_images"],
             tries=int(data["tries"]),
         )
-    shapes = {len(record.in_images), len(record.pre_images), record.acts.shape[-1], len(record.channels)}
-    if record.acts.shape[:2] != (len(FZ_IMAGES), len(TAP_KINDS)) or len(shapes) != 1:
+    if not _one_per_channel(record):
         raise ArtifactError(
             f"{path}: acts of shape {record.acts.shape} do not match its channels: run `rsi {STAGE}`"
         )
