@@ -84,11 +84,14 @@ def test_means_and_topk_equal_direct_computation(random_model, tiny_cache):
         assert not np.allclose(stats.mean[1], stats.mean[2])
 
 
-def test_ties_go_to_the_lower_index():
-    values = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0]])
-    index = torch.tensor([[9, 7, 2, 1, 5]])
-    top_values, top_index = natural.merge_topk(values, index, 3)
-    assert top_values.tolist() == [[3.0, 3.0, 3.0]] and top_index.tolist() == [[2, 5, 7]]
+def test_ties_go_to_the_higher_index_as_the_authors_reverse_sort():
+    values = torch.tensor([[1.0, 3.0, 3.0, 0.0, 3.0, 0.0]])
+    index = torch.tensor([[9, 7, 2, 1, 5, 4]])
+    top_values, top_index = natural.merge_topk(values, index, 5)
+    assert top_values.tolist() == [[3.0, 3.0, 3.0, 1.0, 0.0]] and top_index.tolist() == [[7, 5, 2, 9, 4]]
+    # the authors' order: sorted((act, image index) pairs, reverse=True)
+    pairs = sorted(zip(values[0].tolist(), index[0].tolist(), strict=True), reverse=True)[:5]
+    assert [i for _, i in pairs] == top_index[0].tolist()
 
 
 def test_rank_shards_merge_to_the_one_process_result(random_model, tiny_cache, monkeypatch):

@@ -9,7 +9,8 @@ forward per batch (``taps.forward_taps`` with all the taps). For each tap and ch
   of the post-ReLU value measured here (the clamp is kept explicitly). Pre is ``bn2``'s output as is (it can
   be negative); In is what the block adds on its skip path.
 * ``topk`` / ``topk_values``: the ``k`` evaluation-set indices with the largest activations (figures use
-  k = 9), largest first; ties go to the lower index, so the order never depends on batches or ranks.
+  k = 9), largest first; ties go to the higher index, as the authors' ``sorted(zip(acts, index),
+  reverse=True)`` (imnet_val.py) ordered them, and the order never depends on batches or ranks.
 
 Under ``torchrun`` the evaluation set is sharded across ranks in whole batches (batch b on rank b % world, so
 every image is computed in the batch it has in one process); per-batch float64 sums are all-reduced and
@@ -54,8 +55,11 @@ class NaturalMeasure:
 
 
 def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The ``k`` largest entries per row of (R, M) values with their indices; ties go to the lower index."""
-    order = torch.argsort(indices, dim=1, stable=True)
+    """The ``k`` largest entries per row of (R, M) values with their indices, largest first.
+
+    Ties go to the higher index: the authors sorted (activation, image index) pairs in reverse, so of two
+    equal activations the later image came first (imnet_val.py, ``get_imnet_val_acts``)."""
+    order = torch.argsort(indices, dim=1, descending=True, stable=True)
     values, indices = values.gather(1, order), indices.gather(1, order)
     order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :k]
     return values.gather(1, order), indices.gather(1, order)
