@@ -228,8 +228,14 @@ def test_both_layouts_give_the_same_labels(tmp_path):
     label_map = tmp_path / "map.txt"
     label_map.write_text("".join(f"{i} {w}\n" for w, i in devkit_id.items()))
     listing = data.list_flat(flat, ground_truth, label_map)
-    assert listing.items == names
-    assert listing.labels == [folder_label[original[n]] for n in names]
+    # ImageFolder's order of the same files sorted into wnid folders (valprep), not file-name order
+    valprep = tmp_path / "valprep"
+    for name in names:
+        (valprep / wnid_of[name]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(flat / name, valprep / wnid_of[name] / name)
+    assert listing.items == [Path(item).name for item in data.list_folders(valprep).items]
+    assert listing.items == sorted(names, key=lambda n: (wnid_of[n], n)) != names
+    assert listing.labels == [folder_label[original[n]] for n in listing.items]
     # the same with wnid labels, and with "<file> <label>" lines in another order
     by_wnid = tmp_path / "gt_wnid.txt"
     by_wnid.write_text("".join(f"{wnid_of[n]}\n" for n in names))
@@ -250,7 +256,7 @@ def test_both_layouts_give_the_same_labels(tmp_path):
     data.decode_to_cache(listing, tmp_path / "b", source="flat", size=64, progress=False)
     a, b = load_eval(tmp_path / "a"), load_eval(tmp_path / "b")
     position = {item: i for i, item in enumerate(by_folder.items)}
-    for j, name in enumerate(names):
+    for j, name in enumerate(listing.items):
         i = position[original[name]]
         np.testing.assert_array_equal(a.images[i], b.images[j])
         assert a.labels[i] == b.labels[j]

@@ -362,7 +362,9 @@ def list_flat(
                     f"0..{IMAGENET_CLASSES - 1} ({len(outside)} such labels); the devkit's 1-based "
                     "ILSVRC2012_IDs need data.label_map (its meta.mat)"
                 )
-            return Listing(images, numbers, {}, str(root), ignored)
+            return _imagefolder_order(
+                images, [imagenet_wnids()[n] for n in numbers], numbers, {}, root, ignored
+            )
         unknown_ids = sorted({n for n in numbers if n not in mapping})
         if unknown_ids:
             raise DataError(f"{gt_path}: label {unknown_ids[0]} is not in the label map {label_map}")
@@ -371,7 +373,22 @@ def list_flat(
     else:
         wnids = raw
         class_to_idx = _class_to_idx(wnids, class_index, str(gt_path))
-    return Listing(images, [class_to_idx[w] for w in wnids], class_to_idx, str(root), ignored)
+    return _imagefolder_order(images, wnids, [class_to_idx[w] for w in wnids], class_to_idx, root, ignored)
+
+
+def _imagefolder_order(
+    images: list[str],
+    wnids: list[str],
+    labels: list[int],
+    classes: dict[str, int],
+    root: Path,
+    ignored: list[str],
+) -> Listing:
+    """The flat folder listed in the order ImageFolder lists the same files sorted into wnid folders (the
+    devkit's valprep layout the authors read): by wnid, then by file name. Indices into the evaluation set
+    (top-k images, ties, ``random_subset``) then mean the same image in both layouts."""
+    order = sorted(range(len(images)), key=lambda i: (wnids[i], images[i]))
+    return Listing([images[i] for i in order], [labels[i] for i in order], classes, str(root), ignored)
 
 
 def select_subset(
