@@ -9,8 +9,11 @@ forward per batch (``taps.forward_taps`` with all the taps). For each tap and ch
   of the post-ReLU value measured here (the clamp is kept explicitly). Pre is ``bn2``'s output as is (it can
   be negative); In is what the block adds on its skip path.
 * ``topk`` / ``topk_values``: the ``k`` evaluation-set indices with the largest activations (figures use
-  k = 9), largest first; ties go to the higher index, as the authors' ``sorted(zip(acts, index),
-  reverse=True)`` (imnet_val.py) ordered them, and the order never depends on batches or ranks.
+  k = 9), largest first, and those activations. A tap that is a ReLU output (Post, and the In of a block
+  that starts from the previous block's output) is ranked by its pre-ReLU sum, as the authors ranked their
+  ``prerelu_out`` (:func:`ranking_values`), so images on which it is silent still come in the authors'
+  order; ties go to the higher index, as their ``sorted(zip(acts, index), reverse=True)`` (imnet_val.py)
+  ordered them. The order never depends on batches or ranks.
 
 Under ``torchrun`` the evaluation set is sharded across ranks in whole batches (batch b on rank b % world, so
 every image is computed in the batch it has in one process); per-batch float64 sums are all-reduced and
@@ -38,7 +41,16 @@ from rsi.eval_set import EvalSet, load_eval
 from rsi.model import describe_weights, load_model
 from rsi.natural_params import NaturalParams
 from rsi.runtime import ModelParams, full_float32, resolve_device
-from rsi.taps import TAP_KINDS, Tap, arch_of, center, forward_taps, num_channels
+from rsi.taps import (
+    TAP_KINDS,
+    Tap,
+    arch_of,
+    center,
+    forward_taps,
+    has_downsample,
+    num_channels,
+    previous_block,
+)
 from rsi.transforms import ablation_view
 
 _NO_INDEX = torch.iinfo(torch.int64).max
@@ -65,6 +77,30 @@ def merge_topk(values: torch.Tensor, indices: torch.Tensor, k: int) -> tuple[tor
     return values.gather(1, order), indices.gather(1, order)
 
 
+def pre_relu_sources(tap: Tap, arch: str) -> tuple[Tap, Tap] | None:
+    """The (Pre, In) taps whose sum is the value before the ReLU that makes ``tap``, when ``tap`` is a
+    block's ReLU output: its Post, or the In of a block that starts from the previous block's output.
+    None for Pre and for an In made by a downsample or the maxpool."""
+    if tap.kind == "post":
+        return Tap(tap.block, "pre"), Tap(tap.block, "in")
+    previous = previous_block(tap.block, arch)
+    if tap.kind == "in" and previous is not None and not has_downsample(tap.block, arch):
+        return Tap(previous, "pre"), Tap(previous, "in")
+    return None
+
+
+def ranking_values(values: dict[Tap, torch.Tensor], tap: Tap, arch: str) -> torch.Tensor:
+    """(B, C) center values the top-k ranks ``tap`` by. The authors ranked a ReLU output by their
+    ``prerelu_out``: Pre plus the skip, the float add of torchvision's ``out += identity``, so bit for bit
+    the block's sum before its ReLU. ReLU is monotone, so the positive images keep the tap's own order,
+    and the images on which the channel is silent rank by how far below 0 the sum stays."""
+    sources = pre_relu_sources(tap, arch)
+    if sources is None:
+        return center(values[tap])
+    pre, skip = sources
+    return center(values[pre]) + center(values[skip])
+
+
 def center_values(values: dict[Tap, torch.Tensor], tap: Tap) -> torch.Tensor:
     """(B, C) center-neuron values of a tap; Post clamped at 0 (the authors' pre-ReLU sum, clamped)."""
     result = center(values[tap])
@@ -87,6 +123,8 @@ def natural_pass(
     arch = arch_of(model)
     blocks = check_blocks(tuple(blocks), arch)
     taps = [Tap(block, kind) for block in blocks for kind in TAP_KINDS]
+    sources = {source for tap in taps for source in pre_relu_sources(tap, arch) or ()}
+    measured = [*taps, *sorted(sources - set(taps), key=str)]
     width = {tap: num_channels(tap.block, arch) for tap in taps}
     total = len(eval_set)
     if total == 0:
@@ -105,14 +143,14 @@ def natural_pass(
     with torch.inference_mode():
         for index, images, _ in eval_set.batches(indices, batch_size, device):
             view = ablation_view(images, eval_set.view_size, eval_set.view_size, eval_set.resized_of(index))
-            values = forward_taps(model, view, taps, detach=True)
+            values = forward_taps(model, view, measured, detach=True)
             batch = int(index[0]) // batch_size
             index = index.to(device)
             for tap in taps:
-                neuron = center_values(values, tap).float()
-                sums[tap][batch] = neuron.double().sum(0)
-                candidates = torch.cat([top_values[tap], neuron.T], dim=1)
-                candidate_index = torch.cat([top_index[tap], index.expand(neuron.shape[1], -1)], dim=1)
+                sums[tap][batch] = center_values(values, tap).double().sum(0)
+                ranking = ranking_values(values, tap, arch).float()
+                candidates = torch.cat([top_values[tap], ranking.T], dim=1)
+                candidate_index = torch.cat([top_index[tap], index.expand(ranking.shape[1], -1)], dim=1)
                 top_values[tap], top_index[tap] = merge_topk(candidates, candidate_index, k_eff)
             bar.update(len(index) * world)
     bar.close()
@@ -123,6 +161,10 @@ def natural_pass(
         values = torch.stack([_pad(top_values[tap], k_eff, float("-inf")) for tap in block_taps])
         index = torch.stack([_pad(top_index[tap], k_eff, _NO_INDEX) for tap in block_taps])
         values, index = _gather_topk(values, index, k_eff)
+        relu_output = torch.tensor(
+            [pre_relu_sources(tap, arch) is not None for tap in block_taps], device=device
+        )
+        values = torch.where(relu_output[:, None, None], values.clamp(min=0), values)  # the taps' own values
         results[block] = NaturalMeasure(
             mean=mean.float().cpu().numpy(),
             topk=index.cpu().numpy(),
