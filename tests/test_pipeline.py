@@ -207,6 +207,9 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     report = (workspace / "outputs/report.md").read_text()
     assert "the authors' reading: comparable with the paper's counts" in report
     assert json.loads((workspace / "outputs/reference/criteria/passing.json").read_text()).keys() == {"2.1"}
+    counts = (workspace / "outputs/reference/criteria/passing_counts.csv").read_text().splitlines()
+    passing = reference["layer2_1"]["passing"]
+    assert counts == ["block,channels,passing,percent", f"2.1,6,{passing},{round(100 * passing / 6, 4)}"]
 
 
 def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_run):

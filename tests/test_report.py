@@ -105,7 +105,7 @@ def test_custom_weights_are_not_judged_against_the_published_accuracies(tmp_path
 
 def test_lucent_reference_counts_side_by_side(fake_repo):
     reference = json.loads(Path("metrics/criteria.json").read_text())
-    reference["layer2_1"].update(passing=5, percent=62.5)
+    reference["layer2_1"].update(passing=5, percent=3.9062, channels=128)  # every channel probed
     Path("metrics/criteria_lucent_reference.json").write_text(json.dumps(reference))
     Path("outputs/reference/criteria").mkdir(parents=True, exist_ok=True)
     Path("outputs/reference/criteria/passing.json").write_text(json.dumps({"2.1": [13, 15, 18, 1, 2]}))
@@ -128,11 +128,38 @@ def test_lucent_reference_counts_side_by_side(fake_repo):
         "23",
         "5",
     )
-    assert row["exact reading (this run's FZs)"] == "3" and row["authors' reading %"] == "62.50"
-    # published 2.1 has 23 channels; the authors' reading shares 13, 15, 18 of 5: 3 / 25; the exact one none
+    assert row["exact reading (this run's FZs)"] == "3" and row["authors' reading %"] == "3.91"
+    # published 2.1 has 23 channels; the authors' reading shares 13, 15, 18 of 5: 3 / 25; the exact one
+    # (channels 0-7 probed) none of the published channels among them
     assert row["Jaccard with published (authors' reading)"] == f"{3 / 25:.2f}"
-    assert row["Jaccard with published (exact reading)"] == "0.00"
+    assert row["Jaccard with published (exact reading)"] == "0.00 (channels 0–7)"
     assert "Block 2.1: 5 pass with the `lucent_reference` Pre FZs against 3 with the exact Pre FZs." in text
+    # the count compared with the paper's is the authors' reading's (DESIGN), not this run's exact one
+    assert (
+        "Block 2.1: 5 channels pass under the authors' reading of Pre (the count comparable with the paper's), "
+        "23 in the paper." in text
+    )
+    assert "passing channels here with this run's exact Pre FZs" not in text
+
+
+def test_jaccard_and_found_count_only_the_published_channels_probed():
+    """Probing channels 0-15 of 2.1 and finding exactly the published ones there is full agreement."""
+    from rsi.report import _channels_section, _jaccard_cell
+
+    published = sorted(REFERENCE["channels"]["2.1"])
+    in_range = [c for c in published if c < 16]
+    paper_refs = {"ablation_channels_authors_code": {"2.1": published}, "channels": {"2.1": published}}
+    paper_refs["channels_complete_blocks"] = ["2.1"]
+    assert _jaccard_cell({"2.1": in_range}, "2.1", paper_refs, 16, 128) == "1.00 (channels 0–15)"
+    assert _jaccard_cell({"2.1": in_range}, "2.1", paper_refs, 128, 128) == f"{len(in_range) / 23:.2f}"
+    row = next(
+        line
+        for line in _channels_section({"2.1": in_range}, paper_refs, {"2.1": 16})
+        if line.startswith("| 2.1")
+    )
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[3] == f"{len(in_range)} of {len(in_range)} probed (23 listed)" and cells[4] == "1.00"
+    assert cells[6] == "—" or cells[6] == "[]"
 
 
 def test_eq1_readings_are_counted_and_the_fz_each_test_reads_is_named(fake_repo):
@@ -234,6 +261,9 @@ def test_classes_present_counts_the_labels_of_the_images_used(fake_repo):
 def test_channel_overlap_with_the_authors_lists(fake_repo):
     passing = {"2.1": [13, 15, 99], "3.1": [2]}
     Path("outputs/criteria/passing.json").write_text(json.dumps(passing))
+    counts = json.loads(Path("metrics/criteria.json").read_text())
+    counts["layer2_1"]["channels"] = 128  # the whole block probed: every published channel counts
+    Path("metrics/criteria.json").write_text(json.dumps(counts))
     assert main(["report"]) == 0
     text = REPORT.read_text()
     lines = [line for line in text.splitlines() if line.startswith("| 2.1 | 3 |")]

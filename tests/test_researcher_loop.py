@@ -81,6 +81,11 @@ def test_the_passing_counts_plot_renders_beside_the_papers(tmp_path):
         "3.1,2,0,0.0",
     ]
 
+    # stage pre-reading's counts (the authors' reading of Pre): 2.1 with 2 of 4 channels passing
+    acts[1, 1, 1] = 2.0
+    reference = tmp_path / "outputs" / "reference" / "criteria" / "passing_counts.csv"
+    write_passing_counts(passing_counts([evaluate_block("2.1", acts, [0, 1, 2, 3])]), reference)
+
     (tmp_path / "paper").mkdir()
     shutil.copy(PAPER_COUNTS, tmp_path / "paper" / "passing_counts.csv")
     shutil.copy(REPO / "dvc.yaml", tmp_path / "dvc.yaml")
@@ -94,6 +99,7 @@ def test_the_passing_counts_plot_renders_beside_the_papers(tmp_path):
         by_file.setdefault(value["filename"], {})[value["block"]] = float(value["percent"])
     assert by_file == {
         "outputs/criteria/passing_counts.csv": {"2.1": 25.0, "3.1": 0.0},
+        "outputs/reference/criteria/passing_counts.csv": {"2.1": 50.0},
         "paper/passing_counts.csv": {
             b: round(paper.passing_percent_exact(b), 4) for b in paper.PROBED_BLOCKS
         },
@@ -105,6 +111,13 @@ def test_the_passing_counts_plot_renders_beside_the_papers(tmp_path):
     assert encoding["x"]["title"].startswith("channels passing Eq. 1 and Eq. 2")
     assert encoding["column"]["field"] == "filename"  # this run | the paper, side by side
     assert encoding["yOffset"]["field"] == "rev"  # one bar per revision in a diff
+    # with criteria.compare_pre_readings off, stage pre-reading writes the header only: no bars, no error
+    write_passing_counts([], reference)
+    values = _plot_values(json.loads(run(["dvc", "plots", "show", "--json", PLOT], tmp_path, home)))
+    assert {value["filename"] for value in values} == {
+        "outputs/criteria/passing_counts.csv",
+        "paper/passing_counts.csv",
+    }
 
 
 # ------------------------------------------------------------------------------------------------------

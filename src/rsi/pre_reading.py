@@ -33,10 +33,16 @@ from rsi.artifacts import (
 )
 from rsi.artifacts import fz as fz_files
 from rsi.artifacts.activations import read_activations
-from rsi.artifacts.criteria import REFERENCE_METRICS, CriteriaMetrics, write_criteria_metrics
+from rsi.artifacts.criteria import (
+    REFERENCE_METRICS,
+    CriteriaMetrics,
+    passing_counts_file,
+    write_criteria_metrics,
+    write_passing_counts,
+)
 from rsi.artifacts.passing import Passing, write_passing
 from rsi.config import ParamsError, load_section, load_seed, read_params
-from rsi.criteria import CriteriaParams, criteria_metrics, evaluate_stored
+from rsi.criteria import CriteriaParams, criteria_metrics, evaluate_stored, passing_counts
 from rsi.model import load_model
 from rsi.runtime import ModelParams, full_float32
 from rsi.taps import Tap, block_key
@@ -115,6 +121,7 @@ def run(args: argparse.Namespace) -> None:
     if not criteria.compare_pre_readings:
         (root / "README.txt").write_text("criteria.compare_pre_readings is false: nothing rendered\n")
         write_passing(Passing({}), passing_file(root))
+        write_passing_counts([], passing_counts_file(root))  # the plot's header: no bars
         write_criteria_metrics(CriteriaMetrics({}, {}), REFERENCE_METRICS)  # {}: no second reading
         print("criteria.compare_pre_readings is false: no second reading")
         return
@@ -135,6 +142,8 @@ def run(args: argparse.Namespace) -> None:
         for block in criteria.blocks
     ]
     write_passing(Passing({result.block: result.passing for result in results}), passing_file(root))
+    # the counts comparable with the paper's, beside this run's and the paper's in the DVC plot
+    write_passing_counts(passing_counts(results), passing_counts_file(root))
     record = criteria_metrics(results)
     numbers = {key: int(value) for key, value in numerics.items()}
     write_criteria_metrics(dataclasses.replace(record, numerics=numbers), REFERENCE_METRICS)

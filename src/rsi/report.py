@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -325,14 +325,28 @@ def _settings_section(
     return lines, settings
 
 
-def _jaccard_cell(passing: Mapping[str, list[int]] | None, block: str, paper: Mapping[str, Any]) -> str:
-    """Jaccard overlap of a run's passing list with the authors' complete published list, or —."""
+def probed_part(channels: Iterable[int], probed: Any, width: int) -> set[int]:
+    """The channels among the first ``probed`` of ``width`` (fz.max_channels probes the first N; None or
+    the whole width: all of them)."""
+    return {int(c) for c in channels if not isinstance(probed, int) or probed >= width or int(c) < probed}
+
+
+def _jaccard_cell(
+    passing: Mapping[str, list[int]] | None,
+    block: str,
+    paper: Mapping[str, Any],
+    probed: Any = None,
+    width: int = 0,
+) -> str:
+    """Jaccard overlap of a run's passing list with the authors' complete published list, or —. When only
+    the first ``probed`` channels were probed, with the published channels among them (marked)."""
     published = {parse_block(k): v for k, v in paper.get("ablation_channels_authors_code", {}).items()}
     if passing is None or block not in published or block not in passing:
         return "—"
-    ours, theirs = set(passing[block]), set(published[block])
+    ours, theirs = set(passing[block]), probed_part(published[block], probed, width)
     union = ours | theirs
-    return f"{len(ours & theirs) / len(union):.2f}" if union else "—"
+    part = f" (channels 0–{probed - 1})" if isinstance(probed, int) and probed < width else ""
+    return f"{len(ours & theirs) / len(union):.2f}{part}" if union else "—"
 
 
 def _criteria_section(
@@ -385,8 +399,12 @@ def _criteria_section(
             row += [_fmt(_number(theirs.get("percent"))) if theirs else "—"]
         row += [_fmt(_number(ours.get("percent"))) if ours else "—"]
         if reference is not None:
-            row += [_jaccard_cell(reference_passing, block, paper)]
-        row += [_jaccard_cell(passing, block, paper), _fmt(ours.get("eq1_pass")), _fmt(ours.get("eq2_pass"))]
+            row += [_jaccard_cell(reference_passing, block, paper, theirs.get("channels"), total)]
+        row += [
+            _jaccard_cell(passing, block, paper, ours.get("channels"), total),
+            _fmt(ours.get("eq1_pass")),
+            _fmt(ours.get("eq2_pass")),
+        ]
         rows.append(row)
     lines = ["## Criteria-passing channels (section 3, Eq. 1 and Eq. 2)", ""]
     lines += _table(header, rows)
@@ -394,7 +412,8 @@ def _criteria_section(
         "",
         "Percentages are of the channels probed (all of a block's channels in a full run). The paper gives",
         "rounded percentages; the exact value of its counts is in brackets. Jaccard = |ours ∩ published| /",
-        "|ours ∪ published| with the authors' complete published lists (2.1 and 3.1; scale_robust.py).",
+        "|ours ∪ published| with the authors' complete published lists (2.1 and 3.1; scale_robust.py), with",
+        "the published channels among those probed where a block was probed only in part.",
         "Counts and lists can match the paper only statistically: FZ optimisation is chaotic and the authors",
         "set no seeds.",
     ]
@@ -496,9 +515,17 @@ def _eq1_section(
 
 
 def _stability_section(blocks: Mapping[str, Mapping[str, float]] | None) -> list[str]:
-    """The criteria stage's seed-to-seed stability of the passing sets, when it ran several FZ seeds."""
+    """The criteria stage's seed-to-seed stability of the passing sets, when it ran several FZ seeds, or
+    a note that the counts have no measured spread (DESIGN: report them with their spread)."""
     if not blocks:
-        return []
+        return [
+            "### Stability across FZ seeds",
+            "",
+            "Not measured: this run rendered its FZs with one seed, so its passing counts have no spread.",
+            "`criteria.seeds: [0, 1, 2]` renders two more seeds (stage stability) and reports how the",
+            "passing sets change between seeds. Only this run's reading of Pre gets further seeds.",
+            "",
+        ]
     keys: list[str] = []
     for entry in blocks.values():
         keys += [k for k in entry if k not in keys]
@@ -551,7 +578,9 @@ def _natural_criteria_section(path: Path, root: Path) -> list[str]:
     ]
 
 
-def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> list[str]:
+def _channels_section(
+    passing: dict[str, list[int]], paper: dict[str, Any], probed: Mapping[str, Any], arch: str = DEFAULT_ARCH
+) -> list[str]:
     published: dict[str, list[int]] = {
         parse_block(k): sorted(int(c) for c in v) for k, v in paper.get("channels", {}).items()
     }
@@ -563,7 +592,9 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
         "",
         "\"authors' list\" is complete where marked (the authors' published code lists every passing channel",
         "of the block); elsewhere it holds only the channels the paper names or labels legibly.",
-        '"found" counts the authors\' channels that pass here too.',
+        '"found" counts the authors\' channels that pass here too. Where a block was probed only in part',
+        '(`fz.max_channels`), found, Jaccard and "passing here only" count only the authors\' channels among',
+        "those probed.",
         "",
     ]
     rows = []
@@ -573,7 +604,8 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
         theirs = published.get(block)
         if ours is None and theirs is None:
             continue
-        ours_set, theirs_set = set(ours or []), set(theirs or [])
+        ours_set = set(ours or [])
+        theirs_set = probed_part(theirs or [], probed.get(block), num_channels(block, arch))
         shared = sorted(ours_set & theirs_set)
         union = ours_set | theirs_set
         compared = bool(theirs) and ours is not None and block in complete_blocks
@@ -584,7 +616,10 @@ def _channels_section(passing: dict[str, list[int]], paper: dict[str, Any]) -> l
                 (f"{len(theirs)} (complete)" if block in complete_blocks else f"{len(theirs)} (partial)")
                 if theirs is not None
                 else paper.get("absent", "—"),
-                f"{len(shared)} of {len(theirs_set)}" if theirs and ours is not None else "—",
+                f"{len(shared)} of {len(theirs_set)}"
+                + ("" if len(theirs_set) == len(theirs or []) else f" probed ({len(theirs or [])} listed)")
+                if theirs and ours is not None
+                else "—",
                 # against a partial list (a figure's labels) overlap and "here only" would mislead
                 f"{len(shared) / len(union):.2f}" if compared and union else "—",
                 _fmt(shared) if theirs and ours is not None else "—",
@@ -861,19 +896,37 @@ def _count_differences(
     criteria: dict[str, dict[str, Any]],
     reference: dict[str, dict[str, Any]] | None,
     paper_counts: Mapping[str, int],
+    pre_reading: Any = "exact",
 ) -> list[str]:
-    """Blocks whose passing count differs from the paper's, or between the two readings of Pre."""
+    """Blocks whose passing count differs from the paper's, or between the two readings of Pre. The count
+    compared with the paper's is the authors' reading of Pre (DESIGN: the comparable one): stage
+    pre-reading's, or this run's when its own reading is theirs."""
     items = []
     for block in sorted(criteria, key=block_order):
         if block not in paper_counts:
             continue
-        count, total = criteria[block].get("passing"), criteria[block].get("channels")
-        if count != paper_counts[block]:
-            width = num_channels(block, arch)
-            scope = "" if total == width else f" (only {total} of {width} channels probed)"
+        count = criteria[block].get("passing")
+        comparable = (reference or {}).get(block)
+        entry = comparable or criteria[block]
+        total, width = entry.get("channels"), num_channels(block, arch)
+        scope = "" if total == width else f" (only {total} of {width} channels probed)"
+        if comparable:
+            if comparable.get("passing") != paper_counts[block]:
+                items.append(
+                    f"Block {block}: {_plural(comparable.get('passing'), 'channel')} pass under the authors' "
+                    f"reading of Pre (the count comparable with the paper's), {paper_counts[block]} in the "
+                    f"paper{scope}."
+                )
+        elif count != paper_counts[block]:
+            reading = (
+                ""
+                if pre_reading == "lucent_reference"
+                else " with this run's exact Pre FZs (the paper's counts come from the authors' reading of "
+                "Pre, which `criteria.compare_pre_readings: true` also renders)"
+            )
             items.append(
-                f"Block {block}: {_plural(count, 'passing channel')} here, {paper_counts[block]} in the "
-                f"paper{scope}."
+                f"Block {block}: {_plural(count, 'passing channel')} here{reading}, {paper_counts[block]} in "
+                f"the paper{scope}."
             )
         other = reference[block].get("passing") if reference is not None and block in reference else count
         if other != count:
@@ -918,7 +971,9 @@ def _differences(
 ) -> list[str]:
     """Everything that differs from the paper, in plain words."""
     items = _setting_differences(labels, settings)
-    items += _count_differences(labels.arch, criteria, reference, paper.get("passing", {}))
+    items += _count_differences(
+        labels.arch, criteria, reference, paper.get("passing", {}), settings.get("pre_reading", "exact")
+    )
     items += _ablation_differences(criteria, paper.get("ablation_channels_authors_code", {}), verdicts)
     items.append(
         "Feature visualisation is stochastic; the paper itself notes that results may vary. The authors "
@@ -1018,7 +1073,8 @@ def build_report(
     )
     lines += _eq1_section(criteria, reference, eq1_reading)
     lines += _rerun_section(criteria, reference, _param(raw, "criteria.rerun_fz", CriteriaParams))
-    lines += _channels_section(passing, paper)
+    probed = {block: entry.get("channels") for block, entry in criteria.items()}
+    lines += _channels_section(passing, paper, probed, labels.arch)
     skipped = [
         f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"
         for block, name in ablation_metrics.listed()  # every set listed, ablated or skipped

@@ -19,7 +19,7 @@ every stage takes that root as ``--outputs``.
 | ``metrics/criteria.json`` (counts; stability across seeds) | criteria | criteria: CriteriaMetrics · write_criteria_metrics · read_criteria_metrics | report |
 | ``criteria/stability.json`` (passing lists per seed) | criteria | criteria: SeedPassing · write_seed_passing · read_seed_passing | people (no stage) |
 | ``criteria/passing_counts.csv`` | criteria | criteria: PassingCount · write_passing_counts | DVC plots |
-| ``reference/`` (fz/, activations/, criteria/passing.json); ``metrics/criteria_lucent_reference.json`` | pre-reading | as above | report |
+| ``reference/`` (fz/, activations/, criteria/passing.json, criteria/passing_counts.csv); ``metrics/criteria_lucent_reference.json`` | pre-reading | as above | report, DVC plots |
 | ``natural/<layerL_K>.npz`` | natural | natural: NaturalStats · write_natural · read_natural | natural-criteria, ablate, figures |
 | ``natural_criteria/``; ``metrics/criteria_natural.json`` | natural-criteria | natural_criteria: NaturalCriteriaBlock, NaturalPassing, NaturalCriteriaMetrics | figures (passing), report (metrics) |
 | ``metrics/ablation.json``, ``plots/ablation_ratio.csv``, ``ablation/trials.json`` | ablate | ablation: AblationMetrics · write_ablation · read_ablation_metrics | figures, report |
