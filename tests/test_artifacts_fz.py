@@ -100,7 +100,15 @@ def test_the_fz_reader_names_file_stage_and_missing_key(tmp_path):
 
 
 def a_settings(block: str = "2.1") -> FZSettings:
-    return FZSettings(block, "random:0", "RANDOM weights", 0, 6, {"pre": {"steps": 3, "settings_hash": "ab"}})
+    return FZSettings(
+        block,
+        "random:0",
+        "RANDOM weights",
+        0,
+        6,
+        "cpu (2 threads)",
+        {"pre": {"steps": 3, "settings_hash": "ab"}},
+    )
 
 
 def test_fz_settings_read_back_and_name_the_missing_key(tmp_path):
@@ -116,6 +124,7 @@ def test_fz_settings_read_back_and_name_the_missing_key(tmp_path):
         "weights_label",
         "seed",
         "channels",
+        "device",
         "taps",
     ]
     data = json.loads(path.read_text())

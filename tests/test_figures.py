@@ -133,7 +133,7 @@ def write_fake_outputs(
                 initial_objective=rng.random(width, dtype=np.float32),
             )
         taps_settings = {"pre": {"steps": 16, "pre_reading": "exact", "jitter": 4}}
-        settings = FZSettings(block, weights, "weights", 0, width, taps_settings)
+        settings = FZSettings(block, weights, "weights", 0, width, "cpu (2 threads)", taps_settings)
         write_fz_settings(artifacts.fz_settings_file(block, outputs), settings)
         write_natural(block, fake_natural(rng, width), outputs)
         write_rerun(rerun_file(block, outputs), no_reruns(np.zeros(0), 0))
@@ -178,7 +178,7 @@ def write_fake_outputs(
     write_ablation(
         ablation,
         [],
-        {},
+        {"device": "cpu (2 threads)"},
         metrics_path=metrics / "ablation.json",
         plots_path=root / artifacts.ABLATION_PLOT,
         trials_path=trials_file(outputs),

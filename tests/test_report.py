@@ -339,3 +339,18 @@ def test_settings_params_yaml_omits_show_the_stages_own_defaults(fake_repo):
     assert _row(text, "Eq. 1 reading")[1] == CriteriaParams().eq1_reading
     assert _row(text, "TF32 on CUDA (ablate)")[1] == str(AblateParams().tf32)
     assert f"reads Eq. 1 as `{CriteriaParams().eq1_reading}`" in text
+
+
+def test_the_report_names_the_devices_and_says_cpu_floats_are_not_the_authors(fake_repo):
+    """DESIGN: CPU and GPU floats differ; the report names the device (fz settings.json, trials.json)."""
+    import torch
+
+    from rsi.runtime import describe_device
+
+    assert describe_device("cpu") == f"cpu ({torch.get_num_threads()} threads)"
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    row = _row(text, "device")
+    assert row[1].startswith("FZs ") and row[1].endswith("cpu (2 threads); ablation: cpu (2 threads)")
+    assert row[2] == "a CUDA GPU (model not stated), torch 2.0"
+    assert "ran on the CPU; the authors ran on a CUDA GPU, and CPU and GPU floats differ" in text

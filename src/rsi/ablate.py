@@ -54,6 +54,7 @@ from rsi.model import describe_weights, is_random, load_model
 from rsi.params_check import check_ablated_measured
 from rsi.runtime import (
     ModelParams,
+    describe_device,
     full_float32,
     keyed_generator,
     resolve_device,
@@ -518,6 +519,7 @@ def run(args: argparse.Namespace) -> None:
             "generated_data": eval_set.generated,
             "images": len(eval_set),
             "numerics": numerics,
+            "device": describe_device(device),
         }
         write_ablation(
             ablation_metrics(results, settings),

@@ -46,7 +46,7 @@ from rsi.config import (
 )
 from rsi.fz_param import image_batch, initial_spectrum, to_storage
 from rsi.fz_transforms import apply_planned, by_shape, draw_table, n_draw_columns, plan_draws, transform_ops
-from rsi.runtime import ModelParams, keyed_generator, load_npz, resolve_device
+from rsi.runtime import ModelParams, describe_device, keyed_generator, load_npz, resolve_device
 from rsi.taps import (
     DEFAULT_ARCH,
     Tap,
@@ -683,7 +683,16 @@ def render_block(
         _render_pending(model, block, pending, device, resume_root, progress, on_chunk_saved)
         if not distributed.is_main():
             return {}
-        return _assemble_block(block, specs, chunks, resume_root, root, seed=seed, weights=weights)
+        return _assemble_block(
+            block,
+            specs,
+            chunks,
+            resume_root,
+            root,
+            seed=seed,
+            weights=weights,
+            device=describe_device(device),
+        )
 
 
 def _render_pending(
@@ -735,8 +744,10 @@ def _assemble_block(
     *,
     seed: int,
     weights: str,
+    device: str,
 ) -> dict[Tap, Path]:
-    """Rank 0: wait for every chunk, assemble each tap's file, write settings.json."""
+    """Rank 0: wait for every chunk, assemble each tap's file, write settings.json (``device`` as
+    rsi.runtime.describe_device names it)."""
     from rsi.model import describe_weights
 
     written: dict[Tap, Path] = {}
@@ -757,6 +768,7 @@ def _assemble_block(
         weights_label=describe_weights(weights, specs[0].arch),
         seed=seed,
         channels=sum(len(chunk) for chunk in chunks),
+        device=device,
         taps={spec.kind: {**spec.describe(), "settings_hash": spec.hash()} for spec in specs},
     )
     write_fz_settings(fz_settings_file(block, root), settings)

@@ -274,12 +274,28 @@ def _params_details(raw: Mapping[str, Any], fz_settings: dict[str, dict[str, Any
     return [*lines, "</details>", ""]
 
 
+def _devices(root: Path) -> dict[str, str]:
+    """What computed the FZs (per block, as each block's settings.json records it) and the ablation, as
+    rsi.runtime.describe_device named it: CPU and GPU floats differ (DESIGN)."""
+    from rsi.artifacts.ablation import read_ablation_device, trials_file
+
+    devices: dict[str, list[str]] = {}
+    for block, content in read_fz_settings(root).items():
+        devices.setdefault(content["device"], []).append(block)
+    named = {f"FZs {', '.join(blocks)}": device for device, blocks in devices.items()}
+    trials = trials_file(root)
+    if trials.is_file():
+        named["ablation"] = read_ablation_device(trials)
+    return named
+
+
 def _settings_section(
     raw: Mapping[str, Any],
     labels: RunLabels,
     weights_label: str,
     index: Mapping[str, Any],
     counts: tuple[int | None, int | None],
+    root: Path = artifacts.OUTPUTS,
 ) -> tuple[list[str], dict[str, Any]]:
     """The settings table (this run beside the paper's) and the settings the later sections judge by."""
     n_images, n_classes = counts
@@ -288,7 +304,9 @@ def _settings_section(
     source = _param(raw, "data.source")
     if source is None:
         source = index["source"]  # read_eval checks every key of rsi.artifacts.eval.INDEX_KEYS
+    devices = _devices(root)
     settings = {
+        "devices": devices,
         "steps": steps,
         "pre_reading": pre_reading,
         "crop_rule": crop_rule,
@@ -314,6 +332,11 @@ def _settings_section(
             "`authors_code` (crops 201…112 px) produced Fig. 2; the text's rule gives 231…128 px",
         ],
         ["ablation trials", _fmt(_param(raw, "ablate.trials")), str(ABLATION_TRIALS)],
+        [
+            "device",
+            "; ".join(f"{what}: {device}" for what, device in devices.items()) or "—",
+            "a CUDA GPU (model not stated), torch 2.0",
+        ],
         *_exactness_rows(raw),
         ["data source", _fmt(source), "ImageNet-1k validation"],
         ["data path", _fmt(_param(raw, "data.root")), "—"],
@@ -882,6 +905,12 @@ def _setting_differences(labels: RunLabels, settings: dict[str, Any]) -> list[st
             "The ablation used the paper text's crop rule (231…128 px); Fig. 2 came from the authors' "
             "code rule (201…112 px)."
         )
+    on_cpu = [what for what, device in settings.get("devices", {}).items() if not device.startswith("cuda")]
+    if on_cpu:
+        items.append(
+            f"{' and '.join(on_cpu)} ran on the CPU; the authors ran on a CUDA GPU, and CPU and GPU floats "
+            "differ, so a result can match theirs only statistically even where the computation is theirs."
+        )
     if not labels.generated_data:
         items.append(
             f"The JPEGs were decoded by {settings['decoder']}; the authors' environment decoded them with "
@@ -1065,7 +1094,9 @@ def build_report(
         f"workshops). Paper numbers from: {paper.get('source')}. Weights: {weights_label}.",
         "",
     ]
-    settings_lines, settings = _settings_section(raw, labels, weights_label, index, (n_images, n_classes))
+    settings_lines, settings = _settings_section(
+        raw, labels, weights_label, index, (n_images, n_classes), root
+    )
     settings["eq1_reading"] = eq1_reading = _param(raw, "criteria.eq1_reading", CriteriaParams)
     pre_reading = settings.get("pre_reading") or "exact"
     lines += _criteria_section(

@@ -72,6 +72,16 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+def describe_device(device: torch.device | str) -> str:
+    """What computed a stage's floats, for its settings and the report (DESIGN: CPU and GPU floats
+    differ; the report names the device): the GPU's name, or the CPU with its thread count, since CPU
+    kernels round by thread count (rsi.launch.worker_threads)."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return f"{device.type} ({torch.get_num_threads()} threads)"
+
+
 def key_seed(*parts: Any) -> int:
     """A 63-bit seed from any values (seed, block, tap, channel …): stable across runs and machines."""
     text = "\x1f".join(str(p) for p in parts).encode()

@@ -430,3 +430,11 @@ def read_ablation_metrics(path: Path = ABLATION_METRICS) -> AblationMetrics:
         numerics={key: bool(data[key]) for key in NUMERICS},
         blocks=blocks,
     )
+
+
+def read_ablation_device(path: Path) -> str:
+    """The device the ablation ran on (``settings.device`` of outputs/ablation/trials.json, written by
+    :func:`write_ablation` from rsi.runtime.describe_device), for the report."""
+    path = Path(path)
+    data = _require(path, load_json(path, STAGE), ["settings"])
+    return str(_require(path, data["settings"], ["device"], "settings")["device"])

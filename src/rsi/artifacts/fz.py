@@ -21,7 +21,7 @@ from rsi.taps import block_order, parse_block
 
 STAGE = "fz"
 ARRAYS = ("images", "channels", "objective", "initial_objective")
-SETTINGS_KEYS = ("block", "weights", "weights_label", "seed", "channels", "taps")
+SETTINGS_KEYS = ("block", "weights", "weights_label", "seed", "channels", "device", "taps")
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,15 @@ def read_fz(path: Path, *, stage: str = STAGE) -> FZFile:
 @dataclass(frozen=True)
 class FZSettings:
     """What rendered a block's FZs: the block, the weights (as given and as described), the seed, the
-    number of channels, and per tap kind the full settings of rsi.fz.TapSpec.describe() with its hash."""
+    number of channels, the device that assembled them (rsi.runtime.describe_device), and per tap kind the
+    full settings of rsi.fz.TapSpec.describe() with its hash."""
 
     block: str
     weights: str
     weights_label: str
     seed: int
     channels: int
+    device: str
     taps: dict[str, dict[str, Any]]
 
     def as_json(self) -> dict[str, Any]:
