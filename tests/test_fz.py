@@ -417,6 +417,26 @@ def test_a_chunk_file_from_other_settings_is_not_reused(random_model, tmp_path, 
     assert str(load_npz(path)["settings_hash"]) == spec.hash()
 
 
+@pytest.mark.parametrize("damage", ["empty", "cut short"])
+def test_a_chunk_file_a_crash_damaged_is_rendered_again(random_model, tmp_path, monkeypatch, damage):
+    """A power loss can leave a chunk empty or cut short (on a disk without the fsync, or a shared one):
+    a rerun renders it again rather than stopping on it."""
+    kwargs = dict(seed=0, weights="random:0", progress=False, root=tmp_path)
+    params = tiny(steps=2, max_channels=2)
+    render_block(random_model, "2.1", params, **kwargs)
+    spec = TapSpec.of(Tap("2.1", "pre"), params, seed=0, weights="random:0")
+    path = fzmod.chunk_path(fzmod.resume_dir(spec, tmp_path / ".resume"), [0, 1])
+    whole = path.read_bytes()
+    path.write_bytes(b"" if damage == "empty" else whole[: len(whole) // 2])
+    rendered: list[int] = []
+    optimise = fzmod._optimise_batch
+    monkeypatch.setattr(
+        fzmod, "_optimise_batch", lambda m, s, c, *a, **k: rendered.extend(c) or optimise(m, s, c, *a, **k)
+    )
+    render_block(random_model, "2.1", params, **kwargs)
+    assert rendered == [0, 1] and path.read_bytes() == whole
+
+
 @pytest.mark.parametrize("chunk_batches", [2, 3])
 def test_chunk_size_changes_no_byte(random_model, tmp_path, chunk_batches):
     """fz.chunk_batches is undeclared (speed/resume only): 5 channels in batches of 2, in chunks of 2, 4

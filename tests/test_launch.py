@@ -48,6 +48,40 @@ def test_auto_is_one_process_on_a_cpu_and_n_is_n():
     assert launch.wanted("criteria", cpu_params(nproc_per_node=2), "p.yaml") is None  # not sharded
 
 
+def test_one_named_gpu_runs_one_process(monkeypatch):
+    """``model.device: cuda:1`` puts every process on GPU 1: auto means one process, and more is refused."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    named = {"model": {"weights": "random:0", "device": "cuda:1"}, "launch": {}}
+    assert launch.processes_per_node(LaunchParams(), "cuda:1") == 1
+    assert launch.processes_per_node(LaunchParams(), "auto") == 8
+    assert launch.wanted("fz", named, "p.yaml") is None
+    named["launch"] = {"nproc_per_node": 2}
+    with pytest.raises(ParamsError, match=r"p.yaml: launch.nproc_per_node = 2 but model.device = 'cuda:1'"):
+        launch.wanted("fz", named, "p.yaml")
+
+
+def test_the_failure_names_the_stages_error_not_the_nccl_exit_warning(tmp_path):
+    log = tmp_path / "stderr.log"
+    log.write_text(
+        "[rank0]: rsi natural: error: outputs/eval: no evaluation cache; run `rsi prepare-data`\n"
+        "[rank0]:[W1127 03:00:00 ProcessGroupNCCL.cpp:1250] WARNING: destroy_process_group() was not called "
+        "before program exit, which can leak resources.\n"
+    )
+    assert (
+        launch.last_error_line(log)
+        == "rsi natural: error: outputs/eval: no evaluation cache; run `rsi prepare-data`"
+    )
+    log.write_text(
+        'Traceback (most recent call last):\n  File "x.py", line 1, in <module>\n'
+        "torch.OutOfMemoryError: CUDA out of memory.\n[W1127 03:00:00 init.cpp:1] Warning: leaked\n"
+    )
+    assert launch.last_error_line(log) == "torch.OutOfMemoryError: CUDA out of memory."
+    log.write_text("something went wrong\nWARNING: destroy_process_group() was not called\n")
+    assert launch.last_error_line(log) == "something went wrong"
+
+
 def test_params_yaml_launch_section_is_the_default():
     raw = read_params(Path(__file__).resolve().parents[1] / "params.yaml")
     assert load_section(raw, "launch", LaunchParams) == LaunchParams(nproc_per_node="auto")

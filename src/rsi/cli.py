@@ -114,6 +114,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(argv[0] if argv else None).parse_args(argv)
+    from rsi import distributed
     from rsi.model import WeightsError  # after parsing: `rsi --help` imports no torch
 
     try:
@@ -125,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         if relaunched is not None:
             return relaunched
         importlib.import_module(COMMANDS[args.command][0]).run(args)
+        distributed.finish()
     except (ParamsError, WeightsError, FileNotFoundError, ValueError) as error:
         # Bad input (params, weights, files, data): one line naming what to fix. RSI_DEBUG=1 re-raises.
         if os.environ.get("RSI_DEBUG"):

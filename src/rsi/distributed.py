@@ -31,6 +31,14 @@ def init() -> None:
         dist.init_process_group(backend=backend)
 
 
+def finish() -> None:
+    """Leave the process group after a stage's work: torch >= 2.4 prints a warning at exit when an NCCL
+    group was not destroyed. (After a failure the launcher's report reads the stage's own error line,
+    rsi.launch.last_error_line, whatever follows it.)"""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def shard(items: Sequence[T]) -> list[T]:
     """This rank's share of ``items``: every world-th item, starting at the rank."""
     rank, size = world()

@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import time
+import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -561,7 +562,13 @@ def _chunk_done(path: Path, chunk: Sequence[int], settings_hash: str) -> bool:
         return False
     try:
         data = load_npz(path)
-    except (OSError, ValueError):
+    except (
+        OSError,
+        ValueError,
+        EOFError,
+        KeyError,
+        zipfile.BadZipFile,
+    ):  # empty or cut short (a crash): redo
         return False
     return data["channels"].tolist() == list(chunk) and str(data.get("settings_hash")) == settings_hash
 

@@ -74,17 +74,22 @@ def inside_launcher() -> bool:
 
 def processes_per_node(params: LaunchParams, device: str = "auto") -> int:
     """``nproc_per_node`` resolved: ``auto`` is PET_NPROC_PER_NODE when set, else the visible CUDA
-    devices (none, or ``model.device: cpu``: 1)."""
+    devices (none, ``model.device: cpu``, or one named GPU such as ``cuda:1``: 1)."""
     if params.nproc_per_node != "auto":
         return int(params.nproc_per_node)
     from_env = os.environ.get("PET_NPROC_PER_NODE", "")
     if from_env.isdigit() and int(from_env) >= 1:
         return int(from_env)
-    if device == "cpu":
+    if device == "cpu" or _names_one_gpu(device):
         return 1
     import torch
 
     return max(1, torch.cuda.device_count())
+
+
+def _names_one_gpu(device: str) -> bool:
+    """``cuda:K``: every process would run on GPU K (resolve_device honours the index)."""
+    return device.startswith("cuda:")
 
 
 def _node_count(params: LaunchParams) -> int:
@@ -134,6 +139,11 @@ def wanted(command: str, raw: dict[str, Any], source: str) -> tuple[LaunchParams
     params = load_section(raw, "launch", LaunchParams, source=source)
     device = _device(raw)
     nproc = processes_per_node(params, device)
+    if nproc > 1 and _names_one_gpu(device):
+        raise ParamsError(
+            f"{source}: launch.nproc_per_node = {nproc} but model.device = {device!r} puts every process on "
+            "that one GPU: use model.device: auto (one GPU per process) or launch.nproc_per_node: 1"
+        )
     if nproc > 1 and device != "cpu":
         import torch
 
@@ -222,11 +232,18 @@ def worker_log(run_id: str, local_rank: int) -> Path | None:
 
 
 def last_error_line(log: Path) -> str | None:
-    """The last non-empty line of a worker's stderr log, without the launcher's ``[rankN]:`` prefix."""
+    """The error of a worker's stderr log, without the launcher's ``[rankN]:`` prefix: its last ``rsi
+    <stage>: error:`` line, else the last line of a traceback (``…Error: …``), else the last line that is
+    not a torch or NCCL log line (``[W…]``, ``WARNING: destroy_process_group() …`` at exit)."""
     if not log.is_file():
         return None
     lines = [
         re.sub(r"^\[[^\]]*\]:\s?", "", line).strip() for line in log.read_text(errors="replace").splitlines()
     ]
     lines = [line for line in lines if line]
-    return lines[-1] if lines else None
+    for pattern in (r"^rsi [\w-]+: error: ", r"^[\w.]*(Error|Exception|Interrupt)\b.*:"):
+        found = [line for line in lines if re.match(pattern, line)]
+        if found:
+            return found[-1]
+    plain = [line for line in lines if not re.match(r"^(\[[WIE]\d|\[[WIE] |WARNING: )", line)]
+    return (plain or lines)[-1] if lines else None

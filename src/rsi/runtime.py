@@ -107,6 +107,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes 0600; give the file ordinary permissions
+        with open(temporary, "rb") as written:  # on disk before the rename: a power loss leaves the old
+            os.fsync(written.fileno())  # file or the whole new one, never an empty one under its name
         os.replace(temporary, path)
     finally:
         if os.path.exists(temporary):
