@@ -17,8 +17,10 @@
 
 Per stage it prints the measured rate, the peak GPU memory (``torch.cuda.max_memory_allocated``), the mean GPU
 utilisation while it ran (``torch.cuda.utilization`` or ``nvidia-smi``; n/a when neither answers or on a CPU),
-and the projected full-run time, then the whole run on 1 and on ``--gpus`` GPUs (sharded stages divided by
-the GPU count; activations run in one process), and writes everything to ``--json``. Speed does not depend
+and the projected full-run time, then the whole run on 1 and on ``--gpus`` GPUs (natural and ablate divided
+by the GPU count; fz block by block in rounds of its (tap, chunk) work items, so a block with fewer items than
+GPUs leaves some idle; activations run in one process), and writes everything to ``--json`` after every
+stage. Speed does not depend
 on the weights: the model is random:0 unless ``--weights`` says otherwise.
 """
 
@@ -44,7 +46,7 @@ from rsi.activations import ActivationsParams, BlockFZs, block_fz_taps, make_rea
 from rsi.artifacts.fz import FZFile
 from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams
-from rsi.fz import TapSpec, load_fz_params, render_channels
+from rsi.fz import TapSpec, chunks_of, load_fz_params, render_channels, tap_channels
 from rsi.model import load_resnet18
 from rsi.runtime import resolve_device
 from rsi.taps import Tap, num_channels, parse_block
@@ -129,15 +131,32 @@ def measure_fz(model, raw: dict, args, device) -> list[dict[str, Any]]:
                 steps=args.steps,
                 image_size=args.size or fz.image_size,
             )
-            total = num_channels(block)
+            total = len(tap_channels(block, fz))
             channels = list(range(min(args.channels or total, total)))
             if device.type == "cuda":  # kernel selection and lazy initialisation outside the timing
                 render_channels(model, replace(spec, steps=2), channels, device=device)
             probe = Probe(device).run(lambda s=spec, c=channels: render_channels(model, s, c, device=device))
             rate = len(channels) * spec.steps / probe["seconds"]
             measured = f"{len(channels)} ch x {spec.steps} steps @ {spec.image_size} px"
-            rows.append(_row("fz", f"{block}/{kind}", measured, rate, "ch*steps/s", probe, total * fz.steps))
+            row = _row("fz", f"{block}/{kind}", measured, rate, "ch*steps/s", probe, total * fz.steps)
+            # the work items rsi fz shards over GPUs: chunks of fz.batch_channels x fz.chunk_batches channels
+            row["chunks"] = len(chunks_of(range(total), fz.batch_channels * fz.chunk_batches))
+            rows.append(row)
     return rows
+
+
+def fz_minutes_on(rows: list[dict[str, Any]], gpus: int) -> float:
+    """The FZ stages on ``gpus`` GPUs: DVC runs the fz@<block> stages one after another, and each shards
+    its (tap, chunk) items over the GPUs, so a block takes ceil(items / gpus) rounds of one item (the
+    block's mean item time). A block with fewer items than GPUs leaves GPUs idle."""
+    blocks: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        blocks.setdefault(row["item"].split("/")[0], []).append(row)
+    seconds = 0.0
+    for taps in blocks.values():
+        items = sum(r["chunks"] for r in taps)
+        seconds += -(-items // gpus) * sum(r["projected_s"] for r in taps) / items
+    return seconds / 60
 
 
 def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
@@ -276,8 +295,10 @@ def _print_row(stage: str, row: dict[str, Any]) -> None:
 def summary(stages: dict[str, list[dict[str, Any]]], gpus: int) -> dict[str, Any]:
     """Projected minutes per stage and for the whole run on 1 and on ``gpus`` GPUs."""
     per_stage = {name: sum(r["projected_s"] for r in rows) / 60 for name, rows in stages.items()}
-    sharded = {"fz", "natural", "ablate"}
-    on_many = sum(m / (gpus if name in sharded else 1) for name, m in per_stage.items())
+    sharded = {"natural", "ablate"}  # image batches: every GPU busy
+    on_many = sum(m / (gpus if name in sharded else 1) for name, m in per_stage.items() if name != "fz")
+    if "fz" in stages:
+        on_many += fz_minutes_on(stages["fz"], gpus)
     peaks = [r["peak_gib"] for rows in stages.values() for r in rows if r["peak_gib"] is not None]
     return {
         "projected_min": per_stage,
@@ -336,28 +357,35 @@ def main() -> None:
     print(f"paper_time: {name}; {args.params}; torch {torch.__version__}", flush=True)
     wanted = args.stages.split(",")
     stages: dict[str, list[dict[str, Any]]] = {}
+
+    def save() -> dict[str, Any]:  # after every stage: a run cut short keeps what it measured
+        totals = summary(stages, args.gpus)
+        result = {
+            "device": name,
+            "label": args.label,
+            "settings": vars(args) | {"json": str(args.json)},
+            "stages": stages,
+            **totals,
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+        return totals
+
     if "fz" in wanted:
         stages["fz"] = measure_fz(model, raw, args, device)
+        save()
     if "activations" in wanted:
         stages["activations"] = measure_activations(model, raw, args, device)
+        save()
     if {"natural", "ablate"} & set(wanted):
         with tempfile.TemporaryDirectory() as folder:
             eval_set = generated_eval(Path(folder), args.images)
             if "natural" in wanted:
                 stages["natural"] = measure_natural(model, raw, eval_set, args, device)
+                save()
             if "ablate" in wanted:
                 stages["ablate"] = measure_ablate(model, raw, eval_set, args, device)
-    totals = summary(stages, args.gpus)
-    print_tables(stages, totals, args.gpus)
-    result = {
-        "device": name,
-        "label": args.label,
-        "settings": vars(args) | {"json": str(args.json)},
-        "stages": stages,
-        **totals,
-    }
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(result, indent=2) + "\n")
+    print_tables(stages, save(), args.gpus)
     print(f"→ {args.json}")
 
 
@@ -376,7 +404,7 @@ def print_tables(stages: dict[str, list[dict[str, Any]]], totals: dict[str, Any]
         print(f"| **{name}** | | | | | **{totals['projected_min'][name]:.1f} min** |")
     print(
         f"\nwhole paper run, projected: {totals['total_min_1']:.1f} min on 1 device, "
-        f"{totals[f'total_min_{gpus}']:.1f} min on {gpus} (fz, natural, ablate sharded); "
+        f"{totals[f'total_min_{gpus}']:.1f} min on {gpus} (fz in rounds of chunks, natural, ablate sharded); "
         f"peak GPU memory {_fmt(totals['peak_gib'], '{:.2f} GiB')}"
     )
 

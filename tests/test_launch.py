@@ -330,3 +330,22 @@ def test_a_worker_error_fails_the_stage_in_one_line(tmp_path):
     )
     assert "outputs/eval" in line and "full log: outputs/.launch/" in line
     assert not (tmp_path / "outputs" / "natural").exists()
+
+
+def test_paper_time_projects_fz_in_rounds_of_chunks_per_block():
+    """A block's (tap, chunk) items are what fz shards: 1 item leaves 7 of 8 GPUs idle, 12 items take 2
+    rounds; DVC runs the blocks one after another."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_time.py"
+    spec = importlib.util.spec_from_file_location("paper_time", path)
+    paper_time = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(paper_time)
+    rows = [
+        {"item": "1.0/post", "chunks": 1, "projected_s": 60.0},
+        {"item": "4.0/pre", "chunks": 6, "projected_s": 60.0},
+        {"item": "4.0/post", "chunks": 6, "projected_s": 60.0},
+    ]
+    assert paper_time.fz_minutes_on(rows, 8) == (60 + 2 * 10) / 60
+    assert paper_time.fz_minutes_on(rows, 1) == 3.0
+    assert paper_time.fz_minutes_on(rows, 16) == (60 + 10) / 60
