@@ -105,6 +105,25 @@ def test_cpu_workers_compute_with_the_threads_of_one_process(tmp_path, monkeypat
     assert seen == [str(torch.get_num_threads()), "3"]
 
 
+def test_each_launch_logs_in_its_own_folder(tmp_path, monkeypatch):
+    """On a shared disk every node's launcher logs under the same run id: each invocation gets
+    outputs/.launch/<host>-<pid>, and a failure is read from there."""
+    import socket
+
+    import torch.distributed.run as torchrun
+
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text(yaml.safe_dump(cpu_params(nproc_per_node=2)))
+    seen = []
+    monkeypatch.setattr(torchrun, "run", lambda args: seen.append(args.log_dir))
+    assert launch.maybe_relaunch("fz", "params.yaml", ["fz", "--block", "2.1"]) == 0
+    assert seen == [str(launch.LOG_DIR / f"{socket.gethostname()}-{os.getpid()}")]
+    other = Path(seen[0]).with_name("node1-7") / "abc_x1" / "attempt_0" / "0" / "stderr.log"
+    other.parent.mkdir(parents=True)
+    other.write_text("rsi fz: error: another node's\n")
+    assert launch.worker_log("abc", 0, Path(seen[0])) is None
+
+
 def test_a_worker_never_relaunches_itself(monkeypatch):
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("WORLD_SIZE", "2")

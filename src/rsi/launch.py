@@ -23,6 +23,7 @@ import glob
 import os
 import re
 import signal
+import socket
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,13 @@ from rsi.config import ParamsError, load_section, read_params
 # The subcommands that shard their work over ranks (the others run in one process).
 SHARDED_STAGES: tuple[str, ...] = ("fz", "natural", "ablate", "stability", "pre-reading")
 LOG_DIR = Path("outputs") / ".launch"
+
+
+def invocation_log_dir() -> Path:
+    """This launch's own log folder, ``outputs/.launch/<host>-<pid>``: on a disk several nodes share, each
+    node's launcher writes ``<run id>_<random>`` folders under the same run id, and a failure must be read
+    from this node's worker log, not another's."""
+    return LOG_DIR / f"{socket.gethostname()}-{os.getpid()}"
 
 
 def _check_nproc(value: int | str) -> int | str:
@@ -105,13 +113,15 @@ def rendezvous_id(argv: Sequence[str]) -> str:
     return "rsi-" + re.sub(r"[^A-Za-z0-9_.-]+", "-", words).strip("-")
 
 
-def torchrun_argv(params: LaunchParams, argv: Sequence[str], nproc: int, source: str) -> list[str]:
-    """torchrun's command line for ``rsi <argv>`` with ``nproc`` workers per node."""
+def torchrun_argv(
+    params: LaunchParams, argv: Sequence[str], nproc: int, source: str, log_dir: Path = LOG_DIR
+) -> list[str]:
+    """torchrun's command line for ``rsi <argv>`` with ``nproc`` workers per node, logging under ``log_dir``."""
     nodes = _node_count(params)
     command = [
         f"--nproc-per-node={nproc}",
         "--max-restarts=0",  # a failed worker fails the stage; a rerun resumes from finished chunks
-        f"--log-dir={LOG_DIR}",
+        f"--log-dir={log_dir}",
         "--tee=3",  # each worker's stdout and stderr on the console and in its own log file
     ]
     if nodes == 1 and params.rdzv_endpoint is None and "PET_RDZV_ENDPOINT" not in os.environ:
@@ -191,13 +201,18 @@ def maybe_relaunch(command: str, params_file: str, argv: Sequence[str]) -> int |
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    args = torchrun.get_args_parser().parse_args(torchrun_argv(params, argv, nproc, params_file))
+    log_dir = invocation_log_dir()
+    args = torchrun.get_args_parser().parse_args(torchrun_argv(params, argv, nproc, params_file, log_dir))
     os.environ.setdefault("OMP_NUM_THREADS", worker_threads(_device(raw)))  # results never depend on nproc
     print(f"rsi {command}: {nproc} process(es) per node via torch.distributed.run", file=sys.stderr)
     try:
         torchrun.run(args)
     except ChildFailedError as error:
-        print(f"rsi {command}: error: {describe_failure(error, args.rdzv_id)}", file=sys.stderr, flush=True)
+        print(
+            f"rsi {command}: error: {describe_failure(error, args.rdzv_id, log_dir)}",
+            file=sys.stderr,
+            flush=True,
+        )
         return 1
     except SignalException as error:  # the launcher turns Ctrl-C / SIGTERM into this after ending workers
         if error.sigval == signal.SIGINT:
@@ -207,12 +222,12 @@ def maybe_relaunch(command: str, params_file: str, argv: Sequence[str]) -> int |
     return 0
 
 
-def describe_failure(error: Any, run_id: str) -> str:
+def describe_failure(error: Any, run_id: str, log_dir: Path = LOG_DIR) -> str:
     """One line: the first failed worker, its last error line, and where its full log is."""
     failures = list(error.failures.items())  # in the order the launcher saw them fail
     first = [f for f in failures if f[1].exitcode != -signal.SIGTERM] or failures  # SIGTERM: ended by it
     rank, failure = first[0]
-    log = worker_log(run_id, failure.local_rank)
+    log = worker_log(run_id, failure.local_rank, log_dir)
     if failure.exitcode < 0:
         what = f"{failure.message or f'signal {-failure.exitcode}'}"
     else:
@@ -222,10 +237,10 @@ def describe_failure(error: Any, run_id: str) -> str:
     return f"worker rank {rank} failed ({what}){where}"
 
 
-def worker_log(run_id: str, local_rank: int) -> Path | None:
-    """``outputs/.launch/<run id>_<random>/attempt_<n>/<local rank>/stderr.log`` of the latest run."""
+def worker_log(run_id: str, local_rank: int, log_dir: Path = LOG_DIR) -> Path | None:
+    """``<log_dir>/<run id>_<random>/attempt_<n>/<local rank>/stderr.log`` of the latest run."""
     logs = sorted(
-        LOG_DIR.glob(f"{glob.escape(run_id)}_*/attempt_*/{local_rank}/stderr.log"),
+        log_dir.glob(f"{glob.escape(run_id)}_*/attempt_*/{local_rank}/stderr.log"),
         key=lambda path: path.stat().st_mtime,
     )
     return logs[-1] if logs else None
