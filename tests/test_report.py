@@ -354,3 +354,32 @@ def test_the_report_names_the_devices_and_says_cpu_floats_are_not_the_authors(fa
     assert row[1].startswith("FZs ") and row[1].endswith("cpu (2 threads); ablation: cpu (2 threads)")
     assert row[2] == "a CUDA GPU (model not stated), torch 2.0"
     assert "ran on the CPU; the authors ran on a CUDA GPU, and CPU and GPU floats differ" in text
+
+
+def test_every_setting_that_departs_from_the_paper_is_listed(fake_repo):
+    """The README's own experiment (criteria.eq2_high) and the other keys with a paper value are named."""
+    assert main(["report"]) == 0
+    differences = REPORT.read_text().split("## What differs from the paper")[1].split("\n## ")[0]
+    assert "`criteria.eq2_low`" not in differences  # 0.6667: the paper's 2/3 to four places
+    assert "`ablate.trials` is 2 here; the paper's is 10 (§4)." in differences
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    params["criteria"].update(eq2_high=2.0, strict=False)
+    params["fz"].update(transforms="lucent_standard", storage="float32")
+    params["ablate"]["screening"] = {
+        "3.1": {"rule": "within", "tolerance": 5.0},
+        "2.1": {"rule": "no_higher"},
+    }
+    params["natural"] = {"k": 4}
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["report"]) == 0
+    differences = REPORT.read_text().split("## What differs from the paper")[1].split("\n## ")[0]
+    for line in (
+        "`criteria.eq2_high` is 2.0000 here; the paper's is 1.5000 (Eq. 2).",
+        "`criteria.strict` is False here; the paper's is True (Eq. 1 and Eq. 2 are strict inequalities).",
+        "`fz.transforms` is lucent_standard here; the paper's is authors_code",
+        "`fz.storage` is float32 here; the paper's is uint8",
+        "`natural.k` is 4 here; the paper's is 9 (Fig. 1: the top 9 images).",
+        "`ablate.screening` for 3.1 accepts random sets by `within` (tolerance 5); the authors' was `within` (1; §4).",
+    ):
+        assert line in differences, line
+    assert "`ablate.screening` for 2.1" not in differences

@@ -3,7 +3,7 @@
 Owns the Markdown: the sections, and which params keys it prints (:data:`PRINTED_PARAMS`, the keys the
 report stage declares in dvc.yaml). Inputs (the file contract of :mod:`rsi.artifacts`):
 ``metrics/criteria.json`` and ``outputs/criteria/passing.json`` (stage criteria), ``metrics/ablation.json``
-(stage ablate); optionally the criteria of stage pre-reading (``outputs/reference``), the FZ
+and the device in ``outputs/ablation/trials.json`` (stage ablate); optionally the criteria of stage pre-reading (``outputs/reference``), the FZ
 ``settings.json`` files, the evaluation cache's ``index.json`` and the figures. The paper's numbers come
 from :mod:`rsi.paper`.
 """
@@ -873,6 +873,53 @@ def pre_reading_sentence(reading: str, eq1_reading: str) -> str:
     )
 
 
+# Keys of params.yaml with the value the paper (or the authors' code) used, and where it is said; a run that
+# sets another says so in "What differs from the paper". (The sections above the list say the rest.)
+PAPER_VALUES: tuple[tuple[str, Any, str], ...] = (
+    ("criteria.eq2_low", 2 / 3, "Eq. 2"),
+    ("criteria.eq2_high", 3 / 2, "Eq. 2"),
+    ("criteria.strict", True, "Eq. 1 and Eq. 2 are strict inequalities"),
+    ("fz.transforms", "authors_code", "the authors' center_lucent_optimize.py"),
+    ("fz.storage", "uint8", "the authors saved FZs as 8-bit PNGs"),
+    ("fz.image_size", FZ_IMAGE_SIZE, "§2.2"),
+    ("fz.max_channels", 0, '§3: "all the channels"'),
+    ("activations.scale_fraction", 0.5, "§3: S(X) crops 112 of 224 px"),
+    ("ablate.trials", ABLATION_TRIALS, "§4"),
+    ("natural.k", 9, "Fig. 1: the top 9 images"),
+)
+
+
+def _value_differences(raw: Mapping[str, Any]) -> list[str]:
+    """The keys of :data:`PAPER_VALUES`, and the ablation's screening rules, where this run differs."""
+    parsed = {
+        "criteria": load_section(raw, "criteria", CriteriaParams),
+        "natural": load_section(raw, "natural", NaturalParams),
+        "ablate": load_section(raw, "ablate", AblateParams),
+    }
+    items = []
+    for key, paper_value, where in PAPER_VALUES:
+        section, name = key.split(".", 1)
+        value = getattr(parsed[section], name) if section in parsed else _param(raw, key)
+        if value is None:  # not in params.yaml: the stage's default, the paper's
+            continue
+        numbers = isinstance(paper_value, float) and isinstance(value, int | float)
+        # 0.6667 for 2/3 is the paper's bound as written to four places
+        same = math.isclose(value, paper_value, rel_tol=1e-4) if numbers else value == paper_value
+        if not same:
+            items.append(
+                f"`{key}` is {_fmt(value, 4)} here; the paper's is {_fmt(paper_value, 4)} ({where})."
+            )
+    authors = AblateParams().screening
+    for block, rule in parsed["ablate"].screening.items():
+        if block in parsed["ablate"].blocks and block in authors and rule != authors[block]:
+            theirs = authors[block]
+            items.append(
+                f"`ablate.screening` for {block} accepts random sets by `{rule.rule}` (tolerance "
+                f"{rule.tolerance:g}); the authors' was `{theirs.rule}` ({theirs.tolerance:g}; §4)."
+            )
+    return items
+
+
 def _setting_differences(labels: RunLabels, settings: dict[str, Any]) -> list[str]:
     """What differs from the paper's run before any result: network, weights, data, FZ and crop settings."""
     items = []
@@ -991,6 +1038,7 @@ def _ablation_differences(
 
 
 def _differences(
+    raw: Mapping[str, Any],
     labels: RunLabels,
     settings: dict[str, Any],
     criteria: dict[str, dict[str, Any]],
@@ -999,7 +1047,7 @@ def _differences(
     verdicts: dict[tuple[str, str], tuple[int, int]],
 ) -> list[str]:
     """Everything that differs from the paper, in plain words."""
-    items = _setting_differences(labels, settings)
+    items = _setting_differences(labels, settings) + _value_differences(raw)
     items += _count_differences(
         labels.arch, criteria, reference, paper.get("passing", {}), settings.get("pre_reading", "exact")
     )
@@ -1118,7 +1166,7 @@ def build_report(
         ablation, paper, settings.get("crop_rule"), params.decimals, skipped, comparable
     )
     lines += ablation_lines
-    lines += _differences(labels, settings, criteria, reference, paper, verdicts)
+    lines += _differences(raw, labels, settings, criteria, reference, paper, verdicts)
     lines += settings_lines + _params_details(raw, read_fz_settings(root), root)
     lines += _figures_section(root)
     return "\n".join(lines).rstrip() + "\n"
