@@ -159,6 +159,13 @@ def fz_minutes_on(rows: list[dict[str, Any]], gpus: int) -> float:
     return seconds / 60
 
 
+def fz_minutes_pooled(rows: list[dict[str, Any]], gpus: int) -> float:
+    """The FZs on ``gpus`` GPUs with ``rsi fz --block all`` (every block's items in one pool): at least
+    the work divided by the GPUs, and at least the longest item."""
+    items = [r["projected_s"] / r["chunks"] for r in rows for _ in range(r["chunks"])]
+    return max(sum(items) / gpus, max(items, default=0.0)) / 60
+
+
 def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
     """Each criteria block: the five FZ images per channel (random FZs) through the params' extractor."""
     params = load_section(raw, "activations", ActivationsParams)
@@ -297,13 +304,16 @@ def summary(stages: dict[str, list[dict[str, Any]]], gpus: int) -> dict[str, Any
     per_stage = {name: sum(r["projected_s"] for r in rows) / 60 for name, rows in stages.items()}
     sharded = {"natural", "ablate"}  # image batches: every GPU busy
     on_many = sum(m / (gpus if name in sharded else 1) for name, m in per_stage.items() if name != "fz")
+    pooled = on_many
     if "fz" in stages:
         on_many += fz_minutes_on(stages["fz"], gpus)
+        pooled += fz_minutes_pooled(stages["fz"], gpus)
     peaks = [r["peak_gib"] for rows in stages.values() for r in rows if r["peak_gib"] is not None]
     return {
         "projected_min": per_stage,
         "total_min_1": sum(per_stage.values()),
         f"total_min_{gpus}": on_many,
+        f"total_min_{gpus}_fz_all": pooled,
         "peak_gib": max(peaks) if peaks else None,
     }
 
@@ -404,7 +414,8 @@ def print_tables(stages: dict[str, list[dict[str, Any]]], totals: dict[str, Any]
         print(f"| **{name}** | | | | | **{totals['projected_min'][name]:.1f} min** |")
     print(
         f"\nwhole paper run, projected: {totals['total_min_1']:.1f} min on 1 device, "
-        f"{totals[f'total_min_{gpus}']:.1f} min on {gpus} (fz in rounds of chunks, natural, ablate sharded); "
+        f"{totals[f'total_min_{gpus}']:.1f} min on {gpus} (dvc repro: fz block by block in rounds of chunks; "
+        f"natural, ablate sharded), {totals[f'total_min_{gpus}_fz_all']:.1f} min with `rsi fz --block all`; "
         f"peak GPU memory {_fmt(totals['peak_gib'], '{:.2f} GiB')}"
     )
 

@@ -437,6 +437,28 @@ def test_a_chunk_file_a_crash_damaged_is_rendered_again(random_model, tmp_path, 
     assert rendered == [0, 1] and path.read_bytes() == whole
 
 
+def test_blocks_rendered_in_one_pool_are_the_bytes_of_one_at_a_time(random_model, tmp_path):
+    """rsi fz --block all shards every block's (tap, chunk) items together; each item is computed as when
+    its block is rendered alone."""
+    blocks = {
+        "layer2_1": BlockFZParams(taps=("pre",), jitter=4),
+        "layer1_1": BlockFZParams(taps=("pre", "post"), jitter=0),
+    }
+    params = tiny(steps=2, max_channels=3, blocks=blocks)
+    kwargs = dict(seed=0, weights="random:0", progress=False)
+    pooled = fzmod.render_blocks(
+        random_model, ["2.1", "layer1_1", "1.1"], params, root=tmp_path / "a", **kwargs
+    )
+    assert sorted(map(str, pooled)) == ["1.1/post", "1.1/pre", "2.1/pre"]
+    for block in ("2.1", "1.1"):
+        render_block(random_model, block, params, root=tmp_path / "b", **kwargs)
+    for name in ("layer1_1", "layer2_1"):
+        first, second = (tmp_path / side / "fz" / name for side in ("a", "b"))
+        assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
+        for path in first.iterdir():
+            assert path.read_bytes() == (second / path.name).read_bytes(), path
+
+
 @pytest.mark.parametrize("chunk_batches", [2, 3])
 def test_chunk_size_changes_no_byte(random_model, tmp_path, chunk_batches):
     """fz.chunk_batches is undeclared (speed/resume only): 5 channels in batches of 2, in chunks of 2, 4
@@ -543,7 +565,10 @@ def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
             "max_channels": 5,
             "batch_channels": 2,
             "storage": "float32",
-            "blocks": {"layer2_1": {"taps": ["pre", "post"], "jitter": 4}},
+            "blocks": {
+                "layer2_1": {"taps": ["pre", "post"], "jitter": 4},
+                "layer1_1": {"taps": ["pre"], "jitter": 0},
+            },
         },
     }
     for folder, chunk_batches in (("one", 3), ("two", 1)):
@@ -553,16 +578,17 @@ def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     torchrun = [str(VENV_BIN / "torchrun"), "--standalone", "--nproc_per_node=2", "-m", "rsi.cli"]
     for folder, command in [
-        ("two", [*torchrun, "fz", "--block", "2.1", "--no-progress"]),
+        ("two", [*torchrun, "fz", "--block", "all", "--no-progress"]),  # one pool of both blocks' items
         ("one", [str(VENV_BIN / "rsi"), "fz", "--block", "layer2_1", "--no-progress"]),
+        ("one", [str(VENV_BIN / "rsi"), "fz", "--block", "1.1", "--no-progress"]),
     ]:
         done = subprocess.run(
             command, cwd=tmp_path / folder, env=env, capture_output=True, text=True, timeout=300
         )
         assert done.returncode == 0, done.stderr[-3000:]
-    for kind in ("pre", "post"):
-        one = load_npz(fz_file(Tap("2.1", kind), tmp_path / "one" / "outputs"))
-        two = load_npz(fz_file(Tap("2.1", kind), tmp_path / "two" / "outputs"))
+    for tap in (Tap("2.1", "pre"), Tap("2.1", "post"), Tap("1.1", "pre")):
+        one = load_npz(fz_file(tap, tmp_path / "one" / "outputs"))
+        two = load_npz(fz_file(tap, tmp_path / "two" / "outputs"))
         assert one["channels"].tolist() == [0, 1, 2, 3, 4]
         assert one.keys() == two.keys()
         for key in one:
@@ -572,7 +598,11 @@ def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
         (tmp_path / "two" / "outputs" / ".resume" / "fz" / "layer2_1" / "pre").glob("*/chunk_*.npz")
     )
     assert len(chunks) == 3
-    assert (tmp_path / "two" / "outputs" / "fz" / "layer2_1" / "settings.json").is_file()
+    for block in ("layer2_1", "layer1_1"):
+        settings = [
+            tmp_path / folder / "outputs" / "fz" / block / "settings.json" for folder in ("one", "two")
+        ]
+        assert settings[0].read_bytes() == settings[1].read_bytes()
 
 
 # ---------------------------------------------------------------------------------------- params

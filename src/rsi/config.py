@@ -350,6 +350,11 @@ def load_scale_fraction(raw: Mapping[str, Any], *, source: str = "params.yaml") 
     return load_keys(raw, "activations", _ScaleFraction, source=source).scale_fraction
 
 
+def blocks_argument(value: str) -> str:
+    """The argparse ``type`` of a ``--block`` that also takes ``all`` (every configured block)."""
+    return value if value == "all" else block_argument(value)
+
+
 def block_argument(value: str) -> str:
     """The argparse ``type`` of ``--block``: a block name in ``2.1`` form from ``2.1`` or ``layer2_1``."""
     import argparse

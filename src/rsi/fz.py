@@ -22,7 +22,7 @@ import math
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -38,7 +38,7 @@ from rsi.artifacts.fz import FZFile, FZSettings, read_fz, write_fz, write_fz_set
 from rsi.config import (
     ParamsError,
     as_dict,
-    block_argument,
+    blocks_argument,
     check_distinct,
     load_section,
     load_seed,
@@ -652,9 +652,9 @@ def output_lock(out_dir: Path, resume_root: Path, device: torch.device | str = "
             handle.close()
 
 
-def render_block(
+def render_blocks(
     model: nn.Module,
-    block: str,
+    blocks: Sequence[str],
     fz: FZParams,
     *,
     seed: int,
@@ -665,46 +665,63 @@ def render_block(
     progress: bool = True,
     on_chunk_saved: Callable[[Tap, Path], None] | None = None,
 ) -> dict[Tap, Path]:
-    """Render (this rank's share of) every configured tap of ``block`` and, on rank 0, assemble
-    ``outputs/fz/<layerL_K>/<tap>.npz`` and ``settings.json``. Returns the files written (rank 0)."""
+    """Render (this rank's share of) every configured tap of each of ``blocks`` and, on rank 0, assemble
+    ``outputs/fz/<layerL_K>/<tap>.npz`` and ``settings.json`` per block. Returns the files written (rank 0).
+
+    The blocks' work items are one pool sharded over ranks: a block has 1 to 12 (tap, chunk) items, so
+    block by block most of 8 GPUs would wait (``rsi fz --block all`` keeps them busy). Each item is the
+    same computation either way: the bytes are those of rendering the blocks one at a time."""
     arch = arch_of(model)
-    block = parse_block(block, arch)
-    settings = fz.block(block)
+    blocks = list(dict.fromkeys(parse_block(block, arch) for block in blocks))
     root = Path(root)
     resume_root = Path(resume_root) if resume_root is not None else root / ".resume"
     device = torch.device(device)
-    channels = tap_channels(block, fz, arch)
-    chunks = chunks_of(channels, fz.batch_channels * fz.chunk_batches)  # whole batches per chunk
-    specs = [
-        TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights, arch=arch) for kind in settings.taps
-    ]
-    with output_lock(fz_dir(block, root), resume_root, device):
+    plans = []  # (block, specs, chunks); a chunk holds whole batches of fz.batch_channels
+    for block in blocks:
+        chunks = chunks_of(tap_channels(block, fz, arch), fz.batch_channels * fz.chunk_batches)
+        specs = [
+            TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights, arch=arch)
+            for kind in fz.block(block).taps
+        ]
+        plans.append((block, specs, chunks))
+    with ExitStack() as locks:
+        for block in blocks:
+            locks.enter_context(output_lock(fz_dir(block, root), resume_root, device))
         # The work items are (tap, chunk) pairs, sharded over ranks. A chunk holds whole batches, so the
         # batches (and their float rounding) are the same whatever the chunk size or number of processes.
-        work = [(spec, chunk) for spec in specs for chunk in chunks]
+        work = [(spec, chunk) for _, specs, chunks in plans for spec in specs for chunk in chunks]
         pending = [
             (spec, chunk)
             for spec, chunk in distributed.shard(work)
             if not _chunk_done(chunk_path(resume_dir(spec, resume_root), chunk), chunk, spec.hash())
         ]
-        _render_pending(model, block, pending, device, resume_root, progress, on_chunk_saved)
+        label = ", ".join(blocks) if len(blocks) <= 3 else f"{len(blocks)} blocks"
+        _render_pending(model, label, pending, device, resume_root, progress, on_chunk_saved)
         if not distributed.is_main():
             return {}
-        return _assemble_block(
-            block,
-            specs,
-            chunks,
-            resume_root,
-            root,
-            seed=seed,
-            weights=weights,
-            device=describe_device(device),
-        )
+        written: dict[Tap, Path] = {}
+        for block, specs, chunks in plans:
+            written |= _assemble_block(
+                block,
+                specs,
+                chunks,
+                resume_root,
+                root,
+                seed=seed,
+                weights=weights,
+                device=describe_device(device),
+            )
+        return written
+
+
+def render_block(model: nn.Module, block: str, fz: FZParams, **kwargs: Any) -> dict[Tap, Path]:
+    """:func:`render_blocks` of one block (same keyword arguments)."""
+    return render_blocks(model, [block], fz, **kwargs)
 
 
 def _render_pending(
     model: nn.Module,
-    block: str,
+    label: str,
     pending: Sequence[tuple[TapSpec, list[int]]],
     device: torch.device,
     resume_root: Path,
@@ -717,7 +734,7 @@ def _render_pending(
     rank, world = distributed.world()
     bar = tqdm(
         total=sum(len(chunk) for _, chunk in pending),
-        desc=f"fz {block}" + (f" rank {rank}" if world > 1 else ""),
+        desc=f"fz {label}" + (f" rank {rank}" if world > 1 else ""),
         unit="ch",
         disable=not progress or not distributed.is_main(),
         mininterval=1.0,
@@ -731,7 +748,7 @@ def _render_pending(
     finished = 0
     with bar:
         for spec, chunk in pending:
-            bar.set_postfix_str(f"{spec.kind} {chunk[0]}-{chunk[-1]}")
+            bar.set_postfix_str(f"{spec.block}/{spec.kind} {chunk[0]}-{chunk[-1]}")
             result = render_channels(model, spec, chunk, device=device, progress=advance)
             finished += len(chunk)
             bar.n = finished  # exact at each chunk's end
@@ -787,7 +804,12 @@ def _assemble_block(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--block", required=True, type=block_argument, help="block to render: 2.1, layer2_1 …"
+        "--block",
+        required=True,
+        nargs="+",
+        type=blocks_argument,
+        help="block(s) to render: 2.1, layer2_1 …, or all (every block of fz.blocks in one pool of work: "
+        "keeps more GPUs busy than one block at a time)",
     )
     parser.add_argument(
         "--resume-dir", default=None, help="finished chunks (default: <outputs>/.resume; safe to delete)"
@@ -818,14 +840,16 @@ def run(args: argparse.Namespace) -> None:
     if args.seed is not None:
         seed = args.seed
     model_params = load_section(raw, "model", ModelParams, source=args.params)
-    fz.block(args.block)  # unknown block: a ParamsError before any work
+    blocks = list(fz.blocks) if "all" in args.block else args.block
+    for block in blocks:
+        fz.block(block)  # unknown block: a ParamsError before any work
     distributed.init()
     try:
         device = run_device(model_params.device)
         model = load_model(model_params.weights, model_params.arch)
-        render_block(
+        render_blocks(
             model,
-            args.block,
+            blocks,
             fz,
             seed=seed,
             weights=model_params.weights,
