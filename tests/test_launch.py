@@ -288,6 +288,60 @@ def test_a_killed_worker_fails_the_stage_and_a_rerun_resumes_to_one_process_byte
     assert files_of(two / "outputs" / "fz") == files_of(one / "outputs" / "fz")  # byte for byte
 
 
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_a_worker_dying_on_another_node_fails_rank_0_instead_of_leaving_it_waiting(tmp_path):
+    """Two "nodes" on one host sharing the folder: torch's launcher on node A never learns that node B's
+    worker died; rank 0 must fail within seconds, not poll for B's chunks for ever."""
+    params = {**FZ_PARAMS, "fz": {**FZ_PARAMS["fz"], "steps": 600}}  # a chunk takes seconds
+    endpoint = f"127.0.0.1:{free_port()}"
+    (tmp_path / "params.yaml").write_text(
+        yaml.safe_dump({**params, "launch": {"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint}})
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
+    for name in NO_LAUNCHER:
+        env.pop(name, None)
+    command = [RSI, "fz", "--block", "2.1", "--no-progress"]
+    nodes = []
+    for _ in range(2):
+        nodes.append(
+            subprocess.Popen(
+                command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+            )
+        )
+        time.sleep(2)
+    deadline = time.monotonic() + 240
+    workers: dict[int, int] = {}
+    while time.monotonic() < deadline and len(workers) < 2:
+        workers = {rank: pid for node in nodes for rank, pid in worker_pids(node.pid).items()}
+        time.sleep(0.5)
+    assert set(workers) == {0, 1}, "one worker per node"
+    by_rank = {rank: next(n for n in nodes if rank in worker_pids(n.pid)) for rank in workers}
+    resume = tmp_path / "outputs" / ".resume"
+    while time.monotonic() < deadline and not list(resume.rglob("chunk_*.npz")):
+        time.sleep(0.2)  # both ranks are past the lock and render; rank 0 then waits for rank 1
+    os.kill(workers[1], signal.SIGKILL)
+    remote = by_rank[1].communicate(timeout=120)[1]
+    assert by_rank[1].returncode == 1 and "worker rank 1 failed (Signal 9 (SIGKILL)" in remote
+    try:
+        _, stderr = by_rank[0].communicate(timeout=240)
+    except subprocess.TimeoutExpired:
+        by_rank[0].kill()
+        raise AssertionError("rank 0 kept waiting for the dead rank's chunks") from None
+    line = [row for row in stderr.splitlines() if row.startswith("rsi fz: error:")]
+    assert by_rank[0].returncode == 1 and len(line) == 1, stderr[-3000:]
+    assert "worker rank 0 failed" in line[0] and "another rank stopped before finishing its share" in line[0]
+    assert not (tmp_path / "outputs" / "fz" / "layer2_1").exists()  # nothing assembled
+
+
 @pytest.fixture(scope="module")
 def eval_cache(tmp_path_factory) -> Path:
     """12 generated images in a 64 px cache, and the criteria's passing channels of block 2.1."""

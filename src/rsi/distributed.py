@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TypeVar
+from datetime import timedelta
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -22,6 +23,9 @@ def world() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
+_PEERS: list[Any] = []  # the gloo group of wait_for_peers, made by init while every rank is alive
+
+
 def init() -> None:
     """Join the process group when launched by torchrun: NCCL for CUDA tensors and gloo for CPU ones, so
     collectives work whatever ``model.device`` (a CPU run on a GPU machine included)."""
@@ -29,6 +33,23 @@ def init() -> None:
     if size > 1 and not dist.is_initialized():
         backend = "cpu:gloo,cuda:nccl" if torch.cuda.is_available() else "gloo"
         dist.init_process_group(backend=backend)
+        _PEERS[:] = [dist.new_group(backend="gloo", timeout=timedelta(days=7))]
+
+
+def wait_for_peers() -> None:
+    """Wait until every rank has finished its share (no-op without a process group). The wait may last
+    hours (ranks finish apart) but not for ever: a rank that died, on any node, closes its sockets and the
+    wait fails within seconds. torch's launcher ends the workers of its own node only, so without this a
+    rank 0 polling for a dead remote rank's files would wait for ever."""
+    if not _PEERS or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    try:
+        dist.barrier(group=_PEERS[0])
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"rank {world()[0]}: another rank stopped before finishing its share ({str(error)[:160]}); "
+            "its own node's command names its error; a rerun resumes from the finished chunks"
+        ) from None
 
 
 def finish() -> None:
@@ -37,6 +58,7 @@ def finish() -> None:
     rsi.launch.last_error_line, whatever follows it.)"""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+    _PEERS.clear()
 
 
 def shard(items: Sequence[T]) -> list[T]:

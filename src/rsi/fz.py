@@ -582,9 +582,10 @@ def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) 
 
 
 def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, poll_s: float = 2.0) -> None:
-    """Rank 0 waits for the other ranks' chunk files. (A file wait rather than a process-group barrier:
-    ranks may finish hours apart on a full run, longer than NCCL's barrier timeout; torchrun ends every
-    rank when one fails, so this never waits for a dead rank.)"""
+    """Rank 0 waits for the other ranks' chunk files (a shared disk may show them late). Under ``rsi fz``
+    the ranks have passed distributed.wait_for_peers, so they are there; stages stability and pre-reading
+    have no process group, and rely on torch's launcher, which ends every worker of a node when one
+    fails (their multi-node runs could wait here for a dead remote rank)."""
     announced = False
     while missing := [p for p, chunk in paths if not _chunk_done(p, chunk, settings_hash)]:
         if distributed.world()[1] == 1:
@@ -697,6 +698,7 @@ def render_blocks(
         ]
         label = ", ".join(blocks) if len(blocks) <= 3 else f"{len(blocks)} blocks"
         _render_pending(model, label, pending, device, resume_root, progress, on_chunk_saved)
+        distributed.wait_for_peers()  # fails, rather than waits for ever, when a rank died (any node)
         if not distributed.is_main():
             return {}
         written: dict[Tap, Path] = {}
@@ -859,5 +861,4 @@ def run(args: argparse.Namespace) -> None:
             progress=not args.no_progress,
         )
     finally:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.destroy_process_group()
+        distributed.finish()
