@@ -620,3 +620,17 @@ def test_the_tf32_switch_is_torch_2_0s_default_convolutions_only(tf32_flags):
 
     assert full_float32(True) == {"cudnn_allow_tf32": True, "matmul_allow_tf32": False}
     assert full_float32(False) == {"cudnn_allow_tf32": False, "matmul_allow_tf32": False}
+
+
+def test_trials_below_no_scale_counts_the_trials_consistent_at_every_scale():
+    """Per trial t: passing_acc_p / random_acc_(t,p) < passing_acc_0 / random_acc_(t,0) at every p."""
+    from rsi.artifacts.ablation import ScaleResult
+
+    scales = {
+        0: ScaleResult(224, 70.0, 60.0, (60.0, 50.0, 40.0)),  # no-scale ratios 1.0, 1.2, 1.5
+        10: ScaleResult(201, 65.0, 45.0, (50.0, 40.0, 30.0)),  # 0.9, 1.125, 1.5 (not below)
+        20: ScaleResult(179, 60.0, 40.0, (50.0, 35.0, 0.0)),  # 0.8, 1.143, inf
+    }
+    assert ablate.trials_below_no_scale(scales) == 2  # trials 0 and 1; trial 2 fails at 10 % and 20 %
+    scales[20] = ScaleResult(179, 60.0, 40.0, (50.0, 30.0, 30.0))  # 0.8, 1.333: trial 1 fails at 20 %
+    assert ablate.trials_below_no_scale(scales) == 1

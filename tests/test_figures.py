@@ -54,7 +54,7 @@ def _ablation_set(no_scale: float, scaled: list[float], passing: list[float] | N
     scales = {0: ScaleMetrics(passing[0], passing[0] / no_scale, no_scale, 0.002)}
     for percent, acc, ratio in zip((10, 20, 30, 40, 50), passing[1:], scaled, strict=True):
         scales[percent] = ScaleMetrics(acc, acc / ratio, ratio, 0.003)
-    return SetMetrics(n_passing=3, n_channels=128, trials=2, attempts=3, scales=scales)
+    return SetMetrics(n_passing=3, n_channels=128, trials=2, attempts=3, trials_below=1, scales=scales)
 
 
 BASELINE = {0: 70.0, **{p: 70.0 - p / 10 for p in (10, 20, 30, 40, 50)}}

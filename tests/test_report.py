@@ -383,3 +383,12 @@ def test_every_setting_that_departs_from_the_paper_is_listed(fake_repo):
     ):
         assert line in differences, line
     assert "`ablate.screening` for 2.1" not in differences
+
+
+def test_the_per_trial_consistency_of_the_paper_claim_is_reported(fake_repo):
+    assert main(["report"]) == 0
+    assert (
+        'Trial by trial (§4: "consistent across scale percentages and different random channel samples"): '
+        "in 1 of 2 trials every scaled ratio lies below that trial's own no-scale ratio."
+        in REPORT.read_text()
+    )

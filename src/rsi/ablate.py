@@ -106,6 +106,19 @@ def eq3_ratio(passing_acc: float, random_accs: Sequence[float]) -> tuple[float, 
     return mean, sem
 
 
+def trials_below_no_scale(scales: Mapping[int, ScaleResult]) -> int:
+    """The trials whose every scaled ratio passing_acc_p / random_acc_(t,p) lies below the same trial's
+    no-scale ratio (percent 0): the paper's "consistent across scale percentages and different random
+    channel samples" (§4), trial by trial. A ratio with a zero random accuracy is inf or nan, never below."""
+    no_scale, scaled = scales[0], [scales[p] for p in sorted(scales) if p != 0]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        base = np.float64(no_scale.passing_acc) / np.asarray(no_scale.random_accs, dtype=np.float64)
+        below = np.ones(base.shape, dtype=bool)
+        for scale in scaled:
+            below &= np.float64(scale.passing_acc) / np.asarray(scale.random_accs, dtype=np.float64) < base
+    return int(below.sum())
+
+
 def draw_random_set(
     non_passing: Sequence[int], size: int, seed: int, block: str, attempt: int, channel_set: str = "run"
 ) -> list[int]:
@@ -394,6 +407,7 @@ def set_metrics(result: SetResult) -> SetMetrics:
         result.n_channels,
         trials=len(result.trials),
         attempts=len(result.attempts),
+        trials_below=trials_below_no_scale(result.scales),
         scales={percent: _scale_metrics(scale) for percent, scale in result.scales.items()},
     )
 

@@ -841,6 +841,10 @@ def _ablation_section(
                 "",
                 f"No-scale ratio (the blue line): {_fmt(series.no_scale_ratio, decimals)}. {below} of {scaled} "
                 f"scaled ratios lie below it: the paper's claim {claim} in this run.",
+                "",
+                f'Trial by trial (§4: "consistent across scale percentages and different random channel '
+                f'samples"): in {series.trials_below} of {series.trials} trials every scaled ratio lies below '
+                "that trial's own no-scale ratio.",
             ]
             if name == "published":
                 lines += _exact_section(block, series, recorded, comparable)

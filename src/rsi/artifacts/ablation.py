@@ -160,13 +160,15 @@ class ScaleMetrics:
 @dataclass(frozen=True)
 class SetMetrics:
     """One block and channel set of ``metrics/ablation.json``; ``scales`` (0 = no scale, first) is empty
-    for a set the stage skipped (e.g. no passing channel)."""
+    for a set the stage skipped (e.g. no passing channel). ``trials_below``: the trials whose every scaled
+    ratio lies below their own no-scale ratio (rsi.ablate.trials_below_no_scale)."""
 
     n_passing: int
     n_channels: int
     trials: int = 0
     attempts: int = 0
     scales: Mapping[int, ScaleMetrics] = field(default_factory=dict)
+    trials_below: int = 0
 
     @property
     def ablated(self) -> bool:
@@ -193,6 +195,7 @@ class AblationSeries:
     n_channels: int
     trials: int
     attempts: int
+    trials_below: int  # trials whose every scaled ratio is below their own no-scale ratio
     no_scale_ratio: float
     # per scale
     scales: tuple[int, ...]
@@ -270,6 +273,7 @@ def _series(metrics: SetMetrics, baseline: Mapping[int, float]) -> AblationSerie
         n_channels=metrics.n_channels,
         trials=metrics.trials,
         attempts=metrics.attempts,
+        trials_below=metrics.trials_below,
     )
 
 
@@ -278,6 +282,7 @@ def _set_json(metrics: SetMetrics) -> dict[str, Any]:
     if not metrics.ablated:
         return out
     out["trials"], out["attempts"] = metrics.trials, metrics.attempts
+    out["trials_below"] = metrics.trials_below
     for percent, scale in metrics.scales.items():
         out[scale_key(percent)] = {name: getattr(scale, name) for name in SCALE_FIELDS}
     return out
@@ -372,10 +377,10 @@ def _read_set(path: Path, value: Any, where: str) -> SetMetrics:
     counts = {key: int(value[key]) for key in COUNTS}
     if set(value) == set(COUNTS):  # skipped: the counts only
         return SetMetrics(**counts)
-    value = _require(path, value, ("trials", "attempts", "no_scale"), where)
+    value = _require(path, value, ("trials", "attempts", "trials_below", "no_scale"), where)
     scales = {}
     for key, entry in value.items():
-        if key not in (*COUNTS, "trials", "attempts"):
+        if key not in (*COUNTS, "trials", "attempts", "trials_below"):
             percent = _percent(path, key, where)
             entry = _require(path, entry, SCALE_FIELDS, f"{where}.{key}")
             scales[percent] = ScaleMetrics(
@@ -385,7 +390,13 @@ def _read_set(path: Path, value: Any, where: str) -> SetMetrics:
                 sem=None if entry["sem"] is None else float(entry["sem"]),
             )
     scales = {0: scales.pop(0), **scales}
-    return SetMetrics(**counts, trials=int(value["trials"]), attempts=int(value["attempts"]), scales=scales)
+    return SetMetrics(
+        **counts,
+        trials=int(value["trials"]),
+        attempts=int(value["attempts"]),
+        trials_below=int(value["trials_below"]),
+        scales=scales,
+    )
 
 
 def _read_block(path: Path, value: Any, where: str) -> BlockMetrics:
