@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from test_figures import write_fake_outputs
@@ -30,7 +31,10 @@ def fake_repo(tmp_path, monkeypatch) -> Path:
     return tmp_path
 
 
-def _row(text: str, first_cell: str) -> list[str]:
+def _row(text: str, first_cell: str, after: str = "") -> list[str]:
+    """The cells of the first table row starting with ``first_cell`` (after the line ``after``)."""
+    if after:
+        text = text.split(after, 1)[1]
     for line in text.splitlines():
         cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[0] == first_cell:
@@ -392,3 +396,41 @@ def test_the_per_trial_consistency_of_the_paper_claim_is_reported(fake_repo):
         "in 1 of 2 trials every scaled ratio lies below that trial's own no-scale ratio."
         in REPORT.read_text()
     )
+
+
+def test_top_image_overlap_reads_section_3_on_hand_made_lists():
+    from rsi.report import top_image_overlap
+
+    topk = np.array(
+        [
+            [[1, 2, 3], [4, 5, 6]],  # In
+            [[7, 8, 9], [4, 10, 11]],  # Pre: channel 0 shares none with In, channel 1 shares image 4
+            [[1, 7, 12], [13, 14, 15]],  # Post: channel 0 mixes In's 1, Pre's 7 and a novel 12
+        ]
+    )
+    assert top_image_overlap(topk, [0, 1], k=3) == {
+        "channels": 2,
+        "in_pre_shared_mean": 0.5,
+        "in_pre_disjoint": 1,
+        "post_from_in_or_pre_mean": 1.0,
+    }
+    assert (
+        top_image_overlap(topk, [0], k=2)["post_from_in_or_pre_mean"] == 2.0
+    )  # Post's 1 and 7 of 1, 2, 7, 8
+
+
+def test_the_report_reads_the_top_images_of_the_passing_channels(fake_repo):
+    from rsi.artifacts.natural import read_natural
+    from rsi.report import top_image_overlap
+
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    passing = json.loads(Path("outputs/criteria/passing.json").read_text())
+    found = top_image_overlap(read_natural("2.1", Path("outputs")).topk, passing["2.1"])
+    row = _row(text, "2.1", after="### Top natural images of the passing channels")
+    assert row[1:] == [
+        str(len(passing["2.1"])),
+        f"{found['in_pre_shared_mean']:.2f} of 9",
+        f"{found['in_pre_disjoint']} of {len(passing['2.1'])}",
+        f"{found['post_from_in_or_pre_mean']:.2f} of 9",
+    ]

@@ -3,7 +3,8 @@
 Owns the Markdown: the sections, and which params keys it prints (:data:`PRINTED_PARAMS`, the keys the
 report stage declares in dvc.yaml). Inputs (the file contract of :mod:`rsi.artifacts`):
 ``metrics/criteria.json`` and ``outputs/criteria/passing.json`` (stage criteria), ``metrics/ablation.json``
-and the device in ``outputs/ablation/trials.json`` (stage ablate); optionally the criteria of stage pre-reading (``outputs/reference``), the FZ
+and the device in ``outputs/ablation/trials.json`` (stage ablate); the top natural images
+(``outputs/natural``, stage natural); optionally the criteria of stage pre-reading (``outputs/reference``), the FZ
 ``settings.json`` files, the evaluation cache's ``index.json`` and the figures. The paper's numbers come
 from :mod:`rsi.paper`.
 """
@@ -601,6 +602,67 @@ def _natural_criteria_section(path: Path, root: Path) -> list[str]:
     ]
 
 
+def top_image_overlap(topk: np.ndarray, channels: Sequence[int], k: int = 9) -> dict[str, float]:
+    """§3 on the top-k natural images of the passing channels: "no overlap between the input and pre-sum
+    layers, but the post-sum layer often contains a mixture of them in addition to novel images". From
+    the (3, C, ≥k) In/Pre/Post top-k indices: the channels, the mean number of images In and Pre share,
+    the channels where they share none, and the mean number of Post's images that are In's or Pre's (the
+    rest, out of k, are novel)."""
+    shared, mixed = [], []
+    for channel in channels:
+        top_in, top_pre, top_post = (set(topk[row, channel, :k].tolist()) for row in range(3))
+        shared.append(len(top_in & top_pre))
+        mixed.append(len(top_post & (top_in | top_pre)))
+    return {
+        "channels": len(shared),
+        "in_pre_shared_mean": float(np.mean(shared)) if shared else float("nan"),
+        "in_pre_disjoint": sum(count == 0 for count in shared),
+        "post_from_in_or_pre_mean": float(np.mean(mixed)) if mixed else float("nan"),
+    }
+
+
+def _top_images_section(passing: Mapping[str, list[int]], root: Path) -> list[str]:
+    """The §3 reading of the passing channels' top natural images, per block with a natural file."""
+    from rsi.artifacts.natural import read_natural
+
+    rows = []
+    for block in sorted(passing, key=block_order):
+        if not passing[block] or not artifacts.natural_file(block, root).is_file():
+            continue
+        topk = read_natural(block, root).topk
+        k = min(9, topk.shape[-1])
+        found = top_image_overlap(topk, [c for c in passing[block] if c < topk.shape[1]], k)
+        rows.append(
+            [
+                block,
+                str(found["channels"]),
+                f"{found['in_pre_shared_mean']:.2f} of {k}",
+                f"{found['in_pre_disjoint']} of {found['channels']}",
+                f"{found['post_from_in_or_pre_mean']:.2f} of {k}",
+            ]
+        )
+    if not rows:
+        return []
+    header = [
+        "block",
+        "passing channels",
+        "In ∩ Pre (mean)",
+        "In, Pre disjoint",
+        "Post's from In or Pre (mean)",
+    ]
+    return [
+        "### Top natural images of the passing channels (section 3)",
+        "",
+        'The paper: "no overlap between the input and pre-sum layers, but the post-sum layer often contains a',
+        "mixture of them in addition to novel images\". Per block, of each passing channel's top images",
+        "(center neuron, the evaluation set): how many In and Pre share, and how many of Post's are In's or",
+        "Pre's (the rest are novel).",
+        "",
+        *_table(header, rows),
+        "",
+    ]
+
+
 def _channels_section(
     passing: dict[str, list[int]], paper: dict[str, Any], probed: Mapping[str, Any], arch: str = DEFAULT_ARCH
 ) -> list[str]:
@@ -1158,6 +1220,7 @@ def build_report(
     lines += _rerun_section(criteria, reference, _param(raw, "criteria.rerun_fz", CriteriaParams))
     probed = {block: entry.get("channels") for block, entry in criteria.items()}
     lines += _channels_section(passing, paper, probed, labels.arch)
+    lines += _top_images_section(passing, root)
     skipped = [
         f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"
         for block, name in ablation_metrics.listed()  # every set listed, ablated or skipped
