@@ -111,7 +111,7 @@ def write_fake_outputs(
     params = {
         "model": {"weights": weights, "device": "cpu"},
         "data": {"source": data_source},
-        "fz": {"steps": 16, "pre_reading": "exact"},
+        "fz": {"steps": 16, "pre_reading": "exact", "max_channels": 6},  # 3.1 renders 6 channels
         "criteria": {"eq2_low": 0.6667, "eq2_high": 1.5},
         "ablate": {"crop_rule": "authors_code", "trials": 2},
         "figures": {"whole_channel": False, "max_per_block": 2, "dpi": 50, **(figures or {})},
@@ -314,12 +314,28 @@ def test_figures_name_the_whole_channel_stage_when_its_file_is_missing(fake_repo
 def test_explicit_channels_and_paper_exemplars():
     from rsi.channel_plan import FiguresParams, select_channels
 
-    params = FiguresParams(max_per_block=3)
+    params = FiguresParams(max_per_block=4)
     exemplary = {"3.1": [29, 113, 178]}
-    assert select_channels("3.1", [1, 2, 113, 178, 200], params, exemplary) == [113, 178, 1]
-    assert select_channels("2.1", [4, 9], params, exemplary) == [4, 9]
+    # the paper's exemplary channels first, passing here or not (29 does not), then the passing ones
+    assert select_channels("3.1", [1, 2, 113, 178, 200], params, exemplary, 256) == [29, 113, 178, 1]
+    assert select_channels("3.1", [1, 2, 113], params, exemplary, 120) == [29, 113, 1, 2]  # 178 not probed
+    assert select_channels("2.1", [4, 9], params, exemplary, 128) == [4, 9]
     explicit = FiguresParams(channels={"2.1": (7, 4)})
-    assert select_channels("2.1", [4, 9], explicit, exemplary) == [7, 4]
+    assert select_channels("2.1", [4, 9], explicit, exemplary, 128) == [7, 4]
+
+
+def test_the_plan_draws_the_papers_exemplary_channels_of_a_block_without_passing_ones():
+    from rsi.channel_plan import FiguresParams, plan_channels, probed_of
+
+    probed = probed_of({"fz": {"max_channels": 0}}, ["2.1", "3.1"], "resnet18")
+    assert probed == {"2.1": 128, "3.1": 256}
+    plan = plan_channels(FiguresParams(), {"2.1": [], "3.1": []}, probed)
+    assert plan.shown == {"3.1": [29, 113, 178, 80, 215]} and plan.sheets == {"3.1": []}
+    assert plan.empty == ()
+    few = plan_channels(
+        FiguresParams(), {"2.1": [], "3.1": [3]}, probed_of({"fz": {"max_channels": 8}}, ["3.1"], "resnet18")
+    )
+    assert few.shown == {"3.1": [3]}  # none of the exemplary channels was probed
 
 
 def test_natural_mosaic_puts_the_top_image_first():

@@ -7,8 +7,9 @@ this lower module, so they agree on the channels without the figures stage impor
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from rsi import artifacts, paper
 from rsi.config import check_blocks, params_arch
@@ -43,7 +44,8 @@ class FiguresParams:
         metadata={
             "check": _check_channels,
             "help": "per block (layer2_1: [13, 36]) the channels drawn one PNG each; a block not listed "
-            "shows the paper's exemplary channels that pass here, then the first passing ones",
+            "shows the paper's exemplary channels (labelled where they do not pass here), then the first "
+            "passing ones",
         },
     )
     max_per_block: int = field(
@@ -63,16 +65,34 @@ def column_tap(block: str, kind: str) -> Tap:
     return artifacts.in_fz_source(block) if kind == "in" else Tap(block, kind)
 
 
+def probed_channels(block: str, max_channels: int, arch: str) -> int:
+    """How many channels of ``block`` stage fz renders, the first ``fz.max_channels`` (0: all), as
+    rsi.fz.tap_channels; the figures may draw any of them."""
+    width = num_channels(block, arch)
+    return min(width, max_channels) if max_channels else width
+
+
+def probed_of(raw: Mapping[str, Any], blocks: Iterable[str], arch: str) -> dict[str, int]:
+    """:func:`probed_channels` of each block under params.yaml's ``fz.max_channels`` (already checked)."""
+    max_channels = int((raw.get("fz") or {}).get("max_channels") or 0)
+    return {block: probed_channels(block, max_channels, arch) for block in blocks}
+
+
 def select_channels(
-    block: str, passing: Sequence[int], params: FiguresParams, exemplary: Mapping[str, Sequence[int]]
+    block: str,
+    passing: Sequence[int],
+    params: FiguresParams,
+    exemplary: Mapping[str, Sequence[int]],
+    probed: int,
 ) -> list[int]:
     """Channels drawn one PNG each: figures.channels if listed for the block, else the paper's exemplary
-    channels that pass here, then the first passing ones, up to figures.max_per_block."""
+    channels among the ``probed`` first ones, whether they pass here or not (passing lists match the
+    paper only statistically, and these are the channels its figures show; the figure says when one does
+    not pass), then the first passing ones, up to figures.max_per_block."""
     if block in params.channels:
         return list(params.channels[block])
-    passing_set = set(passing)
-    first = [int(c) for c in exemplary.get(block, []) if int(c) in passing_set]
-    rest = [c for c in sorted(passing_set) if c not in first]
+    first = [int(c) for c in exemplary.get(block, []) if int(c) < probed]
+    rest = [c for c in sorted(set(passing)) if c not in first]
     return (first + rest)[: params.max_per_block]
 
 
@@ -95,17 +115,21 @@ class ChannelPlan:
         return sorted(set(self.shown[block]) | set(self.sheets[block]))
 
 
-def plan_channels(params: FiguresParams, passing: Mapping[str, Sequence[int]]) -> ChannelPlan:
+def plan_channels(
+    params: FiguresParams, passing: Mapping[str, Sequence[int]], probed: Mapping[str, int]
+) -> ChannelPlan:
     """The channels drawn, from ``figures`` and this run's passing channels (``{"2.1": [13, 30]}``):
     figures.blocks (default every block with passing channels) and the blocks of figures.channels."""
-    blocks = list(params.blocks) or [b for b in passing if passing.get(b)]
+    exemplary = paper.EXEMPLARY_CHANNELS
+    shows_exemplary = [b for b in passing if any(c < probed.get(b, 0) for c in exemplary.get(b, ()))]
+    blocks = list(params.blocks) or [b for b in passing if passing.get(b) or b in shows_exemplary]
     blocks += [b for b in params.channels if b not in blocks]
     shown: dict[str, list[int]] = {}
     sheets: dict[str, list[int]] = {}
     empty = []
     for block in sorted(set(blocks), key=block_order):
         channels = list(passing.get(block, []))
-        chosen = select_channels(block, channels, params, paper.EXEMPLARY_CHANNELS)
+        chosen = select_channels(block, channels, params, exemplary, probed.get(block, 0))
         sheet = channels[: params.sheet_max]
         if chosen or sheet:
             shown[block], sheets[block] = chosen, sheet

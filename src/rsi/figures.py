@@ -6,7 +6,8 @@ Owns the drawing (file contract: :mod:`rsi.artifacts`; which channels: :mod:`rsi
   (stage fz), the whole-channel FZ (stage whole-channel, ``figures.whole_channel``), and the top-9
   center-neuron natural images (stage natural, drawn from the evaluation cache of stage prepare-data).
   ``outputs/figures/fig1_<layerL_K>_c<ccc>.png`` for the channels shown one by one (the paper's exemplary
-  channels where they pass, then the first passing ones), and ``outputs/figures/grids_<layerL_K>.png``, a
+  channels, 3.1's 29, 113, 178, 80 and 215, when probed, titled "not criteria-passing" where they do not
+  pass here; then the first passing ones), and ``outputs/figures/grids_<layerL_K>.png``, a
   contact sheet of all passing channels of a block (the paper's Fig. 3 and 4).
 * Fig. 2: ``outputs/figures/fig2_ablation.png``, the ablation ratio per scale ("No Scale", 10 % … 50 %)
   with standard-error bars and a line at the no-scale ratio, one panel per ablated block.
@@ -31,7 +32,7 @@ from rsi.artifacts.natural import read_natural
 from rsi.artifacts.passing import read_passing
 from rsi.artifacts.rerun import Rerun, read_rerun, rerun_file
 from rsi.artifacts.whole_channel import WholeChannelFZs, read_whole_channel
-from rsi.channel_plan import ChannelPlan, FiguresParams, column_tap, plan_channels
+from rsi.channel_plan import ChannelPlan, FiguresParams, column_tap, plan_channels, probed_of
 from rsi.config import load_section, read_params
 from rsi.labels import RunLabels, run_labels
 from rsi.runtime import atomic_path
@@ -436,7 +437,7 @@ def make_figures(
     eval_cache = read_eval(artifacts.eval_dir(root))
     labels = run_labels(raw, eval_cache.index)
     fzs, natural = FZStore(root), NaturalStore(root, eval_cache.images)
-    plan = plan_channels(params, passing)
+    plan = plan_channels(params, passing, probed_of(raw, passing, labels.arch))
     for block in plan.empty:
         print(f"block {block}: no criteria-passing channels, no grid drawn")
     inputs = check_inputs(plan, fzs, natural, params.whole_channel)

@@ -22,7 +22,7 @@ from rsi.artifacts.whole_channel import (
     whole_channel_dir,
     write_whole_channel,
 )
-from rsi.channel_plan import FiguresParams, column_tap, plan_channels
+from rsi.channel_plan import FiguresParams, column_tap, plan_channels, probed_of
 from rsi.config import load_section, load_seed, read_params
 from rsi.fz import FZParams, load_fz_params, render_channel_fz
 from rsi.fz_param import to_storage
@@ -77,7 +77,9 @@ def run(args: argparse.Namespace) -> None:
     root = Path(args.outputs)
     plan = {}
     if figures.whole_channel:
-        chosen = plan_channels(figures, read_passing(artifacts.passing_file(root)).blocks)
+        passing = read_passing(artifacts.passing_file(root)).blocks
+        arch = load_section(raw, "model", ModelParams, source=str(args.params)).arch
+        chosen = plan_channels(figures, passing, probed_of(raw, passing, arch))
         plan = {block: chosen.channels(block) for block in chosen.blocks}
     numerics = full_float32()  # the FZs then render under fz.tf32 (declared), as in stage fz
     out_dir = whole_channel_dir(root)
