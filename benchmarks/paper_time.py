@@ -160,10 +160,11 @@ def fz_minutes_on(rows: list[dict[str, Any]], gpus: int) -> float:
 
 
 def fz_minutes_pooled(rows: list[dict[str, Any]], gpus: int) -> float:
-    """The FZs on ``gpus`` GPUs with ``rsi fz --block all`` (every block's items in one pool): at least
-    the work divided by the GPUs, and at least the longest item."""
+    """The FZs on ``gpus`` GPUs with ``rsi fz --block all``: every block's items in one pool, handed out as
+    rsi.fz.render_blocks does (rank r takes items r, r + gpus, … in the order of fz.blocks, taps, chunks;
+    ``rows`` are in that order), so the slowest rank's sum."""
     items = [r["projected_s"] / r["chunks"] for r in rows for _ in range(r["chunks"])]
-    return max(sum(items) / gpus, max(items, default=0.0)) / 60
+    return max((sum(items[rank::gpus]) for rank in range(gpus)), default=0.0) / 60
 
 
 def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:

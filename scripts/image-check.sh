@@ -35,16 +35,16 @@ build_args=()
 cleanup=()
 trap 'rm -rf "${cleanup[@]}"' EXIT
 export DOCKER_BUILDKIT=1
-# BuildKit (the Dockerfile's RUN --mount) is built into docker clients before 23.0 and a plugin (buildx)
-# after: a newer client without the plugin fails only after the base is made, with a link to a download
+# BuildKit with RUN --mount (the Dockerfile has no `# syntax=` line) is built into docker clients 20.10 to
+# 22.x and a plugin (buildx) after: any other client without the plugin would fail after the base is made
 if ! "$docker" buildx version >/dev/null 2>&1; then
   client=$("$docker" version --format '{{.Client.Version}}' 2>/dev/null || echo unknown)
   case "$client" in
-    1[0-9].*|2[0-2].*) ;;
+    20.10.*|2[12].*) ;;
     *)
       echo "image-check.sh: $docker (client $client) builds with BuildKit only through the buildx plugin," \
-        "which is missing: install it (Debian/Ubuntu: docker-buildx), or point DOCKER= at a client with" \
-        "BuildKit built in (e.g. DOCKER=/usr/bin/docker from Debian's docker.io 20.10)" >&2
+        "which is missing: install it (Debian/Ubuntu: docker-buildx), or point DOCKER= at a client" \
+        "20.10-22.x, whose BuildKit is built in (e.g. DOCKER=/usr/bin/docker from Debian's docker.io)" >&2
       exit 2 ;;
   esac
 fi

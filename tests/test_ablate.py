@@ -634,3 +634,5 @@ def test_trials_below_no_scale_counts_the_trials_consistent_at_every_scale():
     assert ablate.trials_below_no_scale(scales) == 2  # trials 0 and 1; trial 2 fails at 10 % and 20 %
     scales[20] = ScaleResult(179, 60.0, 40.0, (50.0, 30.0, 30.0))  # 0.8, 1.333: trial 1 fails at 20 %
     assert ablate.trials_below_no_scale(scales) == 1
+    scales[0] = ScaleResult(224, 70.0, 60.0, (0.0, 50.0, 40.0))  # trial 0's no-scale ratio is inf: no claim
+    assert ablate.trials_below_no_scale(scales) == 0

@@ -109,11 +109,12 @@ def eq3_ratio(passing_acc: float, random_accs: Sequence[float]) -> tuple[float, 
 def trials_below_no_scale(scales: Mapping[int, ScaleResult]) -> int:
     """The trials whose every scaled ratio passing_acc_p / random_acc_(t,p) lies below the same trial's
     no-scale ratio (percent 0): the paper's "consistent across scale percentages and different random
-    channel samples" (§4), trial by trial. A ratio with a zero random accuracy is inf or nan, never below."""
+    channel samples" (§4), trial by trial. A ratio with a zero random accuracy is inf or nan: a trial
+    with such a ratio, at any scale or at none, does not count."""
     no_scale, scaled = scales[0], [scales[p] for p in sorted(scales) if p != 0]
     with np.errstate(divide="ignore", invalid="ignore"):
         base = np.float64(no_scale.passing_acc) / np.asarray(no_scale.random_accs, dtype=np.float64)
-        below = np.ones(base.shape, dtype=bool)
+        below = np.isfinite(base)  # an undefined no-scale ratio (a random accuracy of 0) is no claim
         for scale in scaled:
             below &= np.float64(scale.passing_acc) / np.asarray(scale.random_accs, dtype=np.float64) < base
     return int(below.sum())

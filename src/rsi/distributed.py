@@ -39,7 +39,8 @@ def init() -> None:
 def wait_for_peers() -> None:
     """Wait until every rank has finished its share (no-op without a process group). The wait may last
     hours (ranks finish apart) but not for ever: a rank that died, on any node, closes its sockets and the
-    wait fails within seconds. torch's launcher ends the workers of its own node only, so without this a
+    wait fails within seconds (a host that lost power or its network sends no reset: then the group's
+    timeout of a week ends it, or Ctrl-C). torch's launcher ends the workers of its own node only, so without this a
     rank 0 polling for a dead remote rank's files would wait for ever."""
     if not _PEERS or not dist.is_initialized() or dist.get_world_size() == 1:
         return

@@ -948,7 +948,6 @@ PAPER_VALUES: tuple[tuple[str, Any, str], ...] = (
     ("fz.transforms", "authors_code", "the authors' center_lucent_optimize.py"),
     ("fz.storage", "uint8", "the authors saved FZs as 8-bit PNGs"),
     ("fz.image_size", FZ_IMAGE_SIZE, "§2.2"),
-    ("fz.max_channels", 0, '§3: "all the channels"'),
     ("activations.scale_fraction", 0.5, "§3: S(X) crops 112 of 224 px"),
     ("ablate.trials", ABLATION_TRIALS, "§4"),
     ("natural.k", 9, "Fig. 1: the top 9 images"),
@@ -975,6 +974,12 @@ def _value_differences(raw: Mapping[str, Any]) -> list[str]:
             items.append(
                 f"`{key}` is {_fmt(value, 4)} here; the paper's is {_fmt(paper_value, 4)} ({where})."
             )
+    max_channels = _param(raw, "fz.max_channels")
+    if max_channels:
+        items.append(
+            f"Only the first {max_channels} channels of each block were probed (`fz.max_channels`); the "
+            'paper probed all of them (§3: "all the channels").'
+        )
     authors = AblateParams().screening
     for block, rule in parsed["ablate"].screening.items():
         if block in parsed["ablate"].blocks and block in authors and rule != authors[block]:

@@ -2,8 +2,9 @@
 
 Arrays, rows In, Pre, Post (``taps.TAP_KINDS``), of the center neuron of each channel: ``mean`` (3, C)
 float32 over the evaluation set, ``topk`` (3, C, k) int64 evaluation indices of the largest activations,
-largest first, ``topk_values`` (3, C, k) float32; and the labels ``count`` (images), ``weights`` (what
-produced them), ``generated`` (the images are the synthetic offline set) and the TF32 flags in force
+largest first (a ReLU output ranked by its pre-ReLU sum, which is not stored, so images where it is 0
+come in that sum's order: rsi.natural.ranking_values), ``topk_values`` (3, C, k) float32; and the
+labels ``count`` (images), ``weights`` (what produced them), ``generated`` (the images are the synthetic offline set) and the TF32 flags in force
 (:data:`NUMERICS`). Channel c is column c: the pass covers every channel of a block.
 """
 
