@@ -200,6 +200,7 @@ def maybe_relaunch(command: str, params_file: str, argv: Sequence[str]) -> int |
     import torch.distributed.run as torchrun
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.rendezvous.api import RendezvousError
 
     log_dir = invocation_log_dir()
     args = torchrun.get_args_parser().parse_args(torchrun_argv(params, argv, nproc, params_file, log_dir))
@@ -210,6 +211,15 @@ def maybe_relaunch(command: str, params_file: str, argv: Sequence[str]) -> int |
     except ChildFailedError as error:
         print(
             f"rsi {command}: error: {describe_failure(error, args.rdzv_id, log_dir)}",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 1
+    except RendezvousError as error:  # e.g. the node that held the rendezvous (rdzv_endpoint) stopped
+        print(
+            f"rsi {command}: error: lost the rendezvous with the other nodes ({type(error).__name__}): the "
+            "node at launch.rdzv_endpoint stopped, and its command says why; this node's workers were ended, "
+            "and a rerun resumes from the finished chunks",
             file=sys.stderr,
             flush=True,
         )
