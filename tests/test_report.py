@@ -434,3 +434,26 @@ def test_the_report_reads_the_top_images_of_the_passing_channels(fake_repo):
         f"{found['in_pre_disjoint']} of {len(passing['2.1'])}",
         f"{found['post_from_in_or_pre_mean']:.2f} of 9",
     ]
+
+
+def test_fz_jitter_other_than_the_authors_is_listed(fake_repo):
+    """The authors' jitter per block is rsi.fz's default; a tap rendered with another is named."""
+    from rsi.fz import DEFAULT_BLOCKS
+    from rsi.taps import parse_block
+
+    assert {parse_block(key): block.jitter for key, block in DEFAULT_BLOCKS.items()} == dict(
+        paper.AUTHORS_JITTER
+    )
+    assert main(["report"]) == 0
+    text = REPORT.read_text()  # the fake FZs: jitter 4, the authors' for 2.1, not for 3.1 (16)
+    assert "The 2.1/pre FZs were rendered" not in text
+    assert "The 3.1/pre FZs were rendered with jitter 4; the authors' batch_process.sh used 16." in text
+    path = Path("outputs/fz/layer2_1/settings.json")
+    settings = json.loads(path.read_text())
+    settings["taps"]["pre"]["jitter"] = 16
+    path.write_text(json.dumps(settings))
+    assert main(["report"]) == 0
+    assert (
+        "The 2.1/pre FZs were rendered with jitter 16; the authors' batch_process.sh used 4."
+        in REPORT.read_text()
+    )

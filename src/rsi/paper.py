@@ -93,6 +93,12 @@ FZ_IMAGE_SIZE = 224
 # Random-set trials per scale of the ablation (section 4).
 ABLATION_TRIALS = 10
 
+# The FZ jitter J of every tap of a block as the authors' batch_process.sh ran it (DESIGN; the paper's §7.1
+# text reads 2.1's Post at 16). rsi.fz.DEFAULT_BLOCKS holds the same values (tests/test_report.py).
+AUTHORS_JITTER = MappingProxyType(
+    {"1.0": 0, "1.1": 0, "2.0": 0, "2.1": 4, "3.0": 4, "3.1": 16, "4.0": 16, "4.1": 16}
+)
+
 
 def passing_percent_exact(block: str) -> float:
     """The paper's count as an exact percentage of the block's channels (100 · count / width)."""

@@ -36,6 +36,7 @@ from rsi.natural_params import NaturalParams
 from rsi.paper import (
     ABLATION_TRIALS,
     AUTHORS_DECODER,
+    AUTHORS_JITTER,
     EVAL_CLASSES,
     EVAL_IMAGES,
     FZ_IMAGE_SIZE,
@@ -991,6 +992,19 @@ def _value_differences(raw: Mapping[str, Any]) -> list[str]:
     return items
 
 
+def _jitter_differences(fz_settings: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The rendered taps whose jitter (in each block's fz settings.json) is not the authors'."""
+    items = []
+    for block, content in fz_settings.items():
+        for kind, tap in content["taps"].items():
+            if block in AUTHORS_JITTER and tap.get("jitter", AUTHORS_JITTER[block]) != AUTHORS_JITTER[block]:
+                items.append(
+                    f"The {block}/{kind} FZs were rendered with jitter {tap['jitter']}; the authors' "
+                    f"batch_process.sh used {AUTHORS_JITTER[block]}."
+                )
+    return items
+
+
 def _setting_differences(labels: RunLabels, settings: dict[str, Any]) -> list[str]:
     """What differs from the paper's run before any result: network, weights, data, FZ and crop settings."""
     items = []
@@ -1110,6 +1124,7 @@ def _ablation_differences(
 
 def _differences(
     raw: Mapping[str, Any],
+    fz_settings: Mapping[str, Mapping[str, Any]],
     labels: RunLabels,
     settings: dict[str, Any],
     criteria: dict[str, dict[str, Any]],
@@ -1119,6 +1134,8 @@ def _differences(
 ) -> list[str]:
     """Everything that differs from the paper, in plain words."""
     items = _setting_differences(labels, settings) + _value_differences(raw)
+    if labels.arch == DEFAULT_ARCH:
+        items += _jitter_differences(fz_settings)
     items += _count_differences(
         labels.arch, criteria, reference, paper.get("passing", {}), settings.get("pre_reading", "exact")
     )
@@ -1238,8 +1255,9 @@ def build_report(
         ablation, paper, settings.get("crop_rule"), params.decimals, skipped, comparable
     )
     lines += ablation_lines
-    lines += _differences(raw, labels, settings, criteria, reference, paper, verdicts)
-    lines += settings_lines + _params_details(raw, read_fz_settings(root), root)
+    fz_settings = read_fz_settings(root)
+    lines += _differences(raw, fz_settings, labels, settings, criteria, reference, paper, verdicts)
+    lines += settings_lines + _params_details(raw, fz_settings, root)
     lines += _figures_section(root)
     return "\n".join(lines).rstrip() + "\n"
 
