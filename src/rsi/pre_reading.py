@@ -88,25 +88,24 @@ def _render_pre_fzs(
     model = load_model(model_params.weights, model_params.arch)
     device = fz.run_device(model_params.device)
     root = reference_root(outputs)
-    for block in blocks:
-        only_pre = dataclasses.replace(params.block(block), taps=("pre",), tap_jitter={})
-        jitter = params.block(block).jitter_of("pre")
-        settings = dataclasses.replace(
-            params,
-            pre_reading="lucent_reference",
-            blocks={block_key(block): dataclasses.replace(only_pre, jitter=jitter)},
+    only_pre = {  # each block's Pre tap alone, with the jitter it has in the main run
+        block_key(block): dataclasses.replace(
+            params.block(block), taps=("pre",), tap_jitter={}, jitter=params.block(block).jitter_of("pre")
         )
-        fz.render_block(
-            model,
-            block,
-            settings,
-            seed=seed,
-            weights=model_params.weights,
-            device=device,
-            root=root,
-            resume_root=outputs / ".resume",  # keyed by every setting, the reading included
-        )
-        if distributed.is_main():
+        for block in blocks
+    }
+    fz.render_blocks(  # every block's items in one pool: more GPUs busy, the same bytes
+        model,
+        blocks,
+        dataclasses.replace(params, pre_reading="lucent_reference", blocks=only_pre),
+        seed=seed,
+        weights=model_params.weights,
+        device=device,
+        root=root,
+        resume_root=outputs / ".resume",  # keyed by every setting, the reading included
+    )
+    if distributed.is_main():
+        for block in blocks:
             for tap in (in_fz_source(block), Tap(block, "post")):
                 _link(fz_file(tap, outputs), fz_file(tap, root))
     return model

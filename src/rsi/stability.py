@@ -59,17 +59,16 @@ def run(args: argparse.Namespace) -> None:
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     device = fz.run_device(model_params.device)
     model = load_model(model_params.weights, model_params.arch)
-    for key in params.blocks:
-        fz.render_block(
-            model,
-            parse_block(key),
-            params,
-            seed=args.seed,
-            weights=model_params.weights,
-            device=device,
-            root=root,
-            resume_root=outputs / ".resume",  # keyed by settings incl. the seed: no clash
-        )
+    fz.render_blocks(  # every block's items in one pool: more GPUs busy, the same bytes
+        model,
+        [parse_block(key) for key in params.blocks],
+        params,
+        seed=args.seed,
+        weights=model_params.weights,
+        device=device,
+        root=root,
+        resume_root=outputs / ".resume",  # keyed by settings incl. the seed: no clash
+    )
     if not distributed.is_main():
         return  # rank 0 waited for this rank's chunks and measures the activations alone
     activations.measure_with_params(
