@@ -702,16 +702,10 @@ def render_blocks(
         if not distributed.is_main():
             return {}
         written: dict[Tap, Path] = {}
+        described = describe_device(device)
         for block, specs, chunks in plans:
             written |= _assemble_block(
-                block,
-                specs,
-                chunks,
-                resume_root,
-                root,
-                seed=seed,
-                weights=weights,
-                device=describe_device(device),
+                block, specs, chunks, resume_root, root, seed=seed, weights=weights, device=described
             )
         return written
 

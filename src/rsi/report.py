@@ -276,13 +276,13 @@ def _params_details(raw: Mapping[str, Any], fz_settings: dict[str, dict[str, Any
     return [*lines, "</details>", ""]
 
 
-def _devices(root: Path) -> dict[str, str]:
+def _devices(fz_settings: Mapping[str, Mapping[str, Any]], root: Path) -> dict[str, str]:
     """What computed the FZs (per block, as each block's settings.json records it) and the ablation, as
     rsi.runtime.describe_device named it: CPU and GPU floats differ (DESIGN)."""
     from rsi.artifacts.ablation import read_ablation_device, trials_file
 
     devices: dict[str, list[str]] = {}
-    for block, content in read_fz_settings(root).items():
+    for block, content in fz_settings.items():
         devices.setdefault(content["device"], []).append(block)
     named = {f"FZs {', '.join(blocks)}": device for device, blocks in devices.items()}
     trials = trials_file(root)
@@ -297,7 +297,7 @@ def _settings_section(
     weights_label: str,
     index: Mapping[str, Any],
     counts: tuple[int | None, int | None],
-    root: Path = artifacts.OUTPUTS,
+    devices: Mapping[str, str],
 ) -> tuple[list[str], dict[str, Any]]:
     """The settings table (this run beside the paper's) and the settings the later sections judge by."""
     n_images, n_classes = counts
@@ -306,7 +306,6 @@ def _settings_section(
     source = _param(raw, "data.source")
     if source is None:
         source = index["source"]  # read_eval checks every key of rsi.artifacts.eval.INDEX_KEYS
-    devices = _devices(root)
     settings = {
         "devices": devices,
         "steps": steps,
@@ -1230,8 +1229,9 @@ def build_report(
         f"workshops). Paper numbers from: {paper.get('source')}. Weights: {weights_label}.",
         "",
     ]
+    fz_settings = read_fz_settings(root)
     settings_lines, settings = _settings_section(
-        raw, labels, weights_label, index, (n_images, n_classes), root
+        raw, labels, weights_label, index, (n_images, n_classes), _devices(fz_settings, root)
     )
     settings["eq1_reading"] = eq1_reading = _param(raw, "criteria.eq1_reading", CriteriaParams)
     pre_reading = settings.get("pre_reading") or "exact"
@@ -1255,7 +1255,6 @@ def build_report(
         ablation, paper, settings.get("crop_rule"), params.decimals, skipped, comparable
     )
     lines += ablation_lines
-    fz_settings = read_fz_settings(root)
     lines += _differences(raw, fz_settings, labels, settings, criteria, reference, paper, verdicts)
     lines += settings_lines + _params_details(raw, fz_settings, root)
     lines += _figures_section(root)

@@ -74,12 +74,12 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     figures = load_section(raw, "figures", FiguresParams, source=str(args.params))
     fz = load_fz_params(raw, source=str(args.params))
+    model_params = load_section(raw, "model", ModelParams, source=str(args.params))
     root = Path(args.outputs)
     plan = {}
     if figures.whole_channel:
         passing = read_passing(artifacts.passing_file(root)).blocks
-        arch = load_section(raw, "model", ModelParams, source=str(args.params)).arch
-        chosen = plan_channels(figures, passing, probed_of(raw, passing, arch))
+        chosen = plan_channels(figures, passing, probed_of(raw, passing, model_params.arch))
         plan = {block: chosen.channels(block) for block in chosen.blocks}
     numerics = full_float32()  # the FZs then render under fz.tf32 (declared), as in stage fz
     out_dir = whole_channel_dir(root)
@@ -90,7 +90,6 @@ def run(args: argparse.Namespace) -> None:
         from rsi.model import load_model
         from rsi.runtime import resolve_device
 
-        model_params = load_section(raw, "model", ModelParams, source=str(args.params))
         model = load_model(model_params.weights, model_params.arch).to(resolve_device(model_params.device))
         seed = load_seed(raw, source=str(args.params))
         written = render_plan(model, plan, fz, seed=seed, weights=model_params.weights, root=root)
