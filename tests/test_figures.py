@@ -410,3 +410,14 @@ def test_figures_draw_the_re_rendered_fzs_the_criteria_judged(fake_repo):
     assert (store.block_image("2.1", "in", 2) == 7).all() and (store.block_image("2.1", "pre", 2) == 8).all()
     assert np.array_equal(store.block_image("2.1", "post", 2), store.image(Tap("2.1", "post"), 2))
     assert np.array_equal(store.block_image("2.1", "pre", 5), store.image(Tap("2.1", "pre"), 5))
+
+
+@pytest.mark.parametrize("max_channels", [0, 3, 64, 500])
+def test_the_figures_count_of_probed_channels_is_the_fz_stages(max_channels):
+    """channel_plan.probed_channels repeats rsi.fz.tap_channels' rule (figures import no FZ code)."""
+    from rsi.channel_plan import probed_channels
+    from rsi.fz import FZParams, tap_channels
+
+    fz = FZParams(max_channels=max_channels)
+    for block in ("1.1", "2.1", "4.0"):
+        assert probed_channels(block, max_channels, "resnet18") == len(tap_channels(block, fz))
