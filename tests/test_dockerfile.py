@@ -151,12 +151,50 @@ def test_installs_exactly_the_lock_through_the_install_script():
     assert not offending, f"packages may only come from requirements.lock via scripts/install.sh: {offending}"
     assert "bash scripts/install.sh" in commands
 
-    # and the script installs the lock and the package, nothing else
-    script = (REPO / "scripts" / "install.sh").read_text()
-    pip_lines = [line for line in script.splitlines() if re.search(r"\bpip install\b", line)]
-    assert len(pip_lines) == 2, pip_lines
-    assert "--no-deps -r requirements.lock" in pip_lines[0]
-    assert pip_lines[1].rstrip().endswith("-e .")
+
+def lock_requirements() -> list[str]:
+    lines = (REPO / "requirements.lock").read_text().splitlines()
+    return [line.strip() for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_install_script_installs_every_lock_line_once_then_the_package(tmp_path):
+    """Run scripts/install.sh against a stand-in python that records each pip call: together the calls
+    name every line of the lock exactly once, all with --no-deps and no cache, the CUDA wheels one per
+    call (so pip frees each download before the next; a full disk killed a CI run), the package last."""
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    calls = tmp_path / "calls"
+    fake = venv / "bin" / "python"
+    fake.write_text(
+        "#!/usr/bin/env bash\n"
+        f'echo "CALL $*" >> {calls}\n'
+        'prev=""; for a in "$@"; do if [ "$prev" = "-r" ]; then '
+        f'sed "s/^/  REQ /" "$a" >> {calls}; fi; prev="$a"; done\n'
+    )
+    fake.chmod(0o755)
+    env = {**os.environ, "RSI_VENV": str(venv)}
+    subprocess.run(["bash", str(REPO / "scripts" / "install.sh")], env=env, check=True, capture_output=True)
+    installed: list[str] = []
+    pip_calls = []
+    for line in calls.read_text().splitlines():
+        if line.startswith("CALL "):
+            args = line[5:].split()
+            assert args[:3] == ["-m", "pip", "install"], args
+            assert "--no-deps" in args and "--no-cache-dir" in args, args
+            pip_calls.append(args)
+            installed += [a for a in args[3:] if "==" in a]
+        elif line.startswith("  REQ "):
+            req = line[6:].strip()
+            if req and not req.startswith("#"):
+                installed.append(req)
+    assert sorted(installed) == sorted(lock_requirements())
+    assert len(installed) == len(set(installed))
+    one_per_call = [a[-1] for a in pip_calls if "==" in a[-1]]
+    assert "torch==2.14.1" in one_per_call
+    assert all(
+        any(r.startswith(p) for r in one_per_call) for p in ("nvidia-cudnn", "nvidia-cublas", "triton")
+    )
+    assert pip_calls[-1][-2:] == ["-e", "."]
 
 
 def test_install_commands_are_the_ones_ci_runs():
