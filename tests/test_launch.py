@@ -319,12 +319,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+# the stages that render FZs under the launcher: (command, extra params, where block 2.1's FZs would go)
+RENDERING_STAGES = {
+    "fz": (["fz", "--block", "2.1", "--no-progress"], {}, "outputs/fz/layer2_1"),
+    "stability": (
+        ["stability", "--seed", "4"],
+        {"criteria": {"blocks": ["2.1"], "seeds": [3, 4]}},
+        "outputs/stability/seed4/fz/layer2_1",
+    ),
+}
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
-def test_a_worker_dying_on_another_node_fails_rank_0_instead_of_leaving_it_waiting(tmp_path):
+@pytest.mark.parametrize("stage_name", sorted(RENDERING_STAGES))
+def test_a_worker_dying_on_another_node_fails_rank_0_instead_of_leaving_it_waiting(tmp_path, stage_name):
     """Two "nodes" on one host sharing the folder: torch's launcher on node A never learns that node B's
-    worker died; rank 0 must fail within seconds, not poll for B's chunks for ever."""
-    params = {**FZ_PARAMS, "fz": {**FZ_PARAMS["fz"], "steps": 600}}  # a chunk takes seconds
+    worker died; rank 0 must fail within seconds, not poll for B's chunks for ever (stage pre-reading
+    joins the group as stability does)."""
+    arguments, extra, assembled = RENDERING_STAGES[stage_name]
+    params = {**FZ_PARAMS, "fz": {**FZ_PARAMS["fz"], "steps": 600}, **extra}  # a chunk takes seconds
     endpoint = f"127.0.0.1:{free_port()}"
     (tmp_path / "params.yaml").write_text(
         yaml.safe_dump({**params, "launch": {"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint}})
@@ -332,7 +346,7 @@ def test_a_worker_dying_on_another_node_fails_rank_0_instead_of_leaving_it_waiti
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "TQDM_DISABLE": "1"}
     for name in NO_LAUNCHER:
         env.pop(name, None)
-    command = [RSI, "fz", "--block", "2.1", "--no-progress"]
+    command = [RSI, *arguments]
     nodes = []
     for _ in range(2):
         nodes.append(
@@ -359,13 +373,42 @@ def test_a_worker_dying_on_another_node_fails_rank_0_instead_of_leaving_it_waiti
     except subprocess.TimeoutExpired:
         by_rank[0].kill()
         raise AssertionError("rank 0 kept waiting for the dead rank's chunks") from None
-    line = [row for row in stderr.splitlines() if row.startswith("rsi fz: error:")]
+    line = [row for row in stderr.splitlines() if row.startswith(f"rsi {stage_name}: error:")]
     assert by_rank[0].returncode == 1 and len(line) == 1, stderr[-3000:]
     # rank 0's own wait fails; or, where node B held the rendezvous store, node A's launcher loses it first
     assert (
         "worker rank 0 failed" in line[0] and "another rank stopped before finishing its share" in line[0]
     ) or "lost the rendezvous with the other nodes (RendezvousConnectionError)" in line[0], line[0]
-    assert not (tmp_path / "outputs" / "fz" / "layer2_1").exists()  # nothing assembled
+    assert not (tmp_path / assembled).exists()  # nothing assembled
+
+
+@pytest.mark.slow
+def test_two_processes_write_what_one_writes_for_stability(tmp_path):
+    """Stage stability joins the process group before rendering (so a dead rank on another node fails the
+    wait): its 2-process run still writes one process's bytes, FZs, settings and activations."""
+    params = {
+        **FZ_PARAMS,
+        "fz": {
+            **FZ_PARAMS["fz"],
+            "steps": 20,
+            "max_channels": 3,
+            "blocks": {
+                "layer2_0": {"taps": ["post"], "jitter": 4},
+                "layer2_1": {"taps": ["pre", "post"], "jitter": 4},
+            },
+        },
+        "criteria": {"blocks": ["2.1"], "seeds": [3, 4]},
+    }
+    written = {}
+    for nproc in (1, 2):
+        work = tmp_path / f"nproc{nproc}"
+        write_params(work, params, nproc)
+        done = stage(["stability", "--seed", "4"], work)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert ("process(es) per node" in done.stderr) == (nproc == 2)
+        written[nproc] = files_of(work / "outputs" / "stability" / "seed4")
+    assert {"fz/layer2_1/pre.npz", "fz/layer2_0/post.npz", "activations/layer2_1.npz"} <= set(written[1])
+    assert written[2] == written[1]
 
 
 @pytest.fixture(scope="module")

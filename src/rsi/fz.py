@@ -582,10 +582,9 @@ def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) 
 
 
 def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, poll_s: float = 2.0) -> None:
-    """Rank 0 waits for the other ranks' chunk files (a shared disk may show them late). Under ``rsi fz``
-    the ranks have passed distributed.wait_for_peers, so they are there; stages stability and pre-reading
-    have no process group, and rely on torch's launcher, which ends every worker of a node when one
-    fails (their multi-node runs could wait here for a dead remote rank)."""
+    """Rank 0 waits for the other ranks' chunk files (a shared disk may show them late). The ranks of
+    every stage that renders (fz, stability, pre-reading) have passed distributed.wait_for_peers, so the
+    files were written; a rank that died fails that wait instead of leaving this one polling."""
     announced = False
     while missing := [p for p, chunk in paths if not _chunk_done(p, chunk, settings_hash)]:
         if distributed.world()[1] == 1:

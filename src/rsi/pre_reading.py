@@ -125,6 +125,7 @@ def run(args: argparse.Namespace) -> None:
         print("criteria.compare_pre_readings is false: no second reading")
         return
     numerics = full_float32()  # the renders keep fz.tf32 (declared); activations run in float32
+    distributed.init()  # under torch's launcher: a rank that dies on any node fails the others' wait
     model = _render_pre_fzs(raw, args.params, criteria.blocks, outputs)
     if not distributed.is_main():
         return  # rank 0 waited for this rank's chunks, assembled them, and measures the rest alone

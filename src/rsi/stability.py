@@ -53,9 +53,10 @@ def run(args: argparse.Namespace) -> None:
         )
         print(f"seed {args.seed}: the main run ({outputs}/), nothing to render")
         return
-    # render_block, not fz.run: fz.run sets up a process group per call, and a second one in the same
-    # worker fails; rendering needs none (rank 0 waits for the other ranks' chunk files).
     params = load_section(raw, "fz", fz.FZParams, source=args.params)
+    # under torch's launcher: the ranks tell each other that a lock is held and wait for each other on
+    # the group, so a worker that dies on another node fails this one too (rsi.distributed.wait_for_peers)
+    distributed.init()
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     device = fz.run_device(model_params.device)
     model = load_model(model_params.weights, model_params.arch)
