@@ -405,7 +405,7 @@ def test_a_chunk_file_from_other_settings_is_not_reused(random_model, tmp_path, 
     render_block(random_model, "2.1", params, **kwargs)
     spec = TapSpec.of(Tap("2.1", "pre"), params, seed=0, weights="random:0")
     path = fzmod.chunk_path(fzmod.resume_dir(spec, tmp_path / ".resume"), [0, 1])
-    forged = dict(load_npz(path), settings_hash=np.array("0123456789abcdef"))
+    forged = dict(load_npz(path), resume_key=np.array("0123456789abcdef"))
     np.savez(path, **forged)
     rendered: list[int] = []
     optimise = fzmod._optimise_batch
@@ -414,7 +414,44 @@ def test_a_chunk_file_from_other_settings_is_not_reused(random_model, tmp_path, 
     )
     render_block(random_model, "2.1", params, **kwargs)
     assert rendered == [0, 1]
-    assert str(load_npz(path)["settings_hash"]) == spec.hash()
+    assert str(load_npz(path)["resume_key"]) == spec.resume_key()
+
+
+def test_a_chunk_file_from_other_fz_code_is_not_reused(random_model, tmp_path, monkeypatch):
+    """DVC re-runs stage fz when a module that computes an FZ changes; the chunks the old code left in
+    .resume must then be rendered again, not reused. The settings (and settings.json) are unchanged."""
+    kwargs = dict(seed=0, weights="random:0", progress=False, root=tmp_path)
+    params = tiny(steps=2, max_channels=2)
+    render_block(random_model, "2.1", params, **kwargs)
+    settings = (tmp_path / "fz" / "layer2_1" / "settings.json").read_bytes()
+    rendered: list[int] = []
+    optimise = fzmod._optimise_batch
+    monkeypatch.setattr(
+        fzmod, "_optimise_batch", lambda m, s, c, *a, **k: rendered.extend(c) or optimise(m, s, c, *a, **k)
+    )
+    render_block(random_model, "2.1", params, **kwargs)
+    assert rendered == []  # the same code: resumed
+    monkeypatch.setattr(fzmod, "code_digest", lambda: "edited-fz-code")
+    render_block(random_model, "2.1", params, **kwargs)
+    assert rendered == [0, 1]
+    assert (tmp_path / "fz" / "layer2_1" / "settings.json").read_bytes() == settings
+
+
+def test_the_fz_code_digest_covers_the_fz_stage_source_deps(tmp_path):
+    """FZ_SOURCES are the src/rsi deps of dvc.yaml's fz stage (tests/test_dvc_deps.py holds those equal
+    to what the stage imports), and an edit to any one of them changes the digest."""
+    stage = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]["fz"]["do"]
+    deps = [d.removeprefix("src/rsi/") for d in stage["deps"] if d.startswith("src/rsi/")]
+    assert sorted(fzmod.FZ_SOURCES) == sorted(deps)
+    package = Path(fzmod.__file__).resolve().parent
+    copy = tmp_path / "rsi"
+    for name in fzmod.FZ_SOURCES:
+        (copy / name).parent.mkdir(parents=True, exist_ok=True)
+        (copy / name).write_bytes((package / name).read_bytes())
+    same = fzmod.sources_digest(copy)
+    with open(copy / "fz_transforms.py", "a") as edited:
+        edited.write("\n# an edit\n")
+    assert same == fzmod.code_digest() and fzmod.sources_digest(copy) != same
 
 
 @pytest.mark.parametrize("damage", ["empty", "cut short"])

@@ -202,7 +202,8 @@ def load_fz_params(raw: dict[str, Any], *, source: str = "params.yaml") -> FZPar
 
 @dataclass(frozen=True)
 class TapSpec:
-    """Everything that decides one tap's FZ pixels (with the channel): its settings hash keys resume."""
+    """Everything that decides one tap's FZ pixels (with the channel): its settings hash, with the FZ
+    code's digest, keys resume (:meth:`resume_key`)."""
 
     block: str
     kind: str
@@ -300,6 +301,42 @@ class TapSpec:
     def hash(self) -> str:
         text = json.dumps({**self.settings(), "versions": _versions()}, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def resume_key(self) -> str:
+        """What a resume chunk must have been rendered under to be reused: the settings (:meth:`hash`)
+        and the code that computes an FZ (:func:`code_digest`). DVC re-runs a stage when that code
+        changes; a chunk the old code left in ``outputs/.resume`` must then not stand in for the new."""
+        return hashlib.sha256(f"{self.hash()} {code_digest()}".encode()).hexdigest()[:16]
+
+
+# The modules whose code computes an FZ, under src/rsi: the source deps of dvc.yaml's fz stage
+# (tests/test_fz.py keeps the two equal; tests/test_dvc_deps.py keeps those equal to its imports).
+FZ_SOURCES = (
+    "fz.py",
+    "adjoints.py",
+    "artifacts/__init__.py",
+    "artifacts/fz.py",
+    "fz_param.py",
+    "fz_transforms.py",
+    "model.py",
+    "runtime.py",
+    "taps.py",
+    "transforms.py",
+)
+
+
+def sources_digest(package: Path) -> str:
+    """A digest of the files of FZ_SOURCES (names and bytes) under ``package``."""
+    digest = hashlib.sha256()
+    for name in FZ_SOURCES:
+        digest.update(f"{name}\0".encode() + (package / name).read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def code_digest() -> str:
+    """:func:`sources_digest` of the package this process imported."""
+    return sources_digest(Path(__file__).resolve().parent)
 
 
 def _versions() -> dict[str, str]:
@@ -539,7 +576,7 @@ def _concat(results: Sequence[FZResult]) -> FZResult:
 
 
 def resume_dir(spec: TapSpec, resume_root: Path) -> Path:
-    return resume_root / "fz" / block_key(spec.block) / spec.kind / spec.hash()
+    return resume_root / "fz" / block_key(spec.block) / spec.kind / spec.resume_key()
 
 
 def tap_channels(block: str, fz: FZParams, arch: str = DEFAULT_ARCH) -> list[int]:
@@ -555,9 +592,10 @@ def chunk_path(directory: Path, chunk: Sequence[int]) -> Path:
     return directory / f"chunk_{chunk[0]:04d}.npz"
 
 
-def _chunk_done(path: Path, chunk: Sequence[int], settings_hash: str) -> bool:
+def _chunk_done(path: Path, chunk: Sequence[int], resume_key: str) -> bool:
     """A finished chunk file for exactly these channels, rendered under these settings (the batch
-    geometry included), so a chunk from other settings or batches is never reused."""
+    geometry included) by this FZ code (TapSpec.resume_key), so a chunk from other settings, batches or
+    code is never reused."""
     if not path.is_file():
         return False
     try:
@@ -570,23 +608,23 @@ def _chunk_done(path: Path, chunk: Sequence[int], settings_hash: str) -> bool:
         zipfile.BadZipFile,
     ):  # empty or cut short (a crash): redo
         return False
-    return data["channels"].tolist() == list(chunk) and str(data.get("settings_hash")) == settings_hash
+    return data["channels"].tolist() == list(chunk) and str(data.get("resume_key")) == resume_key
 
 
-def _save_chunk(path: Path, result: FZResult, storage: str, settings_hash: str) -> None:
-    """A chunk: an FZ file of its channels (rsi.artifacts.fz) with the settings hash that made it."""
+def _save_chunk(path: Path, result: FZResult, storage: str, resume_key: str) -> None:
+    """A chunk: an FZ file of its channels (rsi.artifacts.fz) with the resume key that made it."""
     stored = FZFile(
         to_storage(result.images, storage), result.channels, result.objective, result.initial_objective
     )
-    write_fz(path, stored, settings_hash=np.array(settings_hash))
+    write_fz(path, stored, resume_key=np.array(resume_key))
 
 
-def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], settings_hash: str, poll_s: float = 2.0) -> None:
+def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], resume_key: str, poll_s: float = 2.0) -> None:
     """Rank 0 waits for the other ranks' chunk files (a shared disk may show them late). The ranks of
     every stage that renders (fz, stability, pre-reading) have passed distributed.wait_for_peers, so the
     files were written; a rank that died fails that wait instead of leaving this one polling."""
     announced = False
-    while missing := [p for p, chunk in paths if not _chunk_done(p, chunk, settings_hash)]:
+    while missing := [p for p, chunk in paths if not _chunk_done(p, chunk, resume_key)]:
         if distributed.world()[1] == 1:
             raise RuntimeError(f"chunk files missing after rendering: {', '.join(map(str, missing))}")
         if not announced:
@@ -693,7 +731,7 @@ def render_blocks(
         pending = [
             (spec, chunk)
             for spec, chunk in distributed.shard(work)
-            if not _chunk_done(chunk_path(resume_dir(spec, resume_root), chunk), chunk, spec.hash())
+            if not _chunk_done(chunk_path(resume_dir(spec, resume_root), chunk), chunk, spec.resume_key())
         ]
         label = ", ".join(blocks) if len(blocks) <= 3 else f"{len(blocks)} blocks"
         _render_pending(model, label, pending, device, resume_root, progress, on_chunk_saved)
@@ -749,7 +787,7 @@ def _render_pending(
             bar.n = finished  # exact at each chunk's end
             bar.refresh()
             path = chunk_path(resume_dir(spec, resume_root), chunk)
-            _save_chunk(path, result, spec.storage, spec.hash())
+            _save_chunk(path, result, spec.storage, spec.resume_key())
             if on_chunk_saved is not None:
                 on_chunk_saved(spec.tap, path)
 
@@ -772,7 +810,7 @@ def _assemble_block(
     written: dict[Tap, Path] = {}
     for spec in specs:
         directory = resume_dir(spec, resume_root)
-        _wait_for([(chunk_path(directory, chunk), chunk) for chunk in chunks], spec.hash())
+        _wait_for([(chunk_path(directory, chunk), chunk) for chunk in chunks], spec.resume_key())
         data = assemble(spec, chunks, resume_root, root)
         written[spec.tap] = fz_file(spec.tap, root)
         print(

@@ -3,8 +3,9 @@ settings a block was rendered with (``outputs/fz/<layerL_K>/settings.json``, :cl
 its one writer and one reader. Stages stability and pre-reading write the same files under their own roots.
 
 The resume chunks of ``rsi fz`` (``outputs/.resume``) are FZ files too, with one more array
-(``settings_hash``): rsi.fz writes them with :func:`write_fz` and assembles them with :func:`read_fz`;
-whether a chunk can be reused (its channels and settings hash) is rsi.fz's private check.
+(``resume_key``: the settings and the FZ code that made it, rsi.fz.TapSpec.resume_key): rsi.fz writes
+them with :func:`write_fz` and assembles them with :func:`read_fz`; whether a chunk can be reused (its
+channels and resume key) is rsi.fz's private check.
 """
 
 from __future__ import annotations
