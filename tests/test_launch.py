@@ -411,6 +411,38 @@ def test_two_processes_write_what_one_writes_for_stability(tmp_path):
     assert written[2] == written[1]
 
 
+RANK_WITH_OTHER_CODE = """
+import sys
+from pathlib import Path
+from rsi import distributed, fz
+from rsi.model import load_model
+if distributed.world()[0] == 1:
+    fz.code_digest = lambda: "another-checkout"  # a node started from other FZ code
+distributed.init()
+params = fz.FZParams(steps=2, image_size=32, max_channels=4, batch_channels=2,
+                     blocks={"layer2_1": fz.BlockFZParams(taps=("pre",), jitter=4)})
+fz.render_block(load_model("random:0"), "2.1", params, seed=0, weights="random:0", progress=False,
+                root=Path(sys.argv[1]))
+"""
+
+
+@pytest.mark.slow
+def test_a_rank_with_other_fz_code_is_an_error_on_every_rank_before_any_work(tmp_path):
+    """Its resume key differs, so it would write chunks where rank 0 never looks and rank 0 would wait
+    for ever (a review reproduced that hang): every rank stops at once, naming the rank."""
+    script = tmp_path / "ranks.py"
+    script.write_text(RANK_WITH_OTHER_CODE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    for name in NO_LAUNCHER:
+        env.pop(name, None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node=2", str(script), "out"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode != 0
+    assert "RanksDifferError: rank(s) [1] run other FZ code or packages than rank 0" in done.stderr
+    assert "another-checkout" in done.stderr
+    assert not list((tmp_path / "out").rglob("*.npz")) and not (tmp_path / "out" / "fz").exists()
+
+
 @pytest.fixture(scope="module")
 def eval_cache(tmp_path_factory) -> Path:
     """12 generated images in a 64 px cache, and the criteria's passing channels of block 2.1."""

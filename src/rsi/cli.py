@@ -129,6 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         distributed.finish()
     except (ParamsError, WeightsError, FileNotFoundError, ValueError) as error:
         # Bad input (params, weights, files, data): one line naming what to fix. RSI_DEBUG=1 re-raises.
+        distributed.finish()  # leave the group (no warning at exit); bad input fails before any collective
         if os.environ.get("RSI_DEBUG"):
             raise
         message = str(error)

@@ -86,6 +86,24 @@ def is_main() -> bool:
     return world()[0] == 0
 
 
+class RanksDifferError(ValueError):
+    """Ranks that must agree do not (a ValueError, so `rsi` prints it as one line)."""
+
+
+def require_same(value: dict[str, str], what: str, fix: str) -> None:
+    """Raise RanksDifferError on every rank unless every rank passes the same ``value`` (over the gloo
+    group of :func:`init`; nothing to compare in one process)."""
+    if not _PEERS or not dist.is_initialized() or dist.get_world_size() == 1:
+        return
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value, group=_PEERS[0])
+    differ = [rank for rank, theirs in enumerate(gathered) if theirs != gathered[0]]
+    if differ:
+        raise RanksDifferError(
+            f"rank(s) {differ} run other {what} than rank 0 ({gathered[differ[0]]} against {gathered[0]}): {fix}"
+        )
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place (identity in one process)."""
     if dist.is_available() and dist.is_initialized():

@@ -649,7 +649,7 @@ def lock_path(out_dir: Path, resume_root: Path) -> Path:
 
 
 @contextmanager
-def output_lock(out_dir: Path, resume_root: Path, device: torch.device | str = "cpu") -> Iterator[Path]:
+def output_lock(out_dir: Path, resume_root: Path) -> Iterator[Path]:
     """Hold an exclusive fcntl lock for ``out_dir`` while rendering it; a BusyError naming the holder
     (pid, host, start) when another run holds it. Under torchrun rank 0 locks for the whole job and
     tells the others. The kernel drops the lock when its process dies, so kill -9 leaves none behind."""
@@ -675,7 +675,8 @@ def output_lock(out_dir: Path, resume_root: Path, device: torch.device | str = "
             since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
             handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {since})\n")
             handle.flush()
-    busy = distributed.all_reduce_sum(torch.tensor([1.0 if holder else 0.0], device=device))
+    # a CPU flag: it goes over gloo, so no NCCL communicator is made for one number
+    busy = distributed.all_reduce_sum(torch.tensor([1.0 if holder else 0.0]))
     try:
         if busy.item():
             who = holder or "another run (rank 0 found it locked)"
@@ -722,9 +723,16 @@ def render_blocks(
             for kind in fz.block(block).taps
         ]
         plans.append((block, specs, chunks))
+    # a rank with other FZ code or packages has another resume key: it would write its chunks where
+    # rank 0 never looks, and rank 0 would wait for them for ever. An error on every rank, before any work.
+    distributed.require_same(
+        {"fz code": code_digest(), **_versions()},
+        "FZ code or packages",
+        "start every node from the same commit and install (scripts/install.sh, or the same image)",
+    )
     with ExitStack() as locks:
         for block in blocks:
-            locks.enter_context(output_lock(fz_dir(block, root), resume_root, device))
+            locks.enter_context(output_lock(fz_dir(block, root), resume_root))
         # The work items are (tap, chunk) pairs, sharded over ranks. A chunk holds whole batches, so the
         # batches (and their float rounding) are the same whatever the chunk size or number of processes.
         work = [(spec, chunk) for _, specs, chunks in plans for spec in specs for chunk in chunks]
@@ -876,20 +884,17 @@ def run(args: argparse.Namespace) -> None:
     blocks = list(fz.blocks) if "all" in args.block else args.block
     for block in blocks:
         fz.block(block)  # unknown block: a ParamsError before any work
-    distributed.init()
-    try:
-        device = run_device(model_params.device)
-        model = load_model(model_params.weights, model_params.arch)
-        render_blocks(
-            model,
-            blocks,
-            fz,
-            seed=seed,
-            weights=model_params.weights,
-            device=device,
-            root=Path(args.outputs),
-            resume_root=Path(args.resume_dir) if args.resume_dir else None,
-            progress=not args.no_progress,
-        )
-    finally:
-        distributed.finish()
+    distributed.init()  # rsi.cli.main leaves the group, whatever happens
+    device = run_device(model_params.device)
+    model = load_model(model_params.weights, model_params.arch)
+    render_blocks(
+        model,
+        blocks,
+        fz,
+        seed=seed,
+        weights=model_params.weights,
+        device=device,
+        root=Path(args.outputs),
+        resume_root=Path(args.resume_dir) if args.resume_dir else None,
+        progress=not args.no_progress,
+    )

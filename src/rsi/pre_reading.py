@@ -124,17 +124,27 @@ def run(args: argparse.Namespace) -> None:
         write_criteria_metrics(CriteriaMetrics({}, {}), REFERENCE_METRICS)  # {}: no second reading
         print("criteria.compare_pre_readings is false: no second reading")
         return
-    numerics = full_float32()  # the renders keep fz.tf32 (declared); activations run in float32
     distributed.init()  # under torch's launcher: a rank that dies on any node fails the others' wait
     model = _render_pre_fzs(raw, args.params, criteria.blocks, outputs)
-    if not distributed.is_main():
-        return  # rank 0 waited for this rank's chunks, assembled them, and measures the rest alone
+    if distributed.is_main():  # rank 0 waited for the other ranks' chunks and measures the rest alone
+        _measure_and_count(raw, args.params, criteria, model, root)
+    # the other ranks stay until rank 0 is done: across nodes, a node whose workers have all exited ends
+    # its launcher, and with it the rendezvous the other node's launcher still polls (rank 0's death)
+    distributed.wait_for_peers()
+
+
+def _measure_and_count(
+    raw: dict[str, Any], source: str, criteria: CriteriaParams, model: torch.nn.Module, root: Path
+) -> None:
+    """Rank 0: the activations of this reading's FZs, its re-render of the authors' case, and its
+    criteria counts, lists and metrics."""
+    numerics = full_float32()  # the renders keep fz.tf32 (declared); activations run in float32
     # the Pre FZs under root are this stage's, the In and Post ones linked by it
-    activations.measure_with_params(raw, args.params, model, criteria.blocks, outputs=root, fz_stage=STAGE)
+    activations.measure_with_params(raw, source, model, criteria.blocks, outputs=root, fz_stage=STAGE)
     # the authors' re-render of channels whose Post responses are both <= 0 (criteria.rerun_fz) ran under
     # their reading of Pre: this reading's hits re-render with its Pre objective
-    reading = dataclasses.replace(fz.load_fz_params(raw, source=args.params), pre_reading="lucent_reference")
-    reruns = rerun.rerun_blocks(raw, args.params, reading, root, model=model, activations_stage=STAGE)
+    reading = dataclasses.replace(fz.load_fz_params(raw, source=source), pre_reading="lucent_reference")
+    reruns = rerun.rerun_blocks(raw, source, reading, root, model=model, activations_stage=STAGE)
     results = [
         evaluate_stored(
             block, read_activations(activations_file(block, root), stage=STAGE), criteria, reruns[block]
