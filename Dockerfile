@@ -88,10 +88,11 @@ WORKDIR /repo
 # The repository as a fresh clone has it (.dockerignore drops .git, venvs, outputs and caches).
 COPY --chown=1000:1000 . .
 
-# Install exactly requirements.lock, then the package: the same command .ci/run and the README run.
-# The pip cache is a build cache mount, so it speeds rebuilds without entering the image.
+# Install exactly requirements.lock, then the package: the script .ci/run and the README run. pip keeps
+# its cache in a build cache mount, so a rebuild after a code change downloads no wheel again, and the
+# cache never enters the image.
 RUN --mount=type=cache,target=/home/rsi/.cache/pip,uid=1000,gid=1000 \
-    bash scripts/install.sh
+    bash scripts/install.sh --keep-pip-cache
 
 # No .git in the image (see .dockerignore): without a mount the container runs the pipeline on the code
 # it was built from. Without git metadata DVC refuses to work unless told so; core.no_scm goes into
