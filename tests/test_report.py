@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,8 @@ from test_figures import write_fake_outputs
 
 from rsi import paper
 from rsi.ablate_params import AblateParams
+from rsi.artifacts import ArtifactError
+from rsi.artifacts.top_images import TopImageOverlap, read_top_images
 from rsi.cli import main
 from rsi.criteria import CriteriaParams
 from rsi.paper import REFERENCE
@@ -408,15 +411,10 @@ def test_top_image_overlap_reads_section_3_on_hand_made_lists():
             [[1, 7, 12], [13, 14, 15]],  # Post: channel 0 mixes In's 1, Pre's 7 and a novel 12
         ]
     )
-    assert top_image_overlap(topk, [0, 1], k=3) == {
-        "channels": 2,
-        "in_pre_shared_mean": 0.5,
-        "in_pre_disjoint": 1,
-        "post_from_in_or_pre_mean": 1.0,
-    }
-    assert (
-        top_image_overlap(topk, [0], k=2)["post_from_in_or_pre_mean"] == 2.0
-    )  # Post's 1 and 7 of 1, 2, 7, 8
+    assert top_image_overlap(topk, [0, 1], k=3) == TopImageOverlap(
+        k=3, channels=2, in_pre_shared_mean=0.5, in_pre_disjoint=1, post_from_in_or_pre_mean=1.0
+    )
+    assert top_image_overlap(topk, [0], k=2).post_from_in_or_pre_mean == 2.0  # Post's 1, 7 of 1, 2, 7, 8
 
 
 def test_the_report_reads_the_top_images_of_the_passing_channels(fake_repo):
@@ -430,10 +428,32 @@ def test_the_report_reads_the_top_images_of_the_passing_channels(fake_repo):
     row = _row(text, "2.1", after="### Top natural images of the passing channels")
     assert row[1:] == [
         str(len(passing["2.1"])),
-        f"{found['in_pre_shared_mean']:.2f} of 9",
-        f"{found['in_pre_disjoint']} of {len(passing['2.1'])}",
-        f"{found['post_from_in_or_pre_mean']:.2f} of 9",
+        f"{found.in_pre_shared_mean:.2f} of 9",
+        f"{found.in_pre_disjoint} of {len(passing['2.1'])}",
+        f"{found.post_from_in_or_pre_mean:.2f} of 9",
     ]
+    # the same numbers in metrics/top_images.json, for dvc metrics diff (means to 6 places)
+    written = read_top_images()
+    assert set(written) == {block for block, channels in passing.items() if channels}
+    assert written["2.1"].channels == found.channels and written["2.1"].k == 9
+    assert written["2.1"].in_pre_disjoint == found.in_pre_disjoint
+    assert written["2.1"].in_pre_shared_mean == round(found.in_pre_shared_mean, 6)
+    assert json.loads(Path("metrics/top_images.json").read_text())["layer2_1"]["channels"] == found.channels
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ('{"2.1": {}}', "key '2.1' is not a block key as `rsi report` writes it"),
+        ('{"layer2_1": {"k": 9}}', "no 'channels', 'in_pre_shared_mean'"),
+        ('{"layer2_1": [1]}', "is not a mapping of k, channels"),
+    ],
+)
+def test_top_images_metrics_that_rsi_report_did_not_write_are_named(tmp_path, content, message):
+    path = tmp_path / "top_images.json"
+    path.write_text(content)
+    with pytest.raises(ArtifactError, match=re.escape(message)):
+        read_top_images(path)
 
 
 def test_fz_jitter_other_than_the_authors_is_listed(fake_repo):

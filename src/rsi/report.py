@@ -1,4 +1,6 @@
-"""`rsi report`: ``outputs/report.md``, every reproduced number beside the paper's, and what differs.
+"""`rsi report`: ``outputs/report.md``, every reproduced number beside the paper's, and what differs; and
+``metrics/top_images.json`` (:mod:`rsi.artifacts.top_images`), §3's top-image reading, which no other stage
+computes, for ``dvc metrics diff``.
 
 Owns the Markdown: the sections, and which params keys it prints (:data:`PRINTED_PARAMS`, the keys the
 report stage declares in dvc.yaml). Inputs (the file contract of :mod:`rsi.artifacts`):
@@ -28,6 +30,8 @@ from rsi.artifacts.criteria import REFERENCE_METRICS, read_criteria_metrics
 from rsi.artifacts.eval import read_eval
 from rsi.artifacts.natural_criteria import read_natural_criteria_metrics
 from rsi.artifacts.passing import read_passing
+from rsi.artifacts.top_images import METRICS_FILE as TOP_IMAGES_METRICS
+from rsi.artifacts.top_images import TopImageOverlap, write_top_images
 from rsi.config import load_section, read_params
 from rsi.criteria import CriteriaParams
 from rsi.labels import RunLabels, run_labels
@@ -602,7 +606,7 @@ def _natural_criteria_section(path: Path, root: Path) -> list[str]:
     ]
 
 
-def top_image_overlap(topk: np.ndarray, channels: Sequence[int], k: int = 9) -> dict[str, float]:
+def top_image_overlap(topk: np.ndarray, channels: Sequence[int], k: int = 9) -> TopImageOverlap:
     """§3 on the top-k natural images of the passing channels: "no overlap between the input and pre-sum
     layers, but the post-sum layer often contains a mixture of them in addition to novel images". From
     the (3, C, ≥k) In/Pre/Post top-k indices: the channels, the mean number of images In and Pre share,
@@ -613,34 +617,45 @@ def top_image_overlap(topk: np.ndarray, channels: Sequence[int], k: int = 9) -> 
         top_in, top_pre, top_post = (set(topk[row, channel, :k].tolist()) for row in range(3))
         shared.append(len(top_in & top_pre))
         mixed.append(len(top_post & (top_in | top_pre)))
-    return {
-        "channels": len(shared),
-        "in_pre_shared_mean": float(np.mean(shared)) if shared else float("nan"),
-        "in_pre_disjoint": sum(count == 0 for count in shared),
-        "post_from_in_or_pre_mean": float(np.mean(mixed)) if mixed else float("nan"),
-    }
+    return TopImageOverlap(
+        k=k,
+        channels=len(shared),
+        in_pre_shared_mean=float(np.mean(shared)) if shared else float("nan"),
+        in_pre_disjoint=sum(count == 0 for count in shared),
+        post_from_in_or_pre_mean=float(np.mean(mixed)) if mixed else float("nan"),
+    )
 
 
-def _top_images_section(passing: Mapping[str, list[int]], root: Path) -> list[str]:
-    """The §3 reading of the passing channels' top natural images, per block with a natural file."""
+def top_images(
+    passing: Mapping[str, list[int]], root: Path = artifacts.OUTPUTS
+) -> dict[str, TopImageOverlap]:
+    """:func:`top_image_overlap` of each block with passing channels and a natural file, in block order
+    (the report's §3 table and ``metrics/top_images.json``)."""
     from rsi.artifacts.natural import read_natural
 
-    rows = []
+    found = {}
     for block in sorted(passing, key=block_order):
         if not passing[block] or not artifacts.natural_file(block, root).is_file():
             continue
         topk = read_natural(block, root).topk
-        k = min(9, topk.shape[-1])
-        found = top_image_overlap(topk, [c for c in passing[block] if c < topk.shape[1]], k)
-        rows.append(
-            [
-                block,
-                str(found["channels"]),
-                f"{found['in_pre_shared_mean']:.2f} of {k}",
-                f"{found['in_pre_disjoint']} of {found['channels']}",
-                f"{found['post_from_in_or_pre_mean']:.2f} of {k}",
-            ]
-        )
+        channels = [c for c in passing[block] if c < topk.shape[1]]
+        if channels:
+            found[block] = top_image_overlap(topk, channels, min(9, topk.shape[-1]))
+    return found
+
+
+def _top_images_section(found: Mapping[str, TopImageOverlap]) -> list[str]:
+    """The §3 reading of the passing channels' top natural images, per block with a natural file."""
+    rows = [
+        [
+            block,
+            str(overlap.channels),
+            f"{overlap.in_pre_shared_mean:.2f} of {overlap.k}",
+            f"{overlap.in_pre_disjoint} of {overlap.channels}",
+            f"{overlap.post_from_in_or_pre_mean:.2f} of {overlap.k}",
+        ]
+        for block, overlap in found.items()
+    ]
     if not rows:
         return []
     header = [
@@ -1206,8 +1221,10 @@ def build_report(
     params: ReportParams,
     root: Path = artifacts.OUTPUTS,
     metrics: Path = artifacts.METRICS,
+    found_top_images: Mapping[str, TopImageOverlap] | None = None,
 ) -> str:
-    """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``)."""
+    """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``;
+    ``found_top_images``: :func:`top_images`, when the caller has it already)."""
     criteria_metrics = read_criteria_metrics(metrics / "criteria.json")
     criteria = criteria_metrics.blocks
     passing = read_passing(artifacts.passing_file(root)).blocks
@@ -1242,7 +1259,7 @@ def build_report(
     lines += _rerun_section(criteria, reference, _param(raw, "criteria.rerun_fz", CriteriaParams))
     probed = {block: entry.get("channels") for block, entry in criteria.items()}
     lines += _channels_section(passing, paper, probed, labels.arch)
-    lines += _top_images_section(passing, root)
+    lines += _top_images_section(top_images(passing, root) if found_top_images is None else found_top_images)
     skipped = [
         f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"
         for block, name in ablation_metrics.listed()  # every set listed, ablated or skipped
@@ -1269,11 +1286,13 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "report", ReportParams, source=str(args.params))
     root = Path(args.outputs)
-    text = build_report(raw, params, root)
+    found = top_images(read_passing(artifacts.passing_file(root)).blocks, root)
+    text = build_report(raw, params, root, found_top_images=found)
     out = Path(args.out) if args.out else root / "report.md"
     with atomic_path(out) as temporary:
         temporary.write_text(text)
-    print(f"wrote {out}")
+    write_top_images(found)  # §3's top-image reading, for dvc metrics diff
+    print(f"wrote {out} and {TOP_IMAGES_METRICS}")
 
 
 __all__ = [
