@@ -196,15 +196,29 @@ def test_screen_batch_does_not_change_the_outcome(fake_evaluate):
     assert all(crops in ((224,), (201, 179, 156, 134, 112)) for _, crops in fake_evaluate)
 
 
-def test_attempt_cap_error_names_block_count_and_fix(fake_evaluate, monkeypatch):
+@pytest.mark.parametrize("on_failure", ["error", "skip"])
+def test_attempt_cap_names_block_count_and_fix(fake_evaluate, monkeypatch, on_failure):
+    """A set whose screening finds too few random sets stops the stage (error), or is skipped with that
+    message (skip, the default): the other sets' results are kept and the report says why."""
     params = AblateParams(
-        blocks=("2.1",), trials=3, screening={"2.1": ScreenParams("lower", 0.0)}, max_attempts=4
+        blocks=("2.1",),
+        trials=3,
+        screening={"2.1": ScreenParams("lower", 0.0)},
+        max_attempts=4,
+        on_screening_failure=on_failure,
     )
+    assert AblateParams().on_screening_failure == "skip"
     rejected = lambda c, crop: 50.0 if c.name != "baseline" else 70.0  # noqa: E731 - nothing is lower
     monkeypatch.setattr(sys.modules[__name__], "fake_accuracy", rejected)
-    with pytest.raises(AblationError) as error:
-        ablate.ablate_block(None, FakeSet(), "2.1", PASSING, np.zeros(128), params, progress=False)
-    message = str(error.value)
+    if on_failure == "error":
+        with pytest.raises(AblationError) as error:
+            ablate.ablate_block(None, FakeSet(), "2.1", PASSING, np.zeros(128), params, progress=False)
+        message = str(error.value)
+    else:
+        result = ablate.ablate_block(None, FakeSet(), "2.1", PASSING, np.zeros(128), params, progress=False)
+        assert result.skipped is not None and result.skipped.startswith("screening failed: ablate 2.1")
+        assert not result.scales and ablate.set_metrics(result) == SetMetrics(len(PASSING), 128)
+        message = result.skipped
     for part in ("2.1", "only 0 of 3", "after 4 attempts", "'lower'", "ablate.max_attempts",
                  "ablate.screening.layer2_1", "ablate.trials"):  # fmt: skip
         assert part in message, part

@@ -20,6 +20,7 @@ from rsi.artifacts.ablation import (
     BlockMetrics,
     ScaleMetrics,
     SetMetrics,
+    SetResult,
     trials_file,
     write_ablation,
 )
@@ -175,9 +176,10 @@ def write_fake_outputs(
             "1.1": BlockMetrics({}, {"run": SetMetrics(n_passing=0, n_channels=64)}),  # skipped by the stage
         },
     )
+    skipped = SetResult("1.1", "run", 64, (), (), N_EVAL, skipped="no passing channels")
     write_ablation(
         ablation,
-        [],
+        [skipped],
         {"device": "cpu (2 threads)"},
         metrics_path=metrics / "ablation.json",
         plots_path=root / artifacts.ABLATION_PLOT,

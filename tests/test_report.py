@@ -72,7 +72,10 @@ def test_report_puts_paper_numbers_beside_reproduced_ones(fake_repo):
     )  # this run's set: no recorded value
     assert "| No Scale | 224 | 63.750 | 63.750 | 65.722 | 0.9700 ± 0.0020 |" in text  # the published set
     assert "Top-1 of the unablated model without scaling: 70.000 %." in text
-    assert "not ablated (no scale entries, e.g. no passing channel): 1.1 (this run's channels)." in text
+    assert "not ablated (no scale entries): 1.1 (this run's channels: no passing channels)." in text
+    assert "- Block 1.1 (this run's channels) was not ablated: no passing channels" in text
+    # this run's lists come from the exact reading of Pre, the authors' from theirs: said under the set
+    assert "This run's channels pass the criteria under the `exact` reading of Pre" in text
     # random weights on 20 generated images: the exact check is shown but not judged
     assert "Not comparable: random weights, generated images, 20 images, not 50,000" in text
     assert "exact" not in _row(text, "30 %")[-1] and "not comparable" in text
@@ -253,6 +256,11 @@ def test_the_report_judges_the_published_accuracies_on_the_paper_data(fake_repo)
     section = text.split("### Block 2.1: the authors' published channels")[1].split("Exact check")[1]
     assert _row(section, "No Scale")[-1] == "exact"
     assert _row(section, "30 %")[-4:] == ["56.222", "+0.004", "+2.0", "not exact (2.0 images)"]
+    # and the summary of differences names the miss on the one result DESIGN calls exact
+    assert (
+        "- Block 2.1 (the authors' published channels): 1 of 6 accuracies differ from the authors' "
+        "recorded values, by up to 2 images (the exact check, §4)." in text
+    )
 
 
 def test_classes_present_counts_the_labels_of_the_images_used(fake_repo):

@@ -357,10 +357,16 @@ def ablate_block(
     no_scale = crop_of(0, params.crop_rule, eval_set)
     baseline = Condition("baseline")
     passing_condition = Condition.mean_ablation("passing", passing, post_means)
-    screening = screen_random_sets(
-        model, eval_set, block, non_passing, post_means, params,
-        [baseline, passing_condition], no_scale, seed=seed, channel_set=channel_set, **kwargs,
-    )  # fmt: skip
+    try:
+        screening = screen_random_sets(
+            model, eval_set, block, non_passing, post_means, params,
+            [baseline, passing_condition], no_scale, seed=seed, channel_set=channel_set, **kwargs,
+        )  # fmt: skip
+    except AblationError as error:
+        if params.on_screening_failure == "error":
+            raise
+        # every rank screened the same sets (the accuracies are all-reduced), so every rank skips
+        return replace(about, skipped=f"screening failed: {error}")
     trials = accepted_sets(screening.attempts)
     crops = {p: crop_of(p, params.crop_rule, eval_set) for p in params.percents}
     scales = scale_sweep(

@@ -81,6 +81,13 @@ class AblateParams:
         default_factory=_default_screening, metadata={"check": _check_screening}
     )
     max_attempts: int = field(default=200, metadata={"min": 1})
+    on_screening_failure: Literal["skip", "error"] = field(
+        default="skip",
+        metadata={
+            "help": "a set whose screening finds too few random sets: skip it (the others are kept, the "
+            "report says why) or stop the stage"
+        },
+    )
     screen_batch: int = field(default=10, metadata={"min": 1})
     batch_size: int = field(default=1024, metadata={"min": 1})
     channel_sets: tuple[str, ...] = field(

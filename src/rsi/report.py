@@ -25,7 +25,14 @@ import numpy as np
 
 from rsi import artifacts
 from rsi.ablate_params import AblateParams
-from rsi.artifacts.ablation import CHANNEL_SET_LABELS, AblationSeries, read_ablation_metrics
+from rsi.artifacts.ablation import (
+    CHANNEL_SET_LABELS,
+    AblationRun,
+    AblationSeries,
+    read_ablation_metrics,
+    read_ablation_run,
+    trials_file,
+)
 from rsi.artifacts.criteria import REFERENCE_METRICS, read_criteria_metrics
 from rsi.artifacts.eval import read_eval
 from rsi.artifacts.natural_criteria import read_natural_criteria_metrics
@@ -89,6 +96,7 @@ PRINTED_PARAMS: tuple[str, ...] = (
     "ablate.trials",
     "ablate.screening",
     "ablate.max_attempts",
+    "ablate.on_screening_failure",
     "ablate.batch_size",
     "ablate.channel_sets",
     "ablate.tf32",
@@ -280,18 +288,17 @@ def _params_details(raw: Mapping[str, Any], fz_settings: dict[str, dict[str, Any
     return [*lines, "</details>", ""]
 
 
-def _devices(fz_settings: Mapping[str, Mapping[str, Any]], root: Path) -> dict[str, str]:
+def _devices(
+    fz_settings: Mapping[str, Mapping[str, Any]], ablation_run: AblationRun | None
+) -> dict[str, str]:
     """What computed the FZs (per block, as each block's settings.json records it) and the ablation, as
     rsi.runtime.describe_device named it: CPU and GPU floats differ (DESIGN)."""
-    from rsi.artifacts.ablation import read_ablation_device, trials_file
-
     devices: dict[str, list[str]] = {}
     for block, content in fz_settings.items():
         devices.setdefault(content["device"], []).append(block)
     named = {f"FZs {', '.join(blocks)}": device for device, blocks in devices.items()}
-    trials = trials_file(root)
-    if trials.is_file():
-        named["ablation"] = read_ablation_device(trials)
+    if ablation_run is not None:
+        named["ablation"] = ablation_run.device
     return named
 
 
@@ -779,10 +786,21 @@ class ExactCheck:
         return text
 
 
+@dataclass(frozen=True)
+class ExactMiss:
+    """A published set's exact check that failed: accuracies that differ of those checked, and the largest
+    difference in images."""
+
+    differ: int
+    checked: int
+    images: float
+
+
 def _exact_section(
     block: str, series: AblationSeries, recorded: Mapping[str, float], comparable: str | None
-) -> list[str]:
-    """The published set's accuracies beside the authors' recorded ones (deterministic: no FZ, no draw)."""
+) -> tuple[list[str], ExactMiss | None]:
+    """The published set's accuracies beside the authors' recorded ones (deterministic: no FZ, no draw),
+    and, where comparable and any differs, how they miss."""
     rows = []
     checks = []
     for i, percent in enumerate(series.scales):
@@ -802,8 +820,11 @@ def _exact_section(
             ]
         )
     if not rows:
-        return []
+        return [], None
     exact = sum(c.exact for c in checks)
+    miss = None
+    if comparable is None and exact < len(checks):
+        miss = ExactMiss(len(checks) - exact, len(checks), max(abs(c.images) for c in checks))
     summary = (
         f"{exact} of {len(checks)} match the authors' recorded values exactly (under one image)."
         if comparable is None
@@ -827,7 +848,7 @@ def _exact_section(
             ],
             rows,
         ),
-    ]
+    ], miss
 
 
 def _ablation_table(
@@ -884,9 +905,12 @@ def _ablation_section(
     decimals: int,
     skipped: Sequence[str] = (),
     comparable: str | None = None,
-) -> tuple[list[str], dict[tuple[str, str], tuple[int, int]]]:
+    pre_reading: str = "lucent_reference",
+) -> tuple[list[str], dict[tuple[str, str], tuple[int, int]], dict[str, ExactMiss]]:
     """Per block and channel set: the sweep, the verdict on the paper's claim, and for the authors'
-    published sets the exact check of the accuracies (``comparable``: why they cannot match, or None)."""
+    published sets the exact check of the accuracies (``comparable``: why they cannot match, or None).
+    Returns the lines, the verdicts (ratios below the no-scale one, scaled ratios) and the failed exact
+    checks by block. ``pre_reading``: the reading of Pre this run's passing lists came from."""
     authors_acc: dict[str, dict[str, float]] = paper.get("ablation_passing_acc", {})
     if crop_rule != "authors_code" and comparable is None:
         comparable = f"crop rule {crop_rule}, the authors' recorded values used authors_code"
@@ -900,6 +924,7 @@ def _ablation_section(
         "",
     ]
     verdicts: dict[tuple[str, str], tuple[int, int]] = {}
+    misses: dict[str, ExactMiss] = {}
     for block, sets in ablation.items():
         for name, series in sets.items():
             recorded = authors_acc.get(block, {}) if name == "published" else {}
@@ -923,19 +948,27 @@ def _ablation_section(
                 f'samples"): in {series.trials_below} of {series.trials} trials every scaled ratio lies below '
                 "that trial's own no-scale ratio.",
             ]
+            if name == "run" and pre_reading != "lucent_reference":
+                lines += [
+                    "",
+                    f"This run's channels pass the criteria under the `{pre_reading}` reading of Pre "
+                    "(`fz.pre_reading`); the authors' lists came from theirs (`lucent_reference`), which "
+                    "stage pre-reading counts but this stage does not ablate.",
+                ]
             if name == "published":
-                lines += _exact_section(block, series, recorded, comparable)
+                exact_lines, miss = _exact_section(block, series, recorded, comparable)
+                lines += exact_lines
+                if miss is not None:
+                    misses[block] = miss
             lines.append("")
     if skipped:
         lines += [
-            "Listed in metrics/ablation.json but not ablated (no scale entries, e.g. no passing channel): "
-            + ", ".join(skipped)
-            + ".",
+            "Listed in metrics/ablation.json but not ablated (no scale entries): " + "; ".join(skipped) + ".",
             "",
         ]
     if not ablation:
         lines += ["metrics/ablation.json holds no ablated block.", ""]
-    return lines, verdicts
+    return lines, verdicts, misses
 
 
 def pre_reading_sentence(reading: str, eq1_reading: str) -> str:
@@ -1061,7 +1094,8 @@ def _setting_differences(labels: RunLabels, settings: dict[str, Any]) -> list[st
         items.append(
             f"The JPEGs were decoded by {settings['decoder']}; the authors' environment decoded them with "
             f"{AUTHORS_DECODER}, whose chroma upsampling differs from libjpeg-turbo's, so pixels can differ "
-            "and the exact check can miss by a few near-tie images even where everything else matches."
+            "and the exact check can miss by some images (how many is unmeasured) even where everything "
+            "else matches."
         )
     return items
 
@@ -1112,13 +1146,30 @@ def _count_differences(
     return items
 
 
+@dataclass(frozen=True)
+class AblationFindings:
+    """What §4 found that the differences list names: the verdicts per (block, set) (scaled ratios below
+    the no-scale one, scaled ratios), the failed exact checks by block, and the sets not ablated, why."""
+
+    verdicts: dict[tuple[str, str], tuple[int, int]]
+    misses: dict[str, ExactMiss]
+    skipped: dict[tuple[str, str], str]
+
+
 def _ablation_differences(
-    criteria: dict[str, dict[str, Any]],
-    authors_sets: Mapping[str, Sequence[int]],
-    verdicts: dict[tuple[str, str], tuple[int, int]],
+    criteria: dict[str, dict[str, Any]], authors_sets: Mapping[str, Sequence[int]], found: AblationFindings
 ) -> list[str]:
-    """Ablations whose scaled ratios break the paper's claim, and ablated sets of another size."""
+    """Ablations whose scaled ratios break the paper's claim, published sets whose accuracies miss the
+    authors' recorded ones, sets not ablated, and ablated sets of another size."""
     items = []
+    for block, miss in found.misses.items():
+        items.append(
+            f"Block {block} (the authors' published channels): {miss.differ} of {miss.checked} accuracies differ "
+            f"from the authors' recorded values, by up to {miss.images:.0f} images (the exact check, §4)."
+        )
+    for (block, name), why in found.skipped.items():
+        items.append(f"Block {block} ({CHANNEL_SET_LABELS.get(name, name)}) was not ablated: {why}")
+    verdicts = found.verdicts
     for (block, name), (below, scaled) in verdicts.items():
         if scaled and below < scaled:
             items.append(
@@ -1144,7 +1195,7 @@ def _differences(
     criteria: dict[str, dict[str, Any]],
     reference: dict[str, dict[str, Any]] | None,
     paper: dict[str, Any],
-    verdicts: dict[tuple[str, str], tuple[int, int]],
+    ablation: AblationFindings,
 ) -> list[str]:
     """Everything that differs from the paper, in plain words."""
     items = _setting_differences(labels, settings) + _value_differences(raw)
@@ -1153,7 +1204,7 @@ def _differences(
     items += _count_differences(
         labels.arch, criteria, reference, paper.get("passing", {}), settings.get("pre_reading", "exact")
     )
-    items += _ablation_differences(criteria, paper.get("ablation_channels_authors_code", {}), verdicts)
+    items += _ablation_differences(criteria, paper.get("ablation_channels_authors_code", {}), ablation)
     items.append(
         "Feature visualisation is stochastic; the paper itself notes that results may vary. The authors "
         "set no seeds; this run is seeded, so it is repeatable but not the authors' draw."
@@ -1247,8 +1298,9 @@ def build_report(
         "",
     ]
     fz_settings = read_fz_settings(root)
+    ablation_run = read_ablation_run(trials_file(root)) if trials_file(root).is_file() else None
     settings_lines, settings = _settings_section(
-        raw, labels, weights_label, index, (n_images, n_classes), _devices(fz_settings, root)
+        raw, labels, weights_label, index, (n_images, n_classes), _devices(fz_settings, ablation_run)
     )
     settings["eq1_reading"] = eq1_reading = _param(raw, "criteria.eq1_reading", CriteriaParams)
     pre_reading = settings.get("pre_reading") or "exact"
@@ -1260,19 +1312,21 @@ def build_report(
     probed = {block: entry.get("channels") for block, entry in criteria.items()}
     lines += _channels_section(passing, paper, probed, labels.arch)
     lines += _top_images_section(top_images(passing, root) if found_top_images is None else found_top_images)
+    why_skipped = ablation_run.skipped if ablation_run is not None else {}
     skipped = [
-        f"{block} ({CHANNEL_SET_LABELS.get(name, name)})"
+        f"{block} ({CHANNEL_SET_LABELS.get(name, name)}: {why_skipped.get((block, name), 'no reason recorded')})"
         for block, name in ablation_metrics.listed()  # every set listed, ablated or skipped
         if name not in ablation.get(block, {})
     ]
     lines += _stability_section(criteria_metrics.stability)
     lines += _natural_criteria_section(metrics / "criteria_natural.json", root)
     comparable = _not_comparable(labels, weights_label, n_images)
-    ablation_lines, verdicts = _ablation_section(
-        ablation, paper, settings.get("crop_rule"), params.decimals, skipped, comparable
+    ablation_lines, verdicts, misses = _ablation_section(
+        ablation, paper, settings.get("crop_rule"), params.decimals, skipped, comparable, pre_reading
     )
     lines += ablation_lines
-    lines += _differences(raw, fz_settings, labels, settings, criteria, reference, paper, verdicts)
+    found = AblationFindings(verdicts, misses, why_skipped)
+    lines += _differences(raw, fz_settings, labels, settings, criteria, reference, paper, found)
     lines += settings_lines + _params_details(raw, fz_settings, root)
     lines += _figures_section(root)
     return "\n".join(lines).rstrip() + "\n"

@@ -443,9 +443,25 @@ def read_ablation_metrics(path: Path = ABLATION_METRICS) -> AblationMetrics:
     )
 
 
-def read_ablation_device(path: Path) -> str:
-    """The device the ablation ran on (``settings.device`` of outputs/ablation/trials.json, written by
-    :func:`write_ablation` from rsi.runtime.describe_device), for the report."""
+@dataclass(frozen=True)
+class AblationRun:
+    """What outputs/ablation/trials.json says of the run beyond the metrics, for the report: the device
+    (rsi.runtime.describe_device) and why each set not ablated was skipped, by (block ``"2.1"``, set)."""
+
+    device: str
+    skipped: dict[tuple[str, str], str]
+
+
+def read_ablation_run(path: Path) -> AblationRun:
+    """The :class:`AblationRun` of outputs/ablation/trials.json, as :func:`write_ablation` wrote it."""
     path = Path(path)
-    data = _require(path, load_json(path, STAGE), ["settings"])
-    return str(_require(path, data["settings"], ["device"], "settings")["device"])
+    data = _require(path, load_json(path, STAGE), ["settings", "blocks"])
+    device = str(_require(path, data["settings"], ["device"], "settings")["device"])
+    skipped = {}
+    for key, sets in _mapping(path, data["blocks"], "blocks").items():
+        block = block_of_key(path, key, STAGE)
+        for name, entry in _mapping(path, sets, f"blocks.{key}").items():
+            entry = _mapping(path, entry, f"blocks.{key}.{name}")
+            if "skipped" in entry:
+                skipped[block, name] = str(entry["skipped"])
+    return AblationRun(device, skipped)
