@@ -6,13 +6,14 @@
 #                     mount outside the image, so a rebuild after a code change downloads nothing).
 #                     Elsewhere the wheels are installed once and a second copy only costs disk.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 cache=(--no-cache-dir)
-case "${1:-}" in
-  "") ;;
-  --keep-pip-cache) cache=() ;;
-  *) echo "install.sh: unknown option '$1' (the one option is --keep-pip-cache)" >&2; exit 2 ;;
+case "$#:${1:-}" in
+  0:) ;;
+  1:--keep-pip-cache) cache=() ;;
+  1:-h | 1:--help) sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+  *) echo "install.sh: unknown option(s) '$*' (the one option is --keep-pip-cache; --help)" >&2; exit 2 ;;
 esac
+cd "$(dirname "$0")/.."
 venv="${RSI_VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"

@@ -205,10 +205,18 @@ def test_install_script_installs_every_lock_line_once_then_the_package(tmp_path)
     )
     kept = [line for line in calls.read_text().splitlines() if line.startswith("CALL ")]
     assert len(kept) == len(pip_calls) and not any("--no-cache-dir" in line for line in kept)
-    wrong = subprocess.run(
-        ["bash", str(REPO / "scripts" / "install.sh"), "--cache"], env=env, capture_output=True
+    for wrong_args in (["--cache"], ["--keep-pip-cache", "--typo"]):
+        wrong = subprocess.run(
+            ["bash", str(REPO / "scripts" / "install.sh"), *wrong_args], env=env, capture_output=True
+        )
+        assert (
+            wrong.returncode == 2 and f"unknown option(s) '{' '.join(wrong_args)}'".encode() in wrong.stderr
+        )
+    helped = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install.sh"), "--help"], env=env, capture_output=True
     )
-    assert wrong.returncode == 2 and b"unknown option '--cache'" in wrong.stderr
+    assert helped.returncode == 0 and b"--keep-pip-cache" in helped.stdout
+    assert len([line for line in calls.read_text().splitlines() if line.startswith("CALL ")]) == len(kept)
 
 
 def test_install_commands_are_the_ones_ci_runs():

@@ -72,8 +72,9 @@ def test_report_puts_paper_numbers_beside_reproduced_ones(fake_repo):
     )  # this run's set: no recorded value
     assert "| No Scale | 224 | 63.750 | 63.750 | 65.722 | 0.9700 ± 0.0020 |" in text  # the published set
     assert "Top-1 of the unablated model without scaling: 70.000 %." in text
-    assert "not ablated (no scale entries): 1.1 (this run's channels: no passing channels)." in text
-    assert "- Block 1.1 (this run's channels) was not ablated: no passing channels" in text
+    assert "not ablated (no accuracies): 1.1 (this run's channels: no passing channels)." in text
+    assert "- Block 1.1 (this run's channels) was not ablated: no passing channels." in text
+    assert _row(text, "data path")[1] == "— (generated in memory)"  # data.root is not read then
     # this run's lists come from the exact reading of Pre, the authors' from theirs: said under the set
     assert "This run's channels pass the criteria under the `exact` reading of Pre" in text
     # random weights on 20 generated images: the exact check is shown but not judged

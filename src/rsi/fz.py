@@ -824,7 +824,7 @@ def _assemble_block(
         print(
             f"rsi fz: {spec.tap}: {len(data.channels)} channels, center neuron mean "
             f"{data.initial_objective.mean():.3f} -> {data.objective.mean():.3f} "
-            f"(higher in {int((data.objective > data.initial_objective).sum())})",
+            f"(higher in {int((data.objective > data.initial_objective).sum())} of {len(data.channels)})",
             flush=True,
         )
     settings = FZSettings(

@@ -351,7 +351,11 @@ def _settings_section(
         ],
         *_exactness_rows(raw),
         ["data source", _fmt(source), "ImageNet-1k validation"],
-        ["data path", _fmt(_param(raw, "data.root")), "—"],
+        [
+            "data path",
+            "— (generated in memory)" if source == "generated" else _fmt(_param(raw, "data.root")),
+            "—",
+        ],
         ["JPEG decoder", index["decoder"], f"{AUTHORS_DECODER} (the authors' environment.yml)"],
         ["evaluation images", _fmt(n_images), f"{EVAL_IMAGES:,}"],
         ["classes present", _fmt(n_classes), str(EVAL_CLASSES)],
@@ -936,7 +940,7 @@ def _ablation_section(
             )
             lines += [
                 "",
-                f"Ablated: {_fmt(series.n_passing)} channels of {_fmt(series.n_channels)}; random sets "
+                f"Ablated: {_plural(series.n_passing, 'channel')} of {_fmt(series.n_channels)}; random sets "
                 f"accepted by the screening: {_fmt(series.trials)} of {_fmt(series.attempts)} drawn.",
                 "",
                 f"Top-1 of the unablated model without scaling: {_fmt(series.baseline_acc[0], 3)} %.",
@@ -970,7 +974,7 @@ def _ablation_section(
             lines.append("")
     if skipped:
         lines += [
-            "Listed in metrics/ablation.json but not ablated (no scale entries): " + "; ".join(skipped) + ".",
+            "Listed in metrics/ablation.json but not ablated (no accuracies): " + "; ".join(skipped) + ".",
             "",
         ]
     if not ablation:
@@ -1129,7 +1133,8 @@ def _count_differences(
         if comparable:
             if comparable.get("passing") != paper_counts[block]:
                 items.append(
-                    f"Block {block}: {_plural(comparable.get('passing'), 'channel')} pass under the authors' "
+                    f"Block {block}: {_plural(comparable.get('passing'), 'channel')} "
+                    f"{'passes' if comparable.get('passing') == 1 else 'pass'} under the authors' "
                     f"reading of Pre (the count comparable with the paper's), {paper_counts[block]} in the "
                     f"paper{scope}."
                 )
@@ -1175,7 +1180,9 @@ def _ablation_differences(
             f"from the authors' recorded values, by up to {miss.images:.0f} images (the exact check, §4)."
         )
     for (block, name), why in found.skipped.items():
-        items.append(f"Block {block} ({CHANNEL_SET_LABELS.get(name, name)}) was not ablated: {why}")
+        items.append(
+            f"Block {block} ({CHANNEL_SET_LABELS.get(name, name)}) was not ablated: {why.rstrip('.')}."
+        )
     verdicts = found.verdicts
     for (block, name), (below, scaled) in verdicts.items():
         if scaled and below < scaled:
