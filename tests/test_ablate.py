@@ -22,7 +22,7 @@ from test_figures import fake_natural
 from torchvision import transforms as T
 from torchvision.transforms import functional as TF
 
-from rsi import ablate, cli, data, natural, paper
+from rsi import ablate, cli, data, natural
 from rsi.ablate import AblationError, Condition, eq3_ratio, screen
 from rsi.ablate_params import AblateParams, ScreenParams
 from rsi.artifacts.ablation import PLOT_FIELDS, SetMetrics, write_ablation
@@ -244,35 +244,6 @@ def test_a_block_the_criteria_never_probed_is_an_error(tmp_path, monkeypatch, ca
     message = capsys.readouterr().err
     for part in ("ablate.blocks lists 3.1", "passing.json does not cover (probed: 2.1)", "criteria.blocks"):
         assert part in message, message
-
-
-def test_the_reference_set_is_stage_pre_readings_list_and_needs_it(tmp_path, monkeypatch, capsys):
-    """ablate.channel_sets: reference ablates the channels passing under the authors' reading of Pre
-    (outputs/reference/criteria/passing.json, stage pre-reading's); with pre-reading off (an empty list)
-    it is an error naming the file and the fix."""
-    params = AblateParams(blocks=("2.1",), channel_sets=("run", "published", "reference"))
-    assert AblateParams().channel_sets == ("run", "published")  # DESIGN's pair stays the default
-    sets = ablate.channel_sets_of(params, {"2.1": [1, 2]}, {"2.1": [5]})
-    assert sets == {
-        ("2.1", "run"): [1, 2],
-        ("2.1", "published"): list(paper.PUBLISHED_PASSING["2.1"]),
-        ("2.1", "reference"): [5],
-    }
-    monkeypatch.chdir(tmp_path)
-    Path("params.yaml").write_text("ablate: {blocks: ['2.1'], channel_sets: [run, reference]}\n")
-    for path, content in (
-        ("outputs/criteria/passing.json", {"2.1": [1]}),
-        ("outputs/reference/criteria/passing.json", {}),
-    ):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(content))
-    assert cli.main(["ablate"]) == 2
-    message = capsys.readouterr().err
-    assert (
-        "ablate.channel_sets has reference, but outputs/reference/criteria/passing.json does not cover 2.1 "
-        "(covered: none): set criteria.compare_pre_readings: true" in message
-    )
-    assert len(message.strip().splitlines()) == 1, message
 
 
 def test_a_block_the_natural_pass_does_not_measure_is_an_error(tmp_path, monkeypatch, capsys):

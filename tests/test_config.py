@@ -264,10 +264,6 @@ def test_any_bad_section_stops_every_stage_before_it_computes(tmp_path, monkeypa
          "criteria.compare_pre_readings re-renders the Pre FZs as lucent read bn2 beside the exact ones, but "
          "fz.pre_reading is already lucent_reference: set fz.pre_reading: exact, or "
          "criteria.compare_pre_readings: false"),
-        (lambda p: p["ablate"].update(channel_sets=["reference"]) or p["criteria"].update(compare_pre_readings=False),
-         "ablate.channel_sets has reference, the passing channels under the authors' reading of Pre, which only "
-         "stage pre-reading finds: set criteria.compare_pre_readings: true, or remove reference from "
-         "ablate.channel_sets"),
         (lambda p: p["criteria"].update(blocks=["layer2_1", "layer3_1"]) or p["figures"].update(channels={"layer4_1": [0]}),
          "figures draws 4.1 (figures.blocks / figures.channels), which criteria.blocks does not probe"),
         (lambda p: p["natural"].update(blocks=["layer2_1", "layer3_1"]),
@@ -275,7 +271,7 @@ def test_any_bad_section_stops_every_stage_before_it_computes(tmp_path, monkeypa
          "criteria.natural_images) need: add them to natural.blocks"),
     ],
     ids=["seeds", "in_not_rendered", "post_not_rendered", "ablate_unprobed", "ablate_unmeasured", "pre_reading",
-         "reference_without_pre_reading", "figures_unprobed", "figures_unmeasured"],
+         "figures_unprobed", "figures_unmeasured"],
 )  # fmt: skip
 def test_sections_that_contradict_each_other_fail_before_any_stage_computes(
     tmp_path, monkeypatch, capsys, change, message

@@ -264,15 +264,6 @@ def test_the_report_judges_the_published_accuracies_on_the_paper_data(fake_repo)
     )
 
 
-def test_the_reference_set_is_reported_as_the_set_comparable_with_the_papers(fake_repo):
-    metrics = json.loads(Path("metrics/ablation.json").read_text())
-    metrics["layer2_1"]["reference"] = metrics["layer2_1"]["run"]  # as stage ablate writes a third set
-    Path("metrics/ablation.json").write_text(json.dumps(metrics))
-    assert main(["report"]) == 0
-    section = REPORT.read_text().split("### Block 2.1: this run's channels (authors' Pre reading)")[1]
-    assert "These channels pass the criteria under the authors' reading of Pre (`lucent_reference`" in section
-
-
 def test_classes_present_counts_the_labels_of_the_images_used(fake_repo):
     """index.json's class map can name more classes than the images hold (a label map, a subset) or none
     (a flat layout with numeric labels): the report counts the labels."""

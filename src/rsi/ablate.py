@@ -469,24 +469,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def channel_sets_of(
-    params: AblateParams,
-    passing: Mapping[str, Sequence[int]],
-    reference: Mapping[str, Sequence[int]] | None = None,
+    params: AblateParams, passing: Mapping[str, Sequence[int]]
 ) -> dict[tuple[str, str], list[int]]:
-    """``{(block, channel set): channels}`` in params order: ``run`` from ``passing`` (stage criteria's
-    passing.json), ``published`` from rsi.paper.PUBLISHED_PASSING, ``reference`` from ``reference``
-    (stage pre-reading's passing.json: the authors' reading of Pre)."""
-    lists = {"run": passing, "published": paper.PUBLISHED_PASSING, "reference": reference or {}}
-    return {
-        (block, name): list(lists[name][block]) for block in params.blocks for name in params.channel_sets
-    }
+    """``{(block, channel set): channels}`` in params order: ``run`` from passing.json, ``published`` from
+    rsi.paper.PUBLISHED_PASSING."""
+    sets = {}
+    for block in params.blocks:
+        for name in params.channel_sets:
+            sets[block, name] = list(passing[block] if name == "run" else paper.PUBLISHED_PASSING[block])
+    return sets
 
 
 def _check_inputs(
     raw: Mapping[str, Any], params: AblateParams, source: str, outputs: Path
-) -> dict[tuple[str, str], list[int]]:
-    """The channel sets (:func:`channel_sets_of`), once every block has passing channels in the lists its
-    sets read and mean activations (a screening rule: AblateParams checks it)."""
+) -> dict[str, list[int]]:
+    """Every block has passing channels (for the run set) and mean activations (a screening rule:
+    AblateParams checks it)."""
     passing = read_passing(artifacts.passing_file(outputs)).blocks
     unprobed = [block for block in params.blocks if block not in passing]
     if unprobed and "run" in params.channel_sets:
@@ -495,20 +493,8 @@ def _check_inputs(
             f"cover (probed: {', '.join(passing) or 'none'}): add them to criteria.blocks and run "
             "`dvc repro` (or `rsi criteria`), or remove them from ablate.blocks"
         )
-    reference = None
-    if "reference" in params.channel_sets:
-        path = artifacts.passing_file(artifacts.reference_root(outputs))
-        reference = read_passing(path, "pre-reading").blocks
-        missing = [block for block in params.blocks if block not in reference]
-        if missing:
-            raise AblationError(
-                f"ablate.channel_sets has reference, but {path} does not cover {', '.join(missing)} "
-                f"(covered: {', '.join(reference) or 'none'}): set criteria.compare_pre_readings: true with "
-                "those blocks in criteria.blocks and run `dvc repro` (or `rsi pre-reading`), or remove "
-                "reference from ablate.channel_sets"
-            )
     check_ablated_measured(params.blocks, natural_blocks(raw, source=source), source)
-    return channel_sets_of(params, passing, reference)
+    return passing
 
 
 def run(args: argparse.Namespace) -> None:
@@ -517,7 +503,7 @@ def run(args: argparse.Namespace) -> None:
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     seed = load_seed(raw, source=args.params)
     outputs = Path(args.outputs)
-    sets = _check_inputs(raw, params, args.params, outputs)
+    sets = channel_sets_of(params, _check_inputs(raw, params, args.params, outputs))
     eval_set = load_eval(artifacts.eval_dir(outputs))
     weights = describe_weights(model_params.weights, model_params.arch)
     means = {block: post_means_of(block, outputs, weights, len(eval_set)) for block in params.blocks}

@@ -45,15 +45,14 @@ def _check_percents(value: tuple[int, ...]) -> tuple[int, ...]:
     return check_distinct(value, "percent", empty="give at least one scale percent")
 
 
-CHANNEL_SETS: tuple[str, ...] = tuple(CHANNEL_SET_LABELS)  # run, published, reference
-DEFAULT_CHANNEL_SETS: tuple[str, ...] = ("run", "published")  # DESIGN: the run's own and the authors' lists
+CHANNEL_SETS: tuple[str, ...] = tuple(CHANNEL_SET_LABELS)  # run, published
 
 
 def _check_channel_sets(value: tuple[str, ...]) -> tuple[str, ...]:
     unknown = [v for v in value if v not in CHANNEL_SETS]
     if unknown:
         raise ValueError(f"unknown channel set {unknown[0]!r}: choose from {list(CHANNEL_SETS)}")
-    return check_distinct(value, "channel set", empty=f"list at least one of {', '.join(CHANNEL_SETS)}")
+    return check_distinct(value, "channel set", empty="list at least one of run, published")
 
 
 def check_published(blocks: Sequence[str]) -> None:
@@ -92,12 +91,10 @@ class AblateParams:
     screen_batch: int = field(default=10, metadata={"min": 1})
     batch_size: int = field(default=1024, metadata={"min": 1})
     channel_sets: tuple[str, ...] = field(
-        default=DEFAULT_CHANNEL_SETS,
+        default=CHANNEL_SETS,
         metadata={
             "check": _check_channel_sets,
-            "help": "run: this run's passing channels; published: the authors' lists (2.1 and 3.1); "
-            "reference: this run's channels under the authors' reading of Pre (stage pre-reading's, "
-            "criteria.compare_pre_readings: true), the reading their lists came from",
+            "help": "run: this run's passing channels; published: the authors' lists (2.1 and 3.1)",
         },
     )
     tf32: bool = field(

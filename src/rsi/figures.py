@@ -319,7 +319,7 @@ def draw_ablation(
     series: Mapping[str, Mapping[str, AblationSeries]], labels: RunLabels, path: Path, dpi: int
 ) -> None:
     """Fig. 2: ratio bars per scale with standard-error bars and the no-scale line, one panel per block and
-    channel set (rsi.artifacts.ablation.CHANNEL_SET_LABELS)."""
+    channel set ("this run's channels", "the authors' published channels")."""
     plt = _pyplot()
     panels = [(block, name, data) for block, sets in series.items() for name, data in sets.items()]
     count = len(panels)
@@ -331,7 +331,7 @@ def draw_ablation(
         x = np.arange(len(data.scales))
         ratio = np.asarray(data.ratio, dtype=float)
         sem = np.nan_to_num(np.asarray(data.sem, dtype=float))  # unknown (one trial): no error bar
-        color = {"run": "#8c8cb4", "reference": "#7fb48c"}.get(name, "#c9a66b")
+        color = "#8c8cb4" if name == "run" else "#c9a66b"
         ax.bar(x, ratio, width=0.7, color=color, yerr=sem, ecolor="black", capsize=4, zorder=2)
         ax.axhline(data.no_scale_ratio, color="tab:blue", linewidth=1.6, label="no-scale ratio", zorder=3)
         ax.set_xticks(x, ["No Scale" if p == 0 else f"{p} %" for p in data.scales])

@@ -65,20 +65,6 @@ def check_across(sections: Mapping[str, Any], source: str = "params.yaml") -> No
                 "it has no passing channels to ablate (ablate.channel_sets has run): add them to "
                 "criteria.blocks, or remove them from ablate.blocks"
             )
-    if "reference" in ablate.channel_sets:
-        if not criteria.compare_pre_readings:
-            raise ParamsError(
-                f"{source}: ablate.channel_sets has reference, the passing channels under the authors' reading "
-                "of Pre, which only stage pre-reading finds: set criteria.compare_pre_readings: true, or "
-                "remove reference from ablate.channel_sets"
-            )
-        unprobed = [block for block in ablate.blocks if block not in criteria.blocks]
-        if unprobed:
-            raise ParamsError(
-                f"{source}: ablate.blocks lists {', '.join(unprobed)}, which criteria.blocks does not probe, so "
-                "stage pre-reading finds no channels to ablate there (ablate.channel_sets has reference): add "
-                "them to criteria.blocks, or remove them from ablate.blocks"
-            )
     check_ablated_measured(ablate.blocks, natural.blocks, source)
     drawn = [*(figures.blocks or criteria.blocks), *figures.channels]
     unprobed_figures = [block for block in drawn if block not in criteria.blocks]

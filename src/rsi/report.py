@@ -952,13 +952,6 @@ def _ablation_section(
                 f'samples"): in {series.trials_below} of {series.trials} trials every scaled ratio lies below '
                 "that trial's own no-scale ratio.",
             ]
-            if name == "reference":
-                lines += [
-                    "",
-                    "These channels pass the criteria under the authors' reading of Pre (`lucent_reference`, "
-                    "stage pre-reading), the reading their own lists came from: the set comparable with the "
-                    "paper's, statistically.",
-                ]
             if name == "run" and pre_reading != "lucent_reference":
                 lines += [
                     "",

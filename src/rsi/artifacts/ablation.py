@@ -33,11 +33,7 @@ from rsi.runtime import atomic_path, write_json
 from rsi.taps import block_key, block_order
 
 STAGE = "ablate"
-CHANNEL_SET_LABELS = {
-    "run": "this run's channels",
-    "published": "the authors' published channels",
-    "reference": "this run's channels (authors' Pre reading)",
-}
+CHANNEL_SET_LABELS = {"run": "this run's channels", "published": "the authors' published channels"}
 HEADER: tuple[str, ...] = ("images", "random_weights", "generated_data", *NUMERICS)
 COUNTS: tuple[str, ...] = ("n_passing", "n_channels")
 SCALE_FIELDS: tuple[str, ...] = ("passing_acc", "random_acc_mean", "ratio", "sem")
