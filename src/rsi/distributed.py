@@ -26,6 +26,13 @@ def world() -> tuple[int, int]:
 _PEERS: list[Any] = []  # the gloo group of wait_for_peers, made by init while every rank is alive
 
 
+def _peers() -> Any | None:
+    """The gloo group :func:`init` made, or None in one process (nothing to wait for or compare)."""
+    if not _PEERS or not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    return _PEERS[0]
+
+
 def init() -> None:
     """Join the process group when launched by torchrun: NCCL for CUDA tensors and gloo for CPU ones, so
     collectives work whatever ``model.device`` (a CPU run on a GPU machine included)."""
@@ -42,10 +49,11 @@ def wait_for_peers() -> None:
     wait fails within seconds (a host that lost power or its network sends no reset: then the group's
     timeout of a week ends it, or Ctrl-C). torch's launcher ends the workers of its own node only, so without this a
     rank 0 polling for a dead remote rank's files would wait for ever."""
-    if not _PEERS or not dist.is_initialized() or dist.get_world_size() == 1:
+    peers = _peers()
+    if peers is None:
         return
     try:
-        dist.barrier(group=_PEERS[0])
+        dist.barrier(group=peers)
     except RuntimeError as error:
         raise RuntimeError(
             f"rank {world()[0]}: another rank stopped before finishing its share ({str(error)[:160]}); "
@@ -93,10 +101,11 @@ class RanksDifferError(ValueError):
 def require_same(value: dict[str, str], what: str, fix: str) -> None:
     """Raise RanksDifferError on every rank unless every rank passes the same ``value`` (over the gloo
     group of :func:`init`; nothing to compare in one process)."""
-    if not _PEERS or not dist.is_initialized() or dist.get_world_size() == 1:
+    peers = _peers()
+    if peers is None:
         return
     gathered: list[Any] = [None] * dist.get_world_size()
-    dist.all_gather_object(gathered, value, group=_PEERS[0])
+    dist.all_gather_object(gathered, value, group=peers)
     differ = [rank for rank, theirs in enumerate(gathered) if theirs != gathered[0]]
     if differ:
         raise RanksDifferError(

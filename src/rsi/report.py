@@ -910,11 +910,12 @@ def _ablation_section(
     skipped: Sequence[str] = (),
     comparable: str | None = None,
     pre_reading: str = "lucent_reference",
-) -> tuple[list[str], dict[tuple[str, str], tuple[int, int]], dict[str, ExactMiss]]:
+    why_skipped: Mapping[tuple[str, str], str] | None = None,
+) -> tuple[list[str], AblationFindings]:
     """Per block and channel set: the sweep, the verdict on the paper's claim, and for the authors'
     published sets the exact check of the accuracies (``comparable``: why they cannot match, or None).
-    Returns the lines, the verdicts (ratios below the no-scale one, scaled ratios) and the failed exact
-    checks by block. ``pre_reading``: the reading of Pre this run's passing lists came from."""
+    Returns the lines and what the differences list names (with ``why_skipped``, the sets not ablated).
+    ``pre_reading``: the reading of Pre this run's passing lists came from."""
     authors_acc: dict[str, dict[str, float]] = paper.get("ablation_passing_acc", {})
     if crop_rule != "authors_code" and comparable is None:
         comparable = f"crop rule {crop_rule}, the authors' recorded values used authors_code"
@@ -972,7 +973,7 @@ def _ablation_section(
         ]
     if not ablation:
         lines += ["metrics/ablation.json holds no ablated block.", ""]
-    return lines, verdicts, misses
+    return lines, AblationFindings(verdicts, misses, dict(why_skipped or {}))
 
 
 def pre_reading_sentence(reading: str, eq1_reading: str) -> str:
@@ -1274,15 +1275,21 @@ def _reference_run(
     return reference, read_passing(passing_path, "pre-reading").blocks
 
 
+@dataclass(frozen=True)
+class Report:
+    """What `rsi report` writes: the Markdown, and §3's top-image reading it shows (the metrics file)."""
+
+    text: str
+    top_images: dict[str, TopImageOverlap]
+
+
 def build_report(
     raw: Mapping[str, Any],
     params: ReportParams,
     root: Path = artifacts.OUTPUTS,
     metrics: Path = artifacts.METRICS,
-    found_top_images: Mapping[str, TopImageOverlap] | None = None,
-) -> str:
-    """The report as Markdown (reads the stage outputs under ``root`` and ``metrics``;
-    ``found_top_images``: :func:`top_images`, when the caller has it already)."""
+) -> Report:
+    """The report (reads the stage outputs under ``root`` and ``metrics``)."""
     criteria_metrics = read_criteria_metrics(metrics / "criteria.json")
     criteria = criteria_metrics.blocks
     passing = read_passing(artifacts.passing_file(root)).blocks
@@ -1318,7 +1325,8 @@ def build_report(
     lines += _rerun_section(criteria, reference, _param(raw, "criteria.rerun_fz", CriteriaParams))
     probed = {block: entry.get("channels") for block, entry in criteria.items()}
     lines += _channels_section(passing, paper, probed, labels.arch)
-    lines += _top_images_section(top_images(passing, root) if found_top_images is None else found_top_images)
+    found_top_images = top_images(passing, root)
+    lines += _top_images_section(found_top_images)
     why_skipped = ablation_run.skipped if ablation_run is not None else {}
     skipped = [
         f"{block} ({CHANNEL_SET_LABELS.get(name, name)}: {why_skipped.get((block, name), 'no reason recorded')})"
@@ -1328,15 +1336,21 @@ def build_report(
     lines += _stability_section(criteria_metrics.stability)
     lines += _natural_criteria_section(metrics / "criteria_natural.json", root)
     comparable = _not_comparable(labels, weights_label, n_images)
-    ablation_lines, verdicts, misses = _ablation_section(
-        ablation, paper, settings.get("crop_rule"), params.decimals, skipped, comparable, pre_reading
+    ablation_lines, found = _ablation_section(
+        ablation,
+        paper,
+        settings.get("crop_rule"),
+        params.decimals,
+        skipped,
+        comparable,
+        pre_reading,
+        why_skipped,
     )
     lines += ablation_lines
-    found = AblationFindings(verdicts, misses, why_skipped)
     lines += _differences(raw, fz_settings, labels, settings, criteria, reference, paper, found)
     lines += settings_lines + _params_details(raw, fz_settings, root)
     lines += _figures_section(root)
-    return "\n".join(lines).rstrip() + "\n"
+    return Report("\n".join(lines).rstrip() + "\n", found_top_images)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -1347,18 +1361,18 @@ def run(args: argparse.Namespace) -> None:
     raw = read_params(args.params)
     params = load_section(raw, "report", ReportParams, source=str(args.params))
     root = Path(args.outputs)
-    found = top_images(read_passing(artifacts.passing_file(root)).blocks, root)
-    text = build_report(raw, params, root, found_top_images=found)
+    report = build_report(raw, params, root)
     out = Path(args.out) if args.out else root / "report.md"
     with atomic_path(out) as temporary:
-        temporary.write_text(text)
-    write_top_images(found)  # §3's top-image reading, for dvc metrics diff
+        temporary.write_text(report.text)
+    write_top_images(report.top_images)  # §3's top-image reading, for dvc metrics diff
     print(f"wrote {out} and {TOP_IMAGES_METRICS}")
 
 
 __all__ = [
     "PRINTED_PARAMS",
     "AblationSeries",
+    "Report",
     "ReportParams",
     "build_report",
 ]
