@@ -18,9 +18,10 @@
 Per stage it prints the measured rate, the peak GPU memory (``torch.cuda.max_memory_allocated``), the mean GPU
 utilisation while it ran (``torch.cuda.utilization`` or ``nvidia-smi``; n/a when neither answers or on a CPU),
 and the projected full-run time, then the whole run on 1 and on ``--gpus`` GPUs (natural and ablate divided
-by the GPU count; fz block by block in rounds of its (tap, chunk) work items, so a block with fewer items than
-GPUs leaves some idle; activations run in one process), and writes everything to ``--json`` after every
-stage. Speed does not depend
+by the GPU count; fz as `dvc repro` runs it with ``launch.fz_pool: stale``, the default: every block's (tap,
+chunk) work items in one pool, and also block by block (``launch.fz_pool: block``), where a block with fewer
+items than GPUs leaves some idle; activations run in one process), and writes everything to ``--json`` after
+every stage. Speed does not depend
 on the weights: the model is random:0 unless ``--weights`` says otherwise.
 """
 
@@ -146,8 +147,8 @@ def measure_fz(model, raw: dict, args, device) -> list[dict[str, Any]]:
 
 
 def fz_minutes_on(rows: list[dict[str, Any]], gpus: int) -> float:
-    """The FZ stages on ``gpus`` GPUs: DVC runs the fz@<block> stages one after another, and each shards
-    its (tap, chunk) items over the GPUs, so a block takes ceil(items / gpus) rounds of one item (the
+    """The FZ stages on ``gpus`` GPUs under ``launch.fz_pool: block``: DVC runs the fz@<block> stages one
+    after another, and each shards its (tap, chunk) items over the GPUs, so a block takes ceil(items / gpus) rounds of one item (the
     block's mean item time). A block with fewer items than GPUs leaves GPUs idle."""
     blocks: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
@@ -160,8 +161,9 @@ def fz_minutes_on(rows: list[dict[str, Any]], gpus: int) -> float:
 
 
 def fz_minutes_pooled(rows: list[dict[str, Any]], gpus: int) -> float:
-    """The FZs on ``gpus`` GPUs with ``rsi fz --block all``: every block's items in one pool, handed out as
-    rsi.fz.render_blocks does (rank r takes items r, r + gpus, … in the order of fz.blocks, taps, chunks;
+    """The FZs on ``gpus`` GPUs as `dvc repro` renders them (``launch.fz_pool: stale``: the first fz stage
+    pools every stale block; on a first run all, in the order of fz.blocks) or ``rsi fz --block all``: every
+    block's items in one pool, handed out as rsi.fz.render_blocks does (rank r takes items r, r + gpus, … in the order of fz.blocks, taps, chunks;
     ``rows`` are in that order), so the slowest rank's sum."""
     items = [r["projected_s"] / r["chunks"] for r in rows for _ in range(r["chunks"])]
     return max((sum(items[rank::gpus]) for rank in range(gpus)), default=0.0) / 60
@@ -305,16 +307,16 @@ def summary(stages: dict[str, list[dict[str, Any]]], gpus: int) -> dict[str, Any
     per_stage = {name: sum(r["projected_s"] for r in rows) / 60 for name, rows in stages.items()}
     sharded = {"natural", "ablate"}  # image batches: every GPU busy
     on_many = sum(m / (gpus if name in sharded else 1) for name, m in per_stage.items() if name != "fz")
-    pooled = on_many
+    by_block = on_many
     if "fz" in stages:
-        on_many += fz_minutes_on(stages["fz"], gpus)
-        pooled += fz_minutes_pooled(stages["fz"], gpus)
+        on_many += fz_minutes_pooled(stages["fz"], gpus)
+        by_block += fz_minutes_on(stages["fz"], gpus)
     peaks = [r["peak_gib"] for rows in stages.values() for r in rows if r["peak_gib"] is not None]
     return {
         "projected_min": per_stage,
         "total_min_1": sum(per_stage.values()),
         f"total_min_{gpus}": on_many,
-        f"total_min_{gpus}_fz_all": pooled,
+        f"total_min_{gpus}_fz_by_block": by_block,
         "peak_gib": max(peaks) if peaks else None,
     }
 
@@ -415,8 +417,9 @@ def print_tables(stages: dict[str, list[dict[str, Any]]], totals: dict[str, Any]
         print(f"| **{name}** | | | | | **{totals['projected_min'][name]:.1f} min** |")
     print(
         f"\nwhole paper run, projected: {totals['total_min_1']:.1f} min on 1 device, "
-        f"{totals[f'total_min_{gpus}']:.1f} min on {gpus} (dvc repro: fz block by block in rounds of chunks; "
-        f"natural, ablate sharded), {totals[f'total_min_{gpus}_fz_all']:.1f} min with `rsi fz --block all`; "
+        f"{totals[f'total_min_{gpus}']:.1f} min on {gpus} (dvc repro: every stale block's FZ chunks in one pool, "
+        f"natural, ablate sharded), {totals[f'total_min_{gpus}_fz_by_block']:.1f} min with launch.fz_pool: "
+        "block (fz block by block in rounds of chunks); "
         f"peak GPU memory {_fmt(totals['peak_gib'], '{:.2f} GiB')}"
     )
 

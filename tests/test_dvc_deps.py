@@ -14,8 +14,10 @@ from rsi.cli import COMMANDS, WITHOUT_PARAMS, build_parser
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src" / "rsi"
-# argument dispatch, params parsing/validation, process sharding (tested result-invariant)
-INFRASTRUCTURE = {"cli", "config", "distributed"}
+# argument dispatch, params parsing/validation, process sharding (tested result-invariant):
+# modules no result depends on: editing them re-runs nothing (launch: how many processes, tested
+# byte-identical to one; it also decides which stale fz blocks the first fz stage pools)
+INFRASTRUCTURE = {"cli", "config", "distributed", "launch"}
 
 
 def module_file(module: str) -> Path:
@@ -69,13 +71,16 @@ def imported_modules(module: str) -> set[str]:
 
 
 def closure(module: str) -> set[str]:
+    """``module`` and what it imports, transitively; not through INFRASTRUCTURE (launch names rsi.cli,
+    which imports every stage, to relaunch it)."""
     seen: set[str] = set()
     todo = [module]
     while todo:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
-            todo.extend(imported_modules(current))
+            if current not in INFRASTRUCTURE:
+                todo.extend(imported_modules(current))
     return seen
 
 

@@ -474,14 +474,16 @@ def test_a_chunk_file_a_crash_damaged_is_rendered_again(random_model, tmp_path, 
     assert rendered == [0, 1] and path.read_bytes() == whole
 
 
+TWO_BLOCKS = {
+    "layer2_1": BlockFZParams(taps=("pre",), jitter=4),
+    "layer1_1": BlockFZParams(taps=("pre", "post"), jitter=0),
+}
+
+
 def test_blocks_rendered_in_one_pool_are_the_bytes_of_one_at_a_time(random_model, tmp_path):
     """rsi fz --block all shards every block's (tap, chunk) items together; each item is computed as when
     its block is rendered alone."""
-    blocks = {
-        "layer2_1": BlockFZParams(taps=("pre",), jitter=4),
-        "layer1_1": BlockFZParams(taps=("pre", "post"), jitter=0),
-    }
-    params = tiny(steps=2, max_channels=3, blocks=blocks)
+    params = tiny(steps=2, max_channels=3, blocks=TWO_BLOCKS)
     kwargs = dict(seed=0, weights="random:0", progress=False)
     pooled = fzmod.render_blocks(
         random_model, ["2.1", "layer1_1", "1.1"], params, root=tmp_path / "a", **kwargs
@@ -494,6 +496,85 @@ def test_blocks_rendered_in_one_pool_are_the_bytes_of_one_at_a_time(random_model
         assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
         for path in first.iterdir():
             assert path.read_bytes() == (second / path.name).read_bytes(), path
+
+
+def counting_renders(monkeypatch) -> list[tuple[str, int]]:
+    """(block, channel) of every channel rendered from now on."""
+    rendered: list[tuple[str, int]] = []
+    optimise = fzmod._optimise_batch
+
+    def counting(model, spec, channels, *args, **kwargs):
+        rendered.extend((spec.block, c) for c in channels)
+        return optimise(model, spec, channels, *args, **kwargs)
+
+    monkeypatch.setattr(fzmod, "_optimise_batch", counting)
+    return rendered
+
+
+def test_a_pooled_block_is_rendered_into_chunks_and_its_own_run_only_assembles(
+    random_model, tmp_path, monkeypatch
+):
+    """launch.fz_pool: stale: stage fz@2.1 renders 1.1's chunks too but writes only its own output; then
+    fz@1.1 renders nothing and writes the bytes of 1.1 rendered alone."""
+    params = tiny(steps=2, max_channels=3, blocks=TWO_BLOCKS)
+    kwargs = dict(seed=0, weights="random:0", progress=False)
+    rendered = counting_renders(monkeypatch)
+    written = fzmod.render_blocks(
+        random_model, ["2.1"], params, root=tmp_path / "a", pooled=["1.1"], **kwargs
+    )
+    assert sorted(map(str, written)) == ["2.1/pre"]
+    assert not (tmp_path / "a" / "fz" / "layer1_1").exists()  # the pooled block's output is its stage's
+    assert sorted(rendered) == sorted([("2.1", c) for c in range(3)] + [("1.1", c) for c in range(3)] * 2)
+    rendered.clear()
+    render_block(random_model, "1.1", params, root=tmp_path / "a", **kwargs)
+    assert rendered == []
+    render_block(random_model, "1.1", params, root=tmp_path / "b", **kwargs)
+    render_block(random_model, "2.1", params, root=tmp_path / "b", **kwargs)
+    for name in ("layer1_1", "layer2_1"):
+        first, second = (tmp_path / side / "fz" / name for side in ("a", "b"))
+        assert sorted(p.name for p in first.iterdir()) == sorted(p.name for p in second.iterdir())
+        for path in first.iterdir():
+            assert path.read_bytes() == (second / path.name).read_bytes(), path
+
+
+def test_stale_blocks_are_those_not_rendered_with_these_params(random_model, tmp_path):
+    params = tiny(steps=2, max_channels=2, blocks=TWO_BLOCKS)
+    spec = dict(seed=0, weights="random:0", arch="resnet18", root=tmp_path)
+    blocks = ["layer1_1", "layer2_1"]
+    assert fzmod.stale_blocks(blocks, params, **spec) == blocks  # nothing rendered yet
+    fzmod.render_blocks(
+        random_model, blocks, params, progress=False, **{k: spec[k] for k in ("seed", "weights", "root")}
+    )
+    assert fzmod.stale_blocks(blocks, params, **spec) == []
+    assert fzmod.stale_blocks(blocks, tiny(steps=3, max_channels=2, blocks=TWO_BLOCKS), **spec) == blocks
+    assert fzmod.stale_blocks(blocks, tiny(steps=2, max_channels=3, blocks=TWO_BLOCKS), **spec) == blocks
+    assert fzmod.stale_blocks(blocks, params, **{**spec, "seed": 1}) == blocks
+    one_jitter = {**TWO_BLOCKS, "layer2_1": BlockFZParams(taps=("pre",), jitter=8)}
+    assert fzmod.stale_blocks(blocks, tiny(steps=2, max_channels=2, blocks=one_jitter), **spec) == [
+        "layer2_1"
+    ]
+    more_taps = {**TWO_BLOCKS, "layer2_1": BlockFZParams(taps=("pre", "post"), jitter=4)}
+    assert fzmod.stale_blocks(blocks, tiny(steps=2, max_channels=2, blocks=more_taps), **spec) == ["layer2_1"]
+    fz_file(Tap("1.1", "post"), tmp_path).unlink()
+    assert fzmod.stale_blocks(blocks, params, **spec) == ["layer1_1"]
+    (tmp_path / "fz" / "layer2_1" / "settings.json").write_text("{")  # cut short
+    assert fzmod.stale_blocks(blocks, params, **spec) == blocks
+
+
+def test_only_a_dvc_stage_of_several_processes_pools_the_other_stale_blocks(monkeypatch, tmp_path):
+    params = tiny(steps=2, max_channels=2, blocks=TWO_BLOCKS)
+    spec = dict(seed=0, weights="random:0", arch="resnet18", root=tmp_path)
+    pool = lambda raw: fzmod.blocks_to_pool(raw, "p.yaml", ["2.1"], params, **spec)  # noqa: E731
+    monkeypatch.delenv("DVC_STAGE", raising=False)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert pool({}) == []  # by hand: only what was asked for
+    monkeypatch.setenv("DVC_STAGE", "fz@layer2_1")
+    assert pool({}) == ["layer1_1"]  # launch.fz_pool: stale, the default
+    assert pool({"launch": {"fz_pool": "block"}}) == []
+    with pytest.raises(ParamsError, match=r"p.yaml: launch.fz_pool = 'all' is not allowed"):
+        pool({"launch": {"fz_pool": "all"}})
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert pool({}) == []  # one process: pooling would only delay this block
 
 
 @pytest.mark.parametrize("chunk_batches", [2, 3])

@@ -523,6 +523,6 @@ def test_paper_time_projects_fz_in_rounds_of_chunks_per_block():
     assert paper_time.fz_minutes_on(rows, 8) == (60 + 2 * 10) / 60
     assert paper_time.fz_minutes_on(rows, 1) == 3.0
     assert paper_time.fz_minutes_on(rows, 16) == (60 + 10) / 60
-    # rsi fz --block all: one pool of 13 items (60, then twelve of 10 s) handed out round-robin
+    # dvc repro (launch.fz_pool: stale) or rsi fz --block all: one pool of 13 items (60, then twelve of 10 s)
     assert paper_time.fz_minutes_pooled(rows, 8) == (60 + 10) / 60  # rank 0: items 0 and 8
     assert paper_time.fz_minutes_pooled(rows, 2) == (60 + 6 * 10) / 60  # rank 0: items 0, 2, …, 12

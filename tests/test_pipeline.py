@@ -231,7 +231,8 @@ def test_natural_image_criteria_add_their_counts_to_the_report(workspace, first_
 
 def test_two_processes_per_stage_write_the_locked_bytes(workspace, first_run):
     """launch.nproc_per_node: 2 (two gloo workers per sharded stage, rsi.launch) reruns nothing, and the
-    sharded stages forced under it, with no finished chunks to reuse, write what dvc.lock recorded."""
+    sharded stages forced under it, with no finished chunks to reuse, write what dvc.lock recorded; the
+    first fz stage pools the other stale block's FZs (launch.fz_pool), whose own stage then only assembles."""
     run(["dvc", "repro"], workspace)  # settle whatever an earlier test changed
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     before = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
@@ -239,13 +240,23 @@ def test_two_processes_per_stage_write_the_locked_bytes(workspace, first_run):
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     assert ran_stages(run(["dvc", "repro"], workspace)) == set()
     shutil.rmtree(workspace / "outputs" / ".resume")
+    shutil.rmtree(workspace / "outputs" / "fz" / "layer2_1")
+    # launch.fz_pool: stale (the default): the first fz stage also renders the stale block's chunks
+    log = run(["dvc", "repro", "--force", "--single-item", "fz@layer2_0"], workspace)
+    assert "also rendering the chunks of 1 other block(s) whose FZs are stale (layer2_1)" in log, log
+    assert not (workspace / "outputs" / "fz" / "layer2_1").exists()
+    chunks = sorted((workspace / "outputs" / ".resume" / "fz" / "layer2_1").rglob("chunk_*.npz"))
+    made = [path.stat().st_mtime_ns for path in chunks]
+    assert len(chunks) == 2  # pre and post, one chunk of 6 channels each
     # stability@1 and pre-reading relaunch too (off in these params); their activations once differed from
     # one process's because workers ran one thread each (CPU rounding depends on it): rsi.launch.worker_threads
     sharded = ["fz@layer2_1", "natural", "ablate"]
     log = run(["dvc", "repro", "--force", "--single-item", *sharded], workspace)
     assert ran_stages(log) == set(sharded) and log.count("2 process(es) per node") == len(sharded)
+    assert "also rendering" not in log  # layer2_0 is fresh
+    assert [path.stat().st_mtime_ns for path in chunks] == made  # fz@layer2_1 only assembled them
     after = yaml.safe_load((workspace / "dvc.lock").read_text())["stages"]
-    for name in sharded:  # every output's hash as one process wrote it
+    for name in ["fz@layer2_0", *sharded]:  # every output's hash as one process wrote it
         assert after[name]["outs"] == before[name]["outs"], name
     del params["launch"]
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -16,7 +16,7 @@ import os
 import sys
 
 from rsi import launch
-from rsi.config import ParamsError, check_sections, load_section, read_params
+from rsi.config import DVC_STAGE, ParamsError, check_sections, load_section, read_params
 
 # subcommand → (module, one-line help). The order is the pipeline's.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,8 +55,6 @@ SECTIONS: dict[str, str] = {
     "report": "rsi.report:ReportParams",
     "launch": "rsi.launch:LaunchParams",
 }
-# set by DVC for every stage command it runs (dvc.env.DVC_STAGE)
-DVC_STAGE = "DVC_STAGE"
 # stages that read no params file (they run where none exists, e.g. while the image is built)
 WITHOUT_PARAMS = {"fetch-weights"}
 

@@ -27,6 +27,10 @@ import yaml
 T = TypeVar("T")
 
 
+# set by DVC for every stage command it runs (dvc.env.DVC_STAGE): the whole pipeline is running
+DVC_STAGE = "DVC_STAGE"
+
+
 class ParamsError(ValueError):
     """A bad params file: the message names the file, key, value and what would fix it."""
 

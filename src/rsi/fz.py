@@ -19,6 +19,7 @@ import functools
 import hashlib
 import json
 import math
+import os
 import time
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -34,8 +35,9 @@ from torch import Tensor, nn
 from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, fz_settings_file, in_fz_source
 from rsi.artifacts.fz import ARRAYS as FZ_ARRAYS
-from rsi.artifacts.fz import FZFile, FZSettings, read_fz, write_fz, write_fz_settings
+from rsi.artifacts.fz import FZFile, FZSettings, read_fz, read_fz_settings, write_fz, write_fz_settings
 from rsi.config import (
+    DVC_STAGE,
     ParamsError,
     as_dict,
     blocks_argument,
@@ -654,7 +656,6 @@ def output_lock(out_dir: Path, resume_root: Path) -> Iterator[Path]:
     (pid, host, start) when another run holds it. Under torchrun rank 0 locks for the whole job and
     tells the others. The kernel drops the lock when its process dies, so kill -9 leaves none behind."""
     import fcntl
-    import os
     import socket
 
     path = lock_path(out_dir, resume_root)
@@ -703,26 +704,25 @@ def render_blocks(
     resume_root: Path | None = None,
     progress: bool = True,
     on_chunk_saved: Callable[[Tap, Path], None] | None = None,
+    pooled: Sequence[str] = (),
 ) -> dict[Tap, Path]:
     """Render (this rank's share of) every configured tap of each of ``blocks`` and, on rank 0, assemble
     ``outputs/fz/<layerL_K>/<tap>.npz`` and ``settings.json`` per block. Returns the files written (rank 0).
+    ``pooled`` blocks are rendered into resume chunks only, to be assembled by their own run (their DVC
+    stage): :func:`blocks_to_pool`.
 
     The blocks' work items are one pool sharded over ranks: a block has 1 to 12 (tap, chunk) items, so
     block by block most of 8 GPUs would wait (``rsi fz --block all`` keeps them busy). Each item is the
     same computation either way: the bytes are those of rendering the blocks one at a time."""
     arch = arch_of(model)
     blocks = list(dict.fromkeys(parse_block(block, arch) for block in blocks))
+    pooled = [block for block in dict.fromkeys(parse_block(b, arch) for b in pooled) if block not in blocks]
     root = Path(root)
     resume_root = Path(resume_root) if resume_root is not None else root / ".resume"
     device = torch.device(device)
-    plans = []  # (block, specs, chunks); a chunk holds whole batches of fz.batch_channels
-    for block in blocks:
-        chunks = chunks_of(tap_channels(block, fz, arch), fz.batch_channels * fz.chunk_batches)
-        specs = [
-            TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights, arch=arch)
-            for kind in fz.block(block).taps
-        ]
-        plans.append((block, specs, chunks))
+    # (block, specs, chunks) of ``blocks``, then of ``pooled``: this run's own items come first, so their
+    # ranks do not depend on which blocks are pooled. A chunk holds whole batches of fz.batch_channels.
+    plans = [_block_plan(block, fz, seed=seed, weights=weights, arch=arch) for block in [*blocks, *pooled]]
     # a rank with other FZ code or packages has another resume key: it would write its chunks where
     # rank 0 never looks, and rank 0 would wait for them for ever. An error on every rank, before any work.
     distributed.require_same(
@@ -731,7 +731,7 @@ def render_blocks(
         "start every node from the same commit and install (scripts/install.sh, or the same image)",
     )
     with ExitStack() as locks:
-        for block in blocks:
+        for block in [*blocks, *pooled]:  # a pooled block's own run waits rather than renders it twice
             locks.enter_context(output_lock(fz_dir(block, root), resume_root))
         # The work items are (tap, chunk) pairs, sharded over ranks. A chunk holds whole batches, so the
         # batches (and their float rounding) are the same whatever the chunk size or number of processes.
@@ -742,17 +742,75 @@ def render_blocks(
             if not _chunk_done(chunk_path(resume_dir(spec, resume_root), chunk), chunk, spec.resume_key())
         ]
         label = ", ".join(blocks) if len(blocks) <= 3 else f"{len(blocks)} blocks"
+        if pooled:
+            label += f" + {len(pooled)} pooled"
         _render_pending(model, label, pending, device, resume_root, progress, on_chunk_saved)
         distributed.wait_for_peers()  # fails, rather than waits for ever, when a rank died (any node)
         if not distributed.is_main():
             return {}
         written: dict[Tap, Path] = {}
         described = describe_device(device)
-        for block, specs, chunks in plans:
+        for block, specs, chunks in plans[: len(blocks)]:
             written |= _assemble_block(
                 block, specs, chunks, resume_root, root, seed=seed, weights=weights, device=described
             )
         return written
+
+
+def _block_plan(
+    block: str, fz: FZParams, *, seed: int, weights: str, arch: str
+) -> tuple[str, list[TapSpec], list[list[int]]]:
+    """A block's tap specs and its chunks of whole batches (fz.batch_channels · fz.chunk_batches)."""
+    specs = [
+        TapSpec.of(Tap(block, kind), fz, seed=seed, weights=weights, arch=arch)
+        for kind in fz.block(block).taps
+    ]
+    return block, specs, chunks_of(tap_channels(block, fz, arch), fz.batch_channels * fz.chunk_batches)
+
+
+def stale_blocks(
+    blocks: Sequence[str], fz: FZParams, *, seed: int, weights: str, arch: str, root: Path = OUTPUTS
+) -> list[str]:
+    """Those of ``blocks`` whose FZs under ``root`` are not what these params render: a tap file or
+    ``settings.json`` missing or unreadable, or other tap kinds, settings hashes or channel count (as
+    after a params change, or on a first run). A change of the FZ code alone is not seen (settings.json
+    does not record it): such blocks are then rendered by their own stages."""
+    stale = []
+    for block in blocks:
+        _, specs, chunks = _block_plan(block, fz, seed=seed, weights=weights, arch=arch)
+        try:
+            settings = read_fz_settings(fz_settings_file(block, root))
+            rendered = {kind: tap.get("settings_hash") for kind, tap in settings.taps.items()}
+        except (ValueError, OSError, AttributeError):  # missing, cut short, or not this writer's shape
+            stale.append(block)
+            continue
+        if (
+            rendered != {spec.kind: spec.hash() for spec in specs}
+            or settings.channels != sum(len(chunk) for chunk in chunks)
+            or not all(fz_file(spec.tap, root).is_file() for spec in specs)
+        ):
+            stale.append(block)
+    return stale
+
+
+def blocks_to_pool(
+    raw: dict[str, Any], source: str, blocks: Sequence[str], fz: FZParams, **spec: Any
+) -> list[str]:
+    """The blocks whose chunks an ``fz@<block>`` stage renders besides its own (``spec``: seed, weights,
+    arch, root as :func:`stale_blocks` takes them): under `dvc repro` (DVC_STAGE set) with more than one
+    process and ``launch.fz_pool: stale``, every other stale block of fz.blocks, so that all GPUs share
+    the whole FZ work; DVC runs the fz stages one after another and a block alone has 1 to 12 items.
+    Their own stages then find every chunk done and only assemble. Nothing else (one process, by hand,
+    ``launch.fz_pool: block``): the chunks are the same bytes either way, only sooner."""
+    from rsi.launch import LaunchParams
+
+    if DVC_STAGE not in os.environ or distributed.world()[1] == 1:
+        return []
+    if load_section(raw, "launch", LaunchParams, source=source).fz_pool != "stale":
+        return []
+    own = {parse_block(block, spec["arch"]) for block in blocks}
+    others = [block for block in fz.blocks if parse_block(block, spec["arch"]) not in own]
+    return stale_blocks(others, fz, **spec)
 
 
 def render_block(model: nn.Module, block: str, fz: FZParams, **kwargs: Any) -> dict[Tap, Path]:
@@ -887,6 +945,16 @@ def run(args: argparse.Namespace) -> None:
     distributed.init()  # rsi.cli.main leaves the group, whatever happens
     device = run_device(model_params.device)
     model = load_model(model_params.weights, model_params.arch)
+    root = Path(args.outputs)
+    spec = {"seed": seed, "weights": model_params.weights, "arch": arch_of(model), "root": root}
+    pooled = blocks_to_pool(raw, args.params, blocks, fz, **spec) if args.seed is None else []
+    if pooled and distributed.is_main():
+        print(
+            f"rsi fz: also rendering the chunks of {len(pooled)} other block(s) whose FZs are stale "
+            f"({', '.join(pooled)}), so that every process has work; their fz stages then only assemble "
+            "(launch.fz_pool: block renders one block per stage)",
+            flush=True,
+        )
     render_blocks(
         model,
         blocks,
@@ -894,7 +962,8 @@ def run(args: argparse.Namespace) -> None:
         seed=seed,
         weights=model_params.weights,
         device=device,
-        root=Path(args.outputs),
+        root=root,
         resume_root=Path(args.resume_dir) if args.resume_dir else None,
         progress=not args.no_progress,
+        pooled=pooled,
     )

@@ -12,6 +12,11 @@ declared in dvc.yaml.
 * Multi-node: ``launch.nnodes``, ``launch.rdzv_endpoint`` (host:port on the first node) and optionally
   ``launch.rdzv_id``, or torchrun's own environment (``PET_NNODES``, ``PET_RDZV_ENDPOINT``, ``PET_RDZV_ID``,
   ``PET_NPROC_PER_NODE``); params.yaml wins where both are set. Every node runs the same command.
+* ``launch.fz_pool``: ``stale`` (default) lets the first ``fz@<block>`` stage that ``dvc repro`` runs with more
+  than one process render the resume chunks of every other block of ``fz.blocks`` whose FZs are missing or
+  stale, in one pool (rsi.fz.blocks_to_pool): a block alone has 1 to 12 work items, too few for 8 GPUs,
+  and DVC runs the blocks one after another; their own stages then only assemble. ``block``: each stage its
+  own block (``dvc repro fz@layer2_1`` alone renders nothing else).
 * A worker that fails ends every worker (the launcher's behaviour, no restarts) and the stage exits non-zero
   with that worker's last error line and the path of its full log (``outputs/.launch/``). No output is
   written by a failed stage; finished FZ chunks stay in ``outputs/.resume`` and a rerun resumes from them.
@@ -72,6 +77,13 @@ class LaunchParams:
     rdzv_id: str | None = field(
         default=None,
         metadata={"help": "rendezvous id shared by the nodes; null = PET_RDZV_ID or the command"},
+    )
+    fz_pool: Literal["stale", "block"] = field(
+        default="stale",
+        metadata={
+            "help": "under dvc repro with more than one process: 'stale' = the first fz@<block> stage also "
+            "renders the chunks of every other stale block of fz.blocks (all GPUs busy), 'block' = its own"
+        },
     )
 
 
