@@ -437,6 +437,26 @@ def test_a_chunk_file_from_other_fz_code_is_not_reused(random_model, tmp_path, m
     assert (tmp_path / "fz" / "layer2_1" / "settings.json").read_bytes() == settings
 
 
+def test_a_finished_render_deletes_the_chunks_of_other_fz_code_only(random_model, tmp_path, monkeypatch):
+    """Chunks of other FZ code can never be reused (their resume keys hold its digest): the next finished
+    render deletes them, the layout before the per-code folders included. Chunks of other settings under
+    this code stay (a param changed back reuses them)."""
+    kwargs = dict(seed=0, weights="random:0", progress=False, root=tmp_path)
+    resume = tmp_path / ".resume"
+    monkeypatch.setattr(fzmod, "code_digest", lambda: "old-fz-code")
+    render_block(random_model, "2.1", tiny(steps=2, max_channels=2), **kwargs)
+    before_folders = resume / "fz" / "layer2_1" / "pre" / "0123456789abcdef"  # before 2026-11-27
+    before_folders.mkdir(parents=True)
+    (before_folders / "chunk_0000.npz").write_bytes(b"old")
+    monkeypatch.setattr(fzmod, "code_digest", lambda: "new-fz-code")
+    render_block(random_model, "2.1", tiny(steps=2, max_channels=2), **kwargs)
+    render_block(random_model, "2.1", tiny(steps=3, max_channels=2), **kwargs)
+    assert sorted(p.name for p in (resume / "fz").iterdir()) == ["new-fz-code"]
+    keys = list((resume / "fz" / "new-fz-code" / "layer2_1" / "pre").iterdir())
+    assert len(keys) == 2 and all(list(key.glob("chunk_*.npz")) for key in keys)
+    assert list((resume / "locks").iterdir())  # the locks stay
+
+
 def test_the_fz_code_digest_covers_the_fz_stage_source_deps(tmp_path):
     """FZ_SOURCES are the src/rsi deps of dvc.yaml's fz stage (tests/test_dvc_deps.py holds those equal
     to what the stage imports), and an edit to any one of them changes the digest."""
@@ -586,7 +606,7 @@ def test_chunk_size_changes_no_byte(random_model, tmp_path, chunk_batches):
     other = tiny(steps=3, max_channels=5, batch_channels=2, chunk_batches=chunk_batches)
     render_block(random_model, "2.1", one, root=tmp_path / "one", **kwargs)
     render_block(random_model, "2.1", other, root=tmp_path / "other", **kwargs)
-    chunks = sorted((tmp_path / "other" / ".resume" / "fz" / "layer2_1" / "pre").glob("*/chunk_*.npz"))
+    chunks = sorted((tmp_path / "other" / ".resume" / "fz").glob("*/layer2_1/pre/*/chunk_*.npz"))
     assert [len(load_npz(c)["channels"]) for c in chunks] == {2: [4, 1], 3: [5]}[chunk_batches]
     tap = Tap("2.1", "pre")
     a, b = load_npz(fz_file(tap, tmp_path / "one")), load_npz(fz_file(tap, tmp_path / "other"))
@@ -712,9 +732,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, monkeypatch):
         for key in one:
             np.testing.assert_array_equal(two[key], one[key])
     # the ranks shared three chunk files per tap (2 + 2 + 1 channels); one settings.json per block
-    chunks = list(
-        (tmp_path / "two" / "outputs" / ".resume" / "fz" / "layer2_1" / "pre").glob("*/chunk_*.npz")
-    )
+    chunks = list((tmp_path / "two" / "outputs" / ".resume" / "fz").glob("*/layer2_1/pre/*/chunk_*.npz"))
     assert len(chunks) == 3
     for block in ("layer2_1", "layer1_1"):
         settings = [

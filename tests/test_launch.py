@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import yaml
 
-from rsi import data, launch
+from rsi import data, distributed, launch
 from rsi.config import ParamsError, load_section, read_params
 from rsi.launch import LaunchParams
 
@@ -526,3 +526,13 @@ def test_paper_time_projects_fz_in_rounds_of_chunks_per_block():
     # dvc repro (launch.fz_pool: stale) or rsi fz --block all: one pool of 13 items (60, then twelve of 10 s)
     assert paper_time.fz_minutes_pooled(rows, 8) == (60 + 10) / 60  # rank 0: items 0 and 8
     assert paper_time.fz_minutes_pooled(rows, 2) == (60 + 6 * 10) / 60  # rank 0: items 0, 2, …, 12
+
+
+def test_only_rank_0_runs_a_stages_tail(monkeypatch):
+    """distributed.main_alone: rank 0 measures alone; every rank then waits for it (no group here)."""
+    ran: list[str] = []
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        distributed.main_alone(lambda rank=rank: ran.append(rank))
+    assert ran == ["0"]

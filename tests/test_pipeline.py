@@ -245,7 +245,7 @@ def test_two_processes_per_stage_write_the_locked_bytes(workspace, first_run):
     log = run(["dvc", "repro", "--force", "--single-item", "fz@layer2_0"], workspace)
     assert "also rendering the chunks of 1 other block(s) whose FZs are stale (layer2_1)" in log, log
     assert not (workspace / "outputs" / "fz" / "layer2_1").exists()
-    chunks = sorted((workspace / "outputs" / ".resume" / "fz" / "layer2_1").rglob("chunk_*.npz"))
+    chunks = sorted((workspace / "outputs" / ".resume" / "fz").glob("*/layer2_1/*/*/chunk_*.npz"))
     made = [path.stat().st_mtime_ns for path in chunks]
     assert len(chunks) == 2  # pre and post, one chunk of 6 channels each
     # stability@1 and pre-reading relaunch too (off in these params); their activations once differed from

@@ -7,7 +7,7 @@ rank 0 assembles after a barrier, so results never depend on the number of proce
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import timedelta
 from typing import Any, TypeVar
 
@@ -59,6 +59,16 @@ def wait_for_peers() -> None:
             f"rank {world()[0]}: another rank stopped before finishing its share ({str(error)[:160]}); "
             "its own node's command names its error; a rerun resumes from the finished chunks"
         ) from None
+
+
+def main_alone(work: Callable[[], None]) -> None:
+    """Run ``work`` on rank 0 alone (a stage's tail after rendering: measuring, writing), then keep every
+    rank until it is done. Across nodes a node whose workers have all exited ends its launcher, and with
+    it the rendezvous the other node's launcher still polls, which rank 0's launcher would take for rank
+    0's death."""
+    if is_main():
+        work()
+    wait_for_peers()
 
 
 def finish() -> None:

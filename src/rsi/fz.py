@@ -578,7 +578,28 @@ def _concat(results: Sequence[FZResult]) -> FZResult:
 
 
 def resume_dir(spec: TapSpec, resume_root: Path) -> Path:
-    return resume_root / "fz" / block_key(spec.block) / spec.kind / spec.resume_key()
+    """``<resume root>/fz/<FZ code digest>/<layerL_K>/<tap>/<resume key>``: one folder per FZ code, so
+    :func:`prune_resume` can drop what no run of this code can reuse."""
+    return resume_root / "fz" / code_digest() / block_key(spec.block) / spec.kind / spec.resume_key()
+
+
+def prune_resume(resume_root: Path) -> list[Path]:
+    """Delete the resume chunks other FZ code rendered (the other folders of ``<resume root>/fz``, the
+    layout before them included) and return what was deleted. Their resume keys hold that code's digest,
+    so this code never reuses them; without this, every edit of the FZ code left a whole run's chunks
+    behind. Chunks of other settings under this code stay: they save work when a param changes back."""
+    import shutil
+
+    folder = Path(resume_root) / "fz"
+    stale = (
+        sorted(entry for entry in folder.glob("*") if entry.name != code_digest()) if folder.is_dir() else []
+    )
+    for entry in stale:
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+    return stale
 
 
 def tap_channels(block: str, fz: FZParams, arch: str = DEFAULT_ARCH) -> list[int]:
@@ -754,6 +775,8 @@ def render_blocks(
             written |= _assemble_block(
                 block, specs, chunks, resume_root, root, seed=seed, weights=weights, device=described
             )
+        if pruned := prune_resume(resume_root):
+            print(f"rsi fz: removed the resume chunks of other FZ code ({len(pruned)} folder(s))", flush=True)
         return written
 
 

@@ -126,11 +126,8 @@ def run(args: argparse.Namespace) -> None:
         return
     distributed.init()  # under torch's launcher: a rank that dies on any node fails the others' wait
     model = _render_pre_fzs(raw, args.params, criteria.blocks, outputs)
-    if distributed.is_main():  # rank 0 waited for the other ranks' chunks and measures the rest alone
-        _measure_and_count(raw, args.params, criteria, model, root)
-    # the other ranks stay until rank 0 is done: across nodes, a node whose workers have all exited ends
-    # its launcher, and with it the rendezvous the other node's launcher still polls (rank 0's death)
-    distributed.wait_for_peers()
+    # rank 0 waited for the other ranks' chunks and measures the rest alone
+    distributed.main_alone(lambda: _measure_and_count(raw, args.params, criteria, model, root))
 
 
 def _measure_and_count(

@@ -70,10 +70,9 @@ def run(args: argparse.Namespace) -> None:
         root=root,
         resume_root=outputs / ".resume",  # keyed by settings incl. the seed: no clash
     )
-    if distributed.is_main():  # rank 0 waited for the other ranks' chunks and measures alone
-        activations.measure_with_params(
+    # rank 0 waited for the other ranks' chunks and measures alone
+    distributed.main_alone(
+        lambda: activations.measure_with_params(
             raw, args.params, model, criteria.blocks, outputs=root, fz_stage="stability"
         )
-    # the other ranks stay until rank 0 is done: across nodes, a node whose workers have all exited ends
-    # its launcher, and with it the rendezvous the other node's launcher still polls (rank 0's death)
-    distributed.wait_for_peers()
+    )
