@@ -133,7 +133,9 @@ def write_fake_outputs(
                 objective=rng.random(width, dtype=np.float32),
                 initial_objective=rng.random(width, dtype=np.float32),
             )
-        taps_settings = {"pre": {"steps": 16, "pre_reading": "exact", "jitter": 4}}
+        taps_settings = {
+            "pre": {"steps": 16, "pre_reading": "exact", "jitter": 4, "image_size": FZ_SIDE, "lr": 0.05}
+        }
         settings = FZSettings(block, weights, "weights", 0, width, "cpu (2 threads)", taps_settings)
         write_fz_settings(artifacts.fz_settings_file(block, outputs), settings)
         write_natural(block, fake_natural(rng, width), outputs)

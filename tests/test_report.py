@@ -357,6 +357,27 @@ def test_settings_params_yaml_omits_show_the_stages_own_defaults(fake_repo):
     assert f"reads Eq. 1 as `{CriteriaParams().eq1_reading}`" in text
 
 
+def test_fz_and_ablation_settings_params_yaml_omits_are_the_rendered_and_the_defaults(fake_repo):
+    """A params file without fz.steps, fz.pre_reading, fz.image_size, fz.lr, ablate.crop_rule and
+    ablate.trials (rsi report --params by hand) reads the FZs' settings.json and the ablation defaults,
+    and does not call the exact check not comparable over a missing crop rule."""
+    params = yaml.safe_load(Path("params.yaml").read_text())
+    assert main(["report"]) == 0
+    full = REPORT.read_text()
+    for key in ("steps", "pre_reading", "image_size", "lr"):
+        params["fz"].pop(key, None)
+    for key in ("crop_rule", "trials"):
+        params["ablate"].pop(key, None)
+    Path("params.yaml").write_text(yaml.safe_dump(params))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    for row in ("FZ steps", "FZ Pre reading", "FZ image size / lr"):
+        assert _row(text, row) == _row(full, row) and "—" not in _row(text, row)[1], row
+    assert _row(text, "ablation crop rule")[1] == AblateParams().crop_rule
+    assert _row(text, "ablation trials")[1] == str(AblateParams().trials)
+    assert "crop rule None" not in text
+
+
 def test_the_report_names_the_devices_and_says_cpu_floats_are_not_the_authors(fake_repo):
     """DESIGN: CPU and GPU floats differ; the report names the device (fz settings.json, trials.json)."""
     import torch

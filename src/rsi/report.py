@@ -204,6 +204,22 @@ def _param(raw: Mapping[str, Any], key: str, params: type | None = None) -> Any:
     return default.default_factory() if default.default is MISSING else default.default
 
 
+def _fz_param(raw: Mapping[str, Any], name: str, fz_settings: Mapping[str, Mapping[str, Any]]) -> Any:
+    """``fz.<name>`` as params.yaml gives it; when it gives none, the value every rendered tap's
+    ``settings.json`` records (what the FZs were rendered with: the report does not import the FZ code
+    for its defaults), else None."""
+    value = _param(raw, f"fz.{name}")
+    if value is not None:
+        return value
+    recorded = {
+        json.dumps(tap[name])
+        for content in fz_settings.values()
+        for tap in content["taps"].values()
+        if name in tap
+    }
+    return json.loads(recorded.pop()) if len(recorded) == 1 else None
+
+
 def _banner(labels: RunLabels, n_images: int | None) -> list[str]:
     """The warnings above everything else: what makes this run unlike the paper's."""
     warnings = (
@@ -308,12 +324,13 @@ def _settings_section(
     weights_label: str,
     index: Mapping[str, Any],
     counts: tuple[int | None, int | None],
+    fz_settings: Mapping[str, Mapping[str, Any]],
     devices: Mapping[str, str],
 ) -> tuple[list[str], dict[str, Any]]:
     """The settings table (this run beside the paper's) and the settings the later sections judge by."""
     n_images, n_classes = counts
-    steps, pre_reading = _param(raw, "fz.steps"), _param(raw, "fz.pre_reading")
-    crop_rule = _param(raw, "ablate.crop_rule")
+    steps, pre_reading = _fz_param(raw, "steps", fz_settings), _fz_param(raw, "pre_reading", fz_settings)
+    crop_rule = _param(raw, "ablate.crop_rule", AblateParams)
     source = _param(raw, "data.source")
     if source is None:
         source = index["source"]  # read_eval checks every key of rsi.artifacts.eval.INDEX_KEYS
@@ -335,7 +352,7 @@ def _settings_section(
         ],
         [
             "FZ image size / lr",
-            f"{_fmt(_param(raw, 'fz.image_size'))} / {_fmt(_param(raw, 'fz.lr'))}",
+            f"{_fmt(_fz_param(raw, 'image_size', fz_settings))} / {_fmt(_fz_param(raw, 'lr', fz_settings))}",
             f"{FZ_IMAGE_SIZE} / {FZ_LR:g}",
         ],
         [
@@ -343,7 +360,7 @@ def _settings_section(
             _fmt(crop_rule),
             "`authors_code` (crops 201…112 px) produced Fig. 2; the text's rule gives 231…128 px",
         ],
-        ["ablation trials", _fmt(_param(raw, "ablate.trials")), str(ABLATION_TRIALS)],
+        ["ablation trials", _fmt(_param(raw, "ablate.trials", AblateParams)), str(ABLATION_TRIALS)],
         [
             "device",
             "; ".join(f"{what}: {device}" for what, device in devices.items()) or "—",
@@ -1307,14 +1324,20 @@ def build_report(
         f"# Scale invariance in the residual stream of {labels.network}: reproduced vs paper",
         "",
         *_banner(labels, n_images),
-        "Paper: Longon, *Naturally Computed Scale Invariance in the Residual Stream of ResNet18* (CVPR 2025",
-        f"workshops). Paper numbers from: {paper.get('source')}. Weights: {weights_label}.",
+        "Paper: Longon, *Naturally Computed Scale Invariance in the Residual Stream of ResNet18*",
+        f"(arXiv:2504.16290). Paper numbers from: {paper.get('source')}. Weights: {weights_label}.",
         "",
     ]
     fz_settings = read_fz_settings(root)
     ablation_run = read_ablation_run(trials_file(root)) if trials_file(root).is_file() else None
     settings_lines, settings = _settings_section(
-        raw, labels, weights_label, index, (n_images, n_classes), _devices(fz_settings, ablation_run)
+        raw,
+        labels,
+        weights_label,
+        index,
+        (n_images, n_classes),
+        fz_settings,
+        _devices(fz_settings, ablation_run),
     )
     settings["eq1_reading"] = eq1_reading = _param(raw, "criteria.eq1_reading", CriteriaParams)
     pre_reading = settings.get("pre_reading") or "exact"
