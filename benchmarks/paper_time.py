@@ -162,7 +162,7 @@ def fz_minutes_on(rows: list[dict[str, Any]], gpus: int) -> float:
 
 def fz_minutes_pooled(rows: list[dict[str, Any]], gpus: int) -> float:
     """The FZs on ``gpus`` GPUs as `dvc repro` renders them (``launch.fz_pool: stale``: the first fz stage
-    pools every stale block; on a first run all, in the order of fz.blocks) or ``rsi fz --block all``: every
+    pools every block whose stage DVC runs too; on a first run all, in the order of fz.blocks) or ``rsi fz --block all``: every
     block's items in one pool, handed out as rsi.fz.render_blocks does (rank r takes items r, r + gpus, … in the order of fz.blocks, taps, chunks;
     ``rows`` are in that order), so the slowest rank's sum."""
     items = [r["projected_s"] / r["chunks"] for r in rows for _ in range(r["chunks"])]

@@ -71,7 +71,7 @@ def imported_modules(module: str) -> set[str]:
 
 
 def closure(module: str) -> set[str]:
-    """``module`` and what it imports, transitively; not through INFRASTRUCTURE (launch names rsi.cli,
+    """``module`` and what it imports, transitively; not through cli and launch (launch names rsi.cli,
     which imports every stage, to relaunch it)."""
     seen: set[str] = set()
     todo = [module]
@@ -79,7 +79,7 @@ def closure(module: str) -> set[str]:
         current = todo.pop()
         if current not in seen:
             seen.add(current)
-            if current not in INFRASTRUCTURE:
+            if current not in {"cli", "launch"}:
                 todo.extend(imported_modules(current))
     return seen
 

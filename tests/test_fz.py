@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -437,22 +438,34 @@ def test_a_chunk_file_from_other_fz_code_is_not_reused(random_model, tmp_path, m
     assert (tmp_path / "fz" / "layer2_1" / "settings.json").read_bytes() == settings
 
 
-def test_a_finished_render_deletes_the_chunks_of_other_fz_code_only(random_model, tmp_path, monkeypatch):
-    """Chunks of other FZ code can never be reused (their resume keys hold its digest): the next finished
-    render deletes them, the layout before the per-code folders included. Chunks of other settings under
-    this code stay (a param changed back reuses them)."""
+def test_a_finished_render_deletes_the_chunks_of_other_fz_code_but_the_latest_two(
+    random_model, tmp_path, monkeypatch
+):
+    """Chunks of other FZ code can never be reused (their resume keys hold its digest): a finished render
+    deletes them, the layout before the per-code folders included, but keeps the two most recently
+    written (a reverted edit, or a run of other code still going). Chunks of other settings under this
+    code stay (a param changed back reuses them)."""
     kwargs = dict(seed=0, weights="random:0", progress=False, root=tmp_path)
     resume = tmp_path / ".resume"
-    monkeypatch.setattr(fzmod, "code_digest", lambda: "old-fz-code")
-    render_block(random_model, "2.1", tiny(steps=2, max_channels=2), **kwargs)
     before_folders = resume / "fz" / "layer2_1" / "pre" / "0123456789abcdef"  # before 2026-11-27
     before_folders.mkdir(parents=True)
     (before_folders / "chunk_0000.npz").write_bytes(b"old")
-    monkeypatch.setattr(fzmod, "code_digest", lambda: "new-fz-code")
+    for path in (resume / "fz" / "layer2_1").rglob("*"):
+        os.utime(path, (1e9, 1e9))  # written long ago
+    for code in ("code-a", "code-b"):
+        monkeypatch.setattr(fzmod, "code_digest", lambda code=code: code)
+        render_block(random_model, "2.1", tiny(steps=2, max_channels=2), **kwargs)
+        time.sleep(0.02)  # distinct modification times
+    assert sorted(p.name for p in (resume / "fz").iterdir()) == ["code-a", "code-b", "layer2_1"]
+    monkeypatch.setattr(fzmod, "code_digest", lambda: "code-c")
+    render_block(random_model, "2.1", tiny(steps=2, max_channels=2), **kwargs)
+    time.sleep(0.02)
+    assert sorted(p.name for p in (resume / "fz").iterdir()) == ["code-a", "code-b", "code-c"]  # oldest gone
+    monkeypatch.setattr(fzmod, "code_digest", lambda: "code-d")
     render_block(random_model, "2.1", tiny(steps=2, max_channels=2), **kwargs)
     render_block(random_model, "2.1", tiny(steps=3, max_channels=2), **kwargs)
-    assert sorted(p.name for p in (resume / "fz").iterdir()) == ["new-fz-code"]
-    keys = list((resume / "fz" / "new-fz-code" / "layer2_1" / "pre").iterdir())
+    assert sorted(p.name for p in (resume / "fz").iterdir()) == ["code-b", "code-c", "code-d"]
+    keys = list((resume / "fz" / "code-d" / "layer2_1" / "pre").iterdir())
     assert len(keys) == 2 and all(list(key.glob("chunk_*.npz")) for key in keys)
     assert list((resume / "locks").iterdir())  # the locks stay
 
@@ -557,34 +570,40 @@ def test_a_pooled_block_is_rendered_into_chunks_and_its_own_run_only_assembles(
             assert path.read_bytes() == (second / path.name).read_bytes(), path
 
 
-def test_stale_blocks_are_those_not_rendered_with_these_params(random_model, tmp_path):
+def test_a_pooled_block_another_run_holds_is_left_to_it(random_model, tmp_path, monkeypatch, capsys):
+    """Only this stage's own blocks stop it when busy: a pooled one is dropped from the pool."""
     params = tiny(steps=2, max_channels=2, blocks=TWO_BLOCKS)
-    spec = dict(seed=0, weights="random:0", arch="resnet18", root=tmp_path)
-    blocks = ["layer1_1", "layer2_1"]
-    assert fzmod.stale_blocks(blocks, params, **spec) == blocks  # nothing rendered yet
-    fzmod.render_blocks(
-        random_model, blocks, params, progress=False, **{k: spec[k] for k in ("seed", "weights", "root")}
-    )
-    assert fzmod.stale_blocks(blocks, params, **spec) == []
-    assert fzmod.stale_blocks(blocks, tiny(steps=3, max_channels=2, blocks=TWO_BLOCKS), **spec) == blocks
-    assert fzmod.stale_blocks(blocks, tiny(steps=2, max_channels=3, blocks=TWO_BLOCKS), **spec) == blocks
-    assert fzmod.stale_blocks(blocks, params, **{**spec, "seed": 1}) == blocks
-    one_jitter = {**TWO_BLOCKS, "layer2_1": BlockFZParams(taps=("pre",), jitter=8)}
-    assert fzmod.stale_blocks(blocks, tiny(steps=2, max_channels=2, blocks=one_jitter), **spec) == [
-        "layer2_1"
-    ]
-    more_taps = {**TWO_BLOCKS, "layer2_1": BlockFZParams(taps=("pre", "post"), jitter=4)}
-    assert fzmod.stale_blocks(blocks, tiny(steps=2, max_channels=2, blocks=more_taps), **spec) == ["layer2_1"]
-    fz_file(Tap("1.1", "post"), tmp_path).unlink()
-    assert fzmod.stale_blocks(blocks, params, **spec) == ["layer1_1"]
-    (tmp_path / "fz" / "layer2_1" / "settings.json").write_text("{")  # cut short
-    assert fzmod.stale_blocks(blocks, params, **spec) == blocks
+    rendered = counting_renders(monkeypatch)
+    held, _ = fzmod._take_lock(fzmod.lock_path(tmp_path / "fz" / "layer1_1", tmp_path / ".resume"))
+    try:
+        written = fzmod.render_blocks(
+            random_model,
+            ["2.1"],
+            params,
+            root=tmp_path,
+            pooled=["1.1"],
+            seed=0,
+            weights="random:0",
+            progress=False,
+        )
+    finally:
+        fzmod._release(held)
+    assert sorted(map(str, written)) == ["2.1/pre"] and {block for block, _ in rendered} == {"2.1"}
+    assert "not pooling layer1_1: another run holds its lock" in capsys.readouterr().out
 
 
-def test_only_a_dvc_stage_of_several_processes_pools_the_other_stale_blocks(monkeypatch, tmp_path):
+def test_rank_0_names_chunks_deleted_while_it_waited_instead_of_waiting_for_ever(tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(
+        RuntimeError, match=r"chunk files missing after rendering: .*chunk_0000.npz; were they deleted"
+    ):
+        fzmod._wait_for([(tmp_path / "chunk_0000.npz", [0])], "key", poll_s=0.01, give_up_s=0.05)
+
+
+def test_only_a_dvc_stage_of_several_processes_pools_the_blocks_dvc_will_run(monkeypatch, tmp_path):
     params = tiny(steps=2, max_channels=2, blocks=TWO_BLOCKS)
-    spec = dict(seed=0, weights="random:0", arch="resnet18", root=tmp_path)
-    pool = lambda raw: fzmod.blocks_to_pool(raw, "p.yaml", ["2.1"], params, **spec)  # noqa: E731
+    monkeypatch.chdir(tmp_path)  # no dvc.lock: DVC will run every fz stage
+    pool = lambda raw: fzmod.blocks_to_pool(raw, "p.yaml", ["2.1"], params, "resnet18")  # noqa: E731
     monkeypatch.delenv("DVC_STAGE", raising=False)
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert pool({}) == []  # by hand: only what was asked for
@@ -593,7 +612,12 @@ def test_only_a_dvc_stage_of_several_processes_pools_the_other_stale_blocks(monk
     assert pool({"launch": {"fz_pool": "block"}}) == []
     with pytest.raises(ParamsError, match=r"p.yaml: launch.fz_pool = 'all' is not allowed"):
         pool({"launch": {"fz_pool": "all"}})
+    (tmp_path / "dvc.lock").write_text(
+        yaml.safe_dump({"schema": "2.0", "stages": {"fz@layer1_1": {"cmd": "rsi fz"}}})
+    )
+    assert pool({}) == []  # dvc.lock's entry is what there is: DVC will not run fz@layer1_1
     monkeypatch.setenv("WORLD_SIZE", "1")
+    (tmp_path / "dvc.lock").unlink()
     assert pool({}) == []  # one process: pooling would only delay this block
 
 

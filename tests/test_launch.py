@@ -536,3 +536,29 @@ def test_only_rank_0_runs_a_stages_tail(monkeypatch):
         monkeypatch.setenv("WORLD_SIZE", "2")
         distributed.main_alone(lambda rank=rank: ran.append(rank))
     assert ran == ["0"]
+
+
+def test_outdated_stages_are_those_whose_lock_entry_differs_from_the_workspace(tmp_path):
+    """rsi.launch.outdated_stages reads dvc.lock as DVC wrote it: params values and dependency md5s."""
+    import hashlib
+
+    (tmp_path / "code.py").write_text("print(1)\n")
+    params = {"seed": 0, "fz": {"steps": 3, "blocks": {"layer2_1": {"jitter": 4}, "2.0": {"jitter": 0}}}}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    dep = {"path": "code.py", "hash": "md5", "md5": hashlib.md5(b"print(1)\n").hexdigest(), "size": 9}
+    folder = {"path": "outputs/eval", "hash": "md5", "md5": "0" * 32 + ".dir"}  # not compared
+    recorded = {"seed": 0, "fz.steps": 3, "fz.blocks.layer2_1": {"jitter": 4}}
+    stages = {
+        "fz@layer2_1": {"cmd": "rsi fz", "deps": [dep, folder], "params": {"params.yaml": recorded}},
+        "fz@2.0": {"cmd": "rsi fz", "params": {"params.yaml": {"fz.blocks.2.0": {"jitter": 0}}}},
+    }
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
+    names = ["fz@layer2_1", "fz@2.0", "fz@layer3_1"]
+    assert launch.outdated_stages(names, tmp_path) == ["fz@layer3_1"]  # no entry: DVC runs it
+    params["fz"]["blocks"]["2.0"]["jitter"] = 8
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    assert launch.outdated_stages(names, tmp_path) == ["fz@2.0", "fz@layer3_1"]
+    (tmp_path / "code.py").write_text("print(2)\n")
+    assert launch.outdated_stages(names, tmp_path) == names
+    (tmp_path / "dvc.lock").unlink()
+    assert launch.outdated_stages(names[:1], tmp_path) == names[:1]  # a first run

@@ -123,6 +123,17 @@ def require_same(value: dict[str, str], what: str, fix: str) -> None:
         )
 
 
+def from_main(value: T) -> T:
+    """Rank 0's ``value`` on every rank (over the gloo group of :func:`init`; ``value`` in one process):
+    for decisions only rank 0 may take, such as which outputs it could lock."""
+    peers = _peers()
+    if peers is None:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0, group=peers)
+    return holder[0]
+
+
 def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     """Sum a tensor over ranks in place (identity in one process)."""
     if dist.is_available() and dist.is_initialized():

@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from rsi import distributed
 from rsi.artifacts import OUTPUTS, fz_dir, fz_file, fz_settings_file, in_fz_source
 from rsi.artifacts.fz import ARRAYS as FZ_ARRAYS
-from rsi.artifacts.fz import FZFile, FZSettings, read_fz, read_fz_settings, write_fz, write_fz_settings
+from rsi.artifacts.fz import FZFile, FZSettings, read_fz, write_fz, write_fz_settings
 from rsi.config import (
     DVC_STAGE,
     ParamsError,
@@ -583,17 +583,27 @@ def resume_dir(spec: TapSpec, resume_root: Path) -> Path:
     return resume_root / "fz" / code_digest() / block_key(spec.block) / spec.kind / spec.resume_key()
 
 
-def prune_resume(resume_root: Path) -> list[Path]:
-    """Delete the resume chunks other FZ code rendered (the other folders of ``<resume root>/fz``, the
-    layout before them included) and return what was deleted. Their resume keys hold that code's digest,
-    so this code never reuses them; without this, every edit of the FZ code left a whole run's chunks
-    behind. Chunks of other settings under this code stay: they save work when a param changes back."""
+# the resume folders of other FZ code that prune_resume keeps: the most recently written ones, so that a
+# reverted edit (git stash, a branch switch) resumes, and a run of other code still going keeps its chunks
+KEEP_OTHER_CODE = 2
+
+
+def _last_written(entry: Path) -> float:
+    files = entry.rglob("*") if entry.is_dir() else []
+    return max((path.stat().st_mtime for path in files), default=entry.stat().st_mtime)
+
+
+def prune_resume(resume_root: Path, keep: int = KEEP_OTHER_CODE) -> list[Path]:
+    """Delete the resume chunks of other FZ code (the other folders of ``<resume root>/fz``, the layout
+    before them included) but the ``keep`` most recently written, and return what was deleted. Their
+    resume keys hold that code's digest, so this code never reuses them; without this, every edit of the
+    FZ code left a whole run's chunks behind. Chunks of other settings under this code stay: they save
+    work when a param changes back."""
     import shutil
 
     folder = Path(resume_root) / "fz"
-    stale = (
-        sorted(entry for entry in folder.glob("*") if entry.name != code_digest()) if folder.is_dir() else []
-    )
+    others = [entry for entry in folder.glob("*") if entry.name != code_digest()] if folder.is_dir() else []
+    stale = sorted(sorted(others, key=_last_written, reverse=True)[keep:])
     for entry in stale:
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -642,14 +652,24 @@ def _save_chunk(path: Path, result: FZResult, storage: str, resume_key: str) -> 
     write_fz(path, stored, resume_key=np.array(resume_key))
 
 
-def _wait_for(paths: Sequence[tuple[Path, Sequence[int]]], resume_key: str, poll_s: float = 2.0) -> None:
+def _wait_for(
+    paths: Sequence[tuple[Path, Sequence[int]]],
+    resume_key: str,
+    poll_s: float = 2.0,
+    give_up_s: float = 600.0,
+) -> None:
     """Rank 0 waits for the other ranks' chunk files (a shared disk may show them late). The ranks of
     every stage that renders (fz, stability, pre-reading) have passed distributed.wait_for_peers, so the
-    files were written; a rank that died fails that wait instead of leaving this one polling."""
-    announced = False
+    files were written; a rank that died fails that wait instead of leaving this one polling. Files still
+    missing after ``give_up_s`` were deleted meanwhile (another run's rsi.fz.prune_resume on a shared
+    resume folder, or by hand): an error naming them, not a wait for ever."""
+    announced, start = False, time.monotonic()
     while missing := [p for p, chunk in paths if not _chunk_done(p, chunk, resume_key)]:
-        if distributed.world()[1] == 1:
-            raise RuntimeError(f"chunk files missing after rendering: {', '.join(map(str, missing))}")
+        if distributed.world()[1] == 1 or time.monotonic() - start > give_up_s:
+            raise RuntimeError(
+                f"chunk files missing after rendering: {', '.join(map(str, missing))}; were they deleted "
+                "while this run waited? A rerun renders them again"
+            )
         if not announced:
             print(f"rsi fz: rank 0 waits for {len(missing)} chunk(s) of other ranks", flush=True)
             announced = True
@@ -671,32 +691,43 @@ def lock_path(out_dir: Path, resume_root: Path) -> Path:
     return Path(resume_root) / "locks" / f"{Path(out_dir).name}-{key}.lock"
 
 
+def _take_lock(path: Path) -> tuple[Any, str]:
+    """(open handle holding an exclusive fcntl lock on ``path``, "") or (None, who holds it)."""
+    import fcntl
+    import socket
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(path, "a+")  # noqa: SIM115 - held open while the output is rendered
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        return None, holder
+    handle.seek(0)
+    handle.truncate()
+    since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {since})\n")
+    handle.flush()
+    return handle, ""
+
+
+def _release(handle: Any) -> None:
+    import fcntl
+
+    if handle is not None:
+        fcntl.flock(handle, fcntl.LOCK_UN)
+        handle.close()
+
+
 @contextmanager
 def output_lock(out_dir: Path, resume_root: Path) -> Iterator[Path]:
     """Hold an exclusive fcntl lock for ``out_dir`` while rendering it; a BusyError naming the holder
     (pid, host, start) when another run holds it. Under torchrun rank 0 locks for the whole job and
     tells the others. The kernel drops the lock when its process dies, so kill -9 leaves none behind."""
-    import fcntl
-    import socket
-
     path = lock_path(out_dir, resume_root)
-    handle, holder = None, ""
-    if distributed.is_main():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(path, "a+")  # noqa: SIM115 - held open for the whole block
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "another process"
-            handle.close()
-            handle = None
-        else:
-            handle.seek(0)
-            handle.truncate()
-            since = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
-            handle.write(f"pid {os.getpid()} on host {socket.gethostname()} (since {since})\n")
-            handle.flush()
+    handle, holder = _take_lock(path) if distributed.is_main() else (None, "")
     # a CPU flag: it goes over gloo, so no NCCL communicator is made for one number
     busy = distributed.all_reduce_sum(torch.tensor([1.0 if holder else 0.0]))
     try:
@@ -708,9 +739,18 @@ def output_lock(out_dir: Path, resume_root: Path) -> Iterator[Path]:
             )
         yield path
     finally:
-        if handle is not None:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
+        _release(handle)
+
+
+@contextmanager
+def _lock_if_free(out_dir: Path, resume_root: Path) -> Iterator[bool]:
+    """This process holds ``out_dir``'s lock inside the block (True), or another run does (False): for a
+    pooled block, which is then left to that run rather than stopping this one."""
+    handle, _ = _take_lock(lock_path(out_dir, resume_root))
+    try:
+        yield handle is not None
+    finally:
+        _release(handle)
 
 
 def render_blocks(
@@ -741,9 +781,6 @@ def render_blocks(
     root = Path(root)
     resume_root = Path(resume_root) if resume_root is not None else root / ".resume"
     device = torch.device(device)
-    # (block, specs, chunks) of ``blocks``, then of ``pooled``: this run's own items come first, so their
-    # ranks do not depend on which blocks are pooled. A chunk holds whole batches of fz.batch_channels.
-    plans = [_block_plan(block, fz, seed=seed, weights=weights, arch=arch) for block in [*blocks, *pooled]]
     # a rank with other FZ code or packages has another resume key: it would write its chunks where
     # rank 0 never looks, and rank 0 would wait for them for ever. An error on every rank, before any work.
     distributed.require_same(
@@ -752,8 +789,16 @@ def render_blocks(
         "start every node from the same commit and install (scripts/install.sh, or the same image)",
     )
     with ExitStack() as locks:
-        for block in [*blocks, *pooled]:  # a pooled block's own run waits rather than renders it twice
+        for block in blocks:
             locks.enter_context(output_lock(fz_dir(block, root), resume_root))
+        if distributed.is_main():  # a pooled block another run renders is left to it; the ranks follow
+            free = [b for b in pooled if locks.enter_context(_lock_if_free(fz_dir(b, root), resume_root))]
+            _announce_pool([block_key(b) for b in free], [block_key(b) for b in pooled if b not in free])
+            pooled = free
+        pooled = distributed.from_main(pooled)
+        # (block, specs, chunks) of ``blocks``, then of ``pooled``: this run's own items come first, so
+        # their ranks do not depend on the pool. A chunk holds whole batches of fz.batch_channels.
+        plans = [_block_plan(b, fz, seed=seed, weights=weights, arch=arch) for b in [*blocks, *pooled]]
         # The work items are (tap, chunk) pairs, sharded over ranks. A chunk holds whole batches, so the
         # batches (and their float rounding) are the same whatever the chunk size or number of processes.
         work = [(spec, chunk) for _, specs, chunks in plans for spec in specs for chunk in chunks]
@@ -791,49 +836,37 @@ def _block_plan(
     return block, specs, chunks_of(tap_channels(block, fz, arch), fz.batch_channels * fz.chunk_batches)
 
 
-def stale_blocks(
-    blocks: Sequence[str], fz: FZParams, *, seed: int, weights: str, arch: str, root: Path = OUTPUTS
-) -> list[str]:
-    """Those of ``blocks`` whose FZs under ``root`` are not what these params render: a tap file or
-    ``settings.json`` missing or unreadable, or other tap kinds, settings hashes or channel count (as
-    after a params change, or on a first run). A change of the FZ code alone is not seen (settings.json
-    does not record it): such blocks are then rendered by their own stages."""
-    stale = []
-    for block in blocks:
-        _, specs, chunks = _block_plan(block, fz, seed=seed, weights=weights, arch=arch)
-        try:
-            settings = read_fz_settings(fz_settings_file(block, root))
-            rendered = {kind: tap.get("settings_hash") for kind, tap in settings.taps.items()}
-        except (ValueError, OSError, AttributeError):  # missing, cut short, or not this writer's shape
-            stale.append(block)
-            continue
-        if (
-            rendered != {spec.kind: spec.hash() for spec in specs}
-            or settings.channels != sum(len(chunk) for chunk in chunks)
-            or not all(fz_file(spec.tap, root).is_file() for spec in specs)
-        ):
-            stale.append(block)
-    return stale
+def _announce_pool(pooled: Sequence[str], busy: Sequence[str]) -> None:
+    if pooled:
+        print(
+            f"rsi fz: also rendering the chunks of {len(pooled)} other block(s) whose fz stage will run "
+            f"too ({', '.join(pooled)}), so that every process has work; their fz stages then only "
+            "assemble (launch.fz_pool: block renders one block per stage)",
+            flush=True,
+        )
+    if busy:
+        print(f"rsi fz: not pooling {', '.join(busy)}: another run holds its lock", flush=True)
 
 
 def blocks_to_pool(
-    raw: dict[str, Any], source: str, blocks: Sequence[str], fz: FZParams, **spec: Any
+    raw: dict[str, Any], source: str, blocks: Sequence[str], fz: FZParams, arch: str
 ) -> list[str]:
-    """The blocks whose chunks an ``fz@<block>`` stage renders besides its own (``spec``: seed, weights,
-    arch, root as :func:`stale_blocks` takes them): under `dvc repro` (DVC_STAGE set) with more than one
-    process and ``launch.fz_pool: stale``, every other stale block of fz.blocks, so that all GPUs share
-    the whole FZ work; DVC runs the fz stages one after another and a block alone has 1 to 12 items.
-    Their own stages then find every chunk done and only assemble. Nothing else (one process, by hand,
-    ``launch.fz_pool: block``): the chunks are the same bytes either way, only sooner."""
-    from rsi.launch import LaunchParams
+    """The blocks whose chunks an ``fz@<block>`` stage renders besides its own: under `dvc repro`
+    (DVC_STAGE set) with more than one process and ``launch.fz_pool: stale``, every other block of
+    fz.blocks whose stage DVC will run too (rsi.launch.outdated_stages: dvc.lock records other params or
+    FZ code for it, or none), so that all GPUs share the whole FZ work; DVC runs the fz stages one after
+    another and a block alone has 1 to 12 items. Their own stages then find every chunk done and only
+    assemble. Nothing else (one process, by hand, ``launch.fz_pool: block``): the chunks are the same
+    bytes either way, only sooner."""
+    from rsi import launch
 
     if DVC_STAGE not in os.environ or distributed.world()[1] == 1:
         return []
-    if load_section(raw, "launch", LaunchParams, source=source).fz_pool != "stale":
+    if load_section(raw, "launch", launch.LaunchParams, source=source).fz_pool != "stale":
         return []
-    own = {parse_block(block, spec["arch"]) for block in blocks}
-    others = [block for block in fz.blocks if parse_block(block, spec["arch"]) not in own]
-    return stale_blocks(others, fz, **spec)
+    own = {parse_block(block, arch) for block in blocks}
+    others = {f"fz@{block}": block for block in fz.blocks if parse_block(block, arch) not in own}
+    return [others[stage] for stage in launch.outdated_stages(list(others))]
 
 
 def render_block(model: nn.Module, block: str, fz: FZParams, **kwargs: Any) -> dict[Tap, Path]:
@@ -969,15 +1002,9 @@ def run(args: argparse.Namespace) -> None:
     device = run_device(model_params.device)
     model = load_model(model_params.weights, model_params.arch)
     root = Path(args.outputs)
-    spec = {"seed": seed, "weights": model_params.weights, "arch": arch_of(model), "root": root}
-    pooled = blocks_to_pool(raw, args.params, blocks, fz, **spec) if args.seed is None else []
-    if pooled and distributed.is_main():
-        print(
-            f"rsi fz: also rendering the chunks of {len(pooled)} other block(s) whose FZs are stale "
-            f"({', '.join(pooled)}), so that every process has work; their fz stages then only assemble "
-            "(launch.fz_pool: block renders one block per stage)",
-            flush=True,
-        )
+    pooled = []  # rank 0 decides (render_blocks hands its list to the others)
+    if args.seed is None and distributed.is_main():
+        pooled = blocks_to_pool(raw, args.params, blocks, fz, arch_of(model))
     render_blocks(
         model,
         blocks,

@@ -13,10 +13,10 @@ declared in dvc.yaml.
   ``launch.rdzv_id``, or torchrun's own environment (``PET_NNODES``, ``PET_RDZV_ENDPOINT``, ``PET_RDZV_ID``,
   ``PET_NPROC_PER_NODE``); params.yaml wins where both are set. Every node runs the same command.
 * ``launch.fz_pool``: ``stale`` (default) lets the first ``fz@<block>`` stage that ``dvc repro`` runs with more
-  than one process render the resume chunks of every other block of ``fz.blocks`` whose FZs are missing or
-  stale, in one pool (rsi.fz.blocks_to_pool): a block alone has 1 to 12 work items, too few for 8 GPUs,
-  and DVC runs the blocks one after another; their own stages then only assemble. ``block``: each stage its
-  own block (``dvc repro fz@layer2_1`` alone renders nothing else).
+  than one process render the resume chunks of every other block of ``fz.blocks`` whose stage DVC will run
+  too (:func:`outdated_stages`), in one pool (rsi.fz.blocks_to_pool): a block alone has 1 to 12 work items,
+  too few for 8 GPUs, and DVC runs the blocks one after another; their own stages then only assemble.
+  ``block``: each stage its own block (``dvc repro fz@layer2_1`` alone renders nothing else).
 * A worker that fails ends every worker (the launcher's behaviour, no restarts) and the stage exits non-zero
   with that worker's last error line and the path of its full log (``outputs/.launch/``). No output is
   written by a failed stage; finished FZ chunks stay in ``outputs/.resume`` and a rerun resumes from them.
@@ -82,9 +82,68 @@ class LaunchParams:
         default="stale",
         metadata={
             "help": "under dvc repro with more than one process: 'stale' = the first fz@<block> stage also "
-            "renders the chunks of every other stale block of fz.blocks (all GPUs busy), 'block' = its own"
+            "renders the chunks of every fz.blocks block whose stage DVC runs too (all GPUs busy), 'block' = "
+            "its own only"
         },
     )
+
+
+def _lookup(values: Any, dotted: str) -> tuple[bool, Any]:
+    """(found, value) of a DVC params key such as ``fz.blocks.layer2_1`` (a key may hold dots: ``2.1``)."""
+    if not isinstance(values, dict):
+        return False, None
+    if dotted in values:
+        return True, values[dotted]
+    parts = dotted.split(".")
+    for cut in range(1, len(parts)):
+        head, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
+        if head in values:
+            found, value = _lookup(values[head], rest)
+            if found:
+                return True, value
+    return False, None
+
+
+def _file_md5(path: Path) -> str | None:
+    import hashlib
+
+    if not path.is_file():
+        return None
+    digest = hashlib.md5()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
+    """Those of the DVC stages ``names`` (``fz@layer2_1`` …) that ``root/dvc.lock`` has no entry for, or
+    records other params values or other dependency files (md5) than ``root`` has now: the stages
+    `dvc repro` runs, and no others (a stage it would restore from the run-cache, a param changed back,
+    may be counted; a directory dependency is not compared). Read from the lock file alone, so it answers
+    while DVC runs a stage."""
+    import yaml
+
+    lock_file = Path(root) / "dvc.lock"
+    stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.is_file() else {}
+    params_files: dict[str, Any] = {}
+
+    def params_of(name: str) -> Any:
+        if name not in params_files:
+            params_files[name] = read_params(Path(root) / name) if (Path(root) / name).is_file() else {}
+        return params_files[name]
+
+    def outdated(entry: dict[str, Any] | None) -> bool:
+        if not entry:
+            return True
+        for file, recorded in (entry.get("params") or {}).items():
+            for key, value in recorded.items():
+                if _lookup(params_of(file), key) != (True, value):
+                    return True
+        deps = [d for d in entry.get("deps") or [] if not str(d.get("md5", "")).endswith(".dir")]
+        return any(_file_md5(Path(root) / d["path"]) != d.get("md5") for d in deps)
+
+    return [name for name in names if outdated(stages.get(name))]
 
 
 def inside_launcher() -> bool:
