@@ -507,3 +507,24 @@ def test_fz_jitter_other_than_the_authors_is_listed(fake_repo):
         "The 2.1/pre FZs were rendered with jitter 16; the authors' batch_process.sh used 4."
         in REPORT.read_text()
     )
+
+
+def test_what_the_run_leaves_out_of_or_adds_to_the_papers_scope_is_listed():
+    """Blocks probed and ablated, the mirror test, the sweep and the published lists' exact check."""
+    from rsi.report import _value_differences
+
+    assert _value_differences({}) == []  # the defaults are the paper's scope
+    raw = {
+        "criteria": {"blocks": ["layer2_1", "3.1"], "mirror_criterion": True},
+        "ablate": {"blocks": ["2.1"], "percents": [10, 30], "channel_sets": ["run"]},
+    }
+    assert _value_differences(raw) == [
+        "This run probed 2.1, 3.1 (`criteria.blocks`); §3 probed 1.1, 2.0, 2.1, 3.0, 3.1, 4.0, 4.1, and a "
+        "block not probed has no count here.",
+        "`criteria.mirror_criterion` is on: a channel must also pass the authors' unreported mirror test, so "
+        "the counts are not the paper's Eq. 1 and Eq. 2 counts.",
+        "3.1 not ablated (`ablate.blocks`); §4 and Fig. 2 ablate 2.1 and 3.1.",
+        "`ablate.percents` is [10, 30] here; Fig. 2 sweeps [10, 20, 30, 40, 50] %.",
+        "`ablate.channel_sets` leaves out `published`: the one check that must match the paper to the image "
+        "(the authors' published 2.1 and 3.1 lists mean-ablated) was not run.",
+    ]

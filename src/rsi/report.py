@@ -39,7 +39,7 @@ from rsi.artifacts.natural_criteria import read_natural_criteria_metrics
 from rsi.artifacts.passing import read_passing
 from rsi.artifacts.top_images import METRICS_FILE as TOP_IMAGES_METRICS
 from rsi.artifacts.top_images import TopImageOverlap, write_top_images
-from rsi.config import load_section, read_params
+from rsi.config import PROBED_BLOCKS, load_section, read_params
 from rsi.criteria import CriteriaParams
 from rsi.labels import RunLabels, run_labels
 from rsi.model import PAPER_LABEL, describe_weights
@@ -1050,6 +1050,7 @@ def _value_differences(raw: Mapping[str, Any]) -> list[str]:
             f"Only the first {max_channels} channels of each block were probed (`fz.max_channels`); the "
             'paper probed all of them (§3: "all the channels").'
         )
+    items += _scope_differences(parsed["criteria"], parsed["ablate"])
     authors = AblateParams().screening
     for block, rule in parsed["ablate"].screening.items():
         if block in parsed["ablate"].blocks and block in authors and rule != authors[block]:
@@ -1058,6 +1059,40 @@ def _value_differences(raw: Mapping[str, Any]) -> list[str]:
                 f"`ablate.screening` for {block} accepts random sets by `{rule.rule}` (tolerance "
                 f"{rule.tolerance:g}); the authors' was `{theirs.rule}` ({theirs.tolerance:g}; §4)."
             )
+    return items
+
+
+def _scope_differences(criteria: CriteriaParams, ablate: AblateParams) -> list[str]:
+    """What this run left out of the paper's §3 and §4, or added to them: blocks probed and ablated, the
+    mirror test, the scale sweep, and the published lists' exact check."""
+    items = []
+    probed = sorted({parse_block(b) for b in criteria.blocks}, key=block_order)
+    if probed != sorted(PROBED_BLOCKS, key=block_order):
+        items.append(
+            f"This run probed {', '.join(probed)} (`criteria.blocks`); §3 probed {', '.join(PROBED_BLOCKS)}, "
+            "and a block not probed has no count here."
+        )
+    if criteria.mirror_criterion:
+        items.append(
+            "`criteria.mirror_criterion` is on: a channel must also pass the authors' unreported mirror "
+            "test, so the counts are not the paper's Eq. 1 and Eq. 2 counts."
+        )
+    paper_sweep = AblateParams()
+    ablated = {parse_block(b) for b in ablate.blocks}
+    missing = [parse_block(b) for b in paper_sweep.blocks if parse_block(b) not in ablated]
+    if missing:
+        items.append(
+            f"{' and '.join(missing)} not ablated (`ablate.blocks`); §4 and Fig. 2 ablate 2.1 and 3.1."
+        )
+    if tuple(ablate.percents) != tuple(paper_sweep.percents):
+        items.append(
+            f"`ablate.percents` is {list(ablate.percents)} here; Fig. 2 sweeps {list(paper_sweep.percents)} %."
+        )
+    if "published" not in ablate.channel_sets:
+        items.append(
+            "`ablate.channel_sets` leaves out `published`: the one check that must match the paper to the "
+            "image (the authors' published 2.1 and 3.1 lists mean-ablated) was not run."
+        )
     return items
 
 
