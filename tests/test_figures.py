@@ -229,6 +229,65 @@ def test_figures_writes_grids_sheets_and_fig2(fake_repo, capsys):
         assert sheet.size[0] > sheet.size[1]  # three channels side by side
 
 
+def _recorded(monkeypatch, method: str) -> list:
+    """The arguments of every matplotlib Axes.<method> call from now on (the call still happens)."""
+    from matplotlib.axes import Axes
+
+    calls: list = []
+    original = getattr(Axes, method)
+
+    def recording(self, *args, **kwargs):
+        calls.append(args)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Axes, method, recording)
+    return calls
+
+
+@pytest.mark.parametrize(
+    ("reading", "title"), [("exact", "Pre (exact: bn2)"), ("lucent_reference", "Pre (lucent's hook: Post)")]
+)
+def test_the_pre_column_names_the_reading_its_fzs_were_rendered_with(fake_repo, monkeypatch, reading, title):
+    """The paper's Pre FZs were lucent's, optimised for the block output; ours are exact by default."""
+    settings = Path("outputs/fz/layer2_1/settings.json")
+    content = json.loads(settings.read_text())
+    content["taps"]["pre"]["pre_reading"] = reading
+    settings.write_text(json.dumps(content))
+    titles = _recorded(monkeypatch, "set_title")
+    assert main(["figures"]) == 0
+    assert (f"{title}\nlayer2.1.bn2",) in titles and ("In\nlayer2.0",) in titles
+
+
+def test_fig2_keeps_the_authors_axis_and_widens_it_only_to_fit(fake_repo, monkeypatch):
+    """plot_utils.py fixed Fig. 2's y-axis at 0.9 … 1.1: the small effects the paper stresses look small."""
+    from rsi import figures
+
+    axes: dict[str, list] = {}
+    save = figures._save
+    monkeypatch.setattr(
+        figures, "_save", lambda fig, path, dpi: axes.update({path.name: fig.axes}) or save(fig, path, dpi)
+    )
+    assert main(["figures"]) == 0
+    limits = [ax.get_ylim() for ax in axes["fig2_ablation.png"]]
+    assert len(limits) == 3 and all(low <= 0.9 and high >= 1.1 for low, high in limits), limits
+    assert (0.9, 1.1) in limits  # a panel whose bars fit: the authors' axis as it was
+
+
+def test_a_grid_title_says_whether_its_channel_passes_or_its_block_was_probed():
+    from rsi.figures import channel_status
+
+    assert channel_status(3, [1, 3]) == ""
+    assert channel_status(2, [1, 3]) == " (not criteria-passing)"
+    assert channel_status(2, None) == " (block not probed: criteria.blocks)"
+
+
+def test_a_block_not_probed_is_named_so(tmp_path, monkeypatch, capsys):
+    write_fake_outputs(tmp_path, figures={"blocks": ["layer3_0"]})
+    monkeypatch.chdir(tmp_path)
+    assert main(["figures"]) == 0
+    assert "block 3.0: not probed (criteria.blocks), no grid drawn" in capsys.readouterr().out
+
+
 def test_figures_are_labelled_random_weights(tmp_path, monkeypatch):
     def red_pixels(weights: str, where: Path, data_source: str) -> int:
         where.mkdir()
@@ -242,7 +301,16 @@ def test_figures_are_labelled_random_weights(tmp_path, monkeypatch):
     # A weights path is only read when whole-channel FZs are rendered, which this run does not do.
     assert red_pixels("random:0", tmp_path / "random", "folders") > 50
     assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "generated", "generated") > 50
-    assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "real", "folders") == 0
+    # a few real images: labelled SUBSET (an online demo draws its top-9 rows from a few hundred images)
+    assert red_pixels("data/resnet18-f37072fd.pth", tmp_path / "real", "folders") > 50
+    from rsi.figures import _title_lines
+    from rsi.labels import RunLabels
+
+    weights = "data/resnet18-f37072fd.pth"
+    assert _title_lines(RunLabels(weights, False, False, images=50_000)) == []  # the paper's data: no label
+    assert _title_lines(RunLabels(weights, False, False, images=500)) == [
+        "SUBSET: 500 of the 50,000 ImageNet validation images"
+    ]
 
 
 def _fake_render(calls: list):

@@ -35,6 +35,7 @@ from rsi.artifacts.whole_channel import WholeChannelFZs, read_whole_channel
 from rsi.channel_plan import ChannelPlan, FiguresParams, column_tap, plan_channels, probed_of
 from rsi.config import load_section, read_params
 from rsi.labels import RunLabels, run_labels
+from rsi.paper import EVAL_IMAGES
 from rsi.runtime import atomic_path
 from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, block_key
 
@@ -42,6 +43,11 @@ ABLATION_FIGURE = "fig2_ablation.png"
 TOP_NATURAL = 9  # the paper's top-9 natural images per tap
 ROW_LABELS = ("center-neuron FZ", "whole-channel FZ", "top-9 natural images")
 COLUMN_LABELS = {"in": "In", "pre": "Pre", "post": "Post"}
+# the Pre column says which Pre its FZ was optimised for (fz.pre_reading, from the block's settings.json):
+# the paper's Pre FZs were lucent's, whose bn2 hook saw the block output (DESIGN)
+PRE_READING_LABELS = {"exact": "Pre (exact: bn2)", "lucent_reference": "Pre (lucent's hook: Post)"}
+# Fig. 2's y-axis in the authors' plot_utils.py; widened only where a bar or its error does not fit
+AUTHORS_RATIO_AXIS = (0.9, 1.1)
 PANEL = 224  # pixel side of a panel in contact sheets, and of the natural-image mosaics
 TITLE_LINE = 0.3  # inches per line of a figure title
 WARNING_LINE = 0.24  # inches per red warning line
@@ -84,6 +90,13 @@ class FZStore:
             if position.size:
                 return to_hwc_uint8((rerun.in_images if kind == "in" else rerun.pre_images)[position[0]])
         return self.image(column_tap(block, kind), channel)
+
+    def pre_reading(self, block: str) -> str | None:
+        """The fz.pre_reading the block's Pre FZs were rendered with (its settings.json), or None."""
+        from rsi.artifacts.fz import read_fz_settings
+
+        taps = read_fz_settings(artifacts.fz_settings_file(block, self.root)).taps
+        return taps.get("pre", {}).get("pre_reading")
 
     def _load(self, tap: Tap) -> tuple[np.ndarray, dict[int, int]]:
         if tap not in self._files:
@@ -183,6 +196,8 @@ def _title_lines(labels: RunLabels) -> list[str]:
         lines.append("RANDOM WEIGHTS (not the paper's model)")
     if labels.generated_data:
         lines.append("GENERATED DATA (not ImageNet)")
+    elif labels.images is not None and labels.images < EVAL_IMAGES:
+        lines.append(f"SUBSET: {labels.images:,} of the {EVAL_IMAGES:,} ImageNet validation images")
     return lines
 
 
@@ -219,10 +234,24 @@ def _header(labels: RunLabels, lines: int) -> float:
 Panels = list[list[np.ndarray | None]]  # [row][column]
 
 
+def channel_status(channel: int, passing: Sequence[int] | None) -> str:
+    """What a grid's title adds after the channel: nothing for a criteria-passing channel."""
+    if passing is None:
+        return " (block not probed: criteria.blocks)"
+    return "" if channel in passing else " (not criteria-passing)"
+
+
 def draw_channel_grid(
-    block: str, channel: int, panels: Panels, labels: RunLabels, path: Path, dpi: int, passing: bool
+    block: str,
+    channel: int,
+    panels: Panels,
+    labels: RunLabels,
+    path: Path,
+    dpi: int,
+    captions: tuple[str, str | None],
 ) -> None:
-    """One channel's 3x3 grid (Fig. 1 style)."""
+    """One channel's 3x3 grid (Fig. 1 style); ``captions``: the title's status (:func:`channel_status`)
+    and the Pre FZs' fz.pre_reading."""
     plt = _pyplot()
     header = _header(labels, 1) + 0.45  # column titles: tap and module name
     height = 3 * 2.2 + header + 0.1
@@ -251,11 +280,13 @@ def draw_channel_grid(
             ax.set_yticks([])
             if row == 0:
                 module = column_tap(block, kind).module_of(labels.arch)
-                ax.set_title(f"{COLUMN_LABELS[kind]}\n{module}", fontsize=9)
+                label = (
+                    PRE_READING_LABELS.get(captions[1] or "", "Pre") if kind == "pre" else COLUMN_LABELS[kind]
+                )
+                ax.set_title(f"{label}\n{module}", fontsize=9)
             if col == 0:
                 ax.set_ylabel(ROW_LABELS[row], fontsize=9)
-    status = "" if passing else " (not criteria-passing)"
-    title = f"{_network(labels)}Block {block}, channel {channel}{status}"
+    title = f"{_network(labels)}Block {block}, channel {channel}{captions[0]}"
     fig.suptitle(title, y=1 - 0.08 / height, va="top", fontsize=13)
     _warning(fig, labels, 0.08 + TITLE_LINE)
     _save(fig, path, dpi)
@@ -345,7 +376,7 @@ def draw_ablation(
             if math.isfinite(data.no_scale_ratio):
                 low, high = min(low, data.no_scale_ratio), max(high, data.no_scale_ratio)
             pad = max(0.25 * (high - low), 0.002)
-            ax.set_ylim(low - pad, high + pad)
+            ax.set_ylim(min(AUTHORS_RATIO_AXIS[0], low - pad), max(AUTHORS_RATIO_AXIS[1], high + pad))
         else:  # every random-set accuracy 0 (e.g. random weights): Eq. 3 is undefined, say so
             note = "no ratio defined:\nthe random-ablated top-1 is 0 %"
             ax.text(0.5, 0.5, note, ha="center", va="center", transform=ax.transAxes, fontsize=10)
@@ -394,14 +425,16 @@ def check_inputs(
 def draw_block(
     block: str,
     plan: ChannelPlan,
-    passing: Sequence[int],
+    passing: Sequence[int] | None,
     inputs: tuple[FZStore, NaturalStore, dict[str, WholeChannelFZs]],
     labels: RunLabels,
     out_dir: Path,
     dpi: int,
 ) -> list[Path]:
-    """One block's single-channel grids and contact sheet; the PNG paths written."""
+    """One block's single-channel grids and contact sheet (``passing``: None for a block not probed); the
+    PNG paths written."""
     fzs, natural, whole = inputs
+    pre_reading = fzs.pre_reading(block)
     written = []
     grids: dict[int, np.ndarray] = {}
     for channel in plan.channels(block):
@@ -412,13 +445,14 @@ def draw_block(
         ]
         if channel in plan.shown[block]:
             path = out_dir / f"fig1_{block_key(block)}_c{channel:03d}.png"
-            draw_channel_grid(block, channel, panels, labels, path, dpi, channel in passing)
+            captions = (channel_status(channel, passing), pre_reading)
+            draw_channel_grid(block, channel, panels, labels, path, dpi, captions)
             written.append(path)
         if channel in plan.sheets[block]:
             grids[channel] = composite(panels)
     if grids:
         path = out_dir / f"grids_{block_key(block)}.png"
-        draw_contact_sheet(block, grids, len(set(passing)), labels, path, dpi)
+        draw_contact_sheet(block, grids, len(set(passing or [])), labels, path, dpi)
         written.append(path)
     print(f"block {block}: {len(plan.shown[block])} channel grids, contact sheet of {len(grids)} channels")
     return written
@@ -439,14 +473,15 @@ def make_figures(
     fzs, natural = FZStore(root), NaturalStore(root, eval_cache.images)
     plan = plan_channels(params, passing, probed_of(raw, passing, labels.arch))
     for block in plan.empty:
-        print(f"block {block}: no criteria-passing channels, no grid drawn")
+        why = "no criteria-passing channels" if block in passing else "not probed (criteria.blocks)"
+        print(f"block {block}: {why}, no grid drawn")
     inputs = check_inputs(plan, fzs, natural, params.whole_channel)
 
     out_dir.mkdir(parents=True, exist_ok=True)
     _clean(out_dir)
     written = []
     for block in plan.blocks:
-        written += draw_block(block, plan, passing.get(block, []), inputs, labels, out_dir, params.dpi)
+        written += draw_block(block, plan, passing.get(block), inputs, labels, out_dir, params.dpi)
     if ablation:
         path = out_dir / ABLATION_FIGURE
         draw_ablation(ablation, labels, path, params.dpi)

@@ -24,6 +24,7 @@ class RunLabels:
     random_weights: bool
     generated_data: bool
     arch: str = DEFAULT_ARCH
+    images: int | None = None  # evaluation images in the cache (None: not known here)
 
     @property
     def network(self) -> str:
@@ -37,4 +38,5 @@ def run_labels(raw: Mapping[str, Any], index: Mapping[str, Any] | None = None) -
     model = load_section(raw, "model", ModelParams)
     from_cache = index is not None and bool(index["generated"])  # a key of rsi.artifacts.eval.INDEX_KEYS
     generated = (raw.get("data") or {}).get("source") == "generated" or from_cache
-    return RunLabels(model.weights, is_random(model.weights), generated, model.arch)
+    images = len(index["files"]) if index is not None else None
+    return RunLabels(model.weights, is_random(model.weights), generated, model.arch, images)
