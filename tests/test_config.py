@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from rsi.config import ParamsError, as_dict, check_blocks, load_section, read_params
+from rsi.fz import FZParams
 from rsi.runtime import ModelParams
 
 
@@ -167,6 +168,16 @@ def test_model_device_check():
     assert load_section({"model": {"device": "cuda:1"}}, "model", ModelParams).device == "cuda:1"
     with pytest.raises(ParamsError, match="model.device = 'gpu' is not allowed: expected 'auto'"):
         load_section({"model": {"device": "gpu"}}, "model", ModelParams)
+
+
+def test_params_are_read_as_dvc_reads_them(tmp_path):
+    """`dvc exp run -S fz.lr=0.00005` writes ``5e-05`` (ruamel, YAML 1.2): a float for DVC, and for rsi
+    too (PyYAML's YAML 1.1 read a string, and rsi refused it); ``yes`` is no boolean in YAML 1.2."""
+    path = tmp_path / "params.yaml"
+    path.write_text("fz:\n  lr: 5e-05\n  tf32: yes\n")
+    assert read_params(path) == {"fz": {"lr": 5e-05, "tf32": "yes"}}
+    with pytest.raises(ParamsError, match=r"fz.tf32 = 'yes' is not allowed"):
+        load_section(read_params(path), "fz", FZParams)
 
 
 def test_read_params_errors(tmp_path):

@@ -245,7 +245,7 @@ def _recorded(monkeypatch, method: str) -> list:
 
 
 @pytest.mark.parametrize(
-    ("reading", "title"), [("exact", "Pre (exact: bn2)"), ("lucent_reference", "Pre (lucent's hook: Post)")]
+    ("reading", "title"), [("exact", "Pre (exact)"), ("lucent_reference", "Pre (lucent's hook: Post)")]
 )
 def test_the_pre_column_names_the_reading_its_fzs_were_rendered_with(fake_repo, monkeypatch, reading, title):
     """The paper's Pre FZs were lucent's, optimised for the block output; ours are exact by default."""

@@ -539,25 +539,49 @@ def test_only_rank_0_runs_a_stages_tail(monkeypatch):
 
 
 def test_outdated_stages_are_those_whose_lock_entry_differs_from_the_workspace(tmp_path):
-    """rsi.launch.outdated_stages reads dvc.lock as DVC wrote it: params values and dependency md5s."""
+    """rsi.launch.outdated_stages reads dvc.lock and params.yaml as DVC does (YAML 1.2: ``5e-05`` is a
+    float) and compares params values and dependency md5s."""
     import hashlib
 
     (tmp_path / "code.py").write_text("print(1)\n")
-    params = {"seed": 0, "fz": {"steps": 3, "blocks": {"layer2_1": {"jitter": 4}, "2.0": {"jitter": 0}}}}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    dep = {"path": "code.py", "hash": "md5", "md5": hashlib.md5(b"print(1)\n").hexdigest(), "size": 9}
-    folder = {"path": "outputs/eval", "hash": "md5", "md5": "0" * 32 + ".dir"}  # not compared
-    recorded = {"seed": 0, "fz.steps": 3, "fz.blocks.layer2_1": {"jitter": 4}}
-    stages = {
-        "fz@layer2_1": {"cmd": "rsi fz", "deps": [dep, folder], "params": {"params.yaml": recorded}},
-        "fz@2.0": {"cmd": "rsi fz", "params": {"params.yaml": {"fz.blocks.2.0": {"jitter": 0}}}},
-    }
-    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"schema": "2.0", "stages": stages}))
-    names = ["fz@layer2_1", "fz@2.0", "fz@layer3_1"]
+    md5 = hashlib.md5(b"print(1)\n").hexdigest()
+    (tmp_path / "params.yaml").write_text(
+        "seed: 0\nfz:\n  lr: 0.00005\n  blocks:\n    layer2_1: {jitter: 4}\n    layer2_0: {jitter: 0}\n"
+    )
+    # as DVC 3 writes it (ruamel): 5e-05 has no dot, which PyYAML would read as a string
+    (tmp_path / "dvc.lock").write_text(
+        f"""schema: '2.0'
+stages:
+  fz@layer2_1:
+    cmd: rsi fz --block layer2_1
+    deps:
+    - path: code.py
+      hash: md5
+      md5: {md5}
+      size: 9
+    - path: outputs/eval
+      hash: md5
+      md5: {"0" * 32}.dir
+    params:
+      params.yaml:
+        fz.blocks.layer2_1:
+          jitter: 4
+        fz.lr: 5e-05
+        seed: 0
+  fz@layer2_0:
+    cmd: rsi fz --block layer2_0
+    params:
+      params.yaml:
+        fz.blocks.layer2_0:
+          jitter: 0
+"""
+    )
+    names = ["fz@layer2_1", "fz@layer2_0", "fz@layer3_1"]
     assert launch.outdated_stages(names, tmp_path) == ["fz@layer3_1"]  # no entry: DVC runs it
-    params["fz"]["blocks"]["2.0"]["jitter"] = 8
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
-    assert launch.outdated_stages(names, tmp_path) == ["fz@2.0", "fz@layer3_1"]
+    (tmp_path / "params.yaml").write_text(
+        (tmp_path / "params.yaml").read_text().replace("jitter: 0", "jitter: 8")
+    )
+    assert launch.outdated_stages(names, tmp_path) == ["fz@layer2_0", "fz@layer3_1"]
     (tmp_path / "code.py").write_text("print(2)\n")
     assert launch.outdated_stages(names, tmp_path) == names
     (tmp_path / "dvc.lock").unlink()

@@ -190,12 +190,24 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     run(["dvc", "repro"], workspace)
     params = yaml.safe_load((workspace / "params.yaml").read_text())
     params["criteria"]["compare_pre_readings"] = True
+    params["criteria"]["seeds"] = [0, 1]  # the counts comparable with the paper's get a spread too
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     stages = ran_stages(run(["dvc", "repro"], workspace))
     assert {"pre-reading", "report"} <= stages
     assert not stages & {"fz@layer2_0", "fz@layer2_1", "activations", "natural", "ablate"}
     reference = json.loads((workspace / "metrics/criteria_lucent_reference.json").read_text())
     assert reference["layer2_1"]["channels"] == 6
+    spread = reference["stability"]["layer2_1"]
+    assert {"passing_seed0", "passing_seed1", "jaccard_seed0_seed1"} <= set(spread)
+    assert spread["passing_seed0"] == reference["layer2_1"]["passing"]
+    seed1 = workspace / "outputs/reference/stability/seed1"
+    assert json.loads((seed1 / "fz/layer2_1/settings.json").read_text())["seed"] == 1
+    for tap in ("post", "pre"):  # Post is stage stability's seed-1 FZ, Pre this reading's own
+        same = (seed1 / f"fz/layer2_1/{tap}.npz").read_bytes() == (
+            workspace / f"outputs/stability/seed1/fz/layer2_1/{tap}.npz"
+        ).read_bytes()
+        assert same == (tap == "post"), tap
+    assert json.loads((seed1 / "criteria/passing.json").read_text()).keys() == {"2.1"}
     settings = json.loads((workspace / "outputs/reference/fz/layer2_1/settings.json").read_text())
     assert "2.1/post" in json.dumps(settings)  # the Pre objective read the block output, as lucent did
     # this reading's own record of the authors' re-render case (criteria.rerun_fz 0: listed, none replaced)
@@ -206,6 +218,7 @@ def test_comparing_pre_readings_adds_the_lucent_reference_counts_to_the_report(w
     assert reference["layer2_1"]["authors_rerun"] == record.hits.size
     report = (workspace / "outputs/report.md").read_text()
     assert "the authors' reading: comparable with the paper's counts" in report
+    assert "Under the authors' reading of Pre (stage pre-reading: the counts comparable" in report
     assert json.loads((workspace / "outputs/reference/criteria/passing.json").read_text()).keys() == {"2.1"}
     counts = (workspace / "outputs/reference/criteria/passing_counts.csv").read_text().splitlines()
     passing = reference["layer2_1"]["passing"]

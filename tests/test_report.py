@@ -317,6 +317,20 @@ def test_stability_across_seeds_is_shown(fake_repo):
     text = REPORT.read_text()
     assert "### Stability across FZ seeds" in text
     assert "| 2.1 | 3 | 4 | 0.500 |" in text
+    assert "Under the authors' reading of Pre" not in text  # stage pre-reading did not run
+    reference = json.loads(Path("metrics/criteria.json").read_text())
+    reference["stability"] = {"layer2_1": {"passing_seed0": 6, "passing_seed1": 2, "jaccard_mean": 0.25}}
+    Path("metrics/criteria_lucent_reference.json").write_text(json.dumps(reference))
+    Path("outputs/reference/criteria").mkdir(parents=True, exist_ok=True)
+    Path("outputs/reference/criteria/passing.json").write_text(json.dumps({"2.1": [1, 2]}))
+    assert main(["report"]) == 0
+    section = REPORT.read_text().split("### Stability across FZ seeds")[1].split("\n## ")[0]
+    reading = "Under the authors' reading of Pre (stage pre-reading: the counts comparable with the paper's):"
+    assert (
+        section.index("| 2.1 | 3 | 4 | 0.500 |")
+        < section.index(reading)
+        < section.index("| 2.1 | 6 | 2 | 0.250 |")
+    )
 
 
 def test_the_outputs_root_is_a_flag(fake_repo):

@@ -22,8 +22,6 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args, get_origin, get_type_hints
 
-import yaml
-
 T = TypeVar("T")
 
 
@@ -36,13 +34,18 @@ class ParamsError(ValueError):
 
 
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """The raw params mapping; a missing or malformed file is a ParamsError."""
+    """The raw params mapping; a missing or malformed file is a ParamsError. Read as DVC reads it (ruamel,
+    YAML 1.2), so rsi computes with the values DVC tracks: PyYAML's YAML 1.1 reads ``5e-05`` (how
+    ``dvc exp run -S fz.lr=0.00005`` writes it) as a string, and ``yes``/``on`` as booleans."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError
+
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file (run from the repository root or pass --params)")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as error:
+        raw = YAML(typ="safe").load(path.read_text()) or {}
+    except YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}: the top level must be a mapping of sections, got {type(raw).__name__}")

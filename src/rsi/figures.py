@@ -45,7 +45,7 @@ ROW_LABELS = ("center-neuron FZ", "whole-channel FZ", "top-9 natural images")
 COLUMN_LABELS = {"in": "In", "pre": "Pre", "post": "Post"}
 # the Pre column says which Pre its FZ was optimised for (fz.pre_reading, from the block's settings.json):
 # the paper's Pre FZs were lucent's, whose bn2 hook saw the block output (DESIGN)
-PRE_READING_LABELS = {"exact": "Pre (exact: bn2)", "lucent_reference": "Pre (lucent's hook: Post)"}
+PRE_READING_LABELS = {"exact": "Pre (exact)", "lucent_reference": "Pre (lucent's hook: Post)"}
 # Fig. 2's y-axis in the authors' plot_utils.py; widened only where a bar or its error does not fit
 AUTHORS_RATIO_AXIS = (0.9, 1.1)
 PANEL = 224  # pixel side of a panel in contact sheets, and of the natural-image mosaics

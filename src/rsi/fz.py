@@ -588,9 +588,21 @@ def resume_dir(spec: TapSpec, resume_root: Path) -> Path:
 KEEP_OTHER_CODE = 2
 
 
+def _mtime(path: Path) -> float:
+    try:
+        return path.stat().st_mtime
+    except OSError:  # renamed or deleted meanwhile (another run's atomic write or prune)
+        return 0.0
+
+
 def _last_written(entry: Path) -> float:
     files = entry.rglob("*") if entry.is_dir() else []
-    return max((path.stat().st_mtime for path in files), default=entry.stat().st_mtime)
+    return max((_mtime(path) for path in files), default=_mtime(entry))
+
+
+def _code_folder(entry: Path) -> bool:
+    """A folder named by a code digest (code_digest: 16 hex digits); the others are the layout before."""
+    return len(entry.name) == 16 and all(c in "0123456789abcdef" for c in entry.name)
 
 
 def prune_resume(resume_root: Path, keep: int = KEEP_OTHER_CODE) -> list[Path]:
@@ -603,7 +615,8 @@ def prune_resume(resume_root: Path, keep: int = KEEP_OTHER_CODE) -> list[Path]:
 
     folder = Path(resume_root) / "fz"
     others = [entry for entry in folder.glob("*") if entry.name != code_digest()] if folder.is_dir() else []
-    stale = sorted(sorted(others, key=_last_written, reverse=True)[keep:])
+    codes = sorted((entry for entry in others if _code_folder(entry)), key=_last_written, reverse=True)
+    stale = sorted([entry for entry in others if not _code_folder(entry)] + codes[keep:])
     for entry in stale:
         if entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -820,8 +833,14 @@ def render_blocks(
             written |= _assemble_block(
                 block, specs, chunks, resume_root, root, seed=seed, weights=weights, device=described
             )
-        if pruned := prune_resume(resume_root):
-            print(f"rsi fz: removed the resume chunks of other FZ code ({len(pruned)} folder(s))", flush=True)
+        try:  # housekeeping: the outputs are written, so an error here is only a warning
+            if pruned := prune_resume(resume_root):
+                print(
+                    f"rsi fz: removed the resume chunks of other FZ code ({len(pruned)} folder(s))",
+                    flush=True,
+                )
+        except OSError as error:
+            print(f"rsi fz: warning: could not remove old resume chunks ({error})", flush=True)
         return written
 
 
@@ -866,7 +885,12 @@ def blocks_to_pool(
         return []
     own = {parse_block(block, arch) for block in blocks}
     others = {f"fz@{block}": block for block in fz.blocks if parse_block(block, arch) not in own}
-    return [others[stage] for stage in launch.outdated_stages(list(others))]
+    try:
+        outdated = launch.outdated_stages(list(others))
+    except Exception as error:  # speed only: a dvc.lock being rewritten must not fail the stage
+        print(f"rsi fz: not pooling other blocks: cannot read dvc.lock ({type(error).__name__}: {error})")
+        return []
+    return [others[stage] for stage in outdated]
 
 
 def render_block(model: nn.Module, block: str, fz: FZParams, **kwargs: Any) -> dict[Tap, Path]:

@@ -89,19 +89,12 @@ class LaunchParams:
 
 
 def _lookup(values: Any, dotted: str) -> tuple[bool, Any]:
-    """(found, value) of a DVC params key such as ``fz.blocks.layer2_1`` (a key may hold dots: ``2.1``)."""
-    if not isinstance(values, dict):
-        return False, None
-    if dotted in values:
-        return True, values[dotted]
-    parts = dotted.split(".")
-    for cut in range(1, len(parts)):
-        head, rest = ".".join(parts[:cut]), ".".join(parts[cut:])
-        if head in values:
-            found, value = _lookup(values[head], rest)
-            if found:
-                return True, value
-    return False, None
+    """(found, value) of a DVC params key such as ``fz.blocks.layer2_1`` (dot-separated, as DVC reads it)."""
+    for part in dotted.split("."):
+        if not isinstance(values, dict) or part not in values:
+            return False, None
+        values = values[part]
+    return True, values
 
 
 def _file_md5(path: Path) -> str | None:
@@ -116,28 +109,34 @@ def _file_md5(path: Path) -> str | None:
     return digest.hexdigest()
 
 
-def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
-    """Those of the DVC stages ``names`` (``fz@layer2_1`` …) that ``root/dvc.lock`` has no entry for, or
-    records other params values or other dependency files (md5) than ``root`` has now: the stages
-    `dvc repro` runs, and no others (a stage it would restore from the run-cache, a param changed back,
-    may be counted; a directory dependency is not compared). Read from the lock file alone, so it answers
-    while DVC runs a stage."""
-    import yaml
+def _dvc_yaml(path: Path) -> Any:
+    """A YAML file read as DVC reads params files and dvc.lock (ruamel, YAML 1.2: ``5e-05`` is a float,
+    where PyYAML's YAML 1.1 reads a string, so the values would never compare equal)."""
+    from ruamel.yaml import YAML
 
-    lock_file = Path(root) / "dvc.lock"
-    stages = (yaml.safe_load(lock_file.read_text()) or {}).get("stages", {}) if lock_file.is_file() else {}
+    return YAML(typ="safe").load(path.read_text()) if path.is_file() else None
+
+
+def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
+    """Those of the DVC stages ``names`` (``fz@layer2_1`` …) whose ``root/dvc.lock`` entry is missing or
+    records other params values or other dependency files (md5) than ``root`` has now: for a stage whose
+    command and declared params did not change, the stages `dvc repro` runs (one it would restore from
+    the run-cache instead, a param changed back, is counted too; directory dependencies are not
+    compared). Read from the files alone, so it answers while DVC runs a stage; a dvc.lock it cannot read
+    is an error for the caller to handle."""
+    stages = (_dvc_yaml(Path(root) / "dvc.lock") or {}).get("stages", {})
     params_files: dict[str, Any] = {}
 
     def params_of(name: str) -> Any:
         if name not in params_files:
-            params_files[name] = read_params(Path(root) / name) if (Path(root) / name).is_file() else {}
+            params_files[name] = _dvc_yaml(Path(root) / name) or {}
         return params_files[name]
 
     def outdated(entry: dict[str, Any] | None) -> bool:
         if not entry:
             return True
         for file, recorded in (entry.get("params") or {}).items():
-            for key, value in recorded.items():
+            for key, value in (recorded or {}).items():
                 if _lookup(params_of(file), key) != (True, value):
                     return True
         deps = [d for d in entry.get("deps") or [] if not str(d.get("md5", "")).endswith(".dir")]

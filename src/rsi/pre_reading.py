@@ -8,7 +8,11 @@ activations (:func:`rsi.activations.measure`) and writes ``metrics/criteria_luce
 the passing lists ``outputs/reference/criteria/passing.json`` (:func:`rsi.artifacts.reference_root`),
 which the report shows side by side (the authors' reading: the counts comparable with the paper's), with
 this reading's own re-render of channels whose Post responses are both <= 0 (criteria.rerun_fz, rsi.rerun;
-under ``outputs/reference/rerun``). Off, it writes an empty metrics file and lists, and renders nothing.
+under ``outputs/reference/rerun``). With several ``criteria.seeds`` it does the same for each further seed,
+whose In and Post FZs are stage stability's, under ``outputs/reference/stability/seed<K>``, and the metrics
+gain the passing sets' spread across seeds (``stability``), as stage criteria's do for the main reading:
+the counts compared with the paper's get a spread too (DESIGN). Off, it writes an empty metrics file and
+lists, and renders nothing.
 """
 
 from __future__ import annotations
@@ -42,7 +46,14 @@ from rsi.artifacts.criteria import (
 )
 from rsi.artifacts.passing import Passing, write_passing
 from rsi.config import ParamsError, load_section, load_seed, read_params
-from rsi.criteria import CriteriaParams, criteria_metrics, evaluate_stored, passing_counts
+from rsi.criteria import (
+    BlockCriteria,
+    CriteriaParams,
+    criteria_metrics,
+    evaluate_stored,
+    passing_counts,
+    stability,
+)
 from rsi.model import load_model
 from rsi.runtime import ModelParams, full_float32
 from rsi.taps import Tap, block_key
@@ -72,22 +83,31 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
+def reading_roots(criteria: CriteriaParams, outputs: Path) -> dict[int, tuple[Path, Path]]:
+    """Per FZ seed of ``criteria.seeds`` (the main run's first): the root whose In and Post FZs this
+    reading shares (the main run's ``outputs``, or stage stability's seed root) and the root this stage
+    renders its Pre FZs and counts under (``outputs/reference``, or ``outputs/reference/stability/seed<K>``)."""
+    main = reference_root(outputs)
+    return {
+        seed: (source, main if seed == criteria.seeds[0] else main / "stability" / f"seed{seed}")
+        for seed, source in criteria.roots(outputs).items()
+    }
+
+
 def _render_pre_fzs(
-    raw: dict[str, Any], source: str, blocks: tuple[str, ...], outputs: Path
-) -> torch.nn.Module:
-    """Render the Pre FZs of ``blocks`` read as lucent did under ``outputs``/reference and link the main
-    run's In and Post FZs beside them (rank 0); the model, for the activations."""
+    raw: dict[str, Any],
+    source: str,
+    blocks: tuple[str, ...],
+    model: torch.nn.Module,
+    seed: int,
+    roots: tuple[Path, Path],
+    resume_root: Path,
+) -> None:
+    """Render the Pre FZs of ``blocks`` with ``seed``, read as lucent did, under ``roots[1]``, and link the
+    In and Post FZs of the same seed from ``roots[0]`` beside them (rank 0)."""
     params = fz.load_fz_params(raw, source=source)
-    if params.pre_reading == "lucent_reference":
-        raise ParamsError(
-            f"{source}: fz.pre_reading is already lucent_reference; compare_pre_readings adds the "
-            "lucent_reference counts beside exact ones, so set fz.pre_reading: exact"
-        )
     model_params = load_section(raw, "model", ModelParams, source=source)
-    seed = load_seed(raw, source=source)
-    model = load_model(model_params.weights, model_params.arch)
-    device = fz.run_device(model_params.device)
-    root = reference_root(outputs)
+    fz_root, root = roots
     only_pre = {  # each block's Pre tap alone, with the jitter it has in the main run
         block_key(block): dataclasses.replace(
             params.block(block), taps=("pre",), tap_jitter={}, jitter=params.block(block).jitter_of("pre")
@@ -100,15 +120,14 @@ def _render_pre_fzs(
         dataclasses.replace(params, pre_reading="lucent_reference", blocks=only_pre),
         seed=seed,
         weights=model_params.weights,
-        device=device,
+        device=fz.run_device(model_params.device),
         root=root,
-        resume_root=outputs / ".resume",  # keyed by every setting, the reading included
+        resume_root=resume_root,  # keyed by every setting, the reading and the seed included
     )
     if distributed.is_main():
         for block in blocks:
             for tap in (in_fz_source(block), Tap(block, "post")):
-                _link(fz_file(tap, outputs), fz_file(tap, root))
-    return model
+                _link(fz_file(tap, fz_root), fz_file(tap, root))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -124,34 +143,71 @@ def run(args: argparse.Namespace) -> None:
         write_criteria_metrics(CriteriaMetrics({}, {}), REFERENCE_METRICS)  # {}: no second reading
         print("criteria.compare_pre_readings is false: no second reading")
         return
+    _check_readings(raw, args.params, criteria)
     distributed.init()  # under torch's launcher: a rank that dies on any node fails the others' wait
-    model = _render_pre_fzs(raw, args.params, criteria.blocks, outputs)
+    model_params = load_section(raw, "model", ModelParams, source=args.params)
+    model = load_model(model_params.weights, model_params.arch)
+    roots = reading_roots(criteria, outputs)
+    for seed, seed_roots in roots.items():  # each seed's In and Post are the main run's or stage stability's
+        _render_pre_fzs(raw, args.params, criteria.blocks, model, seed, seed_roots, outputs / ".resume")
     # rank 0 waited for the other ranks' chunks and measures the rest alone
-    distributed.main_alone(lambda: _measure_and_count(raw, args.params, criteria, model, root))
+    distributed.main_alone(lambda: _measure_and_count(raw, args.params, criteria, model, roots))
+
+
+def _check_readings(raw: dict[str, Any], source: str, criteria: CriteriaParams) -> None:
+    """Refuse, before any work, a main run whose Pre reading is already lucent's, or seeds whose first
+    is not the main run's."""
+    if fz.load_fz_params(raw, source=source).pre_reading == "lucent_reference":
+        raise ParamsError(
+            f"{source}: fz.pre_reading is already lucent_reference; compare_pre_readings adds the "
+            "lucent_reference counts beside exact ones, so set fz.pre_reading: exact"
+        )
+    main_seed = load_seed(raw, source=source)
+    if criteria.seeds[0] != main_seed:
+        raise ParamsError(
+            f"{source}: criteria.seeds[0] = {criteria.seeds[0]} must be the main run's seed "
+            f"(seed: {main_seed}); list the main seed first"
+        )
 
 
 def _measure_and_count(
-    raw: dict[str, Any], source: str, criteria: CriteriaParams, model: torch.nn.Module, root: Path
+    raw: dict[str, Any],
+    source: str,
+    criteria: CriteriaParams,
+    model: torch.nn.Module,
+    roots: dict[int, tuple[Path, Path]],
 ) -> None:
-    """Rank 0: the activations of this reading's FZs, its re-render of the authors' case, and its
-    criteria counts, lists and metrics."""
+    """Rank 0, per seed: the activations of this reading's FZs and its passing lists; for the main seed
+    also its re-render of the authors' case (criteria.rerun_fz; further seeds get none, as in stage
+    stability) and the counts and metrics, with the passing sets' spread across seeds when there are
+    several (rsi.criteria.stability, as stage criteria reports for the main reading)."""
     numerics = full_float32()  # the renders keep fz.tf32 (declared); activations run in float32
-    # the Pre FZs under root are this stage's, the In and Post ones linked by it
-    activations.measure_with_params(raw, source, model, criteria.blocks, outputs=root, fz_stage=STAGE)
     # the authors' re-render of channels whose Post responses are both <= 0 (criteria.rerun_fz) ran under
     # their reading of Pre: this reading's hits re-render with its Pre objective
     reading = dataclasses.replace(fz.load_fz_params(raw, source=source), pre_reading="lucent_reference")
-    reruns = rerun.rerun_blocks(raw, source, reading, root, model=model, activations_stage=STAGE)
-    results = [
-        evaluate_stored(
-            block, read_activations(activations_file(block, root), stage=STAGE), criteria, reruns[block]
-        )
-        for block in criteria.blocks
-    ]
-    write_passing(Passing({result.block: result.passing for result in results}), passing_file(root))
+    main_seed = criteria.seeds[0]
+    by_seed: dict[int, list[BlockCriteria]] = {}
+    for seed, (_, root) in roots.items():
+        # the Pre FZs under root are this stage's, the In and Post ones linked by it
+        activations.measure_with_params(raw, source, model, criteria.blocks, outputs=root, fz_stage=STAGE)
+        reruns = {}
+        if seed == main_seed:
+            reruns = rerun.rerun_blocks(raw, source, reading, root, model=model, activations_stage=STAGE)
+        by_seed[seed] = [
+            evaluate_stored(
+                block,
+                read_activations(activations_file(block, root), stage=STAGE),
+                criteria,
+                reruns.get(block),
+            )
+            for block in criteria.blocks
+        ]
+        write_passing(Passing({result.block: result.passing for result in by_seed[seed]}), passing_file(root))
+    results = by_seed[main_seed]
     # the counts comparable with the paper's, beside this run's and the paper's in the DVC plot
-    write_passing_counts(passing_counts(results), passing_counts_file(root))
-    record = criteria_metrics(results)
+    write_passing_counts(passing_counts(results), passing_counts_file(roots[main_seed][1]))
+    passing_by_seed = {seed: {r.block: r.passing for r in blocks} for seed, blocks in by_seed.items()}
+    record = criteria_metrics(results, stability(passing_by_seed) if len(by_seed) > 1 else None)
     numbers = {key: int(value) for key, value in numerics.items()}
     write_criteria_metrics(dataclasses.replace(record, numerics=numbers), REFERENCE_METRICS)
     for result in results:
