@@ -72,8 +72,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Only the flags every stage has: --params and --outputs (rsi.cli)."""
 
 
-def _link(source: Path, target: Path) -> None:
-    require_file(source, fz_files.STAGE)
+def _link(source: Path, target: Path, stage: str) -> None:
+    """``target`` is ``source`` (a hard link, else a copy); a missing ``source`` names ``stage``."""
+    require_file(source, stage)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
@@ -125,9 +126,10 @@ def _render_pre_fzs(
         resume_root=resume_root,  # keyed by every setting, the reading and the seed included
     )
     if distributed.is_main():
+        made_by = fz_files.STAGE if seed == load_seed(raw, source=source) else "stability"
         for block in blocks:
             for tap in (in_fz_source(block), Tap(block, "post")):
-                _link(fz_file(tap, fz_root), fz_file(tap, root))
+                _link(fz_file(tap, fz_root), fz_file(tap, root), made_by)
 
 
 def run(args: argparse.Namespace) -> None:
