@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 11's GPU measurements in one prepared run, for a session lent a GPU machine that has torch,
-# torchvision, numpy, PyYAML, tqdm and pillow but not kornia, torch-lucent or IPython, and no network.
+# torchvision, numpy, PyYAML, tqdm and pillow but not kornia, torch-lucent, ruamel.yaml or IPython, and no network.
 #
 #   bash benchmarks/device_check.sh prepare [OLD_REV]   # here: wheels into .whl/, OLD_REV's src into
 #                                                       # .device-carry/old/src (default 33002cd)
@@ -20,8 +20,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 mode=${1:-}
 LOCK=requirements.lock
-WHEELS=(kornia torch-lucent decorator ipython ipython_pygments_lexers jedi parso matplotlib-inline pexpect
-    ptyprocess prompt_toolkit wcwidth stack-data executing asttokens pure_eval traitlets)
+WHEELS=(kornia torch-lucent ruamel.yaml decorator ipython ipython_pygments_lexers jedi parso matplotlib-inline
+    pexpect ptyprocess prompt_toolkit wcwidth stack-data executing asttokens pure_eval traitlets)
 
 pinned() { # NAME==VERSION from the lock (the one install path), case and -/_ insensitive
     local key
@@ -50,7 +50,7 @@ small=${2:-}
 OUT=${OUT:-outputs/device_check}
 mkdir -p "$OUT"
 work=$(mktemp -d)
-if ! python3 -c "import kornia, lucent, IPython" 2>/dev/null; then
+if ! python3 -c "import kornia, lucent, IPython, ruamel.yaml" 2>/dev/null; then
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
         .whl/*.whl || exit 2
     export PYTHONPATH=/tmp/site
@@ -94,7 +94,8 @@ done
 # activations through this package's copying taps (no thingsvision there; the same values, tested)
 python3 - "$work/params.yaml" <<'EOF'
 import sys, yaml
-params = yaml.safe_load(open("params.yaml"))
+from rsi.config import read_params  # as DVC reads it (YAML 1.2)
+params = read_params("params.yaml")
 params["activations"]["extractor"] = "taps"
 yaml.safe_dump(params, open(sys.argv[1], "w"))
 EOF

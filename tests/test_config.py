@@ -178,6 +178,12 @@ def test_params_are_read_as_dvc_reads_them(tmp_path):
     assert read_params(path) == {"fz": {"lr": 5e-05, "tf32": "yes"}}
     with pytest.raises(ParamsError, match=r"fz.tf32 = 'yes' is not allowed"):
         load_section(read_params(path), "fz", FZParams)
+    path.write_text("fz:\n  lr: 0.05\n  steps: 8\n  lr: 0.1\n")  # PyYAML kept the last one silently
+    with pytest.raises(ParamsError) as error:
+        read_params(path)
+    assert str(error.value) == (
+        f"{path}: line 4: key 'lr' is given twice (also on line 2); DVC refuses such a file too: keep one"
+    )
 
 
 def test_read_params_errors(tmp_path):

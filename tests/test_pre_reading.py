@@ -11,7 +11,7 @@ from rsi.cli import main
 
 def test_a_further_seeds_missing_fzs_name_stage_stability(tmp_path, monkeypatch, capsys):
     """With criteria.seeds [0, 1], seed 1's In and Post FZs are stage stability's: run by hand before
-    it, pre-reading says so (after rendering seed 0's and seed 1's Pre FZs, which a rerun reuses)."""
+    it, pre-reading says so before it renders anything."""
     params = {
         "seed": 0,
         "model": {"weights": "random:0", "device": "cpu"},
@@ -33,6 +33,8 @@ def test_a_further_seeds_missing_fzs_name_stage_stability(tmp_path, monkeypatch,
     assert main(["fz", "--block", "all", "--no-progress"]) == 0
     assert main(["pre-reading"]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith("rsi pre-reading: error: outputs/stability/seed1/fz/layer2_0/post.npz is missing")
-    assert "`rsi stability` (DVC stage 'stability')" in line
-    assert Path("outputs/reference/fz/layer2_1/post.npz").is_file()  # seed 0 done: its Post linked
+    assert line == (
+        "rsi pre-reading: error: outputs/stability/seed1/fz/layer2_0/post.npz is missing: stage stability@1 "
+        "writes it (criteria.seeds lists 1); run `dvc repro stability@1` (or `rsi stability --seed 1`) first"
+    )
+    assert not Path("outputs/reference/fz").exists()  # before any rendering

@@ -33,18 +33,33 @@ class ParamsError(ValueError):
     """A bad params file: the message names the file, key, value and what would fix it."""
 
 
-def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """The raw params mapping; a missing or malformed file is a ParamsError. Read as DVC reads it (ruamel,
-    YAML 1.2), so rsi computes with the values DVC tracks: PyYAML's YAML 1.1 reads ``5e-05`` (how
-    ``dvc exp run -S fz.lr=0.00005`` writes it) as a string, and ``yes``/``on`` as booleans."""
+def read_dvc_yaml(path: Path) -> Any:
+    """A YAML file (a params file, dvc.lock) read as DVC reads it: ruamel's safe loader, YAML 1.2. PyYAML's
+    YAML 1.1 reads ``5e-05`` (how ``dvc exp run -S fz.lr=0.00005`` writes it) as a string and ``yes``/``on``
+    as booleans, so rsi would compute with other values than DVC tracks. Raises ruamel's YAMLError."""
     from ruamel.yaml import YAML
+
+    return YAML(typ="safe").load(Path(path))
+
+
+def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
+    """The raw params mapping, read as DVC reads it (:func:`read_dvc_yaml`); a missing or malformed file,
+    or a key given twice (DVC refuses that too), is a ParamsError."""
+    from ruamel.yaml.constructor import DuplicateKeyError
     from ruamel.yaml.error import YAMLError
 
     path = Path(path)
     if not path.is_file():
         raise ParamsError(f"{path}: no such params file (run from the repository root or pass --params)")
     try:
-        raw = YAML(typ="safe").load(path.read_text()) or {}
+        raw = read_dvc_yaml(path) or {}
+    except DuplicateKeyError as error:
+        key = error.problem.split('"')[1] if '"' in (error.problem or "") else "a key"
+        first, again = error.context_mark.line + 1, error.problem_mark.line + 1
+        raise ParamsError(
+            f"{path}: line {again}: key {key!r} is given twice (also on line {first}); DVC refuses such a file "
+            "too: keep one"
+        ) from None
     except YAMLError as error:
         raise ParamsError(f"{path}: not valid YAML: {error}") from error
     if not isinstance(raw, dict):

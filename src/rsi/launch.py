@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from rsi.config import ParamsError, load_section, read_params
+from rsi.config import ParamsError, load_section, read_dvc_yaml, read_params
 
 # The subcommands that shard their work over ranks (the others run in one process).
 SHARDED_STAGES: tuple[str, ...] = ("fz", "natural", "ablate", "stability", "pre-reading")
@@ -110,11 +110,9 @@ def _file_md5(path: Path) -> str | None:
 
 
 def _dvc_yaml(path: Path) -> Any:
-    """A YAML file read as DVC reads params files and dvc.lock (ruamel, YAML 1.2: ``5e-05`` is a float,
-    where PyYAML's YAML 1.1 reads a string, so the values would never compare equal)."""
-    from ruamel.yaml import YAML
-
-    return YAML(typ="safe").load(path.read_text()) if path.is_file() else None
+    """A YAML file as DVC reads it (rsi.config.read_dvc_yaml: ``5e-05`` is a float there, where PyYAML
+    reads a string, and the values would never compare equal), or None when there is none."""
+    return read_dvc_yaml(path) if path.is_file() else None
 
 
 def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:

@@ -28,6 +28,7 @@ import torch
 
 from rsi import activations, distributed, fz, rerun
 from rsi.artifacts import (
+    MissingArtifactError,
     activations_file,
     fz_file,
     in_fz_source,
@@ -64,7 +65,8 @@ STAGE = "pre-reading"
 # `--outputs` (added to every stage by rsi.cli): what this stage reads and writes under it
 OUTPUTS_HELP = (
     "outputs root: the main run's In and Post FZs from OUTPUTS/fz, this run into "
-    "OUTPUTS/reference, finished chunks in OUTPUTS/.resume (default: outputs)"
+    "OUTPUTS/reference, finished chunks in OUTPUTS/.resume (default: outputs); further seeds' In and Post "
+    "FZs from criteria.seed_root, which is relative to the working directory like metrics/"
 )
 
 
@@ -72,9 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Only the flags every stage has: --params and --outputs (rsi.cli)."""
 
 
-def _link(source: Path, target: Path, stage: str) -> None:
-    """``target`` is ``source`` (a hard link, else a copy); a missing ``source`` names ``stage``."""
-    require_file(source, stage)
+def _link(source: Path, target: Path) -> None:
+    require_file(source, fz_files.STAGE)
     target.parent.mkdir(parents=True, exist_ok=True)
     if target.exists():
         target.unlink()
@@ -126,10 +127,9 @@ def _render_pre_fzs(
         resume_root=resume_root,  # keyed by every setting, the reading and the seed included
     )
     if distributed.is_main():
-        made_by = fz_files.STAGE if seed == load_seed(raw, source=source) else "stability"
         for block in blocks:
             for tap in (in_fz_source(block), Tap(block, "post")):
-                _link(fz_file(tap, fz_root), fz_file(tap, root), made_by)
+                _link(fz_file(tap, fz_root), fz_file(tap, root))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -146,10 +146,11 @@ def run(args: argparse.Namespace) -> None:
         print("criteria.compare_pre_readings is false: no second reading")
         return
     _check_readings(raw, args.params, criteria)
+    roots = reading_roots(criteria, outputs)
+    _require_further_seeds(criteria, roots)
     distributed.init()  # under torch's launcher: a rank that dies on any node fails the others' wait
     model_params = load_section(raw, "model", ModelParams, source=args.params)
     model = load_model(model_params.weights, model_params.arch)
-    roots = reading_roots(criteria, outputs)
     for seed, seed_roots in roots.items():  # each seed's In and Post are the main run's or stage stability's
         _render_pre_fzs(raw, args.params, criteria.blocks, model, seed, seed_roots, outputs / ".resume")
     # rank 0 waited for the other ranks' chunks and measures the rest alone
@@ -170,6 +171,19 @@ def _check_readings(raw: dict[str, Any], source: str, criteria: CriteriaParams) 
             f"{source}: criteria.seeds[0] = {criteria.seeds[0]} must be the main run's seed "
             f"(seed: {main_seed}); list the main seed first"
         )
+
+
+def _require_further_seeds(criteria: CriteriaParams, roots: dict[int, tuple[Path, Path]]) -> None:
+    """Every further seed's In and Post FZs (stage stability's), before anything is rendered: run by hand
+    before stage stability, this stage would otherwise render every seed's Pre FZs and then stop."""
+    for seed, (fz_root, _) in roots.items():
+        for block in criteria.blocks if seed != criteria.seeds[0] else ():
+            for tap in (in_fz_source(block), Tap(block, "post")):
+                if not fz_file(tap, fz_root).is_file():
+                    raise MissingArtifactError(
+                        f"{fz_file(tap, fz_root)} is missing: stage stability@{seed} writes it (criteria.seeds "
+                        f"lists {seed}); run `dvc repro stability@{seed}` (or `rsi stability --seed {seed}`) first"
+                    )
 
 
 def _measure_and_count(

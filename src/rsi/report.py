@@ -591,8 +591,10 @@ def _stability_section(
         "",
         'FZs are stochastic ("results may vary", section 3): the criteria were also run on FZs of other seeds.',
         "",
-        *_seed_table(blocks),
     ]
+    if reference:
+        lines += ["Under this run's reading of Pre (`fz.pre_reading`):", ""]
+    lines += _seed_table(blocks)
     if reference:
         lines += [
             "Under the authors' reading of Pre (stage pre-reading: the counts comparable with the paper's):",

@@ -13,13 +13,13 @@ every stage takes that root as ``--outputs``.
 | ``metrics/data.json`` (image counts) | prepare-data | eval: DataMetrics · write_data_metrics | DVC metrics (no stage) |
 | ``fz/<layerL_K>/<tap>.npz``, ``settings.json`` | fz | fz: FZFile, FZSettings · write_fz, write_fz_settings · read_fz, read_fz_settings | activations, pre-reading, figures, report |
 | ``activations/<layerL_K>.npz`` | activations | activations: Activations · write_activations · read_activations | criteria, pre-reading |
-| ``stability/seed<K>/`` (fz/, activations/ of seed K) | stability | as fz and activations | criteria |
+| ``stability/seed<K>/`` (fz/, activations/ of seed K) | stability | as fz and activations | criteria, pre-reading (In, Post FZs) |
 | ``criteria/<layerL_K>.csv`` | criteria | criteria: CriteriaTable · write_criteria_table · read_criteria_table | natural-criteria |
 | ``criteria/passing.json`` | criteria | passing: Passing · write_passing · read_passing | natural-criteria, ablate, whole-channel, figures, report |
 | ``metrics/criteria.json`` (counts; stability across seeds) | criteria | criteria: CriteriaMetrics · write_criteria_metrics · read_criteria_metrics | report |
 | ``criteria/stability.json`` (passing lists per seed) | criteria | criteria: SeedPassing · write_seed_passing · read_seed_passing | people (no stage) |
 | ``criteria/passing_counts.csv`` | criteria | criteria: PassingCount · write_passing_counts | DVC plots |
-| ``reference/`` (fz/, activations/, criteria/passing.json, criteria/passing_counts.csv); ``metrics/criteria_lucent_reference.json`` | pre-reading | as above | report, DVC plots |
+| ``reference/`` (fz/, activations/, criteria/passing.json, criteria/passing_counts.csv; ``stability/seed<K>/`` the same per further seed); ``metrics/criteria_lucent_reference.json`` | pre-reading | as above | report, DVC plots |
 | ``natural/<layerL_K>.npz`` | natural | natural: NaturalStats · write_natural · read_natural | natural-criteria, ablate, figures |
 | ``natural_criteria/``; ``metrics/criteria_natural.json`` | natural-criteria | natural_criteria: NaturalCriteriaBlock, NaturalPassing, NaturalCriteriaMetrics | figures (passing), report (metrics) |
 | ``metrics/ablation.json``, ``plots/ablation_ratio.csv``, ``ablation/trials.json`` | ablate | ablation: AblationMetrics · write_ablation · read_ablation_metrics | figures, report |
