@@ -601,8 +601,9 @@ def _last_written(entry: Path) -> float:
 
 
 def _code_folder(entry: Path) -> bool:
-    """A folder named by a code digest (code_digest: 16 hex digits); the others are the layout before."""
-    return len(entry.name) == 16 and all(c in "0123456789abcdef" for c in entry.name)
+    """A folder named by a code digest (hex digits, as many as code_digest's); the others are the layout
+    before."""
+    return len(entry.name) == len(code_digest()) and all(c in "0123456789abcdef" for c in entry.name)
 
 
 def prune_resume(resume_root: Path, keep: int = KEEP_OTHER_CODE) -> list[Path]:

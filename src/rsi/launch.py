@@ -102,11 +102,8 @@ def _file_md5(path: Path) -> str | None:
 
     if not path.is_file():
         return None
-    digest = hashlib.md5()
     with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "md5").hexdigest()
 
 
 def _dvc_yaml(path: Path) -> Any:

@@ -176,8 +176,9 @@ def _check_readings(raw: dict[str, Any], source: str, criteria: CriteriaParams) 
 def _require_further_seeds(criteria: CriteriaParams, roots: dict[int, tuple[Path, Path]]) -> None:
     """Every further seed's In and Post FZs (stage stability's), before anything is rendered: run by hand
     before stage stability, this stage would otherwise render every seed's Pre FZs and then stop."""
-    for seed, (fz_root, _) in roots.items():
-        for block in criteria.blocks if seed != criteria.seeds[0] else ():
+    for seed in criteria.seeds[1:]:
+        fz_root = roots[seed][0]
+        for block in criteria.blocks:
             for tap in (in_fz_source(block), Tap(block, "post")):
                 if not fz_file(tap, fz_root).is_file():
                     raise MissingArtifactError(

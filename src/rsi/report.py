@@ -1331,12 +1331,11 @@ def _not_comparable(labels: RunLabels, weights_label: str, n_images: int | None)
 
 
 def _reference_run(
-    root: Path, metrics: Path
+    root: Path, reference: dict[str, dict[str, Any]]
 ) -> tuple[dict[str, dict[str, Any]] | None, dict[str, list[int]] | None]:
-    """The criteria counts and passing lists of stage pre-reading (the authors' reading of Pre), from under
-    ``metrics`` and ``root``, or None where it did not run (it writes {} when criteria.compare_pre_readings
-    is off)."""
-    reference = read_criteria_metrics(metrics / REFERENCE_METRICS.name, "pre-reading").blocks
+    """The criteria counts (``reference``, the blocks of its metrics) and the passing lists under ``root``
+    of stage pre-reading (the authors' reading of Pre), or None where it did not run (it writes {} when
+    criteria.compare_pre_readings is off)."""
     if not reference:
         return None, None
     passing_path = artifacts.passing_file(artifacts.reference_root(root))
@@ -1363,7 +1362,8 @@ def build_report(
     passing = read_passing(artifacts.passing_file(root)).blocks
     ablation_metrics = read_ablation_metrics(metrics / "ablation.json")
     ablation = ablation_metrics.series()  # {"2.1": {"run": AblationSeries, …}}, blocks in pipeline order
-    reference, reference_passing = _reference_run(root, metrics)
+    reference_metrics = read_criteria_metrics(metrics / REFERENCE_METRICS.name, "pre-reading")
+    reference, reference_passing = _reference_run(root, reference_metrics.blocks)
     eval_cache = read_eval(artifacts.eval_dir(root))
     index = eval_cache.index
     # the classes of the images used (index["classes"] is the class map, which can name more, or none)
@@ -1407,8 +1407,7 @@ def build_report(
         for block, name in ablation_metrics.listed()  # every set listed, ablated or skipped
         if name not in ablation.get(block, {})
     ]
-    reference_spread = read_criteria_metrics(metrics / REFERENCE_METRICS.name, "pre-reading").stability
-    lines += _stability_section(criteria_metrics.stability, reference_spread)
+    lines += _stability_section(criteria_metrics.stability, reference_metrics.stability)
     lines += _natural_criteria_section(metrics / "criteria_natural.json", root)
     comparable = _not_comparable(labels, weights_label, n_images)
     ablation_lines, found = _ablation_section(
