@@ -586,3 +586,56 @@ stages:
     assert launch.outdated_stages(names, tmp_path) == names
     (tmp_path / "dvc.lock").unlink()
     assert launch.outdated_stages(names[:1], tmp_path) == names[:1]  # a first run
+
+
+def test_outdated_stages_see_a_changed_command_or_a_newly_declared_param(tmp_path):
+    """dvc.yaml's command and params list, with a foreach stage's ${key} filled in as DVC names the stage,
+    are compared with what dvc.lock records: DVC re-runs a stage whose command changed or that declares a
+    param its lock entry lacks."""
+    (tmp_path / "params.yaml").write_text("seed: 0\nfz:\n  steps: 8\n  blocks:\n    layer2_1: {jitter: 4}\n")
+    (tmp_path / "dvc.lock").write_text(
+        """schema: '2.0'
+stages:
+  fz@layer2_1:
+    cmd: rsi fz --block layer2_1
+    params:
+      params.yaml:
+        fz.blocks.layer2_1:
+          jitter: 4
+        seed: 0
+  stability@0:
+    cmd: rsi stability --seed 0
+    params:
+      params.yaml:
+        seed: 0
+"""
+    )
+    pipeline = """stages:
+  fz:
+    foreach: ${fz.blocks}
+    do:
+      cmd: rsi fz --block ${key}
+      params:
+        - seed
+        - fz.blocks.${key}
+  stability:
+    foreach: [0]
+    do:
+      cmd: rsi stability --seed ${item}
+      params:
+        - params.yaml:
+            - seed
+"""
+    names = ["fz@layer2_1", "stability@0"]
+    (tmp_path / "dvc.yaml").write_text(pipeline)
+    assert launch.outdated_stages(names, tmp_path) == []
+    assert launch.declared_stage(launch.read_dvc_yaml(tmp_path / "dvc.yaml")["stages"], "fz@layer2_1") == (
+        "rsi fz --block layer2_1",
+        {"params.yaml": {"seed", "fz.blocks.layer2_1"}},
+    )
+    (tmp_path / "dvc.yaml").write_text(pipeline.replace("--block ${key}", "--block ${key} --tf32"))
+    assert launch.outdated_stages(names, tmp_path) == ["fz@layer2_1"]
+    (tmp_path / "dvc.yaml").write_text(
+        pipeline.replace("            - seed", "            - seed\n            - fz.steps")
+    )
+    assert launch.outdated_stages(names, tmp_path) == ["stability@0"]

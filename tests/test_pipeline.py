@@ -16,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from rsi import launch
 from rsi.demo_params import demo_params
 
 REPO = Path(__file__).resolve().parents[1]
@@ -297,6 +298,8 @@ def test_batch_sizes_are_declared(workspace, first_run):
     (workspace / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     status = json.loads(run(["dvc", "status", "--json"], workspace))
     assert {"activations", "natural", "ablate"} <= set(status), status
+    stages = list(yaml.safe_load((workspace / "dvc.lock").read_text())["stages"])
+    assert set(launch.outdated_stages(stages, workspace)) == set(status)  # rsi's reading of dvc.lock is DVC's
     (workspace / "params.yaml").write_text(original)
 
 

@@ -873,8 +873,8 @@ def blocks_to_pool(
 ) -> list[str]:
     """The blocks whose chunks an ``fz@<block>`` stage renders besides its own: under `dvc repro`
     (DVC_STAGE set) with more than one process and ``launch.fz_pool: stale``, every other block of
-    fz.blocks whose stage DVC will run too (rsi.launch.outdated_stages: dvc.lock records other params or
-    FZ code for it, or none), so that all GPUs share the whole FZ work; DVC runs the fz stages one after
+    fz.blocks whose stage DVC will run too (rsi.launch.outdated_stages: dvc.lock records another command,
+    other params or other FZ code for it, or none), so that all GPUs share the whole FZ work; DVC runs the fz stages one after
     another and a block alone has 1 to 12 items. Their own stages then find every chunk done and only
     assemble. Nothing else (one process, by hand, ``launch.fz_pool: block``): the chunks are the same
     bytes either way, only sooner."""
@@ -889,7 +889,9 @@ def blocks_to_pool(
     try:
         outdated = launch.outdated_stages(list(others))
     except Exception as error:  # speed only: a dvc.lock being rewritten must not fail the stage
-        print(f"rsi fz: not pooling other blocks: cannot read dvc.lock ({type(error).__name__}: {error})")
+        print(
+            f"rsi fz: not pooling other blocks: cannot read dvc.lock or dvc.yaml ({type(error).__name__}: {error})"
+        )
         return []
     return [others[stage] for stage in outdated]
 

@@ -112,14 +112,46 @@ def _dvc_yaml(path: Path) -> Any:
     return read_dvc_yaml(path) if path.is_file() else None
 
 
+def declared_stage(pipeline: dict[str, Any], name: str) -> tuple[str | None, dict[str, set[str]]] | None:
+    """(command, {params file: keys}) that dvc.yaml's ``stages`` declare for stage ``name``, with a
+    ``foreach`` stage's ``${key}`` / ``${item}`` filled in as DVC names it (``fz@layer2_1``,
+    ``stability@0``); the command is None where it interpolates anything else. None: not declared here."""
+    group, _, member = name.partition("@")
+    stage = pipeline.get(group)
+    if not isinstance(stage, dict):
+        return None
+    if member:
+        if not isinstance(stage.get("do"), dict):
+            return None
+        stage = stage["do"]
+
+        def fill(value: str) -> str:
+            return value.replace("${key}", member).replace("${item}", member)
+    else:
+
+        def fill(value: str) -> str:
+            return value
+
+    def known(value: Any) -> str | None:  # None: not a string, or it interpolates something else
+        text = fill(value) if isinstance(value, str) else None
+        return None if text is None or "${" in text else text
+
+    params: dict[str, set[str]] = {}
+    for entry in stage.get("params") or []:
+        files = {"params.yaml": [entry]} if isinstance(entry, str) else entry
+        for file, keys in files.items() if isinstance(files, dict) else ():
+            params.setdefault(file, set()).update(k for k in map(known, keys or []) if k is not None)
+    return known(stage.get("cmd")), params
+
+
 def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
-    """Those of the DVC stages ``names`` (``fz@layer2_1`` …) whose ``root/dvc.lock`` entry is missing or
-    records other params values or other dependency files (md5) than ``root`` has now: for a stage whose
-    command and declared params did not change, the stages `dvc repro` runs (one it would restore from
-    the run-cache instead, a param changed back, is counted too; directory dependencies are not
-    compared). Read from the files alone, so it answers while DVC runs a stage; a dvc.lock it cannot read
-    is an error for the caller to handle."""
+    """Those of the DVC stages ``names`` (``fz@layer2_1`` …) whose ``root/dvc.lock`` entry is missing, or
+    records another command, fewer declared params, other params values or other dependency files (md5)
+    than ``root`` has now: the stages `dvc repro` runs (one it would restore from the run-cache instead,
+    a param changed back, is counted too; directory dependencies are not compared). Read from the files
+    alone, so it answers while DVC runs a stage; a dvc.lock it cannot read is an error for the caller."""
     stages = (_dvc_yaml(Path(root) / "dvc.lock") or {}).get("stages", {})
+    pipeline = (_dvc_yaml(Path(root) / "dvc.yaml") or {}).get("stages", {})
     params_files: dict[str, Any] = {}
 
     def params_of(name: str) -> Any:
@@ -127,9 +159,17 @@ def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
             params_files[name] = _dvc_yaml(Path(root) / name) or {}
         return params_files[name]
 
-    def outdated(entry: dict[str, Any] | None) -> bool:
+    def outdated(name: str, entry: dict[str, Any] | None) -> bool:
         if not entry:
             return True
+        declared = declared_stage(pipeline, name)
+        if declared is not None:
+            command, params = declared
+            recorded_params = entry.get("params") or {}
+            if command is not None and command != entry.get("cmd"):
+                return True
+            if any(not keys <= set(recorded_params.get(file) or {}) for file, keys in params.items()):
+                return True
         for file, recorded in (entry.get("params") or {}).items():
             for key, value in (recorded or {}).items():
                 if _lookup(params_of(file), key) != (True, value):
@@ -137,7 +177,7 @@ def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
         deps = [d for d in entry.get("deps") or [] if not str(d.get("md5", "")).endswith(".dir")]
         return any(_file_md5(Path(root) / d["path"]) != d.get("md5") for d in deps)
 
-    return [name for name in names if outdated(stages.get(name))]
+    return [name for name in names if outdated(name, stages.get(name))]
 
 
 def inside_launcher() -> bool:
