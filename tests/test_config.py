@@ -212,6 +212,22 @@ def test_every_section_of_the_shipped_params_is_known_and_every_known_one_loads(
     cli.validate_params(str(REPO / "params.yaml"))  # the registry's targets all exist and accept the paper
 
 
+def test_the_demo_params_file_reads_back_as_the_same_values(tmp_path, capsys):
+    """rsi.demo_params writes YAML 1.2, as DVC and rsi read it: PyYAML wrote the string ``1e5`` bare, a
+    float for YAML 1.2, so the demo would have computed with another value than its profile gave."""
+    from rsi import demo_params as module
+    from rsi.config import dump_dvc_yaml
+
+    values = {"model": {"weights": "1e5", "device": "cpu"}, "fz": {"lr": 5e-05, "tf32": False}, "n": None}
+    (tmp_path / "values.yaml").write_text(dump_dvc_yaml(values))
+    assert read_params(tmp_path / "values.yaml") == values
+    assert list(read_params(tmp_path / "values.yaml")) == ["model", "fz", "n"]  # its own key order
+    module.main(["--base", str(REPO / "params.yaml"), str(REPO / "params.demo.yaml"), "--offline"])
+    (tmp_path / "demo.yaml").write_text(capsys.readouterr().out)
+    expected = module.demo_params(REPO / "params.demo.yaml", base_file=REPO / "params.yaml", offline=True)
+    assert read_params(tmp_path / "demo.yaml") == expected
+
+
 @pytest.mark.parametrize("offline", [False, True])
 def test_the_demo_profiles_pass_the_whole_file_validation(tmp_path, offline):
     from rsi import cli

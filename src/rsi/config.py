@@ -42,6 +42,21 @@ def read_dvc_yaml(path: Path) -> Any:
     return YAML(typ="safe").load(Path(path))
 
 
+def dump_dvc_yaml(data: Any) -> str:
+    """``data`` as YAML 1.2 text in its own key order, which :func:`read_dvc_yaml` (and DVC) read back as
+    the same values: PyYAML writes the string ``1e5`` bare, which YAML 1.2 reads as a float."""
+    import io
+
+    from ruamel.yaml import YAML
+
+    yaml = YAML(typ="safe")
+    yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False
+    text = io.StringIO()
+    yaml.dump(data, text)
+    return text.getvalue()
+
+
 def read_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """The raw params mapping, read as DVC reads it (:func:`read_dvc_yaml`); a missing or malformed file,
     or a key given twice (DVC refuses that too), is a ParamsError."""
