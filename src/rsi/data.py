@@ -679,11 +679,8 @@ def download_archive(url: str, sha256: str, dest: str | Path, *, progress: bool 
 
 
 def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _unsafe_member(name: str) -> bool:

@@ -82,20 +82,17 @@ def torchvision_cache_path(arch: str = DEFAULT_ARCH) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / checkpoint(arch).file
 
 
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_of(path: Path) -> str:
     path = Path(path).resolve()
     stat = path.stat()
-    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns, chunk)
+    return _sha256_cached(str(path), stat.st_size, stat.st_mtime_ns)
 
 
 @lru_cache(maxsize=16)
-def _sha256_cached(path: str, _size: int, _mtime_ns: int, chunk: int) -> str:
+def _sha256_cached(path: str, _size: int, _mtime_ns: int) -> str:
     """Size and mtime are part of the key: a file replaced in place is hashed again."""
-    digest = hashlib.sha256()
     with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def identify(path: Path) -> str | None:
