@@ -90,7 +90,17 @@ for line in /src /dvc_plots/ /outputs/.resume/ /outputs/.launch/; do
 done
 cp params.yaml .git/rsi-demo-params.yaml # what this script wrote (see the check at the top)
 [ -d .dvc ] || dvc init -q
-dvc repro
+if ! git rev-parse -q --verify HEAD >/dev/null || { [ -n "$committed_mode" ] && [ "$committed_mode" != "$mode" ]; }; then
+  # this run becomes the baseline (committed below): DVC stages what it writes instead of printing a
+  # "git add" hint for files this script commits anyway; a later `dvc repro` by hand prints it again
+  dvc config --local core.autostage true
+  status=0
+  dvc repro || status=$?
+  dvc config --local --unset core.autostage
+  [ "$status" = 0 ] || exit "$status"
+else
+  dvc repro
+fi
 if ! git rev-parse -q --verify HEAD >/dev/null; then
   # the baseline: git needs an identity; a local one only where none is configured
   git config user.email >/dev/null || git config user.email "demo@rsi.invalid"

@@ -20,9 +20,11 @@ BIN = Path(sys.executable).parent
 # `dvc repro` writes what the real pipeline leaves beside its outputs: a metric, resume chunks and locks
 # (pid, host, time: different on every run) and a launch log
 DVC_STUB = """#!/bin/sh
+echo "$*" >> "$HOME/dvc-calls"
 case "$1" in
   init) mkdir -p .dvc ;;
   repro)
+    [ -z "$DVC_STUB_FAIL" ] || exit 3
     mkdir -p metrics outputs/.resume/locks outputs/.launch/run
     echo '{"n": 1}' > metrics/data.json
     echo "pid $$ $(date +%s%N)" > outputs/.resume/locks/layer2_1.lock
@@ -94,6 +96,28 @@ def test_the_baseline_leaves_resume_chunks_and_launch_logs_out_of_git(root):
     assert git(root, "status", "--porcelain") == ""
     assert len(git(root, "log", "--format=%H").split()) == 1
     assert ignored == (root / "demo" / ".gitignore").read_text().splitlines()  # no line added twice
+
+
+def dvc_calls(root: Path) -> list[str]:
+    calls = root.parent / "home" / "dvc-calls"
+    lines = calls.read_text().splitlines()
+    calls.unlink()
+    return lines
+
+
+def test_dvc_stages_the_baseline_run_itself_and_only_that_run(root, monkeypatch):
+    """A baseline run (the first, or a switch of mode) lets DVC stage what it writes (core.autostage), so
+    no "git add" hint precedes the script's own commit; autostage is unset after, even when repro fails,
+    and a later run prints DVC's hint as usual."""
+    assert demo(root, "--offline").returncode == 0
+    autostaged = ["config --local core.autostage true", "repro", "config --local --unset core.autostage"]
+    assert dvc_calls(root) == ["init -q", *autostaged]
+    assert demo(root, "--offline").returncode == 0
+    assert dvc_calls(root) == ["repro"]
+    monkeypatch.setenv("DVC_STUB_FAIL", "1")
+    failed = demo(root)  # a switch to online: a baseline, whose repro fails
+    assert failed.returncode == 3 and dvc_calls(root) == autostaged
+    assert len(git(root, "log", "--format=%H").split()) == 1
 
 
 def test_an_older_demo_gets_the_new_ignore_lines(root):
