@@ -20,7 +20,6 @@ from PIL import Image
 from scipy import stats
 from test_figures import fake_natural
 from torchvision import transforms as T
-from torchvision.transforms import functional as TF
 
 from rsi import ablate, cli, data, natural
 from rsi.ablate import AblationError, Condition, eq3_ratio, screen
@@ -30,7 +29,7 @@ from rsi.artifacts.natural import write_natural
 from rsi.config import ParamsError, load_section
 from rsi.eval_set import load_eval
 from rsi.model import load_resnet18
-from rsi.taps import Tap, forward_from, forward_taps
+from rsi.taps import TAP_KINDS, Tap, forward_from, forward_taps
 from rsi.transforms import IMAGENET_MEAN, IMAGENET_STD, ablation_view
 
 CACHE, VIEW = 64, 56  # a small cache keeps the tests fast; the pipeline uses 256 / 224
@@ -408,9 +407,8 @@ def tiny(tmp_path_factory):
 
 def naive_accuracy(model, root: Path, items, labels, block, channels, means, crop) -> float:
     """The authors' way, one image at a time: PIL Resize(64) → CenterCrop(crop) → [Resize(56)] → ToTensor →
-    Normalize, the full torchvision forward, a forward hook replacing the block output's chosen channels.
-    The final resize is done on the float tensor (as the device path does): PIL would round it to uint8,
-    which test_data checks is within one level."""
+    Normalize, every step on the PIL image as their transforms.Compose ran it, the full torchvision
+    forward, a forward hook replacing the block output's chosen channels."""
     layer, index = (int(x) for x in block.split("."))
     chosen = torch.tensor(channels, dtype=torch.long)
     values = torch.tensor([means[c] for c in channels], dtype=torch.float32)
@@ -425,12 +423,9 @@ def naive_accuracy(model, root: Path, items, labels, block, channels, means, cro
     try:
         for item, label in zip(items, labels, strict=True):
             image = T.CenterCrop(crop)(T.Resize(CACHE)(Image.open(root / item).convert("RGB")))
-            tensor = T.ToTensor()(image)
             if crop != VIEW:
-                tensor = TF.resize(
-                    tensor, [VIEW, VIEW], interpolation=T.InterpolationMode.BILINEAR, antialias=True
-                )
-            tensor = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(tensor)
+                image = T.Resize(VIEW)(image)
+            tensor = T.Normalize(IMAGENET_MEAN, IMAGENET_STD)(T.ToTensor()(image))
             with torch.no_grad():
                 correct += int(model(tensor[None]).argmax(1).item() == label)
     finally:
@@ -611,7 +606,8 @@ def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
     )
     Path("outputs/criteria").mkdir(parents=True)
     Path("outputs/criteria/passing.json").write_text(json.dumps({"2.1": []}))
-    write_natural("2.1", fake_natural(np.random.default_rng(0), 128, images=len(FakeSet())))
+    natural_stats = fake_natural(np.random.default_rng(0), 128, images=len(FakeSet()))
+    write_natural("2.1", natural_stats)
     assert cli.main(["ablate"]) == 0
     assert seen and set(seen) == {(False, False)}
     metrics = json.loads(Path("metrics/ablation.json").read_text())
@@ -622,6 +618,12 @@ def test_the_stage_runs_in_full_float32_and_ablates_the_published_set(
     assert set(record["passing"]) == published and len(record["trials"]) == 2
     for trial in record["attempts"]:
         assert len(trial["channels"]) == 23 and not set(trial["channels"]) & published
+    # DESIGN: a mean ablation writes each channel's mean center-neuron Post (row 2: In, Pre, Post), not
+    # its Pre mean, which can be negative
+    post = natural_stats.mean[TAP_KINDS.index("post")]
+    assert record["passing_means"] == [float(post[c]) for c in record["passing"]]
+    for trial in record["trials"]:
+        assert trial["means"] == [float(post[c]) for c in trial["channels"]]
     assert record["trials"][0]["channels"] != ablate.draw_random_set(
         sorted(set(range(128)) - published), 23, 0, "2.1", record["trials"][0]["attempt"]
     )  # keyed by the set's name too: not the draw a run set of the same channels would get

@@ -861,6 +861,24 @@ def test_whole_channel_fz_raises_the_channel_mean_not_only_the_center(random_mod
     assert not np.allclose(center.images, images)  # a different objective, a different image
 
 
+def test_the_objectives_are_the_center_neuron_and_the_mean_of_the_whole_map(monkeypatch):
+    """Image i's objective reads its own channel c_i at the tap: the center neuron (H//2, W//2) for the
+    FZs, the mean of the whole H×W map (lucent's objectives.channel) for the whole-channel FZs."""
+    from rsi import fz as module
+
+    acts = torch.zeros(2, 4, 3, 5)
+    acts[0, 1] = 2.0
+    acts[0, 1, 1, 2] = 17.0  # center of image 0's channel 1: mean (14·2 + 17) / 15 = 3
+    acts[1, 3, 0, 0] = 30.0  # a corner of image 1's channel 3: mean 30 / 15 = 2, center 0
+    acts[1, 1, 1, 2] = 99.0  # another channel's center: read by neither image
+    tap = Tap("2.1", "pre")
+    monkeypatch.setattr(module, "forward_taps", lambda model, inputs, taps: {tap: acts})
+    images, channels = torch.rand(2, 3, 8, 8), torch.tensor([1, 3])
+    center = module._center_values(None, images, tap, channels, False, "center")
+    whole = module._center_values(None, images, tap, channels, False, "channel")
+    assert center.tolist() == [17.0, 0.0] and whole.tolist() == [3.0, 2.0]
+
+
 def test_tap_jitter_overrides_the_block_jitter_for_one_tap():
     from rsi.fz import TapSpec
 

@@ -83,7 +83,9 @@ class AblationError(ValueError):
 
 
 def screen(random_acc: float, passing_acc: float, rule: str = "no_higher", tolerance: float = 0.0) -> bool:
-    """Is a random set with no-scale accuracy ``random_acc`` an acceptable control (see module docstring)?"""
+    """Is a random set with no-scale accuracy ``random_acc`` an acceptable control (docs/ablate.md)?
+    ``no_higher``: random <= passing; ``within``: random <= passing + tolerance; ``lower``: random < passing
+    (accuracies within TIE points count as equal)."""
     if rule not in RULES:
         raise ValueError(f"unknown screening rule {rule!r}: choose one of {RULES}")
     if tolerance < 0 or (rule != "within" and tolerance != 0):

@@ -107,7 +107,8 @@ class CriteriaParams:
     compare_pre_readings: bool = field(
         default=False,
         metadata={
-            "help": "also count passing channels with Pre FZs rendered as lucent read bn2 (stage pre-reading)"
+            "help": "also count passing channels with Pre FZs rendered as lucent read bn2 (stage pre-reading); "
+            "params.yaml, the paper run, sets it: that count is the one comparable with the paper's"
         },
     )
     natural_images: bool = field(
