@@ -7,6 +7,9 @@
   ``--channels`` channels each at params.yaml's image size, with ``rsi.fz.render_channels`` (the stage's own
   code; batches of ``fz.batch_channels``). Rate: channel-steps/s. Full run: every channel of the tap at
   ``fz.steps`` (2,560) steps.
+* pre-reading (with ``criteria.compare_pre_readings``, as in the paper profile): each probed block's Pre
+  FZs again under lucent's reading, per ``criteria.seeds`` seed, projected at the block's measured Post
+  rate (that objective reads the block output); sharded like fz.
 * activations: each ``criteria.blocks`` block's five FZ images per channel (random FZs) through the params'
   extractor. Full run: every channel.
 * natural, ablate: generated images (ImageNet-sized JPEGs, decoded into the 256 px cache, as
@@ -169,6 +172,35 @@ def fz_minutes_pooled(rows: list[dict[str, Any]], gpus: int) -> float:
     return max((sum(items[rank::gpus]) for rank in range(gpus)), default=0.0) / 60
 
 
+def project_pre_reading(fz_rows: list[dict[str, Any]], raw: dict) -> list[dict[str, Any]]:
+    """Stage pre-reading's FZs (``criteria.compare_pre_readings``, on in the paper profile): every probed
+    block's Pre channels again, once per ``criteria.seeds`` seed, with lucent's reading, whose objective
+    reads the block output; so each is projected at its block's measured Post rate, not measured again.
+    Sharded like fz (its (tap, chunk) items in one pool)."""
+    criteria = load_section(raw, "criteria", CriteriaParams)
+    if not criteria.compare_pre_readings:
+        return []
+    fz = load_fz_params(raw)
+    measured = {row["item"]: row for row in fz_rows}
+    rows = []
+    for block in criteria.blocks:
+        like = measured.get(f"{block}/post") or measured.get(f"{block}/pre")
+        if like is None:  # the block's FZs were not measured (--stages without fz, or not in fz.blocks)
+            continue
+        seeds = len(criteria.seeds)
+        full_work = len(tap_channels(block, fz)) * fz.steps * seeds
+        row = like | {
+            "item": f"{block}/pre (lucent)",
+            "measured": f"projected at {like['item']}'s rate",
+            "full_work": full_work,
+            "projected_s": full_work / like["rate"],
+            "chunks": like["chunks"] * seeds,
+        }
+        _print_row("pre-reading", row)
+        rows.append(row)
+    return rows
+
+
 def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
     """Each criteria block: the five FZ images per channel (random FZs) through the params' extractor."""
     params = load_section(raw, "activations", ActivationsParams)
@@ -306,11 +338,15 @@ def summary(stages: dict[str, list[dict[str, Any]]], gpus: int) -> dict[str, Any
     """Projected minutes per stage and for the whole run on 1 and on ``gpus`` GPUs."""
     per_stage = {name: sum(r["projected_s"] for r in rows) / 60 for name, rows in stages.items()}
     sharded = {"natural", "ablate"}  # image batches: every GPU busy
-    on_many = sum(m / (gpus if name in sharded else 1) for name, m in per_stage.items() if name != "fz")
+    pooled = ("fz", "pre-reading")  # (tap, chunk) items in one pool
+    on_many = sum(m / (gpus if name in sharded else 1) for name, m in per_stage.items() if name not in pooled)
     by_block = on_many
     if "fz" in stages:
         on_many += fz_minutes_pooled(stages["fz"], gpus)
         by_block += fz_minutes_on(stages["fz"], gpus)
+    if "pre-reading" in stages:
+        extra = fz_minutes_pooled(stages["pre-reading"], gpus)
+        on_many, by_block = on_many + extra, by_block + extra
     peaks = [r["peak_gib"] for rows in stages.values() for r in rows if r["peak_gib"] is not None]
     return {
         "projected_min": per_stage,
@@ -386,6 +422,8 @@ def main() -> None:
 
     if "fz" in wanted:
         stages["fz"] = measure_fz(model, raw, args, device)
+        if pre_reading := project_pre_reading(stages["fz"], raw):
+            stages["pre-reading"] = pre_reading
         save()
     if "activations" in wanted:
         stages["activations"] = measure_activations(model, raw, args, device)

@@ -506,15 +506,20 @@ def test_a_worker_error_fails_the_stage_in_one_line(tmp_path):
     assert not (tmp_path / "outputs" / "natural").exists()
 
 
-def test_paper_time_projects_fz_in_rounds_of_chunks_per_block():
-    """A block's (tap, chunk) items are what fz shards: 1 item leaves 7 of 8 GPUs idle, 12 items take 2
-    rounds; DVC runs the blocks one after another."""
+def _paper_time():
     import importlib.util
 
     path = Path(__file__).resolve().parents[1] / "benchmarks" / "paper_time.py"
     spec = importlib.util.spec_from_file_location("paper_time", path)
     paper_time = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(paper_time)
+    return paper_time
+
+
+def test_paper_time_projects_fz_in_rounds_of_chunks_per_block():
+    """A block's (tap, chunk) items are what fz shards: 1 item leaves 7 of 8 GPUs idle, 12 items take 2
+    rounds; DVC runs the blocks one after another."""
+    paper_time = _paper_time()
     rows = [
         {"item": "1.0/post", "chunks": 1, "projected_s": 60.0},
         {"item": "4.0/pre", "chunks": 6, "projected_s": 60.0},
@@ -526,6 +531,26 @@ def test_paper_time_projects_fz_in_rounds_of_chunks_per_block():
     # dvc repro (launch.fz_pool: stale) or rsi fz --block all: one pool of 13 items (60, then twelve of 10 s)
     assert paper_time.fz_minutes_pooled(rows, 8) == (60 + 10) / 60  # rank 0: items 0 and 8
     assert paper_time.fz_minutes_pooled(rows, 2) == (60 + 6 * 10) / 60  # rank 0: items 0, 2, …, 12
+
+
+def test_paper_time_counts_pre_readings_fzs_at_each_probed_blocks_post_rate(capsys):
+    """Stage pre-reading renders the probed blocks' Pre channels again (lucent's reading reads the block
+    output), per criteria seed: 128 channels x 2,560 steps x 2 seeds at 2.1/post's 100 ch*steps/s."""
+    paper_time = _paper_time()
+    probe = {"seconds": 1.0, "peak_gib": None, "gpu_util_pct": None}
+    rows = [
+        {"item": "2.1/pre", "rate": 50.0, "unit": "ch*steps/s", "chunks": 1, **probe},
+        {"item": "2.1/post", "rate": 100.0, "unit": "ch*steps/s", "chunks": 1, **probe},
+        {"item": "1.0/post", "rate": 1.0, "unit": "ch*steps/s", "chunks": 1, **probe},
+    ]
+    raw = {"criteria": {"blocks": ["2.1"], "compare_pre_readings": True, "seeds": [0, 1]}}
+    (row,) = paper_time.project_pre_reading(rows, raw)
+    assert row["projected_s"] == 128 * 2560 * 2 / 100.0 and row["chunks"] == 2
+    assert paper_time.project_pre_reading(rows, raw | {"criteria": {"blocks": ["2.1"]}}) == []  # off
+    fz_rows = [r | {"projected_s": 60.0} for r in rows]
+    totals = paper_time.summary({"fz": fz_rows, "pre-reading": [row]}, 1)
+    assert totals["projected_min"]["pre-reading"] == row["projected_s"] / 60
+    assert totals["total_min_1"] == 3.0 + row["projected_s"] / 60
 
 
 def test_only_rank_0_runs_a_stages_tail(monkeypatch):

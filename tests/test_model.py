@@ -131,10 +131,22 @@ def test_missing_file_and_empty_cache_say_how_to_get_the_weights(tmp_path, monke
     with pytest.raises(WeightsError, match="no such file.*random:<seed>"):
         load_resnet18(str(tmp_path / "nope.pth"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
-    with pytest.raises(WeightsError, match="not in torchvision's cache.*rsi fetch-weights"):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError, match="in neither torchvision's cache .* nor data/.*rsi fetch-weights"):
         load_resnet18("torchvision")
-    with pytest.raises(WeightsError, match="resnet50-0676ba61.pth is not in torchvision's cache"):
+    with pytest.raises(WeightsError, match="resnet50-0676ba61.pth is in neither torchvision's cache"):
         load_model("torchvision", "resnet50")
+
+
+def test_torchvision_weights_are_also_read_where_fetch_weights_puts_them(tmp_path, monkeypatch):
+    """`rsi fetch-weights` writes data/<file>; model.weights: torchvision finds it there when the cache
+    has none, and checks it by content as it checks the cache (a stand-in of other bytes is refused)."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    torch.save(load_resnet18("random:0").state_dict(), tmp_path / "data" / WEIGHTS_FILE)
+    with pytest.raises(WeightsError, match=rf"data/{WEIGHTS_FILE}.*corrupt|corrupt.*data/{WEIGHTS_FILE}"):
+        load_resnet18("torchvision")
 
 
 def test_every_arch_builds_with_its_own_blocks_and_labels():

@@ -77,6 +77,11 @@ def checkpoint(arch: str) -> Checkpoint:
     return CHECKPOINTS[arch]
 
 
+# where `rsi fetch-weights` puts a checkpoint (relative to the working directory, the checkout under
+# `dvc repro`); model.weights: torchvision reads it when torchvision's cache has none
+FETCHED_DIR = Path("data")
+
+
 def torchvision_cache_path(arch: str = DEFAULT_ARCH) -> Path:
     """Where torchvision keeps downloaded checkpoints (honours TORCH_HOME)."""
     return Path(torch.hub.get_dir()) / "checkpoints" / checkpoint(arch).file
@@ -137,7 +142,8 @@ def describe_weights(source: str, arch: str = DEFAULT_ARCH) -> str:
 def load_model(source: str = "torchvision", arch: str = DEFAULT_ARCH, *, download: bool = False) -> nn.Module:
     """torchvision's ``arch`` in eval mode with gradients off for its parameters.
 
-    source: "torchvision" (torchvision's cache, downloaded there only when ``download``), a path to a
+    source: "torchvision" (torchvision's cache, else data/<file> as `rsi fetch-weights` leaves it,
+    downloaded into the cache only when ``download``; checked by content either way), a path to a
     state_dict file (torchvision's ``<arch>-<hash>.pth`` or any other, labelled custom), or
     ``random:<seed>`` (tests and the offline demo only).
     """
@@ -237,6 +243,9 @@ def _resolve_weights_path(source: str, arch: str, *, download: bool) -> Path:
     path = torchvision_cache_path(arch)
     if path.is_file():
         return path
+    fetched = FETCHED_DIR / known.file  # where `rsi fetch-weights` puts it; checked by content like the cache
+    if fetched.is_file():
+        return fetched
     if download:
         try:
             torch.hub.download_url_to_file(known.url, str(path), hash_prefix=known.sha256)
@@ -247,8 +256,7 @@ def _resolve_weights_path(source: str, arch: str, *, download: bool) -> Path:
             ) from error
         return path
     raise WeightsError(
-        f"{known.file} is not in torchvision's cache ({path}). Download it from {known.url} into "
-        f"that folder or into data/ (then set model.weights: data/{known.file}), or run "
-        "`rsi fetch-weights`. For an offline demo only, set model.weights: random:0 — every output is "
-        "then labelled RANDOM WEIGHTS."
+        f"{known.file} is in neither torchvision's cache ({path}) nor {fetched}: run `rsi fetch-weights` "
+        f"(it puts the file into {FETCHED_DIR}/), or download it from {known.url} into either folder. For "
+        "an offline demo only, set model.weights: random:0 — every output is then labelled RANDOM WEIGHTS."
     )

@@ -61,8 +61,8 @@ from rsi.taps import DEFAULT_ARCH, block_order, num_channels, parse_block
 # The params keys the report prints (the settings table and the list in <details>), each declared as a
 # param of the report stage in dvc.yaml (tests/test_dvc_deps.py keeps the two equal), so a change to any
 # of them re-makes the report. A bare section name stands for every key in it. Speed-only keys
-# (model.device, data.workers, fz.chunk_batches, ablate.screen_batch, launch) change no result: neither
-# printed nor declared.
+# (data.workers, fz.chunk_batches, ablate.screen_batch, launch) change no result, and model.device only
+# the last bits (the report names each stage's device instead): neither printed nor declared.
 PRINTED_PARAMS: tuple[str, ...] = (
     "model.weights",
     "model.arch",

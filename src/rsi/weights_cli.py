@@ -10,7 +10,14 @@ from pathlib import Path
 import torch
 
 from rsi.config import load_section, read_params
-from rsi.model import CHECKPOINTS, WeightsError, check_weights_file, checkpoint, torchvision_cache_path
+from rsi.model import (
+    CHECKPOINTS,
+    FETCHED_DIR,
+    WeightsError,
+    check_weights_file,
+    checkpoint,
+    torchvision_cache_path,
+)
 from rsi.runtime import ModelParams
 from rsi.taps import DEFAULT_ARCH
 
@@ -22,7 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="which network's weights (default: model.arch of --params if that file exists, else resnet18)",
     )
-    parser.add_argument("--out", default=None, help="where to put the weights (default: data/<file name>)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="where to put the weights (default: data/<file name>, where model.weights: torchvision finds it)",
+    )
 
 
 def _arch(args: argparse.Namespace) -> str:
@@ -36,7 +47,7 @@ def _arch(args: argparse.Namespace) -> str:
 
 def run(args: argparse.Namespace) -> None:
     known = checkpoint(_arch(args))
-    out = Path(args.out or f"data/{known.file}")
+    out = Path(args.out) if args.out else FETCHED_DIR / known.file
     if out.is_file():
         check_weights_file(out, known.arch)
         print(f"{out}: present, SHA-256 {known.sha256[:8]}… checked ({known.arch} IMAGENET1K_V1)")
