@@ -18,6 +18,14 @@ venv="${RSI_VENV:-.venv}"
 if [ ! -x "$venv/bin/python" ]; then
   python3.11 -m venv "$venv" 2>/dev/null || python3 -m venv "$venv"
 fi
+# The lock is for CPython 3.11 (tensorflow-cpu 2.15.1, which thingsvision needs, has no 3.12 wheel):
+# another version would fail partway through a multi-GB install.
+version=$("$venv/bin/python" -c 'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")')
+if [ "$version" != 3.11 ]; then
+  echo "install.sh: $venv has Python $version; the lock needs 3.11. Install python3.11 (and its venv" \
+    "module), remove $venv and run this again, or set RSI_VENV to a 3.11 environment" >&2
+  exit 1
+fi
 # The lock holds torch's CUDA build: about 7 GiB once installed. Say so before pip runs out of disk halfway.
 free_kib=$(df -Pk "$(dirname "$venv")" | awk 'NR == 2 {print $4}')
 if [ "${free_kib:-0}" -lt $((8 * 1024 * 1024)) ]; then

@@ -259,7 +259,9 @@ def test_activations_names_the_missing_fz_file_and_its_command(tmp_path, monkeyp
     error = capsys.readouterr().err
     line = error.strip().splitlines()[-1]  # the In FZ of 2.1 is 2.0's Post: its file and its stage
     assert line.startswith("rsi activations: error: outputs/fz/layer2_0/post.npz is missing")
-    assert "`rsi fz` (DVC stage 'fz')" in line
+    # the stage that writes it is 2.0's own, and the block must be listed in fz.blocks for it to exist
+    assert "written by `rsi fz --block 2.0` (DVC stage 'fz@layer2_0'); list post under " in line
+    assert line.endswith("fz.blocks.layer2_0.taps in the params file and run `dvc repro` first")
     assert not artifacts.activations_file("2.1").exists()
 
 
@@ -285,5 +287,5 @@ def test_a_missing_fz_names_the_stage_that_writes_it_under_that_root(tmp_path, s
     """stability and pre-reading measure their own FZs: a missing one names them, not `rsi fz`."""
     from rsi.activations import require_block_fzs
 
-    with pytest.raises(FileNotFoundError, match=rf"is missing: it is written by `rsi {stage}`"):
+    with pytest.raises(FileNotFoundError, match=rf"is missing: it is written by `rsi {stage}[` ]"):
         require_block_fzs("2.1", tmp_path, stage)

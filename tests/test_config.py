@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from rsi.config import ParamsError, as_dict, check_blocks, load_section, read_params
-from rsi.fz import FZParams
+from rsi.fz import FZParams, load_fz_params
 from rsi.runtime import ModelParams
 
 
@@ -162,6 +162,29 @@ def test_bad_values_name_key_value_and_allowed(section, message):
 def test_section_must_be_a_mapping():
     with pytest.raises(ParamsError, match="s = 3 is not allowed: expected a mapping with keys steps"):
         load_section({"s": 3}, "s", Section)
+
+
+def test_a_random_network_needs_a_whole_number_seed():
+    """random:abc was taken for a file name and failed only when a stage loaded it ("no such file")."""
+    assert load_section({"model": {"weights": "random:7"}}, "model", ModelParams).weights == "random:7"
+    assert load_section({"model": {"weights": "data/w.pth"}}, "model", ModelParams).weights == "data/w.pth"
+    with pytest.raises(ParamsError) as error:
+        load_section({"model": {"weights": "random:abc"}}, "model", ModelParams)
+    assert str(error.value) == (
+        "params.yaml: model.weights = 'random:abc' is not allowed: a random network's seed is a whole number"
+        " >= 0: random:<seed>, e.g. random:0"
+    )
+
+
+def test_an_fz_block_key_with_a_dot_is_refused_before_dvc_fails_on_it():
+    """`dvc repro` stage fz@2.1 declares fz.blocks.2.1, which DVC reads as nesting and cannot find."""
+    with pytest.raises(ParamsError) as error:
+        load_fz_params({"fz": {"blocks": {"2.1": {"taps": ["pre"], "jitter": 4}}}})
+    assert "block key '2.1' has a dot, which DVC reads as nesting" in str(error.value)
+    assert str(error.value).endswith("write it as layer2_1")
+    assert list(load_fz_params({"fz": {"blocks": {"layer2_1": {"taps": ["pre"], "jitter": 4}}}}).blocks) == [
+        "layer2_1"
+    ]
 
 
 def test_model_device_check():

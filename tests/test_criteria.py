@@ -170,7 +170,7 @@ def test_stability_counts_and_overlaps():
 
 
 def test_eq1_authors_code_divides_by_pre_of_the_pre_fz():
-    # difference mean(clip(Pre(S(X̂_In)), 0)) - mean(clip(Pre(X̂_In)), 0)) per channel: +1, -1, 0, +1, -1, 0, +1
+    # difference mean(clip(Pre(S(X̂_In)), 0)) - mean(clip(Pre(X̂_In), 0)) per channel: +1, -1, 0, +1, -1, 0, +1
     base = [1.0, 2.0, -1.0, 0.0, 1.0, -3.0, 0.5]
     scaled = [2.0, 1.0, -2.0, 1.0, 0.0, -1.0, 1.5]
     pre_pre = [3.0, 3.0, 3.0, -2.0, -2.0, 0.0, 0.0]
@@ -490,3 +490,16 @@ def test_paper_reference_values_are_consistent():
         assert len(accuracy["scaled"]) == len(paper.ABLATION_SCALES)
         assert list(accuracy["scaled"]) == sorted(accuracy["scaled"], reverse=True)
         assert max(accuracy["scaled"]) < accuracy["no_scale"]
+
+
+def test_a_stability_seed_outside_criteria_seeds_names_the_file_and_the_fix(tmp_path, monkeypatch, capsys):
+    from rsi import cli
+
+    monkeypatch.chdir(tmp_path)
+    Path("params.yaml").write_text("model: {weights: 'random:0', device: cpu}\ncriteria: {seeds: [0, 1]}\n")
+    assert cli.main(["stability", "--seed", "5"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.endswith(
+        "params.yaml: --seed 5 is not in criteria.seeds [0, 1]: add it there (dvc.yaml's stability@<seed> "
+        "stages follow that list) or give one of those"
+    ), error

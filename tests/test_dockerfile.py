@@ -167,6 +167,7 @@ def test_install_script_installs_every_lock_line_once_then_the_package(tmp_path)
     fake = venv / "bin" / "python"
     fake.write_text(
         "#!/usr/bin/env bash\n"
+        'if [ "$1" = -c ]; then echo "${FAKE_VERSION:-3.11}"; exit 0; fi\n'  # install.sh asks its version
         f'echo "CALL $*" >> {calls}\n'
         'prev=""; for a in "$@"; do if [ "$prev" = "-r" ]; then '
         f'sed "s/^/  REQ /" "$a" >> {calls}; fi; prev="$a"; done\n'
@@ -205,6 +206,12 @@ def test_install_script_installs_every_lock_line_once_then_the_package(tmp_path)
     )
     kept = [line for line in calls.read_text().splitlines() if line.startswith("CALL ")]
     assert len(kept) == len(pip_calls) and not any("--no-cache-dir" in line for line in kept)
+    other = subprocess.run(
+        ["bash", str(REPO / "scripts" / "install.sh")],
+        env=env | {"FAKE_VERSION": "3.12"},
+        capture_output=True,
+    )  # a 3.12 venv: stop before pip, not halfway through the lock
+    assert other.returncode == 1 and b"has Python 3.12; the lock needs 3.11" in other.stderr
     for wrong_args in (["--cache"], ["--keep-pip-cache", "--typo"]):
         wrong = subprocess.run(
             ["bash", str(REPO / "scripts" / "install.sh"), *wrong_args], env=env, capture_output=True

@@ -331,6 +331,24 @@ def test_stability_across_seeds_is_shown(fake_repo):
     assert [section.index(text) for text in order] == sorted(section.index(text) for text in order)
 
 
+def test_a_jaccard_over_empty_passing_sets_is_no_stability(fake_repo):
+    """criteria.jaccard calls two empty sets equal (1.0); a table of 1.000 for a block where no channel
+    passes under any seed would read as perfectly stable, so the report prints — there."""
+    criteria = json.loads(Path("metrics/criteria.json").read_text())
+    empty = {"passing_seed0": 0, "passing_seed1": 0, "passing_seed2": 0, "jaccard_seed0_seed1": 1.0}
+    criteria["stability"] = {
+        "layer4_1": empty | {"jaccard_mean": 1.0, "jaccard_min": 1.0, "passing_all_seeds": 0},
+        "layer2_1": {"passing_seed0": 0, "passing_seed1": 2, "passing_seed2": 0, "jaccard_seed0_seed1": 0.0}
+        | {"jaccard_mean": 0.333333, "jaccard_min": 0.0, "passing_all_seeds": 0},
+    }
+    Path("metrics/criteria.json").write_text(json.dumps(criteria))
+    assert main(["report"]) == 0
+    text = REPORT.read_text()
+    none = "— (none pass)"
+    assert f"| 4.1 | 0 | 0 | 0 | {none} | {none} | {none} | 0 |" in text
+    assert "| 2.1 | 0 | 2 | 0 | 0.000 | 0.333 | 0.000 | 0 |" in text
+
+
 def test_the_outputs_root_is_a_flag(fake_repo):
     Path("outputs").rename("elsewhere")
     assert main(["report", "--outputs", "elsewhere"]) == 0

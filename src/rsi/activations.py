@@ -57,7 +57,7 @@ from rsi.config import (
 )
 from rsi.model import describe_weights, load_model
 from rsi.runtime import ModelParams, full_float32, resolve_device
-from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, arch_of, center, forward_taps
+from rsi.taps import DEFAULT_ARCH, TAP_KINDS, Tap, arch_of, block_key, center, forward_taps
 from rsi.transforms import normalize, scale_crop, shrink_pad
 
 Extractor = Literal["thingsvision", "taps"]
@@ -128,7 +128,14 @@ def require_block_fzs(block: str, root: Path = OUTPUTS, fz_stage: str = fz_files
     """Check that every FZ file of ``block`` exists, without loading any; ``fz_stage`` wrote them (fz, or
     stability / pre-reading for their own roots) and is named when one is missing."""
     for tap in block_fz_taps(block).values():
-        require_file(artifacts.fz_file(tap, root), fz_stage)
+        path = artifacts.fz_file(tap, root)
+        if fz_stage == fz_files.STAGE and not path.is_file():  # the DVC stage is fz@<block>, one per block
+            key = block_key(tap.block)
+            raise artifacts.MissingArtifactError(
+                f"{path} is missing: it is written by `rsi fz --block {tap.block}` (DVC stage 'fz@{key}'); "
+                f"list {tap.kind} under fz.blocks.{key}.taps in the params file and run `dvc repro` first"
+            )
+        require_file(path, fz_stage)
 
 
 def load_block_fzs(block: str, root: Path = OUTPUTS, fz_stage: str = fz_files.STAGE) -> BlockFZs:

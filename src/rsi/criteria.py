@@ -169,7 +169,7 @@ def eq1_scale_gain(pre_of_in_fz: Any, pre_of_scaled_in_fz: Any, strict: bool = T
     ``strict=False`` tests ReLU(Pre_c(X̂_In_c)) <= Pre_c(S(X̂_In_c)) instead.
 
     This is ``criteria.eq1_reading: paper_text``. The difference mean(clip(Pre(S(X̂_In)), 0)) -
-    mean(clip(Pre(X̂_In)), 0)) > 0 of the authors' code, over one image, is the same strict test: if
+    mean(clip(Pre(X̂_In), 0)) > 0 of the authors' code, over one image, is the same strict test: if
     clip(b, 0) > clip(a, 0) >= 0 then b = clip(b, 0) > ReLU(a), and conversely. Their code then divides
     that difference by Pre_c(X̂_Pre_c): :func:`eq1_authors_code`.
     """
@@ -185,7 +185,7 @@ def eq1_authors_code(
 
     stream_inspect.py @ 6b74452, line 428 (``run_mode == 'invariance'``):
         ``scale_mid_measures.append(mid_act_delta / acts['mid_mid_acts'])``
-    with ``mid_act_delta`` = mean(clip(Pre_c(S(X̂_In_c)), 0)) - mean(clip(Pre_c(X̂_In_c)), 0)) (their
+    with ``mid_act_delta`` = mean(clip(Pre_c(S(X̂_In_c)), 0)) - mean(clip(Pre_c(X̂_In_c), 0)) (their
     ``invariance_delta``, line 171) and ``acts['mid_mid_acts']`` = Pre_c(X̂_Pre_c) (``stream_inspect``,
     line 236: the Pre channel's center neuron to its own FZ), both numpy float32 scalars; a channel
     passes Eq. 1 where that quotient is > 0 (their ``scale_mid_copy <= 0`` → -1e10, then ``> 0``). So:

@@ -128,6 +128,11 @@ def _check_blocks(blocks: dict[str, BlockFZParams]) -> dict[str, BlockFZParams]:
             raise ValueError(f"unknown block key {key!r}: keys of {arch} are {keys}") from None
         if block_key(block) in checked:
             raise ValueError(f"block {block} is listed twice")
+        if "." in str(key):  # dvc.yaml's fz@<key> stage declares fz.blocks.<key>: DVC would look for 2 -> 1
+            raise ValueError(
+                f"block key {key!r} has a dot, which DVC reads as nesting (stage fz@{key} would declare a "
+                f"param fz.blocks.{key} it cannot find): write it as {block_key(block)}"
+            )
         source = in_fz_source(block)
         if "in" in settings.taps and source != Tap(block, "in"):
             raise ValueError(

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
@@ -551,7 +552,7 @@ def _eq1_section(
         "### Eq. 1 as the authors computed it",
         "",
         f"This run reads Eq. 1 as `{reading}` (`criteria.eq1_reading`). The authors' stream_inspect.py (line",
-        "428) divides the Eq. 1 difference mean(clip(Pre(S(X̂_In)), 0)) − mean(clip(Pre(X̂_In)), 0)) by",
+        "428) divides the Eq. 1 difference mean(clip(Pre(S(X̂_In)), 0)) − mean(clip(Pre(X̂_In), 0)) by",
         "Pre_c(X̂_Pre_c) before testing > 0: the printed inequality wherever Pre_c(X̂_Pre_c) > 0, inverted",
         "where it is negative; at zero numpy gives ±inf (the sign of the difference) or nan (fails).",
         f"Verdicts are counted against the `{other}` reading.",
@@ -608,8 +609,20 @@ def _seed_table(blocks: Mapping[str, Mapping[str, float]]) -> list[str]:
     keys: list[str] = []
     for entry in blocks.values():
         keys += [k for k in entry if k not in keys]
-    rows = [[block, *(_fmt(entry.get(k), 3) for k in keys)] for block, entry in blocks.items()]
+    rows = [[block, *(_seed_cell(entry, k) for k in keys)] for block, entry in blocks.items()]
     return [*_table(["block", *keys], rows), ""]
+
+
+def _seed_cell(entry: Mapping[str, float], key: str) -> str:
+    """A stability number, or — for a Jaccard over seeds whose passing sets are all empty: the metric
+    calls two empty sets equal (1.0), which in a table would read as a perfectly stable block."""
+    if key.startswith("jaccard_"):
+        seeds = re.findall(r"seed(\d+)", key) or [
+            k.removeprefix("passing_seed") for k in entry if k.startswith("passing_seed")
+        ]
+        if seeds and all(entry.get(f"passing_seed{seed}") == 0 for seed in seeds):
+            return "— (none pass)"
+    return _fmt(entry.get(key), 3)
 
 
 def _natural_criteria_section(path: Path, root: Path) -> list[str]:

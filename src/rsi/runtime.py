@@ -31,13 +31,22 @@ def _check_arch(value: str) -> str:
     return check_arch(value)
 
 
+def _check_weights(value: str) -> str:
+    if value.startswith("random:") and not RANDOM_WEIGHTS.match(value):
+        raise ValueError("a random network's seed is a whole number >= 0: random:<seed>, e.g. random:0")
+    return value
+
+
 @dataclass(frozen=True)
 class ModelParams:
     """params.yaml ``model``: which network, where its weights come from, and where to run."""
 
     weights: str = field(
         default="torchvision",
-        metadata={"help": "'torchvision' (cache), a path to a state_dict file, or random:<seed>"},
+        metadata={
+            "check": _check_weights,
+            "help": "'torchvision' (cache, else data/), a path to a state_dict file, or random:<seed>",
+        },
     )
     device: str = field(default="auto", metadata={"check": _check_device})
     arch: str = field(

@@ -44,7 +44,10 @@ def run(args: argparse.Namespace) -> None:
             f"(seed: {main_seed}); list the main seed first"
         )
     if args.seed not in criteria.seeds:
-        raise ParamsError(f"--seed {args.seed} is not in criteria.seeds {list(criteria.seeds)}")
+        raise ParamsError(
+            f"{args.params}: --seed {args.seed} is not in criteria.seeds {list(criteria.seeds)}: add it there "
+            f"(dvc.yaml's stability@<seed> stages follow that list) or give one of those"
+        )
     outputs, root = Path(args.outputs), seed_root(args.seed, criteria.seed_root)
     if args.seed == main_seed:
         root.mkdir(parents=True, exist_ok=True)
