@@ -999,7 +999,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "keeps more GPUs busy than one block at a time)",
     )
     parser.add_argument(
-        "--resume-dir", default=None, help="finished chunks (default: <outputs>/.resume; safe to delete)"
+        "--resume-dir",
+        default=None,
+        help="finished chunks (default: <outputs>/.resume; deleting it loses only work, which a later "
+        "criteria change's pre-reading stage would otherwise take back from it)",
     )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument(
