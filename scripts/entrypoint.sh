@@ -36,5 +36,13 @@ if [ ! -w "$PWD" ]; then
   echo "rsi-entrypoint: $PWD is not writable by uid $(id -u); run the container as its owner:" \
     "docker run --user \"\$(id -u):\$(id -g)\" -v \"\$PWD\":/repo rsi …" >&2
 fi
+# -v "$PWD/outputs":/repo/outputs with a folder the host did not have: Docker makes it, owned by root
+for folder in outputs metrics plots; do
+  if [ -d "$folder" ] && [ ! -w "$folder" ]; then
+    echo "rsi-entrypoint: $PWD/$folder is not writable by uid $(id -u) (its owner is uid" \
+      "$(stat -c %u "$folder")): on the host, make the mounted folders yourself first (mkdir -p outputs" \
+      "metrics) and run as yourself (docker run --user \"\$(id -u):\$(id -g)\" …)" >&2
+  fi
+done
 
 exec "$@"

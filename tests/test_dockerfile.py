@@ -11,6 +11,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -476,6 +477,33 @@ def test_entrypoint_names_a_working_directory_the_uid_cannot_write(tmp_path):
     finally:
         locked.chmod(0o755)
     assert f"{locked} is not writable by uid {os.getuid()}" in stderr and "--user" in stderr
+
+
+@pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("setpriv"), reason="needs root and setpriv to run as another uid"
+)
+def test_entrypoint_names_a_mounted_output_folder_the_uid_cannot_write():
+    """`docker run -v "$PWD/outputs":/repo/outputs …` where the host had no outputs/: Docker makes it as
+    root, and the image's user cannot write it; the entry point says so before DVC fails inside it."""
+    repo = Path(tempfile.mkdtemp(prefix="rsi-entrypoint-"))
+    try:
+        repo.chmod(0o777)  # the uid may write the working directory itself
+        (repo / "outputs").mkdir(mode=0o755)  # root's, as Docker makes a missing mount source
+        (repo / "metrics").mkdir()
+        (repo / "metrics").chmod(0o777)  # writable by anyone: not named
+        done = subprocess.run(
+            ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "sh", str(ENTRYPOINT), "true"],
+            cwd=repo,
+            env={"PATH": os.environ["PATH"], "HOME": str(repo), "RSI_SPARE_HOME": str(repo / "spare")},
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        shutil.rmtree(repo)
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"rsi-entrypoint: {repo}/outputs is not writable by uid 4242 (its owner is uid 0)")
+    assert "mkdir -p outputs metrics" in line and '--user "$(id -u):$(id -g)"' in line
 
 
 @needs_git
