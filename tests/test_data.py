@@ -291,6 +291,43 @@ def test_flat_layout_errors(tmp_path):
     assert data.list_flat(flat, edges).labels == [0, 999]
 
 
+def test_flat_ground_truth_lines_are_read_strictly(tmp_path, capsys):
+    """A file named twice with two labels was labelled by its last line; a UTF-8 BOM made the first label
+    unreadable ("class '\ufeff…'"); a broken symlink vanished from the listing and the count error then
+    blamed the labels; files the ground truth labels but the folder lacks are said, not skipped silently."""
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    names = [f"ILSVRC2012_val_{n + 1:08d}.JPEG" for n in range(2)]
+    for n, name in enumerate(names):
+        smooth_image(40, 40, n).save(flat / name)
+    twice = tmp_path / "gt_twice.txt"
+    twice.write_text(f"{names[0]} 3\n{names[1]} 4\n{names[0]} 7\n")
+    with pytest.raises(data.DataError) as error:
+        data.list_flat(flat, twice)
+    assert str(error.value) == f"{twice}: line 3 labels {names[0]} 7, an earlier line 3: keep one"
+    bom = tmp_path / "gt_bom.txt"
+    bom.write_bytes("\ufeff3\n4\n".encode())
+    assert data.list_flat(flat, bom).labels == [3, 4]
+    extra = tmp_path / "gt_extra.txt"
+    extra.write_text(f"{names[0]} 3\n{names[1]} 4\nILSVRC2012_val_00000099.JPEG 5\n")
+    assert data.list_flat(flat, extra).labels == [3, 4]
+    assert capsys.readouterr().out.strip() == (
+        f"prepare-data: 1 file(s) that {extra} labels are not in {flat} (first: ILSVRC2012_val_00000099.JPEG); "
+        "evaluating the 2 that are"
+    )
+    (flat / "ILSVRC2012_val_00000003.JPEG").symlink_to(tmp_path / "nowhere.JPEG")
+    listing = data.list_flat(flat, _lines(tmp_path, "3\n4\n5\n"))
+    assert listing.items[-1] == "ILSVRC2012_val_00000003.JPEG"  # listed, so decoding names it
+    with pytest.raises(data.DataError, match=r"1 file\(s\) cannot be decoded: .*ILSVRC2012_val_00000003"):
+        data.decode_to_cache(listing, tmp_path / "cache", source="flat", size=64, progress=False)
+
+
+def _lines(folder: Path, text: str) -> Path:
+    path = folder / "gt_lines.txt"
+    path.write_text(text)
+    return path
+
+
 # ----------------------------------------------------------------------------------------------- bad files
 
 
@@ -343,6 +380,11 @@ def test_skip_counts_bad_files(tmp_path):
     assert list(metrics) == ["images", "skipped", "ignored", "classes", "generated"]  # the file's bytes
     cache = load_eval(tmp_path / "cache")
     assert cache.images.shape == (6, 256, 256, 3)
+    every = make_folders(tmp_path / "bad", per_class=1)
+    for item in data.list_folders(every).items:
+        (every / item).write_text("not a JPEG")
+    with pytest.raises(data.DataError, match=r"^3 file\(s\) cannot be decoded"):  # skip leaves nothing
+        data.decode_to_cache(data.list_folders(every), tmp_path / "none", on_bad_file="skip", progress=False)
     for i, item in enumerate(index["files"]):  # rows stay aligned with files and labels after the skips
         np.testing.assert_array_equal(cache.images[i], data.decode_file(root / item)[0])
     assert cache.labels.tolist() == [0, 0, 217, 217, 701, 701]

@@ -210,7 +210,7 @@ def _content_lines(path: Path) -> list[str]:
 
 def _numbered_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-blank lines: errors name the line as an editor shows it."""
-    lines = enumerate(path.read_text().splitlines(), start=1)
+    lines = enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1)  # a BOM is no text
     return [(number, line.strip()) for number, line in lines if line.strip()]
 
 
@@ -333,15 +333,29 @@ def list_flat(
     gt_path = Path(ground_truth)
     if not gt_path.is_file():
         raise DataError(f"data.ground_truth = {str(gt_path)!r}: no such file (one label per line)")
-    names = sorted(entry.name for entry in os.scandir(root) if entry.is_file())
+    # a broken symlink stays listed, so that decoding names it (as in the folders layout)
+    names = sorted(entry.name for entry in os.scandir(root) if entry.is_file() or entry.is_symlink())
     images = [n for n in names if has_file_allowed_extension(n, IMG_EXTENSIONS)]
     ignored = [n for n in names if n not in set(images)]
     lines = [line.split() for line in _content_lines(gt_path)]
     if lines and all(len(parts) >= 2 for parts in lines):
-        by_name = {parts[0]: parts[1] for parts in lines}
+        by_name: dict[str, str] = {}
+        for number, text in _numbered_lines(gt_path):
+            name, label = text.split()[:2]
+            if name in by_name and by_name[name] != label:
+                raise DataError(
+                    f"{gt_path}: line {number} labels {name} {label}, an earlier line {by_name[name]}: keep one"
+                )
+            by_name[name] = label
         unknown = [n for n in images if n not in by_name]
         if unknown:
             raise DataError(f"{gt_path}: no label for {root / unknown[0]} ({len(unknown)} files unlabelled)")
+        absent = sorted(set(by_name) - set(names))
+        if absent:  # a partial copy is evaluated as it is, but not silently
+            print(
+                f"prepare-data: {len(absent)} file(s) that {gt_path} labels are not in {root} "
+                f"(first: {absent[0]}); evaluating the {len(images)} that are"
+            )
         raw = [by_name[n] for n in images]
     else:
         if len(lines) != len(images):
@@ -574,7 +588,7 @@ def decode_to_cache(
         bar.close()
         cache.flush()
         del cache
-        if skipped and on_bad_file != "skip":
+        if skipped and (on_bad_file != "skip" or not kept):  # nothing left: no cache to evaluate on
             raise _bad_files_error(skipped)
         if skipped:
             _compact(Path(temporary), len(kept))
