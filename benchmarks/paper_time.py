@@ -9,7 +9,7 @@
   ``fz.steps`` (2,560) steps.
 * pre-reading (with ``criteria.compare_pre_readings``, as in the paper profile): each probed block's Pre
   FZs again under lucent's reading, per ``criteria.seeds`` seed, projected at the block's measured Post
-  rate (that objective reads the block output); sharded like fz.
+  rate (that objective reads the block output); sharded like fz, one pool per seed.
 * activations: each ``criteria.blocks`` block's five FZ images per channel (random FZs) through the params'
   extractor. Full run: every channel.
 * natural, ablate: generated images (ImageNet-sized JPEGs, decoded into the 256 px cache, as
@@ -176,7 +176,8 @@ def project_pre_reading(fz_rows: list[dict[str, Any]], raw: dict) -> list[dict[s
     """Stage pre-reading's FZs (``criteria.compare_pre_readings``, on in the paper profile): every probed
     block's Pre channels again, once per ``criteria.seeds`` seed, with lucent's reading, whose objective
     reads the block output; so each is projected at its block's measured Post rate, not measured again.
-    Sharded like fz (its (tap, chunk) items in one pool)."""
+    Sharded like fz, one pool per seed (rsi.pre_reading renders the seeds one after another): a row per
+    (block, seed)."""
     criteria = load_section(raw, "criteria", CriteriaParams)
     if not criteria.compare_pre_readings:
         return []
@@ -187,18 +188,24 @@ def project_pre_reading(fz_rows: list[dict[str, Any]], raw: dict) -> list[dict[s
         like = measured.get(f"{block}/post") or measured.get(f"{block}/pre")
         if like is None:  # the block's FZs were not measured (--stages without fz, or not in fz.blocks)
             continue
-        seeds = len(criteria.seeds)
-        full_work = len(tap_channels(block, fz)) * fz.steps * seeds
-        row = like | {
-            "item": f"{block}/pre (lucent)",
-            "measured": f"projected at {like['item']}'s rate",
-            "full_work": full_work,
-            "projected_s": full_work / like["rate"],
-            "chunks": like["chunks"] * seeds,
-        }
-        _print_row("pre-reading", row)
-        rows.append(row)
+        full_work = len(tap_channels(block, fz)) * fz.steps
+        for seed in criteria.seeds:
+            row = like | {
+                "item": f"{block}/pre (lucent, seed {seed})",
+                "seed": seed,
+                "measured": f"projected at {like['item']}'s rate",
+                "full_work": full_work,
+                "projected_s": full_work / like["rate"],
+            }
+            _print_row("pre-reading", row)
+            rows.append(row)
     return rows
+
+
+def pre_reading_minutes_on(rows: list[dict[str, Any]], gpus: int) -> float:
+    """Stage pre-reading's FZs on ``gpus`` GPUs: one pool per seed, one after another."""
+    seeds = dict.fromkeys(row["seed"] for row in rows)
+    return sum(fz_minutes_pooled([r for r in rows if r["seed"] == seed], gpus) for seed in seeds)
 
 
 def measure_activations(model, raw: dict, args, device) -> list[dict[str, Any]]:
@@ -345,7 +352,7 @@ def summary(stages: dict[str, list[dict[str, Any]]], gpus: int) -> dict[str, Any
         on_many += fz_minutes_pooled(stages["fz"], gpus)
         by_block += fz_minutes_on(stages["fz"], gpus)
     if "pre-reading" in stages:
-        extra = fz_minutes_pooled(stages["pre-reading"], gpus)
+        extra = pre_reading_minutes_on(stages["pre-reading"], gpus)
         on_many, by_block = on_many + extra, by_block + extra
     peaks = [r["peak_gib"] for rows in stages.values() for r in rows if r["peak_gib"] is not None]
     return {

@@ -94,8 +94,10 @@ if ! git rev-parse -q --verify HEAD >/dev/null || { [ -n "$committed_mode" ] && 
   # this run becomes the baseline (committed below): DVC stages what it writes instead of printing a
   # "git add" hint for files this script commits anyway; a later `dvc repro` by hand prints it again
   dvc config --local core.autostage true
+  trap 'dvc config --local --unset core.autostage' INT TERM  # Ctrl-C too: a later repro stages nothing
   status=0
   dvc repro || status=$?
+  trap - INT TERM
   dvc config --local --unset core.autostage
   [ "$status" = 0 ] || exit "$status"
 else

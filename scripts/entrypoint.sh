@@ -40,8 +40,9 @@ fi
 for folder in outputs metrics plots; do
   if [ -d "$folder" ] && [ ! -w "$folder" ]; then
     echo "rsi-entrypoint: $PWD/$folder is not writable by uid $(id -u) (its owner is uid" \
-      "$(stat -c %u "$folder")): on the host, make the mounted folders yourself first (mkdir -p outputs" \
-      "metrics) and run as yourself (docker run --user \"\$(id -u):\$(id -g)\" …)" >&2
+      "$(stat -c %u "$folder")): on the host, make it before docker run and let uid $(id -u) write it" \
+      "(mkdir -p $folder && chmod a+rwx $folder), or mount your whole clone and run as yourself" \
+      "(docker run --user \"\$(id -u):\$(id -g)\" -v \"\$PWD\":/repo …)" >&2
   fi
 done
 

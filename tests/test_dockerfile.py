@@ -503,7 +503,7 @@ def test_entrypoint_names_a_mounted_output_folder_the_uid_cannot_write():
         shutil.rmtree(repo)
     (line,) = done.stderr.strip().splitlines()
     assert line.startswith(f"rsi-entrypoint: {repo}/outputs is not writable by uid 4242 (its owner is uid 0)")
-    assert "mkdir -p outputs metrics" in line and '--user "$(id -u):$(id -g)"' in line
+    assert "(mkdir -p outputs && chmod a+rwx outputs)" in line and '--user "$(id -u):$(id -g)"' in line
 
 
 @needs_git

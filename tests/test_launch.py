@@ -535,7 +535,7 @@ def test_paper_time_projects_fz_in_rounds_of_chunks_per_block():
 
 def test_paper_time_counts_pre_readings_fzs_at_each_probed_blocks_post_rate(capsys):
     """Stage pre-reading renders the probed blocks' Pre channels again (lucent's reading reads the block
-    output), per criteria seed: 128 channels x 2,560 steps x 2 seeds at 2.1/post's 100 ch*steps/s."""
+    output), per criteria seed: 128 channels x 2,560 steps at 2.1/post's 100 ch*steps/s, for each of 2 seeds."""
     paper_time = _paper_time()
     probe = {"seconds": 1.0, "peak_gib": None, "gpu_util_pct": None}
     rows = [
@@ -544,13 +544,16 @@ def test_paper_time_counts_pre_readings_fzs_at_each_probed_blocks_post_rate(caps
         {"item": "1.0/post", "rate": 1.0, "unit": "ch*steps/s", "chunks": 1, **probe},
     ]
     raw = {"criteria": {"blocks": ["2.1"], "compare_pre_readings": True, "seeds": [0, 1]}}
-    (row,) = paper_time.project_pre_reading(rows, raw)
-    assert row["projected_s"] == 128 * 2560 * 2 / 100.0 and row["chunks"] == 2
+    seed0, seed1 = paper_time.project_pre_reading(rows, raw)
+    assert seed0["projected_s"] == seed1["projected_s"] == 128 * 2560 / 100.0 and seed0["chunks"] == 1
+    assert (seed0["seed"], seed1["seed"]) == (0, 1)
     assert paper_time.project_pre_reading(rows, raw | {"criteria": {"blocks": ["2.1"]}}) == []  # off
     fz_rows = [r | {"projected_s": 60.0} for r in rows]
-    totals = paper_time.summary({"fz": fz_rows, "pre-reading": [row]}, 1)
-    assert totals["projected_min"]["pre-reading"] == row["projected_s"] / 60
-    assert totals["total_min_1"] == 3.0 + row["projected_s"] / 60
+    totals = paper_time.summary({"fz": fz_rows, "pre-reading": [seed0, seed1]}, 1)
+    assert totals["projected_min"]["pre-reading"] == 2 * seed0["projected_s"] / 60
+    assert totals["total_min_1"] == 3.0 + 2 * seed0["projected_s"] / 60
+    # on 2 GPUs each seed's pool has one item: the seeds run one after another, not side by side
+    assert paper_time.pre_reading_minutes_on([seed0, seed1], 2) == 2 * seed0["projected_s"] / 60
 
 
 def test_only_rank_0_runs_a_stages_tail(monkeypatch):
@@ -654,13 +657,29 @@ stages:
     names = ["fz@layer2_1", "stability@0"]
     (tmp_path / "dvc.yaml").write_text(pipeline)
     assert launch.outdated_stages(names, tmp_path) == []
-    assert launch.declared_stage(launch.read_dvc_yaml(tmp_path / "dvc.yaml")["stages"], "fz@layer2_1") == (
-        "rsi fz --block layer2_1",
-        {"params.yaml": {"seed", "fz.blocks.layer2_1"}},
+    declared = launch.declared_stage(
+        launch.read_dvc_yaml(tmp_path / "dvc.yaml")["stages"],
+        "fz@layer2_1",
+        launch.read_dvc_yaml(tmp_path / "params.yaml"),
+    )
+    assert declared == launch.DeclaredStage(
+        "rsi fz --block layer2_1", {"params.yaml": {"seed", "fz.blocks.layer2_1"}}, []
     )
     (tmp_path / "dvc.yaml").write_text(pipeline.replace("--block ${key}", "--block ${key} --tf32"))
     assert launch.outdated_stages(names, tmp_path) == ["fz@layer2_1"]
+    (tmp_path / "dvc.yaml").write_text(pipeline.replace("--seed ${item}", "--seed ${item} --x"))
+    assert launch.outdated_stages(names, tmp_path) == ["stability@0"]  # a list's ${item}, filled
     (tmp_path / "dvc.yaml").write_text(
         pipeline.replace("            - seed", "            - seed\n            - fz.steps")
     )
+    assert launch.outdated_stages(names, tmp_path) == ["stability@0"]
+    declared_dep = "      deps: [code.py]\n      params:\n        - seed\n"
+    (tmp_path / "dvc.yaml").write_text(pipeline.replace("      params:\n        - seed\n", declared_dep))
+    assert launch.outdated_stages(names, tmp_path) == ["fz@layer2_1"]  # a newly declared dependency
+    # as DVC: a recorded param no longer declared is not compared (fz@layer2_1 recorded seed)
+    (tmp_path / "dvc.yaml").write_text(
+        pipeline.replace("        - seed\n        - fz.blocks", "        - fz.blocks")
+    )
+    params = (tmp_path / "params.yaml").read_text()
+    (tmp_path / "params.yaml").write_text(params.replace("seed: 0", "seed: 3"))
     assert launch.outdated_stages(names, tmp_path) == ["stability@0"]

@@ -332,21 +332,27 @@ def test_stability_across_seeds_is_shown(fake_repo):
 
 
 def test_a_jaccard_over_empty_passing_sets_is_no_stability(fake_repo):
-    """criteria.jaccard calls two empty sets equal (1.0); a table of 1.000 for a block where no channel
-    passes under any seed would read as perfectly stable, so the report prints — there."""
+    """rsi.criteria.stability calls two empty sets equal (Jaccard 1.0, as metrics/ keeps it); in the
+    report's table that would read as a perfectly stable block, so such a pair prints —, and the mean
+    and min are over the other pairs (— when none is left)."""
     criteria = json.loads(Path("metrics/criteria.json").read_text())
-    empty = {"passing_seed0": 0, "passing_seed1": 0, "passing_seed2": 0, "jaccard_seed0_seed1": 1.0}
+    counts = {"passing_seed0": 0, "passing_seed1": 0, "passing_seed2": 0}
+    pairs = {"jaccard_seed0_seed1": 1.0, "jaccard_seed0_seed2": 1.0, "jaccard_seed1_seed2": 1.0}
     criteria["stability"] = {
-        "layer4_1": empty | {"jaccard_mean": 1.0, "jaccard_min": 1.0, "passing_all_seeds": 0},
-        "layer2_1": {"passing_seed0": 0, "passing_seed1": 2, "passing_seed2": 0, "jaccard_seed0_seed1": 0.0}
+        "layer4_1": counts | pairs | {"jaccard_mean": 1.0, "jaccard_min": 1.0, "passing_all_seeds": 0},
+        "layer2_1": counts
+        | {"passing_seed1": 2}
+        | pairs
+        | {"jaccard_seed0_seed1": 0.0, "jaccard_seed1_seed2": 0.0}
         | {"jaccard_mean": 0.333333, "jaccard_min": 0.0, "passing_all_seeds": 0},
     }
     Path("metrics/criteria.json").write_text(json.dumps(criteria))
     assert main(["report"]) == 0
     text = REPORT.read_text()
     none = "— (none pass)"
-    assert f"| 4.1 | 0 | 0 | 0 | {none} | {none} | {none} | 0 |" in text
-    assert "| 2.1 | 0 | 2 | 0 | 0.000 | 0.333 | 0.000 | 0 |" in text
+    assert f"| 4.1 | 0 | 0 | 0 | {none} | {none} | {none} | {none} | {none} | 0 |" in text
+    # seeds 0 and 2 pass nothing: their pair is no agreement; the mean is over the other two (0.0, 0.0)
+    assert f"| 2.1 | 0 | 2 | 0 | 0.000 | {none} | 0.000 | 0.000 | 0.000 | 0 |" in text
 
 
 def test_the_outputs_root_is_a_flag(fake_repo):

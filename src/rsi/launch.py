@@ -112,44 +112,78 @@ def _dvc_yaml(path: Path) -> Any:
     return read_dvc_yaml(path) if path.is_file() else None
 
 
-def declared_stage(pipeline: dict[str, Any], name: str) -> tuple[str | None, dict[str, set[str]]] | None:
-    """(command, {params file: keys}) that dvc.yaml's ``stages`` declare for stage ``name``, with a
-    ``foreach`` stage's ``${key}`` / ``${item}`` filled in as DVC names it (``fz@layer2_1``,
-    ``stability@0``); the command is None where it interpolates anything else. None: not declared here."""
+@dataclass(frozen=True)
+class DeclaredStage:
+    """What dvc.yaml declares for one stage, with a foreach stage's member filled in as DVC names it.
+    ``command`` is None where it interpolates anything else; in ``params`` a file whose keys are None is
+    tracked whole."""
+
+    command: str | list[str] | None
+    params: dict[str, set[str] | None]
+    deps: list[str]
+
+
+def declared_stage(
+    pipeline: dict[str, Any], name: str, params_file: dict[str, Any] | None = None
+) -> DeclaredStage | None:
+    """The :class:`DeclaredStage` of stage ``name`` in dvc.yaml's ``stages`` (``fz@layer2_1`` is member
+    ``layer2_1`` of ``fz``'s foreach: ``${key}`` of a mapping, ``${item}`` of a list, whose kind is read
+    from ``params_file``, the params.yaml DVC templates with). None: not declared, or not resolvable."""
     group, _, member = name.partition("@")
     stage = pipeline.get(group)
     if not isinstance(stage, dict):
         return None
+    fills: dict[str, str] = {}
     if member:
         if not isinstance(stage.get("do"), dict):
             return None
+        over = stage.get("foreach")
+        if isinstance(over, str) and re.fullmatch(r"\$\{[^}]+\}", over):
+            over = _lookup(params_file or {}, over[2:-1])[1]
+        if isinstance(over, dict):
+            fills = {"${key}": member}
+        elif isinstance(over, list):
+            fills = {"${item}": member}
+        else:
+            return None
         stage = stage["do"]
 
-        def fill(value: str) -> str:
-            return value.replace("${key}", member).replace("${item}", member)
-    else:
-
-        def fill(value: str) -> str:
-            return value
-
     def known(value: Any) -> str | None:  # None: not a string, or it interpolates something else
-        text = fill(value) if isinstance(value, str) else None
-        return None if text is None or "${" in text else text
+        if not isinstance(value, str):
+            return None
+        for field_, text in fills.items():
+            value = value.replace(field_, text)
+        return None if "${" in value else value
 
-    params: dict[str, set[str]] = {}
+    command = stage.get("cmd")
+    if isinstance(command, list):
+        filled = [known(part) for part in command]
+        command = None if None in filled else filled
+    else:
+        command = known(command)
+    params: dict[str, set[str] | None] = {}
     for entry in stage.get("params") or []:
         files = {"params.yaml": [entry]} if isinstance(entry, str) else entry
         for file, keys in files.items() if isinstance(files, dict) else ():
-            params.setdefault(file, set()).update(k for k in map(known, keys or []) if k is not None)
-    return known(stage.get("cmd")), params
+            if not keys:  # `- other.yaml:` with no keys: the whole file
+                params[file] = None
+            elif params.get(file, set()) is not None:
+                params.setdefault(file, set()).update(k for k in map(known, keys) if k is not None)
+    deps = [
+        d
+        for d in map(known, (next(iter(d)) if isinstance(d, dict) else d for d in stage.get("deps") or []))
+        if d
+    ]
+    return DeclaredStage(command, params, deps)
 
 
 def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
-    """Those of the DVC stages ``names`` (``fz@layer2_1`` …) whose ``root/dvc.lock`` entry is missing, or
-    records another command, fewer declared params, other params values or other dependency files (md5)
-    than ``root`` has now: the stages `dvc repro` runs (one it would restore from the run-cache instead,
-    a param changed back, is counted too; directory dependencies are not compared). Read from the files
-    alone, so it answers while DVC runs a stage; a dvc.lock it cannot read is an error for the caller."""
+    """Those of the DVC stages ``names`` (``fz@layer2_1`` …) that `dvc repro` runs, read from the files
+    alone (so it answers while DVC runs a stage): no dvc.lock entry; or, against dvc.yaml's declaration,
+    another command, a declared param or dependency the entry lacks; or another value of a declared param
+    (every recorded one of a file tracked whole), or another md5 of a recorded dependency file. A stage
+    DVC would restore from its run-cache (a param changed back) counts too; directory dependencies are
+    not compared. A dvc.lock or dvc.yaml it cannot read is an error for the caller."""
     stages = (_dvc_yaml(Path(root) / "dvc.lock") or {}).get("stages", {})
     pipeline = (_dvc_yaml(Path(root) / "dvc.yaml") or {}).get("stages", {})
     params_files: dict[str, Any] = {}
@@ -162,17 +196,25 @@ def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
     def outdated(name: str, entry: dict[str, Any] | None) -> bool:
         if not entry:
             return True
-        declared = declared_stage(pipeline, name)
+        recorded = {file: values or {} for file, values in (entry.get("params") or {}).items()}
+        compared = {file: set(values) for file, values in recorded.items()}
+        locked_deps = {d.get("path") for d in entry.get("deps") or []}
+        declared = declared_stage(pipeline, name, params_of("params.yaml"))
         if declared is not None:
-            command, params = declared
-            recorded_params = entry.get("params") or {}
-            if command is not None and command != entry.get("cmd"):
+            if declared.command is not None and declared.command != entry.get("cmd"):
                 return True
-            if any(not keys <= set(recorded_params.get(file) or {}) for file, keys in params.items()):
+            if any(dep not in locked_deps for dep in declared.deps):
                 return True
-        for file, recorded in (entry.get("params") or {}).items():
-            for key, value in (recorded or {}).items():
-                if _lookup(params_of(file), key) != (True, value):
+            for file, keys in declared.params.items():
+                if file not in recorded or not (keys or set()) <= set(recorded[file]):
+                    return True
+            # DVC compares the declared keys only (a file tracked whole: every key it recorded)
+            compared = {
+                file: set(recorded[file]) if keys is None else keys for file, keys in declared.params.items()
+            }
+        for file, keys in compared.items():
+            for key in keys:
+                if _lookup(params_of(file), key) != (True, recorded[file].get(key)):
                     return True
         deps = [d for d in entry.get("deps") or [] if not str(d.get("md5", "")).endswith(".dir")]
         return any(_file_md5(Path(root) / d["path"]) != d.get("md5") for d in deps)

@@ -252,7 +252,7 @@ def _resolve_weights_path(source: str, arch: str, *, download: bool) -> Path:
         except Exception as error:  # network errors come in many types
             raise WeightsError(
                 f"could not download {known.url} into {path} ({error}). Copy {known.file} there "
-                "or into data/, and set model.weights to its path."
+                f"or into {FETCHED_DIR}/, where model.weights: torchvision finds it too."
             ) from error
         return path
     raise WeightsError(

@@ -591,6 +591,8 @@ def _stability_section(
         "### Stability across FZ seeds",
         "",
         'FZs are stochastic ("results may vary", section 3): the criteria were also run on FZs of other seeds.',
+        "Jaccard mean and min are over the seed pairs where some channel passes (two empty sets are no",
+        "agreement; metrics/ counts them as 1.0).",
         "",
     ]
     if reference:
@@ -614,15 +616,24 @@ def _seed_table(blocks: Mapping[str, Mapping[str, float]]) -> list[str]:
 
 
 def _seed_cell(entry: Mapping[str, float], key: str) -> str:
-    """A stability number, or — for a Jaccard over seeds whose passing sets are all empty: the metric
-    calls two empty sets equal (1.0), which in a table would read as a perfectly stable block."""
-    if key.startswith("jaccard_"):
-        seeds = re.findall(r"seed(\d+)", key) or [
-            k.removeprefix("passing_seed") for k in entry if k.startswith("passing_seed")
-        ]
-        if seeds and all(entry.get(f"passing_seed{seed}") == 0 for seed in seeds):
+    """A stability number. The metric calls two empty passing sets equal (Jaccard 1.0), which in a table
+    would read as a perfectly stable block: such a pair prints —, and the mean and min are over the other
+    pairs (— when none is left)."""
+    if not key.startswith("jaccard_"):
+        return _fmt(entry.get(key), 3)
+
+    def empty(seeds: Sequence[str]) -> bool:
+        return all(entry.get(f"passing_seed{seed}") == 0 for seed in seeds)
+
+    if key in ("jaccard_mean", "jaccard_min"):
+        pairs = {k: re.findall(r"seed(\d+)", k) for k in entry if re.fullmatch(r"jaccard_seed\d+_seed\d+", k)}
+        if not pairs or not any(empty(seeds) for seeds in pairs.values()):
+            return _fmt(entry.get(key), 3)
+        values = [float(entry[k]) for k, seeds in pairs.items() if not empty(seeds)]
+        if not values:
             return "— (none pass)"
-    return _fmt(entry.get(key), 3)
+        return _fmt(sum(values) / len(values) if key == "jaccard_mean" else min(values), 3)
+    return "— (none pass)" if empty(re.findall(r"seed(\d+)", key)) else _fmt(entry.get(key), 3)
 
 
 def _natural_criteria_section(path: Path, root: Path) -> list[str]:
