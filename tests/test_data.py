@@ -7,10 +7,12 @@ import hashlib
 import http.server
 import io
 import json
+import os
 import shutil
 import tarfile
 import threading
 import zipfile
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 
@@ -792,3 +794,51 @@ def test_params_validation():
         load_section({"data": {"download": {"sha256": "abc"}}}, "data", data.DataParams)
     with pytest.raises(ParamsError, match="unknown key data.subset"):
         load_section({"data": {"subset": 3}}, "data", data.DataParams)
+
+
+# ----------------------------------------------------------------------------------------------- listing
+
+
+def test_the_listing_digest_changes_exactly_when_prepare_datas_inputs_do(tmp_path):
+    """DVC tracks data.root and the label files by path: rsi.data.listing_digest is what it compares
+    instead (stage data-listing), over each file's name, label, size and modification time."""
+    root = make_folders(tmp_path / "val", per_class=2)
+    params = data.DataParams(source="folders", root=str(root))
+    first = data.listing_digest(params)
+    assert (first.files, first.classes, first.root) == (6, 3, str(root))
+    assert data.listing_digest(params) == first  # listed again: the same bytes, no re-run
+    assert data.listing_digest(replace(params, per_class=1, random_subset=2)) == first  # subsets: params
+    smooth_image(40, 40, 7).save(root / WNIDS[0] / "added.JPEG")
+    added = data.listing_digest(params)
+    assert added.files == 7 and added.digest != first.digest
+    os.utime(root / WNIDS[0] / "added.JPEG", ns=(1, 1))  # the same name and size, touched
+    assert data.listing_digest(params).digest not in (first.digest, added.digest)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("".join(f"{wnid} {index}\n" for index, wnid in enumerate(WNIDS)))
+    relabelled = replace(params, class_index=str(classes))
+    before = data.listing_digest(relabelled)
+    classes.write_text("".join(f"{wnid} {index + 5}\n" for index, wnid in enumerate(WNIDS)))  # same path
+    assert data.listing_digest(relabelled).digest != before.digest
+    generated = data.DataParams(source="generated")
+    assert data.listing_digest(generated) == data.listing_digest(generated)
+
+
+def test_prepare_data_under_dvc_refuses_images_changed_since_they_were_listed(tmp_path, monkeypatch, capsys):
+    from rsi import cli
+
+    monkeypatch.chdir(tmp_path)
+    root = make_folders(tmp_path / "val", per_class=1)
+    Path("params.yaml").write_text(f"data: {{source: folders, root: {root}}}\n")
+    monkeypatch.setenv("DVC_STAGE", "prepare-data")
+    assert cli.main(["prepare-data"]) == 2  # DVC runs stage data-listing first: its file is required
+    assert (
+        "outputs/data_listing.json is missing: it is written by `rsi data-listing`" in capsys.readouterr().err
+    )
+    assert cli.main(["data-listing"]) == 0
+    assert json.loads(Path("outputs/data_listing.json").read_text())["files"] == 3
+    smooth_image(40, 40, 7).save(root / WNIDS[1] / "late.JPEG")  # a copy still going on
+    assert cli.main(["prepare-data"]) == 2
+    error = capsys.readouterr().err
+    assert "changed after stage data-listing listed them (outputs/data_listing.json)" in error
+    assert cli.main(["data-listing"]) == 0 and cli.main(["prepare-data"]) == 0
+    assert load_eval(Path("outputs/eval")).images.shape[0] == 4

@@ -21,6 +21,7 @@ from rsi.config import DVC_STAGE, ParamsError, check_sections, load_section, rea
 # subcommand → (module, one-line help). The order is the pipeline's.
 COMMANDS: dict[str, tuple[str, str]] = {
     "fetch-weights": ("rsi.weights_cli", "download and check model.arch's torchvision weights into data/"),
+    "data-listing": ("rsi.data_listing", "digest of the images and labels prepare-data would decode"),
     "prepare-data": ("rsi.data", "decode the evaluation images once into a 256 px uint8 cache"),
     "fz": ("rsi.fz", "center-neuron feature visualizations for one block's taps"),
     "activations": ("rsi.activations", "center-neuron responses of In/Pre/Post to the FZs"),

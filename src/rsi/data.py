@@ -38,8 +38,9 @@ from torchvision.transforms import functional as TF
 from tqdm import tqdm
 
 from rsi import artifacts, distributed
+from rsi.artifacts.data_listing import DataListing, data_listing_file, read_data_listing
 from rsi.artifacts.eval import DataMetrics, read_eval, write_data_metrics, write_eval
-from rsi.config import ParamsError, load_section, load_seed, read_params
+from rsi.config import DVC_STAGE, ParamsError, load_section, load_seed, read_params
 from rsi.runtime import atomic_path, key_seed, write_json
 
 CACHE_SIZE = 256
@@ -830,17 +831,55 @@ def fetch_download(params: DownloadParams, *, progress: bool = True) -> Path:
 # ----------------------------------------------------------------------------------------------- stage
 
 
-def make_listing(params: DataParams, seed: int = 0) -> Listing:
+def full_listing(params: DataParams) -> Listing:
+    """Every image of the source with its label, before any subset (what rsi.data_listing digests)."""
     class_index = read_class_index(params.class_index)
     if params.source == "generated":
-        listing = list_generated(params.generated)
-    elif params.source == "folders":
-        listing = list_folders(params.root, class_index)
-    else:
-        if params.ground_truth is None:
-            raise ParamsError("data.source = 'flat' needs data.ground_truth (one label per line)")
-        listing = list_flat(params.root, params.ground_truth, params.label_map, class_index)
-    return select_subset(listing, params.per_class, params.random_subset, seed)
+        return list_generated(params.generated)
+    if params.source == "folders":
+        return list_folders(params.root, class_index)
+    if params.ground_truth is None:
+        raise ParamsError("data.source = 'flat' needs data.ground_truth (one label per line)")
+    return list_flat(params.root, params.ground_truth, params.label_map, class_index)
+
+
+def listing_digest(params: DataParams) -> DataListing:
+    """The :class:`~rsi.artifacts.data_listing.DataListing` of :func:`full_listing`: each file's name,
+    label, size and modification time in one SHA-256 (a copy of the same images elsewhere has other
+    times and re-runs prepare-data once; an image edited in place does too)."""
+    listing = full_listing(params)
+    digest = hashlib.sha256()
+    for item, label in zip(listing.items, listing.labels, strict=True):
+        stat = "-\t-"
+        if params.source != "generated":
+            try:
+                found = os.stat(Path(listing.root) / item)
+                stat = f"{found.st_size}\t{found.st_mtime_ns}"
+            except OSError:  # a broken link: decoding names it
+                pass
+        digest.update(f"{item}\t{label}\t{stat}\n".encode())
+    return DataListing(
+        source=params.source,
+        root=str(listing.root),
+        files=len(listing.items),
+        classes=len(set(listing.labels)),
+        digest=digest.hexdigest(),
+    )
+
+
+def check_listing(params: DataParams, outputs: Path) -> None:
+    """Under `dvc repro`: the images prepare-data is about to list are those stage data-listing saw
+    (DVC ran this stage because its digest changed); a copy still going on in between is an error."""
+    recorded = read_data_listing(data_listing_file(outputs))
+    if recorded != listing_digest(params):
+        raise DataError(
+            f"the images or labels of data.root = {params.root!r} changed after stage data-listing listed "
+            f"them ({data_listing_file(outputs)}); wait for any copy to finish and run `dvc repro` again"
+        )
+
+
+def make_listing(params: DataParams, seed: int = 0) -> Listing:
+    return select_subset(full_listing(params), params.per_class, params.random_subset, seed)
 
 
 def prepare(
@@ -896,6 +935,8 @@ def run(args: argparse.Namespace) -> None:
         return
     if not distributed.is_main():
         return
+    if os.environ.get(DVC_STAGE):  # stage data-listing's digest is this stage's dependency
+        check_listing(params, Path(args.outputs))
     out_dir = artifacts.eval_dir(Path(args.outputs))
     index = prepare(params, out_dir, seed=load_seed(raw, source=args.params), metrics=args.metrics)
     label = " (GENERATED images, not ImageNet)" if index["generated"] else ""
