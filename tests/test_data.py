@@ -821,6 +821,29 @@ def test_the_listing_digest_changes_exactly_when_prepare_datas_inputs_do(tmp_pat
     assert data.listing_digest(relabelled).digest != before.digest
     generated = data.DataParams(source="generated")
     assert data.listing_digest(generated) == data.listing_digest(generated)
+    touched = data.listing_digest(params)
+    (root / WNIDS[2] / "notes.txt").write_text("no image")  # ignored: counted in index.json and metrics
+    assert data.listing_digest(params).digest != touched.digest
+
+
+def test_an_unmounted_root_keeps_its_last_listing(tmp_path, monkeypatch, capsys):
+    """Every `dvc repro` runs data-listing; with data.root unmounted it would stop every run, even one
+    that needs no image. The last listing of the same root stands (a DVC output kept between runs)."""
+    from rsi import cli
+
+    monkeypatch.chdir(tmp_path)
+    root = make_folders(tmp_path / "val", per_class=1)
+    Path("params.yaml").write_text(f"data: {{source: folders, root: {root}}}\n")
+    assert cli.main(["data-listing"]) == 0
+    written = Path("outputs/data_listing.json").read_bytes()
+    root.rename(tmp_path / "elsewhere")
+    capsys.readouterr()
+    assert cli.main(["data-listing"]) == 0
+    assert Path("outputs/data_listing.json").read_bytes() == written
+    assert f"data.root = '{root}' is not there; keeping outputs/data_listing.json" in capsys.readouterr().out
+    Path("params.yaml").write_text(f"data: {{source: folders, root: {tmp_path / 'other'}}}\n")
+    assert cli.main(["data-listing"]) == 2  # another root: nothing to keep
+    assert "no such folder" in capsys.readouterr().err
 
 
 def test_prepare_data_under_dvc_refuses_images_changed_since_they_were_listed(tmp_path, monkeypatch, capsys):
@@ -842,3 +865,7 @@ def test_prepare_data_under_dvc_refuses_images_changed_since_they_were_listed(tm
     assert "changed after stage data-listing listed them (outputs/data_listing.json)" in error
     assert cli.main(["data-listing"]) == 0 and cli.main(["prepare-data"]) == 0
     assert load_eval(Path("outputs/eval")).images.shape[0] == 4
+    shutil.copytree(root, tmp_path / "copy")  # a listing of another root: data-listing did not run
+    Path("params.yaml").write_text(f"data: {{source: folders, root: {tmp_path / 'copy'}}}\n")
+    assert cli.main(["prepare-data"]) == 2
+    assert "stage data-listing did not run first" in capsys.readouterr().err

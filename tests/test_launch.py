@@ -683,3 +683,5 @@ stages:
     params = (tmp_path / "params.yaml").read_text()
     (tmp_path / "params.yaml").write_text(params.replace("seed: 0", "seed: 3"))
     assert launch.outdated_stages(names, tmp_path) == ["stability@0"]
+    (tmp_path / "dvc.yaml").write_text(pipeline.replace("  fz:\n", "  fz:\n    always_changed: true\n"))
+    assert launch.outdated_stages(names, tmp_path) == names  # DVC runs such a stage every time

@@ -375,3 +375,6 @@ def test_dvc_re_decodes_the_images_when_they_change_under_the_same_root(tmp_path
     assert ran_stages(run(["dvc", "repro", "prepare-data"], workspace)) == {"prepare-data"}
     assert sorted(set(np.load(workspace / "outputs/eval/labels.npy").tolist())) == [5, 6, 7]
     assert settled(run(["dvc", "repro", "prepare-data"], workspace))
+    images.rename(tmp_path / "unmounted")  # the images' disk is away: runs that need none go on
+    log = run(["dvc", "repro", "prepare-data"], workspace)
+    assert settled(log) and "is not there; keeping outputs/data_listing.json" in log

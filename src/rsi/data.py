@@ -849,6 +849,8 @@ def listing_digest(params: DataParams) -> DataListing:
     times and re-runs prepare-data once; an image edited in place does too)."""
     listing = full_listing(params)
     digest = hashlib.sha256()
+    # the class map and the files left out go into index.json and metrics/data.json as well
+    digest.update(json.dumps([sorted(listing.classes.items()), sorted(listing.ignored)]).encode() + b"\n")
     for item, label in zip(listing.items, listing.labels, strict=True):
         stat = "-\t-"
         if params.source != "generated":
@@ -870,8 +872,16 @@ def listing_digest(params: DataParams) -> DataListing:
 def check_listing(params: DataParams, outputs: Path) -> None:
     """Under `dvc repro`: the images prepare-data is about to list are those stage data-listing saw
     (DVC ran this stage because its digest changed); a copy still going on in between is an error."""
-    recorded = read_data_listing(data_listing_file(outputs))
-    if recorded != listing_digest(params):
+    path = data_listing_file(outputs)
+    recorded = read_data_listing(path)
+    now = listing_digest(params)
+    if (recorded.source, recorded.root) != (now.source, now.root):
+        raise DataError(
+            f"{path} lists {recorded.source} data at {recorded.root!r}, the params {now.source} data at "
+            f"{now.root!r}: stage data-listing did not run first (dvc repro --single-item?); run "
+            "`dvc repro data-listing prepare-data`"
+        )
+    if recorded != now:
         raise DataError(
             f"the images or labels of data.root = {params.root!r} changed after stage data-listing listed "
             f"them ({data_listing_file(outputs)}); wait for any copy to finish and run `dvc repro` again"

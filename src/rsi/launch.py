@@ -179,7 +179,7 @@ def declared_stage(
 
 def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
     """Those of the DVC stages ``names`` (``fz@layer2_1`` …) that `dvc repro` runs, read from the files
-    alone (so it answers while DVC runs a stage): no dvc.lock entry; or, against dvc.yaml's declaration,
+    alone (so it answers while DVC runs a stage): no dvc.lock entry, or ``always_changed``; or, against dvc.yaml's declaration,
     another command, a declared param or dependency the entry lacks; or another value of a declared param
     (every recorded one of a file tracked whole), or another md5 of a recorded dependency file. A stage
     DVC would restore from its run-cache (a param changed back) counts too; directory dependencies are
@@ -194,7 +194,7 @@ def outdated_stages(names: Sequence[str], root: Path = Path(".")) -> list[str]:
         return params_files[name]
 
     def outdated(name: str, entry: dict[str, Any] | None) -> bool:
-        if not entry:
+        if not entry or (pipeline.get(name.partition("@")[0]) or {}).get("always_changed"):
             return True
         recorded = {file: values or {} for file, values in (entry.get("params") or {}).items()}
         compared = {file: set(values) for file, values in recorded.items()}

@@ -9,6 +9,7 @@ every stage takes that root as ``--outputs``.
 
 | output (under outputs/ unless said) | written by | submodule: record · writer · reader | read by |
 | --- | --- | --- | --- |
+| ``data_listing.json`` (digest of the images and labels to decode) | data-listing | data_listing: DataListing · write_data_listing · read_data_listing | prepare-data |
 | ``eval/`` images, labels, resized, index.json | prepare-data | eval: EvalCache · write_eval · read_eval (eval_set.load_eval) | natural, natural-criteria, ablate, figures, report |
 | ``metrics/data.json`` (image counts) | prepare-data | eval: DataMetrics · write_data_metrics | DVC metrics (no stage) |
 | ``fz/<layerL_K>/<tap>.npz``, ``settings.json`` | fz | fz: FZFile, FZSettings · write_fz, write_fz_settings · read_fz, read_fz_settings | activations, pre-reading, figures, report |
