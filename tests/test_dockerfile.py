@@ -491,8 +491,11 @@ def test_entrypoint_names_a_mounted_output_folder_the_uid_cannot_write():
         (repo / "outputs").mkdir(mode=0o755)  # root's, as Docker makes a missing mount source
         (repo / "metrics").mkdir()
         (repo / "metrics").chmod(0o777)  # writable by anyone: not named
+        script = repo / "entrypoint.sh"  # the checkout may sit where uid 4242 cannot read (a 0700 folder)
+        shutil.copy(ENTRYPOINT, script)
+        script.chmod(0o755)
         done = subprocess.run(
-            ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "sh", str(ENTRYPOINT), "true"],
+            ["setpriv", "--reuid=4242", "--regid=4242", "--clear-groups", "sh", str(script), "true"],
             cwd=repo,
             env={"PATH": os.environ["PATH"], "HOME": str(repo), "RSI_SPARE_HOME": str(repo / "spare")},
             capture_output=True,
