@@ -1,7 +1,7 @@
 """`rsi data-listing`: the digest of what `rsi prepare-data` would decode (rsi.artifacts.data_listing).
 
-DVC runs this stage every time (``always_changed``); it only lists and stats files (about a second for
-ImageNet's 50,000 on a local disk), and prepare-data re-runs only when the digest's bytes change: when
+DVC runs this stage every time (``always_changed``); it only lists and stats files (4 s on a 2-core CPU,
+mostly imports and the params check), and prepare-data re-runs only when the digest's bytes change: when
 images under ``data.root`` or the labels of the ground-truth, label-map or class-index files changed,
 which DVC, tracking those by path, cannot see. A configured ``data.download`` is fetched here, so that
 the listing is the same from the first run on. A root that is not there while its last listing is (the
