@@ -205,10 +205,6 @@ def read_class_index(spec: str | None) -> dict[str, int] | None:
     return mapping
 
 
-def _content_lines(path: Path) -> list[str]:
-    return [text for _, text in _numbered_lines(path)]
-
-
 def _numbered_lines(path: Path) -> list[tuple[int, str]]:
     """(1-based line number, stripped text) of the non-blank lines: errors name the line as an editor shows it."""
     lines = enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1)  # a BOM is no text
@@ -338,11 +334,11 @@ def list_flat(
     names = sorted(entry.name for entry in os.scandir(root) if entry.is_file() or entry.is_symlink())
     images = [n for n in names if has_file_allowed_extension(n, IMG_EXTENSIONS)]
     ignored = [n for n in names if n not in set(images)]
-    lines = [line.split() for line in _content_lines(gt_path)]
+    numbered = _numbered_lines(gt_path)
+    lines = [text.split() for _, text in numbered]
     if lines and all(len(parts) >= 2 for parts in lines):
         by_name: dict[str, str] = {}
-        for number, text in _numbered_lines(gt_path):
-            name, label = text.split()[:2]
+        for (number, _), (name, label, *_) in zip(numbered, lines, strict=True):
             if name in by_name and by_name[name] != label:
                 raise DataError(
                     f"{gt_path}: line {number} labels {name} {label}, an earlier line {by_name[name]}: keep one"
@@ -843,11 +839,13 @@ def full_listing(params: DataParams) -> Listing:
     return list_flat(params.root, params.ground_truth, params.label_map, class_index)
 
 
-def listing_digest(params: DataParams) -> DataListing:
-    """The :class:`~rsi.artifacts.data_listing.DataListing` of :func:`full_listing`: each file's name,
-    label, size and modification time in one SHA-256 (a copy of the same images elsewhere has other
-    times and re-runs prepare-data once; an image edited in place does too)."""
-    listing = full_listing(params)
+def listing_digest(params: DataParams, listing: Listing | None = None) -> DataListing:
+    """The :class:`~rsi.artifacts.data_listing.DataListing` of :func:`full_listing` (``listing``, when
+    the caller made it already): each file's name, label, size and modification time in one SHA-256 (a
+    copy of the same images elsewhere has other times and re-runs prepare-data once; an image edited in
+    place does too)."""
+    if listing is None:
+        listing = full_listing(params)
     digest = hashlib.sha256()
     # the class map and the files left out go into index.json and metrics/data.json as well
     digest.update(json.dumps([sorted(listing.classes.items()), sorted(listing.ignored)]).encode() + b"\n")
@@ -869,12 +867,13 @@ def listing_digest(params: DataParams) -> DataListing:
     )
 
 
-def check_listing(params: DataParams, outputs: Path) -> None:
-    """Under `dvc repro`: the images prepare-data is about to list are those stage data-listing saw
-    (DVC ran this stage because its digest changed); a copy still going on in between is an error."""
+def check_listing(params: DataParams, outputs: Path, listing: Listing) -> None:
+    """Under `dvc repro`: ``listing`` (:func:`full_listing`), which prepare-data is about to decode, is what
+    stage data-listing saw (DVC ran this stage because its digest changed); a copy still going on in
+    between is an error."""
     path = data_listing_file(outputs)
     recorded = read_data_listing(path)
-    now = listing_digest(params)
+    now = listing_digest(params, listing)
     if (recorded.source, recorded.root) != (now.source, now.root):
         raise DataError(
             f"{path} lists {recorded.source} data at {recorded.root!r}, the params {now.source} data at "
@@ -884,12 +883,15 @@ def check_listing(params: DataParams, outputs: Path) -> None:
     if recorded != now:
         raise DataError(
             f"the images or labels of data.root = {params.root!r} changed after stage data-listing listed "
-            f"them ({data_listing_file(outputs)}); wait for any copy to finish and run `dvc repro` again"
+            f"them ({path}); wait for any copy to finish and run `dvc repro` again"
         )
 
 
-def make_listing(params: DataParams, seed: int = 0) -> Listing:
-    return select_subset(full_listing(params), params.per_class, params.random_subset, seed)
+def make_listing(params: DataParams, seed: int = 0, full: Listing | None = None) -> Listing:
+    """The images to decode: ``full`` (:func:`full_listing`, made here when not given) subset by the params."""
+    return select_subset(
+        full_listing(params) if full is None else full, params.per_class, params.random_subset, seed
+    )
 
 
 def prepare(
@@ -899,12 +901,14 @@ def prepare(
     seed: int = 0,
     metrics: str | Path | None = None,
     progress: bool = True,
+    full: Listing | None = None,
 ) -> dict[str, Any]:
-    """The whole stage: (download,) list, subset, decode, write the cache and (optionally) the metrics."""
+    """The whole stage: (download,) list, subset, decode, write the cache and (optionally) the metrics.
+    ``full``: the source's :func:`full_listing`, when the caller listed it already."""
     out_dir = Path(out_dir) if out_dir is not None else artifacts.eval_dir()
     if params.source != "generated" and params.download is not None:
         ensure_download(params.download, params.root, progress=progress)
-    listing = make_listing(params, seed)
+    listing = make_listing(params, seed, full)
     options = {"source": params.source, "on_bad_file": params.on_bad_file, "workers": params.workers}
     index = decode_to_cache(
         listing, out_dir, **options, seed=seed, generated=params.generated, progress=progress
@@ -945,10 +949,13 @@ def run(args: argparse.Namespace) -> None:
         return
     if not distributed.is_main():
         return
+    full = None
     if os.environ.get(DVC_STAGE):  # stage data-listing's digest is this stage's dependency
-        check_listing(params, Path(args.outputs))
+        full = full_listing(params)  # listed once: checked against that digest, then decoded
+        check_listing(params, Path(args.outputs), full)
     out_dir = artifacts.eval_dir(Path(args.outputs))
-    index = prepare(params, out_dir, seed=load_seed(raw, source=args.params), metrics=args.metrics)
+    seed = load_seed(raw, source=args.params)
+    index = prepare(params, out_dir, seed=seed, metrics=args.metrics, full=full)
     label = " (GENERATED images, not ImageNet)" if index["generated"] else ""
     print(
         f"{out_dir}: {index['count']} images{label}, {index['skipped_count']} skipped, "
